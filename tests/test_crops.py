@@ -1,0 +1,331 @@
+"""The crop engine on real-format slides: native crops are exact, resampling is planned and
+antialiased, borders are white, and streaming returns every candidate once in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.slide_factory import (
+    place_crops,
+    tissue_image,
+    write_pyramid_tiff,
+    write_single_level_tiff,
+    write_svs,
+)
+from wsi_atm.crops import (
+    CropBatch,
+    CropPlan,
+    UpsamplingWarning,
+    plan_crops,
+    read_crop,
+    stream_crops,
+    tile_order,
+)
+from wsi_atm.errors import OptionError
+from wsi_atm.slides import Slide, open_slide
+
+BACKENDS = ("openslide", "tiffslide")
+CENTERS = [(200.0, 150.0), (300.4, 640.6), (777.5, 333.5), (1000.49, 1100.51), (64.0, 64.0)]
+
+
+@pytest.fixture(scope="module")
+def crops() -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in CENTERS]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory, crops: list[np.ndarray]) -> Path:
+    """A lossless 0.25 µm/px pyramid with known crops planted at CENTERS."""
+    canvas = place_crops(tissue_image(1280, 1200, seed=4), crops, CENTERS)
+    path = tmp_path_factory.mktemp("crops") / "planted.tif"
+    return write_pyramid_tiff(path, canvas, 0.25, (1, 4), compression="zlib")
+
+
+def collect(batches: Iterator[CropBatch]) -> tuple[list[CropBatch], dict[int, np.ndarray]]:
+    got = list(batches)
+    by_index: dict[int, np.ndarray] = {}
+    for batch in got:
+        for image, index in zip(batch.images, batch.indices, strict=True):
+            assert int(index) not in by_index
+            by_index[int(index)] = image
+    return got, by_index
+
+
+# ---------------------------------------------------------------------------- native crops
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_native_crops_equal_slide_pixels(
+    planted: Path, crops: list[np.ndarray], backend: str
+) -> None:
+    xs, ys = np.array(CENTERS).T
+    with open_slide(planted, backend) as slide:
+        plan = plan_crops(slide)
+        assert (plan.level, plan.read_size, plan.scale, plan.native, plan.upsampled) == (
+            0, 128, 1.0, True, False,
+        )  # fmt: skip
+        for (x, y), expected in zip(CENTERS, crops, strict=True):
+            crop, at_border = read_crop(slide, x, y, plan)
+            np.testing.assert_array_equal(crop, expected)
+            assert at_border == (x - 64 < 0 or y - 64 < 0)
+        _, by_index = collect(stream_crops(slide, xs, ys, batch_size=2, workers=2))
+    for i, expected in enumerate(crops):
+        np.testing.assert_array_equal(by_index[i], expected)
+
+
+def test_near_target_mpp_is_native(tmp_path: Path) -> None:
+    image = tissue_image(600, 500, seed=2)
+    path = write_single_level_tiff(tmp_path / "s.tif", image, 0.2527)
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+        assert plan.native and plan.scale == 1.0 and plan.level == 0
+        crop, _ = read_crop(slide, 300.7, 250.2, plan)
+    np.testing.assert_array_equal(crop, image[250 - 64 : 250 + 64, 301 - 64 : 301 + 64])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_svs_crops_equal_full_read(cmu_svs: Path, backend: str) -> None:
+    with open_slide(cmu_svs, backend) as slide:
+        plan = plan_crops(slide, target_mpp=0.5)  # 0.499 µm/px: native
+        assert plan.native and plan.level == 0
+        width, height = slide.dimensions
+        full = np.full((height + 256, width + 256, 3), 255, np.uint8)
+        full[128:-128, 128:-128] = slide.read_region((0, 0), 0, (width, height))
+        rng = np.random.default_rng(5)
+        xs = np.concatenate([rng.uniform(0, width, 40), [3.0, width - 2.0]])
+        ys = np.concatenate([rng.uniform(0, height, 40), [height - 1.0, 10.0]])
+        _, by_index = collect(stream_crops(slide, xs, ys, plan=plan, batch_size=16, workers=3))
+    assert sorted(by_index) == list(range(len(xs)))
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        left, top = round(x) - 64 + 128, round(y) - 64 + 128
+        np.testing.assert_array_equal(by_index[i], full[top : top + 128, left : left + 128])
+
+
+# ---------------------------------------------------------------------------- resampling
+
+
+def test_coarse_slide_is_upsampled_with_warning(tmp_path: Path) -> None:
+    image = tissue_image(800, 600, seed=3)
+    path = write_single_level_tiff(tmp_path / "20x.tif", image, 0.5)
+    with open_slide(path) as slide:
+        with pytest.warns(UpsamplingWarning, match="upsampled 2.00"):
+            plan = plan_crops(slide)
+        assert plan.upsampled and not plan.native
+        assert (plan.level, plan.read_size, plan.scale) == (0, 64, 2.0)
+        assert plan.effective_mpp == pytest.approx(0.25)
+        crop, at_border = read_crop(slide, 400.2, 300.9, plan)
+    assert crop.shape == (128, 128, 3) and not at_border
+    window = Image.fromarray(image[301 - 32 : 301 + 32, 400 - 32 : 400 + 32])
+    expected = np.asarray(window.resize((128, 128), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(crop, expected)
+
+
+def test_slightly_coarse_slide_is_flagged_without_warning(tmp_path: Path) -> None:
+    path = write_single_level_tiff(tmp_path / "s.tif", tissue_image(400, 400, 1), 0.29)
+    with open_slide(path) as slide, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = plan_crops(slide)
+    assert plan.upsampled and plan.read_size == 110
+    assert plan.scale == pytest.approx(128 / 110)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fine_pyramid_reads_the_level_at_target(tmp_path: Path, backend: str) -> None:
+    image = tissue_image(2048, 1536, seed=6)
+    path = write_pyramid_tiff(tmp_path / "80x.tif", image, 0.125, (1, 2, 4), compression="zlib")
+    with open_slide(path, backend) as slide:
+        plan = plan_crops(slide)
+        assert (plan.level, plan.read_size, plan.scale, plan.native) == (1, 128, 1.0, True)
+        assert plan.level_mpp == pytest.approx(0.25)
+        level1 = slide.read_level_region((0, 0), 1, slide.level_dimensions[1])
+        crop, _ = read_crop(slide, 1001.0, 803.0, plan)
+    # centre (1001, 803) at level 0 is (500.5, 401.5) at level 1 → round → (500, 402)
+    np.testing.assert_array_equal(crop, level1[402 - 64 : 402 + 64, 500 - 64 : 500 + 64])
+
+
+def test_fine_slide_without_matching_level_is_downsampled(tmp_path: Path) -> None:
+    image = tissue_image(1024, 1024, seed=8)
+    path = write_pyramid_tiff(tmp_path / "p.tif", image, 0.125, (1, 4), compression="zlib")
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)  # level 1 is 0.5 µm/px, too coarse: read level 0
+        assert (plan.level, plan.read_size, plan.scale, plan.native) == (0, 256, 0.5, False)
+        crop, _ = read_crop(slide, 512.0, 512.0, plan)
+    window = Image.fromarray(image[512 - 128 : 512 + 128, 512 - 128 : 512 + 128])
+    expected = np.asarray(window.resize((128, 128), Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(crop, expected)
+
+
+def test_very_fine_slide_is_antialiased(tmp_path: Path) -> None:
+    """1-px stripes at 0.1 µm/px must blur to grey at 0.25 µm/px, not alias into bands."""
+    stripes = np.zeros((800, 800, 3), np.uint8)
+    stripes[:, ::2] = 255
+    path = write_single_level_tiff(tmp_path / "100x.tif", stripes, 0.1)
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+        assert (plan.level, plan.read_size, plan.native, plan.upsampled) == (0, 320, False, False)
+        assert plan.scale == pytest.approx(0.4)
+        crop, _ = read_crop(slide, 400.0, 400.0, plan)
+    assert crop.shape == (128, 128, 3)
+    assert abs(float(crop.mean()) - 127.5) < 10
+    assert float(crop.std()) < 20  # nearest-neighbour would give std ≈ 127
+    naive = stripes[400 - 160 : 400 + 160 : 5, 400 - 160 : 400 + 160 : 5]  # what no filter gives
+    assert float(naive.std()) > 100
+
+
+# ---------------------------------------------------------------------------- borders
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_border_crops_are_white_and_flagged(planted: Path, backend: str) -> None:
+    with open_slide(planted, backend) as slide:
+        width, height = slide.dimensions
+        inside = slide.read_region((0, 0), 0, (width, height))
+        plan = plan_crops(slide)
+        crop, at_border = read_crop(slide, 10.0, 20.0, plan)
+        assert at_border
+        assert (crop[:, :54] == 255).all() and (crop[:44] == 255).all()
+        np.testing.assert_array_equal(crop[44:, 54:], inside[:84, :74])
+        crop, at_border = read_crop(slide, width - 1.0, height + 100.0, plan)
+        assert at_border and (crop[-100:] == 255).all()
+        crop, at_border = read_crop(slide, width + 500.0, -500.0, plan)
+        assert at_border and (crop == 255).all()
+        _, at_border = read_crop(slide, 64.0, 64.0, plan)
+        assert not at_border
+        _, at_border = read_crop(slide, width - 64.0, height - 64.0, plan)
+        assert not at_border
+        batches = list(stream_crops(slide, [10.0, 640.0, width - 1.0], [20.0, 600.0, 5.0]))
+    flags = {
+        int(i): bool(b)
+        for batch in batches
+        for i, b in zip(batch.indices, batch.at_border, strict=True)
+    }
+    assert flags == {0: True, 1: False, 2: True}
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+def random_candidates(n: int, width: int, height: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(-30, width + 30, n)
+    ys = rng.uniform(-30, height + 30, n)
+    xs[:5], ys[:5] = xs[5], ys[5]  # duplicates are still separate candidates
+    return xs, ys
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stream_returns_every_index_once_in_bounded_batches(planted: Path, backend: str) -> None:
+    with open_slide(planted, backend) as slide:
+        xs, ys = random_candidates(203, *slide.dimensions, seed=1)
+        got, by_index = collect(stream_crops(slide, xs, ys, batch_size=16, workers=3))
+        order = tile_order(slide, xs, ys, plan_crops(slide))
+    assert sorted(by_index) == list(range(203))
+    assert [len(b) for b in got] == [16] * 12 + [11]
+    for batch in got:
+        assert batch.images.shape == (len(batch), 128, 128, 3)
+        assert batch.images.dtype == np.uint8
+        assert batch.indices.dtype == np.int64
+        assert batch.at_border.dtype == bool
+    np.testing.assert_array_equal(np.concatenate([b.indices for b in got]), order)
+
+
+def test_tile_order_is_row_major_by_tile(planted: Path) -> None:
+    with open_slide(planted) as slide:
+        xs, ys = random_candidates(300, *slide.dimensions, seed=2)
+        order = tile_order(slide, xs, ys, plan_crops(slide))
+    assert sorted(order.tolist()) == list(range(300))
+    rows = (np.round(ys[order]).astype(int) - 64) // 256
+    cols = (np.round(xs[order]).astype(int) - 64) // 256
+    keys = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_do_not_depend_on_workers(tmp_path: Path, backend: str) -> None:
+    image = tissue_image(1500, 1100, seed=9)
+    path = write_svs(tmp_path / "j.svs", image, mpp=0.2, levels=(1, 4))  # JPEG, resampled
+    with open_slide(path, backend) as slide:
+        plan = plan_crops(slide)
+        assert not plan.native
+        xs, ys = random_candidates(150, *slide.dimensions, seed=3)
+        runs = [
+            list(stream_crops(slide, xs, ys, plan=plan, batch_size=20, workers=w, prefetch=p))
+            for w, p in ((0, 2), (1, 0), (2, 1), (5, 3))
+        ]
+    first = runs[0]
+    for other in runs[1:]:
+        assert len(other) == len(first)
+        for a, b in zip(first, other, strict=True):
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.images, b.images)
+            np.testing.assert_array_equal(a.at_border, b.at_border)
+
+
+def test_streaming_holds_a_bounded_window(planted: Path) -> None:
+    """Pausing the consumer must not let the readers run ahead through all candidates."""
+    with open_slide(planted) as slide:
+        reads = 0
+        lock = threading.Lock()
+        original = slide.read_level_region
+
+        def counting(*args: object, **kwargs: object) -> np.ndarray:
+            nonlocal reads
+            with lock:
+                reads += 1
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        slide.read_level_region = counting  # type: ignore[method-assign]
+        xs, ys = random_candidates(2000, *slide.dimensions, seed=4)
+        stream = stream_crops(slide, xs, ys, batch_size=16, workers=2, prefetch=1)
+        first = next(stream)
+        time.sleep(0.3)  # let the pool run as far ahead as it is allowed to
+        assert len(first) == 16
+        assert reads <= 16 + 4 * 8  # the batch + a window of max(2, 2 * 16 / 8) chunks of 8
+        rest = sum(len(batch) for batch in stream)
+    assert rest == 2000 - 16
+    assert reads == 2000
+
+
+def test_abandoned_stream_stops_cleanly(planted: Path) -> None:
+    with open_slide(planted) as slide:
+        xs, ys = random_candidates(500, *slide.dimensions, seed=5)
+        stream = stream_crops(slide, xs, ys, batch_size=8, workers=3)
+        next(stream)
+        stream.close()
+        assert threading.active_count() < 10
+        assert read_crop(slide, 100.0, 100.0, plan_crops(slide))[0].shape == (128, 128, 3)
+
+
+def test_empty_and_invalid_candidates(planted: Path) -> None:
+    with open_slide(planted) as slide:
+        assert list(stream_crops(slide, [], [])) == []
+        with pytest.raises(OptionError):
+            list(stream_crops(slide, [1.0, 2.0], [1.0]))
+        with pytest.raises(OptionError):
+            list(stream_crops(slide, [1.0, float("nan")], [1.0, 2.0]))
+        with pytest.raises(OptionError):
+            list(stream_crops(slide, [1.0], [1.0], batch_size=0))
+        for bad in ({"size": 0}, {"target_mpp": 0.0}, {"tolerance": -0.1}):
+            with pytest.raises(OptionError):
+                plan_crops(slide, **bad)  # type: ignore[arg-type]
+
+
+def test_custom_size_and_target(planted: Path) -> None:
+    with open_slide(planted) as slide:
+        plan = plan_crops(slide, size=96, target_mpp=1.0)  # level 1 is 1.0 µm/px
+        assert (plan.level, plan.read_size, plan.native, plan.crop_size) == (1, 96, True, 96)
+        batch = next(stream_crops(slide, [640.0], [600.0], plan=plan))
+        assert batch.images.shape == (1, 96, 96, 3)
+        json.dumps(plan.to_dict())
+        assert isinstance(plan, CropPlan)
+        assert isinstance(slide, Slide)

@@ -1,0 +1,119 @@
+"""The inference engine: fold ensembles, label convention, TTA, refusals, prefetching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train_helpers import TINY_CARD
+from wsi_atm.cards import load_card, sha256_file
+from wsi_atm.errors import ModelError
+from wsi_atm.infer import Classifier, dihedral, prefetch
+from wsi_atm.nets import build_net
+from wsi_atm.weights import save_safetensors
+
+
+def make_trained_card(folder: Path, folds: int = 2, output: str = "p_atypical",
+                      sha: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = TINY_CARD.replace('status = "untrained"', 'status = "trained"')
+    text = text.replace('output = "p_atypical"', f'output = "{output}"')
+    card_path = folder / "tiny-test.toml"
+    card_path.write_text(text)
+    card = load_card(card_path)
+    entries = []
+    for k in range(folds):
+        torch.manual_seed(100 + k)
+        net = build_net(card)
+        path = folder / f"fold_{k}.safetensors"
+        save_safetensors(net.state_dict(), path)
+        digest = sha256_file(path) if sha else ""
+        entries.append(f'[[weights]]\nfile = "{path.name}"\nsha256 = "{digest}"\nfold = {k}\n')
+    card_path.write_text(text + "\n" + "\n".join(entries))
+    return card_path
+
+
+@pytest.fixture()
+def crops() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, size=(10, 32, 32, 3), dtype=np.uint8)
+
+
+def test_ensemble_is_the_mean_of_fold_models(tmp_path, crops):
+    clf = Classifier(load_card(make_trained_card(tmp_path)), device="cpu", batch_size=3)
+    folds = clf.predict_folds(crops)
+    assert folds.shape == (2, 10)
+    assert not np.allclose(folds[0], folds[1])
+    assert np.allclose(clf.predict(crops), folds.mean(axis=0))
+    assert np.all((folds > 0) & (folds < 1))
+
+
+def test_batch_size_does_not_change_results(tmp_path, crops):
+    card = load_card(make_trained_card(tmp_path))
+    a = Classifier(card, device="cpu", batch_size=1).predict(crops)
+    b = Classifier(card, device="cpu", batch_size=64).predict(crops)
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_upstream_convention_is_converted_to_p_atypical(tmp_path, crops):
+    ours = Classifier(load_card(make_trained_card(tmp_path / "a")), device="cpu")
+    upstream = Classifier(load_card(make_trained_card(tmp_path / "b", output="p_normal")),
+                          device="cpu")
+    assert np.allclose(ours.predict_folds(crops), 1.0 - upstream.predict_folds(crops), atol=1e-6)
+
+
+def test_tta_averages_the_eight_views(tmp_path, crops):
+    card = load_card(make_trained_card(tmp_path, folds=1))
+    plain = Classifier(card, device="cpu")
+    tta = Classifier(card, device="cpu", tta=True)
+    views = [plain.predict(np.ascontiguousarray(
+        dihedral(torch.from_numpy(crops).permute(0, 3, 1, 2), k).permute(0, 2, 3, 1).numpy()))
+        for k in range(8)]
+    assert np.allclose(tta.predict(crops), np.mean(views, axis=0), atol=1e-5)
+    # The eight views are distinct transforms.
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert len({tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}) == 8
+
+
+def test_untrained_card_refuses_to_classify(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(TINY_CARD)
+    with pytest.raises(ModelError, match="untrained"):
+        Classifier(load_card(path), device="cpu")
+
+
+def test_weight_checksum_mismatch_is_refused(tmp_path):
+    path = make_trained_card(tmp_path)
+    (tmp_path / "fold_1.safetensors").write_bytes(
+        (tmp_path / "fold_0.safetensors").read_bytes())
+    with pytest.raises(ModelError, match="sha256"):
+        Classifier(load_card(path), device="cpu")
+
+
+def test_wrong_weight_file_is_a_model_error(tmp_path):
+    path = make_trained_card(tmp_path, sha=False)
+    (tmp_path / "fold_0.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError):
+        Classifier(load_card(path), device="cpu")
+
+
+def test_cuda_request_without_gpu_is_an_option_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from wsi_atm.errors import OptionError
+
+    with pytest.raises(OptionError):
+        Classifier(load_card(make_trained_card(tmp_path)), device="cuda")
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def boom():
+        yield 1
+        raise ValueError("bad crop")
+
+    with pytest.raises(ValueError, match="bad crop"):
+        list(prefetch(boom()))

@@ -1,0 +1,466 @@
+"""Output writers: QuPath GeoJSON, candidate CSV, summary JSON, review PNG, atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsi_atm.detections import Candidates, ReadReport
+from wsi_atm.outputs.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from wsi_atm.outputs.figures import pick_gallery, write_review_png
+from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB, feature_collection, write_geojson
+from wsi_atm.outputs.summary import build_summary, write_summary
+from wsi_atm.outputs.tables import CSV_COLUMNS, write_candidates_csv
+from wsi_atm.results import ModelMeta, SlideMeta, SlideResult
+
+jsonschema = pytest.importorskip("jsonschema")
+
+SCHEMA_PATH = Path(__file__).parent / "fixtures" / "qupath_geojson.schema.json"
+OFFSET = (100, 200)
+
+# id, x, y, detector score, detection status, result status, p_atypical, at_border
+ROWS = [
+    ("c1", 1000.0, 2000.0, 0.9, "ok", "classified", 0.92, False),
+    ("c2", 1500.5, 2500.25, math.nan, "ok", "classified", 0.20, False),
+    ("c3", 3000.0, 500.0, 0.7, "ok", "classified", 0.55, True),
+    ("c4", -50.0, 100.0, 0.8, "outside_slide", "outside_slide", math.nan, False),
+    ("c5", 4000.0, 4000.0, 0.6, "ok", "classified", 0.10, False),
+    ("c6", 2000.0, 3000.0, 0.5, "ok", "read_failed", math.nan, False),
+]
+
+
+def make_result(
+    rows: list[tuple] = ROWS,
+    *,
+    sensitivity: float | None = None,
+    specificity: float | None = None,
+    resample_factor: float = 1.0,
+) -> SlideResult:
+    ids, xs, ys, scores, det_status, status, p, border = (
+        (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 8
+    )
+    candidates = Candidates(
+        ids=np.array(ids, dtype=object),
+        x=np.array(xs, dtype=np.float64),
+        y=np.array(ys, dtype=np.float64),
+        score=np.array(scores, dtype=np.float64),
+        label=np.array(["mitotic figure"] * len(ids), dtype=object),
+        status=np.array(det_status, dtype=object),
+        source="csv",
+        report=ReadReport(rows_read=len(ids), outside_slide=det_status.count("outside_slide")),
+    )
+    return SlideResult(
+        slide=SlideMeta(
+            path="/slides/case 1.mrxs",
+            name="case 1.mrxs",
+            backend="openslide",
+            width=5000,
+            height=5000,
+            mpp=0.25,
+            mpp_source="openslide.mpp-x",
+            bounds_offset=OFFSET,
+            crop_level=0,
+            resample_factor=resample_factor,
+            upsampled=resample_factor > 1.0,
+        ),
+        model=ModelMeta(
+            name="test-model",
+            card_path="models/test.toml",
+            weights_sha256=("ab" * 32,),
+            threshold=0.5,
+            sensitivity=sensitivity,
+            specificity=specificity,
+            n_atypical=120 if sensitivity is not None else None,
+            n_normal=400 if specificity is not None else None,
+        ),
+        candidates=candidates,
+        p_atypical=np.array(p, dtype=np.float64),
+        status=np.array(status, dtype=object),
+        at_border=np.array(border, dtype=bool),
+        detections_path="/slides/case 1.csv",
+        detections_sha256="cd" * 32,
+        candidate_options={"min_score": None, "merge_radius_um": 3.0},
+        elapsed_s=12.5,
+        timings={"read": 1.0, "infer": 10.0, "nan_stage": math.nan},
+        package_version="0.1.0",
+    )
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def strict_load(path: Path) -> object:
+    """json.loads that refuses NaN/Infinity (Python's json accepts them by default)."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {token} in {path.name}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- GeoJSON ---------------------------------------------------------------------------------
+
+
+def test_geojson_has_one_detection_per_classified_candidate(tmp_path: Path, validator) -> None:
+    result = make_result()
+    path = tmp_path / "out.geojson"
+    write_geojson(result, path)
+    data = strict_load(path)
+    validator.validate(data)
+    features = data["features"]
+    assert len(features) == int(result.classified.sum()) == 4
+    by_id = {f["properties"]["metadata"]["candidate_id"]: f for f in features}
+    assert set(by_id) == {"c1", "c2", "c3", "c5"}
+    for f in features:
+        assert "objectType" not in f
+        assert f["properties"]["objectType"] == "detection"
+        assert set(f["properties"]["metadata"]) >= {"candidate_id", "model", "source"}
+    assert by_id["c1"]["properties"]["classification"] == {
+        "name": "Atypical mitosis",
+        "color": list(ATYPICAL_RGB),
+    }
+    assert by_id["c2"]["properties"]["classification"]["name"] == "Normal mitosis"
+    assert by_id["c3"]["properties"]["classification"]["name"] == "Atypical mitosis"
+    assert by_id["c5"]["properties"]["classification"]["color"] == list(NORMAL_RGB)
+
+
+def test_geojson_coordinates_are_offset_subtracted_and_measurements_finite() -> None:
+    data = feature_collection(make_result())
+    rows = {r[0]: r for r in ROWS}
+    for f in data["features"]:
+        row = rows[f["properties"]["metadata"]["candidate_id"]]
+        assert f["geometry"]["type"] == "Point"
+        assert f["geometry"]["coordinates"] == pytest.approx([row[1] - 100, row[2] - 200])
+        m = f["properties"]["measurements"]
+        assert isinstance(m, dict)
+        assert m["p_atypical"] == pytest.approx(row[6])
+        if math.isnan(row[3]):
+            assert "detector_score" not in m
+        else:
+            assert m["detector_score"] == pytest.approx(row[3])
+    json.dumps(data, allow_nan=False)
+
+
+def test_geojson_ids_are_stable_uuids(validator) -> None:
+    first = feature_collection(make_result())
+    second = feature_collection(make_result())
+    ids = [f["id"] for f in first["features"]]
+    assert ids == [f["id"] for f in second["features"]]
+    assert len(set(ids)) == len(ids)
+    duplicated = [*ROWS, ("c1", 10.0, 10.0, 0.5, "ok", "classified", 0.7, False)]
+    dup_ids = [f["id"] for f in feature_collection(make_result(duplicated))["features"]]
+    assert len(set(dup_ids)) == len(dup_ids)
+
+
+def test_geojson_circles_are_closed_rings_of_50_px(tmp_path: Path, validator) -> None:
+    path = tmp_path / "circles.geojson"
+    write_geojson(make_result(), path, shape="circle")
+    data = strict_load(path)
+    validator.validate(data)
+    rows = {r[0]: r for r in ROWS}
+    for f in data["features"]:
+        assert f["geometry"]["type"] == "Polygon"
+        ring = np.array(f["geometry"]["coordinates"][0])
+        assert len(ring) >= 17
+        assert ring[0].tolist() == ring[-1].tolist()
+        row = rows[f["properties"]["metadata"]["candidate_id"]]
+        centre = np.array([row[1] - 100, row[2] - 200])
+        assert np.linalg.norm(ring - centre, axis=1) == pytest.approx(25.0, abs=0.01)
+
+
+def test_geojson_rejects_unknown_shape() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        feature_collection(make_result(), shape="square")  # type: ignore[arg-type]
+
+
+def test_empty_result_gives_valid_empty_collection(tmp_path: Path, validator) -> None:
+    result = make_result([])
+    path = tmp_path / "empty.geojson"
+    write_geojson(result, path)
+    data = strict_load(path)
+    validator.validate(data)
+    assert data == {"type": "FeatureCollection", "features": []}
+    summary = build_summary(result)
+    assert summary["atypical_fraction"] is None
+    assert summary["atypical_to_normal_ratio"] is None
+    assert summary["counts"]["candidates"] == 0
+    write_candidates_csv(result, tmp_path / "empty.csv")
+    assert (tmp_path / "empty.csv").read_text() == ",".join(CSV_COLUMNS) + "\n"
+
+
+def _good_feature() -> dict:
+    return {
+        "type": "Feature",
+        "id": "3f0c7f5e-1b2a-4c3d-8e9f-0a1b2c3d4e5f",
+        "geometry": {"type": "Point", "coordinates": [1.0, 2.0]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": "Atypical mitosis", "color": [220, 20, 60]},
+            "measurements": {"p_atypical": 0.8},
+        },
+    }
+
+
+def _with(path: tuple, value: object, *, delete: bool = False) -> dict:
+    feature = _good_feature()
+    node = feature
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return feature
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        _with(("properties", "classification", "color"), None, delete=True),
+        _with(("properties", "classification", "color"), [300, 0, 0]),
+        _with(("properties", "classification", "color"), [1, 2]),
+        _with(("id",), "candidate-17"),
+        _with(("objectType",), "detection"),
+        _with(("properties", "objectType"), "mitosis"),
+        _with(("properties", "measurements"), {"p_atypical": "high"}),
+        _with(("properties", "measurements"), [0.8]),
+        _with(("properties", "metadata"), {"n": 3}),
+        _with(("geometry",), {"type": "Point", "coordinates": [1.0]}),
+        _with(("geometry",), {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}),
+    ],
+    ids=[
+        "classification-without-color",
+        "color-out-of-range",
+        "color-two-values",
+        "non-uuid-id",
+        "top-level-objectType",
+        "unknown-objectType",
+        "non-numeric-measurement",
+        "measurements-bare-list",
+        "non-string-metadata",
+        "point-one-coordinate",
+        "ring-too-short",
+    ],
+)
+def test_schema_rejects_what_qupath_cannot_read(validator, feature: dict) -> None:
+    assert not validator.is_valid({"type": "FeatureCollection", "features": [feature]})
+
+
+def test_schema_accepts_qupath_variants(validator) -> None:
+    assert validator.is_valid(_good_feature())
+    assert validator.is_valid([_good_feature()])
+    assert validator.is_valid(_with(("properties", "classification"), "Tumor"))
+    legacy = [{"name": "p_atypical", "value": 0.8}]
+    assert validator.is_valid(_with(("properties", "measurements"), legacy))
+    assert validator.is_valid(_with(("id",), None, delete=True))
+
+
+# --- CSV and summary -------------------------------------------------------------------------
+
+
+def test_csv_has_every_candidate_in_openslide_frame(tmp_path: Path) -> None:
+    path = tmp_path / "candidates.csv"
+    write_candidates_csv(make_result(), path)
+    rows = read_csv(path)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert [r["id"] for r in rows] == [r[0] for r in ROWS]
+    by_id = {r["id"]: r for r in rows}
+    assert float(by_id["c2"]["x"]) == 1500.5 and float(by_id["c2"]["y"]) == 2500.25
+    assert by_id["c2"]["detector_score"] == ""
+    assert by_id["c1"]["p_atypical"] == "0.920000"
+    assert by_id["c1"]["label"] == "atypical" and by_id["c5"]["label"] == "normal"
+    assert by_id["c3"]["at_border"] == "true" and by_id["c1"]["at_border"] == "false"
+    for skipped in ("c4", "c6"):
+        assert by_id[skipped]["p_atypical"] == by_id[skipped]["label"] == ""
+    assert by_id["c4"]["status"] == "outside_slide"
+    assert by_id["c4"]["detector_score"] == "0.800000"
+
+
+def test_counts_agree_across_summary_csv_and_geojson(tmp_path: Path) -> None:
+    result = make_result()
+    write_candidates_csv(result, tmp_path / "c.csv")
+    write_geojson(result, tmp_path / "c.geojson")
+    summary = write_summary(result, tmp_path / "s.json")
+    assert strict_load(tmp_path / "s.json") == summary
+
+    rows = read_csv(tmp_path / "c.csv")
+    by_status = Counter(r["status"] for r in rows)
+    by_label = Counter(r["label"] for r in rows if r["label"])
+    by_class = Counter(
+        f["properties"]["classification"]["name"]
+        for f in strict_load(tmp_path / "c.geojson")["features"]
+    )
+    counts = summary["counts"]
+    assert counts["candidates"] == len(rows) == 6
+    assert counts["classified"] == by_status["classified"] == 4
+    assert counts["skipped"] == {"outside_slide": 1, "read_failed": 1}
+    assert counts["skipped"] == {k: v for k, v in by_status.items() if k != "classified"}
+    assert counts["atypical"] == by_label["atypical"] == by_class["Atypical mitosis"] == 2
+    assert counts["normal"] == by_label["normal"] == by_class["Normal mitosis"] == 2
+    assert counts["at_border"] == 1
+
+
+def test_summary_fraction_ratio_and_provenance() -> None:
+    summary = build_summary(make_result())
+    json.dumps(summary, allow_nan=False)
+    fraction = summary["atypical_fraction"]
+    assert fraction["value"] == pytest.approx(0.5)
+    assert fraction["method"] == "Wilson score"
+    assert fraction["ci95"][0] < 0.5 < fraction["ci95"][1]
+    assert summary["atypical_to_normal_ratio"] == pytest.approx(1.0)
+    assert summary["atypical_fraction_corrected"] is None
+    slide = summary["slide"]
+    assert slide["bounds_offset"] == [100, 200]
+    assert "GeoJSON" in slide["bounds_offset_note"]
+    assert slide["upsampled"] is False and slide["upsample_warning"] is None
+    assert summary["detections"]["format"] == "csv"
+    assert summary["detections"]["sha256"] == "cd" * 32
+    assert summary["detections"]["report"]["outside_slide"] == 1
+    assert summary["model"]["weights_sha256"] == ["ab" * 32]
+    assert summary["timings_s"]["nan_stage"] is None
+    assert summary["elapsed_s"] == 12.5
+    assert set(summary["notes"]) >= {"atypical_fraction", "atypical_fraction_corrected"}
+
+
+def test_summary_ratio_null_when_no_normal_calls() -> None:
+    rows = [r for r in ROWS if r[0] in ("c1", "c3", "c4")]
+    summary = build_summary(make_result(rows))
+    assert summary["counts"]["normal"] == 0
+    assert summary["atypical_to_normal_ratio"] is None
+    assert summary["atypical_fraction"]["value"] == 1.0
+    json.dumps(summary, allow_nan=False)
+
+
+def test_summary_corrected_fraction_and_upsample_warning() -> None:
+    summary = build_summary(make_result(sensitivity=0.75, specificity=0.80, resample_factor=1.5))
+    corrected = summary["atypical_fraction_corrected"]
+    # raw 0.5 → (0.5 - 0.2) / 0.55
+    assert corrected["value"] == pytest.approx(0.3 / 0.55)
+    lo, hi = corrected["ci95"]
+    assert 0.0 <= lo <= corrected["value"] <= hi <= 1.0
+    assert corrected["sensitivity"] == 0.75 and corrected["n_atypical"] == 120
+    assert summary["slide"]["upsampled"] is True
+    assert "upsampled" in summary["slide"]["upsample_warning"]
+    assert summary["warnings"][0] == summary["slide"]["upsample_warning"]
+    json.dumps(summary, allow_nan=False)
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def test_atomic_writes_replace_and_leave_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "first\n")
+    atomic_write_text(target, "second\n")
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    assert target.read_text() == "second\n"
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "out.txt"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failed_write_keeps_the_previous_file(tmp_path: Path, error: type[BaseException]) -> None:
+    target = tmp_path / "summary.json"
+    target.write_text("good\n")
+    with pytest.raises(error), atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".summary.json.")
+        assert tmp.name.endswith(".tmp")
+        tmp.write_text("half-writ")
+        raise error()
+    assert target.read_text() == "good\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_failed_write_of_new_file_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError), atomic_path(tmp_path / "sub" / "new.json") as tmp:
+        tmp.write_text("{")
+        raise ValueError("boom")
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+# --- review figure ---------------------------------------------------------------------------
+
+THUMB_RGB = (180, 220, 250)  # a colour the synthetic crops never take
+
+
+def _locate_thumbnail(image: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of the uniformly coloured thumbnail in the figure."""
+    mask = np.all(image == THUMB_RGB, axis=2)
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _synthetic_crop(rng: np.random.Generator, dark: bool) -> np.ndarray:
+    yy, xx = np.mgrid[:128, :128]
+    crop = np.empty((128, 128, 3), dtype=np.float64)
+    crop[:] = (236, 190, 214)
+    crop += rng.normal(0, 8, crop.shape)
+    blob = ((yy - 64) ** 2 / 18**2 + (xx - 64) ** 2 / (10 if dark else 22) ** 2) < 1
+    crop[blob] = (70, 30, 110) if dark else (120, 70, 150)
+    return np.clip(crop, 0, 255).astype(np.uint8)
+
+
+def test_review_png_marks_candidates_in_call_colours(tmp_path: Path) -> None:
+    result = make_result()
+    thumb_scale = 0.1  # 5000 px slide → 500 px thumbnail
+    thumbnail = np.empty((500, 500, 3), dtype=np.uint8)
+    thumbnail[:] = THUMB_RGB
+    rng = np.random.default_rng(1)
+    confident, uncertain = pick_gallery(result, n_atypical=2, n_uncertain=2)
+    assert confident == [0, 2]  # c1 (0.92) then c3 (0.55)
+    assert uncertain == [1, 4]  # c2 (|0.2-0.5|) then c5 (|0.1-0.5|)
+    gallery = [
+        (_synthetic_crop(rng, result.atypical[i]), float(result.p_atypical[i]), ROWS[i][0])
+        for i in confident + uncertain
+    ]
+    path = tmp_path / "review.png"
+    write_review_png(
+        path,
+        thumbnail,
+        thumb_scale,
+        result,
+        gallery,
+        sections=[("Most confident atypical", 2), ("Most uncertain", 2)],
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["review.png"]
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert 800 <= im.width <= 4000 and 600 <= im.height <= 4000
+        pixels = np.asarray(im.convert("RGB"))
+    x0, y0, x1, _ = _locate_thumbnail(pixels)
+    shown = (x1 - x0) / 500
+    for i, row in enumerate(ROWS):
+        if not result.classified[i]:
+            continue
+        px = round(x0 + row[1] * thumb_scale * shown)
+        py = round(y0 + row[2] * thumb_scale * shown)
+        expected = ATYPICAL_RGB if result.atypical[i] else NORMAL_RGB
+        assert tuple(pixels[py, px]) == expected, row[0]
+
+
+def test_review_png_without_candidates_or_gallery(tmp_path: Path) -> None:
+    thumbnail = np.full((300, 400, 4), 255, dtype=np.uint8)
+    write_review_png(tmp_path / "empty.png", thumbnail, 0.08, make_result([]))
+    with Image.open(tmp_path / "empty.png") as im:
+        assert im.width > 400 and im.height > 300
+
+
+def test_pick_gallery_on_empty_result() -> None:
+    assert pick_gallery(make_result([])) == ([], [])

@@ -1,0 +1,3 @@
+from wsi_atm.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""Model cards: one small TOML file per model in the registry (the top-level ``models/`` folder).
+
+A card holds everything needed to build and feed a model: the timm architecture or hub id,
+preprocessing per training mode, how linear-probe embeddings and LoRA heads are formed, the label
+convention of its weights, the decision threshold, cross-validated metrics and the weight files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wsi_atm.errors import ModelError
+
+MODES = ("end-to-end", "linear-probe", "lora")
+DEFAULT_MODEL = "wsi-atm-default"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Train-time augmentation and eval-time transform for one mode, then normalisation."""
+
+    train: tuple[dict[str, Any], ...]
+    eval: tuple[dict[str, Any], ...]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.3
+    target_modules: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+    # Suffix matching on "proj" also hits the Conv2d ``patch_embed.proj`` (as upstream does).
+    adapt_patch_embed: bool = True
+    head: str = "token0"  # "token0": Linear applied to tokens, keep CLS; "pooled": timm head
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    method: str = "cls"  # "cls" | "cls+mean" (CLS concat mean of patch tokens)
+    patch_start: int = 1  # first patch token index (after CLS and register tokens)
+    dim: int = 0
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    file: str
+    sha256: str = ""
+    fold: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    path: Path
+    description: str
+    kind: str  # "cnn", "vit", "foundation"
+    architecture: str  # timm name or "hf-hub:org/name"
+    kwargs: dict[str, Any]
+    pretrained: str  # "none", "imagenet", or the hub id
+    hub_revision: str
+    input_size: int  # crop size the model is fed after preprocessing
+    crop_size: int  # crop size cut from the slide
+    mpp: float
+    trained_mode: str
+    preprocess: dict[str, Preprocess]
+    lora: LoraSpec
+    embedding: EmbeddingSpec
+    output: str  # what the weights' sigmoid gives: "p_atypical" or "p_normal" (upstream)
+    threshold: float
+    status: str  # "trained", "untrained", "external" (weights from elsewhere)
+    weights: tuple[WeightFile, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    # The timm architecture a hub model uses, so it can be described offline (parameter count).
+    timm_equivalent: str = ""
+    # ``[architecture.hub_model_args]``: the ``model_args`` of the hub's config.json, so that
+    # ``timm_equivalent`` + these + ``kwargs`` build the same network without the hub (random init,
+    # e.g. to load an upstream checkpoint holding every weight). A cached config.json wins.
+    hub_model_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_hub(self) -> bool:
+        return self.architecture.startswith(("hf-hub:", "hf_hub:"))
+
+    def weight_paths(self) -> list[Path]:
+        return [self.resolve(w.file) for w in self.weights]
+
+    def resolve(self, file: str) -> Path:
+        p = Path(file)
+        return p if p.is_absolute() else self.path.parent / p
+
+    def preprocess_for(self, mode: str | None = None) -> Preprocess:
+        mode = mode or self.trained_mode
+        if mode not in self.preprocess:
+            raise ModelError(f"model card {self.name!r} has no preprocessing for mode {mode!r}")
+        return self.preprocess[mode]
+
+
+def registry_dir() -> Path:
+    """The folder of bundled cards (``models/`` in the source tree, packaged with wsi_atm)."""
+    return Path(str(resources.files("wsi_atm.model_cards")))
+
+
+def list_cards() -> list[ModelCard]:
+    return [load_card(p) for p in sorted(registry_dir().glob("*.toml"))]
+
+
+def find_card(name_or_path: str | Path | None) -> ModelCard:
+    """A bundled card by name, or a card file by path; ``None`` gives the default model."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            path = path / "card.toml"
+        return load_card(path)
+    candidate = registry_dir() / f"{name_or_path}.toml"
+    if candidate.is_file():
+        return load_card(candidate)
+    names = ", ".join(c.stem for c in sorted(registry_dir().glob("*.toml")))
+    raise ModelError(f"unknown model {str(name_or_path)!r}; bundled models: {names}")
+
+
+def _preprocess(raw: dict[str, Any]) -> Preprocess:
+    return Preprocess(
+        train=tuple(raw.get("train", ())),
+        eval=tuple(raw.get("eval", ())),
+        mean=tuple(raw.get("mean", IMAGENET_MEAN)),
+        std=tuple(raw.get("std", IMAGENET_STD)),
+    )
+
+
+def load_card(path: str | Path) -> ModelCard:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model card not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not a valid TOML model card ({exc})") from None
+    try:
+        return _card_from_dict(raw, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: invalid model card ({type(exc).__name__}: {exc})") from None
+
+
+def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
+    arch = raw["architecture"]
+    inp = raw.get("input", {})
+    decision = raw.get("decision", {})
+    output = raw.get("labels", {}).get("output", "p_atypical")
+    if output not in ("p_atypical", "p_normal"):
+        raise ValueError(f"labels.output must be p_atypical or p_normal, not {output!r}")
+    mode = raw.get("trained_mode", "end-to-end")
+    if mode not in MODES:
+        raise ValueError(f"trained_mode must be one of {MODES}")
+    return ModelCard(
+        name=raw.get("name", path.stem),
+        path=path.resolve(),
+        description=raw.get("description", ""),
+        kind=raw.get("kind", "cnn"),
+        architecture=arch["name"],
+        kwargs=dict(arch.get("kwargs", {})),
+        pretrained=arch.get("pretrained", "none"),
+        hub_revision=arch.get("revision", ""),
+        input_size=int(inp.get("model_size", inp.get("crop_size", 128))),
+        crop_size=int(inp.get("crop_size", 128)),
+        mpp=float(inp.get("mpp", 0.25)),
+        trained_mode=mode,
+        preprocess={m: _preprocess(v) for m, v in raw.get("preprocess", {}).items()},
+        lora=LoraSpec(**{**raw.get("lora", {}), "target_modules": tuple(
+            raw.get("lora", {}).get("target_modules", LoraSpec.target_modules))}),
+        embedding=EmbeddingSpec(**raw.get("embedding", {})),
+        output=output,
+        threshold=float(decision.get("threshold", 0.5)),
+        status=raw.get("status", "untrained"),
+        weights=tuple(WeightFile(**w) for w in raw.get("weights", [])),
+        metrics=dict(raw.get("metrics", {})),
+        training=dict(raw.get("training", {})),
+        batch_size=int(raw.get("batch_size", 64)),
+        timm_equivalent=arch.get("timm_equivalent", ""),
+        hub_model_args=dict(arch.get("hub_model_args", {})),
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,77 @@
+"""The ``wsi-atm`` command: a click group whose subcommands stay thin.
+
+Errors the user can fix end with one line on stderr and exit status 2; anything unexpected
+gets exit status 1 and a line saying where it happened (``WSI_ATM_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import warnings
+
+import click
+
+from wsi_atm import __version__
+from wsi_atm.errors import WsiAtmError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wsi-atm")
+def cli() -> None:
+    """Classify mitotic figures in whole-slide images as atypical or normal."""
+
+
+def _register() -> None:
+    from wsi_atm.cli import classify_cmd, evaluate_cmd, info_cmd, train_cmd
+
+    cli.add_command(classify_cmd.classify)
+    cli.add_command(evaluate_cmd.evaluate)
+    cli.add_command(evaluate_cmd.results)
+    cli.add_command(info_cmd.slide_info)
+    cli.add_command(info_cmd.models)
+    cli.add_command(train_cmd.train)
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    click.echo(f"wsi-atm: warning: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    warnings.showwarning = _show_warning
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
+    logging.basicConfig(handlers=[handler], level=logging.WARNING)
+    try:
+        cli.main(args=argv, prog_name="wsi-atm", standalone_mode=False)
+    except WsiAtmError as exc:
+        click.echo(f"wsi-atm: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("wsi-atm: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"wsi-atm: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("wsi-atm: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # internal error: say where, exit 1
+        if os.environ.get("WSI_ATM_DEBUG"):
+            traceback.print_exc()
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}"
+        click.echo(f"wsi-atm: internal error ({type(exc).__name__} at {where}): {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,53 @@
+"""``wsi-atm slide-info`` and ``wsi-atm models``: what was read, what is available."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from wsi_atm.cli.options import slide_options
+
+
+@click.command("slide-info")
+@click.argument("slide", type=click.Path(path_type=Path))
+@slide_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def slide_info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
+    """Show what wsi-atm reads from SLIDE: backend, levels, µm/px and its source, offsets."""
+    from wsi_atm.crops import plan_crops
+    from wsi_atm.slides import open_slide
+
+    with open_slide(slide, backend=backend, mpp=mpp) as s:
+        info = s.info()
+        with warnings.catch_warnings():  # the plan below reports upsampling itself
+            warnings.simplefilter("ignore")
+            plan = plan_crops(s)
+        info["crop_plan"] = {"level": plan.level, "resample_factor": plan.scale,
+                             "native": plan.native, "upsampled": plan.upsampled}
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        if key == "properties":
+            continue
+        click.echo(f"{key:<20} {value}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def models(as_json: bool) -> None:
+    """List the bundled model cards: name, kind, parameters, weights and where they come from."""
+    from wsi_atm.registry_view import describe_cards
+
+    rows = describe_cards()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':<20} {'kind':<11} {'params':>8}  {'mode':<12} {'status':<10} weights")
+    for r in rows:
+        params = f"{r['parameters'] / 1e6:.1f}M" if r["parameters"] else "?"
+        click.echo(f"{r['name']:<20} {r['kind']:<11} {params:>8}  {r['trained_mode']:<12} "
+                   f"{r['status']:<10} {r['weights']}")

@@ -1,0 +1,72 @@
+"""Options shared by the commands that read slides and detections (classify, batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from wsi_atm.detections import CandidateOptions
+
+F = Callable[..., Any]
+
+
+def candidate_options(func: F) -> F:
+    """--min-score, --include-imposters, --units, --image, --merge-radius."""
+    opts = [
+        click.option("--min-score", type=float, default=None,
+                     help="drop candidates whose detector score is below this"),
+        click.option("--include-imposters", is_flag=True,
+                     help="also classify imposters / sub-threshold 'non-mitotic figure' points"),
+        click.option("--units", type=click.Choice(["mm", "um", "px"]), default=None,
+                     help="units of the detection coordinates (default: the format's own)"),
+        click.option("--image", default=None,
+                     help="image name or id inside a multi-slide file (default: the slide's name)"),
+        click.option("--merge-radius", type=float, default=3.0, show_default=True,
+                     help="merge candidates closer than this many µm (0 disables)"),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def make_candidate_options(
+    min_score: float | None, include_imposters: bool, units: str | None, image: str | None,
+    merge_radius: float,
+) -> CandidateOptions:
+    return CandidateOptions(
+        min_score=min_score, include_imposters=include_imposters, units=units, image=image,
+        merge_radius_um=merge_radius,
+    )
+
+
+def slide_options(func: F) -> F:
+    """--mpp and --backend."""
+    opts = [
+        click.option("--mpp", type=float, default=None,
+                     help="level-0 µm/px, overriding what the slide declares"),
+        click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide"]),
+                     default="auto", show_default=True, help="slide reading library"),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def model_options(func: F) -> F:
+    """--model, --threshold, --device, --batch-size, --tta."""
+    opts = [
+        click.option("--model", default=None,
+                     help="bundled model name or card path (default: the bundled default model)"),
+        click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+                     help="decision threshold on P(atypical) (default: the card's)"),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="crops per forward pass (default: the card's)"),
+        click.option("--tta", is_flag=True,
+                     help="test-time augmentation: mean over the 8 flips/rotations"),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func

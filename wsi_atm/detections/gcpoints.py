@@ -1,0 +1,53 @@
+"""Grand-challenge "Multiple points" JSON (MIDOG challenge output): ``point`` = [x, y, z] in mm."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from wsi_atm.detections.model import RawDetections
+from wsi_atm.errors import DetectionsError
+
+IMPOSTER_NAMES = frozenset({"non-mitotic figure", "non mitotic figure", "not mitotic figure"})
+
+
+def _score(value: Any, where: str, name: str) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DetectionsError(f"{name}: {where}: probability {value!r} is not a number") from None
+
+
+def read_points(doc: dict[str, Any], name: str) -> RawDetections:
+    points = doc.get("points")
+    if points is None:
+        points = []
+    if not isinstance(points, list):
+        raise DetectionsError(f"{name}: 'points' must be a list, got {type(points).__name__}")
+    ids, xs, ys, scores, labels, imposters = [], [], [], [], [], []
+    for i, item in enumerate(points):
+        where = f"point #{i}"
+        coords = item.get("point") if isinstance(item, dict) else None
+        try:
+            x, y = float(coords[0]), float(coords[1])  # type: ignore[index]
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise DetectionsError(f"{name}: {where} has no [x, y, z] 'point': {coords!r}") from None
+        label = str(item.get("name") or "")
+        ids.append(str(item.get("id", i)))
+        xs.append(x)
+        ys.append(y)
+        scores.append(_score(item.get("probability"), where, name))
+        labels.append(label)
+        imposters.append(label.strip().lower() in IMPOSTER_NAMES)
+    return RawDetections.build(
+        ids,
+        xs,
+        ys,
+        scores,
+        labels,
+        imposters,
+        units="mm",
+        row_label=lambda i: f"point #{i}",
+    )

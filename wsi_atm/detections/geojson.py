@@ -1,0 +1,115 @@
+"""QuPath GeoJSON exports: points give points, polygons their centroid, in QuPath's frame."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from shapely.errors import GEOSException
+from shapely.geometry import shape
+
+from wsi_atm.detections.model import RawDetections
+from wsi_atm.errors import DetectionsError
+
+SCORE_KEYS = ("score", "probability", "detector_score", "confidence", "prob")
+_AREAS = ("Polygon", "MultiPolygon")
+
+
+def features_of(doc: Any, name: str) -> list[Any]:
+    """The Features of a FeatureCollection, a single Feature, or a bare array."""
+    if isinstance(doc, list):
+        return doc
+    if str(doc.get("type", "")).lower() == "feature":
+        return [doc]
+    features = doc.get("features")
+    if features is None:
+        return []
+    if not isinstance(features, list):
+        raise DetectionsError(f"{name}: 'features' must be a list")
+    return features
+
+
+def _label(props: dict[str, Any]) -> str:
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        cls = cls.get("name")
+    return "" if cls is None else str(cls)
+
+
+def _measurements(props: dict[str, Any]) -> dict[str, Any]:
+    raw = props.get("measurements")
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, list):  # legacy [{"name": ..., "value": ...}]
+        return {m.get("name"): m.get("value") for m in raw if isinstance(m, dict)}
+    return {}
+
+
+def _score(props: dict[str, Any]) -> float:
+    for source in (_measurements(props), props):
+        lowered = {str(k).lower(): v for k, v in source.items()}
+        for key in SCORE_KEYS:
+            value = lowered.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    return math.nan
+
+
+def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, float]] | None:
+    """The geometry's point(s), its centroid for polygons, ``None`` for unsupported types."""
+    kind = geom.get("type")
+    coords = geom.get("coordinates")
+    try:
+        if kind == "Point":
+            return [(float(coords[0]), float(coords[1]))]
+        if kind == "MultiPoint":
+            return [(float(c[0]), float(c[1])) for c in coords]
+        if kind in _AREAS:
+            centroid = shape(geom).centroid
+            return None if centroid.is_empty else [(centroid.x, centroid.y)]
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, GEOSException) as exc:
+        raise DetectionsError(f"{name}: {where}: invalid {kind} coordinates ({exc})") from None
+    return None
+
+
+def read_geojson(doc: Any, name: str) -> RawDetections:
+    ids, xs, ys, scores, labels, where_of = [], [], [], [], [], []
+    skipped: dict[str, int] = {}
+    for i, feature in enumerate(features_of(doc, name)):
+        where = f"feature #{i}"
+        if not isinstance(feature, dict):
+            raise DetectionsError(f"{name}: {where} is not a GeoJSON object")
+        geom = feature.get("geometry")
+        props = feature.get("properties") or {}
+        if not isinstance(props, dict):
+            props = {}
+        points = _points(geom, where, name) if isinstance(geom, dict) else None
+        if not points:
+            kind = str(geom.get("type")) if isinstance(geom, dict) else "no geometry"
+            skipped[kind] = skipped.get(kind, 0) + 1
+            continue
+        fid = feature.get("id", props.get("id"))
+        base = str(i) if fid is None else str(fid)
+        for k, (x, y) in enumerate(points):
+            ids.append(base if len(points) == 1 else f"{base}.{k}")
+            xs.append(x)
+            ys.append(y)
+            scores.append(_score(props))
+            labels.append(_label(props))
+            where_of.append(where if fid is None else f"{where} (id {fid})")
+    warnings = []
+    if skipped:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
+        warnings.append(f"skipped features without a point or polygon geometry: {kinds}")
+    return RawDetections.build(
+        ids,
+        xs,
+        ys,
+        scores,
+        labels,
+        [False] * len(ids),
+        qupath_frame=True,
+        skipped=sum(skipped.values()),
+        warnings=warnings,
+        row_label=lambda i: where_of[i],
+    )

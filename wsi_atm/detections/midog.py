@@ -1,0 +1,120 @@
+"""MIDOG++ / MIDOG 2021 COCO-like JSON: many images, ``bbox`` = [x1, y1, x2, y2] pixels."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from wsi_atm.detections.images import ImageInfo, select_image, size_warning
+from wsi_atm.detections.model import CandidateOptions, RawDetections, SlideFrame
+from wsi_atm.errors import DetectionsError
+
+MITOSIS_CATEGORY_ID = 1
+
+
+@dataclass(frozen=True)
+class MidogIndex:
+    """The file parsed once: images (with counts per category) and annotations per image id."""
+
+    images: list[ImageInfo]
+    categories: dict[str, str]
+    by_image: dict[str, list[dict[str, Any]]]
+
+
+def _key(value: Any) -> str:
+    """Ids as strings; JSON ints and their float/str spellings compare equal."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _size(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def index(doc: dict[str, Any], name: str) -> MidogIndex:
+    images_raw, annotations = doc.get("images"), doc.get("annotations")
+    if not isinstance(images_raw, list) or not isinstance(annotations, list):
+        raise DetectionsError(f"{name}: MIDOG JSON needs lists 'images' and 'annotations'")
+    categories = {
+        _key(c.get("id")): str(c.get("name", c.get("id")))
+        for c in doc.get("categories") or []
+        if isinstance(c, dict)
+    }
+    by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "image_id" not in ann:
+            raise DetectionsError(f"{name}: annotation #{i} has no 'image_id'")
+        by_image[_key(ann["image_id"])].append(ann)
+    images = []
+    for i, im in enumerate(images_raw):
+        if not isinstance(im, dict) or "id" not in im:
+            raise DetectionsError(f"{name}: image #{i} has no 'id'")
+        iid = _key(im["id"])
+        counts = Counter(
+            categories.get(_key(a.get("category_id")), _key(a.get("category_id")))
+            for a in by_image.get(iid, [])
+        )
+        images.append(
+            ImageInfo(
+                id=iid,
+                name=str(im.get("file_name", iid)),
+                width=_size(im.get("width")),
+                height=_size(im.get("height")),
+                counts=dict(counts),
+            )
+        )
+    return MidogIndex(images=images, categories=categories, by_image=dict(by_image))
+
+
+def _mitosis_ids(idx: MidogIndex, wanted: str, name: str) -> set[str]:
+    found = {cid for cid, cname in idx.categories.items() if cname.lower() == wanted.lower()}
+    if found:
+        return found
+    if not idx.categories:
+        return {str(MITOSIS_CATEGORY_ID)}
+    names = ", ".join(f"{cid}: {cname}" for cid, cname in idx.categories.items())
+    raise DetectionsError(f"{name}: no category named {wanted!r} (categories: {names})")
+
+
+def _centre(ann: dict[str, Any], name: str) -> tuple[float, float]:
+    bbox = ann.get("bbox")
+    try:
+        x1, y1, x2, y2 = (float(v) for v in bbox)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise DetectionsError(
+            f"{name}: annotation id {ann.get('id')} has no [x1, y1, x2, y2] bbox: {bbox!r}"
+        ) from None
+    return (x1 + x2) / 2.0, (y1 + y2) / 2.0
+
+
+def read_midog(
+    idx: MidogIndex, frame: SlideFrame, options: CandidateOptions, name: str
+) -> RawDetections:
+    image = select_image(idx.images, frame.name, options.image, name)
+    mitosis = _mitosis_ids(idx, options.mitosis_class, name)
+    ids, xs, ys, labels, imposters = [], [], [], [], []
+    for i, ann in enumerate(idx.by_image.get(image.id, [])):
+        x, y = _centre(ann, name)
+        cid = _key(ann.get("category_id"))
+        ids.append(_key(ann["id"]) if "id" in ann else str(i))
+        xs.append(x)
+        ys.append(y)
+        labels.append(idx.categories.get(cid, cid))
+        imposters.append(cid not in mitosis)
+    return RawDetections.build(
+        ids,
+        xs,
+        ys,
+        [math.nan] * len(ids),
+        labels,
+        imposters,
+        image=image.name,
+        warnings=size_warning(image, frame.width, frame.height),
+        row_label=lambda i: f"annotation id {ids[i]}",
+    )

@@ -1,0 +1,207 @@
+"""The typed records the detection readers share: slide frame, options, report, candidates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wsi_atm.errors import OptionError
+
+MIDOG_JSON = "midog-json"
+GC_POINTS = "gc-points"
+SLIDERUNNER = "sliderunner-sqlite"
+CSV = "csv"
+QUPATH_GEOJSON = "qupath-geojson"
+EMPTY = "empty"
+
+SUPPORTED_FORMATS: tuple[str, ...] = (MIDOG_JSON, GC_POINTS, SLIDERUNNER, CSV, QUPATH_GEOJSON)
+
+FORMAT_DESCRIPTIONS: dict[str, str] = {
+    MIDOG_JSON: "MIDOG++/MIDOG21 COCO-like JSON",
+    GC_POINTS: "grand-challenge 'Multiple points' JSON",
+    SLIDERUNNER: "SlideRunner SQLite",
+    CSV: "CSV/TSV with x,y columns",
+    QUPATH_GEOJSON: "QuPath GeoJSON",
+}
+
+UNIT_ALIASES: dict[str, str] = {
+    "px": "px",
+    "pixel": "px",
+    "pixels": "px",
+    "um": "um",
+    "µm": "um",
+    "μm": "um",
+    "micron": "um",
+    "microns": "um",
+    "mm": "mm",
+}
+MICRONS_PER_UNIT: dict[str, float] = {"um": 1.0, "mm": 1000.0}
+
+
+def one_line(text: object) -> str:
+    """``text`` with all whitespace runs (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def supported_formats_text() -> str:
+    return ", ".join(f"{name} ({FORMAT_DESCRIPTIONS[name]})" for name in SUPPORTED_FORMATS)
+
+
+@dataclass(frozen=True)
+class SlideFrame:
+    """What the readers need to know about the slide (built by the caller from a Slide)."""
+
+    name: str
+    width: int
+    height: int
+    mpp: float
+    bounds_offset: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise OptionError(f"slide size must be positive, got {self.width}×{self.height} px")
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise OptionError(f"slide µm/px must be a positive number, got {self.mpp!r}")
+
+
+@dataclass(frozen=True)
+class CandidateOptions:
+    """How to read candidates; ``units=None`` means the format's own default.
+
+    ``mitosis_class`` names the class kept by default in formats whose classes are named
+    (SlideRunner ``Classes.name``, MIDOG JSON category names; matched case-insensitively);
+    every other class is treated as an imposter.
+    """
+
+    min_score: float | None = None
+    include_imposters: bool = False
+    units: str | None = None
+    image: str | None = None
+    merge_radius_um: float = 3.0
+    mitosis_class: str = "Mitotic figure"
+
+    def __post_init__(self) -> None:
+        if self.units is not None:
+            unit = UNIT_ALIASES.get(str(self.units).strip().lower())
+            if unit is None:
+                raise OptionError(f"units must be one of mm, um, px; got {self.units!r}")
+            object.__setattr__(self, "units", unit)
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise OptionError(f"min_score must be a finite number, got {self.min_score!r}")
+        if not (math.isfinite(self.merge_radius_um) and self.merge_radius_um >= 0):
+            raise OptionError(
+                f"merge radius must be a finite number ≥ 0 µm, got {self.merge_radius_um!r}"
+            )
+        if self.image is not None:
+            object.__setattr__(self, "image", str(self.image).strip())
+
+
+@dataclass
+class ReadReport:
+    """What happened while reading: counts and human-readable warnings."""
+
+    rows_read: int = 0
+    excluded_imposters: int = 0
+    below_min_score: int = 0
+    merged_duplicates: int = 0
+    outside_slide: int = 0
+    skipped: int = 0
+    image: str | None = None
+    units: str = "px"
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Candidates:
+    """One typed table (parallel arrays) of candidate mitoses in level-0 px, OpenSlide frame."""
+
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    score: np.ndarray
+    label: np.ndarray
+    status: np.ndarray
+    source: str
+    report: ReadReport
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def inside(self) -> np.ndarray:
+        return self.status == "ok"
+
+    def to_rows(self) -> list[dict[str, object]]:
+        return [
+            {
+                "id": str(self.ids[i]),
+                "x": float(self.x[i]),
+                "y": float(self.y[i]),
+                "score": None if math.isnan(self.score[i]) else float(self.score[i]),
+                "label": str(self.label[i]),
+                "status": str(self.status[i]),
+            }
+            for i in range(len(self))
+        ]
+
+
+@dataclass
+class RawDetections:
+    """A reader's output before the shared steps (units, filters, merging, status)."""
+
+    ids: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    score: np.ndarray
+    label: list[str]
+    imposter: np.ndarray
+    units: str = "px"
+    qupath_frame: bool = False
+    image: str | None = None
+    skipped: int = 0
+    warnings: list[str] = field(default_factory=list)
+    row_label: Callable[[int], str] | None = None
+
+    def where(self, index: int) -> str:
+        """Where row ``index`` is in the file, for error messages."""
+        if self.row_label is not None:
+            return self.row_label(index)
+        return f"row {index + 1} (id {self.ids[index]})"
+
+    @classmethod
+    def build(
+        cls,
+        ids: list[str],
+        xs: list[float],
+        ys: list[float],
+        scores: list[float],
+        labels: list[str],
+        imposters: list[bool],
+        *,
+        units: str = "px",
+        qupath_frame: bool = False,
+        image: str | None = None,
+        skipped: int = 0,
+        warnings: list[str] | None = None,
+        row_label: Callable[[int], str] | None = None,
+    ) -> RawDetections:
+        """From per-row lists (what the readers collect) to arrays."""
+        return cls(
+            ids=ids,
+            x=np.asarray(xs, dtype=np.float64).reshape(-1),
+            y=np.asarray(ys, dtype=np.float64).reshape(-1),
+            score=np.asarray(scores, dtype=np.float64).reshape(-1),
+            label=labels,
+            imposter=np.asarray(imposters, dtype=bool).reshape(-1),
+            units=units,
+            qupath_frame=qupath_frame,
+            image=image,
+            skipped=skipped,
+            warnings=list(warnings or []),
+            row_label=row_label,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)

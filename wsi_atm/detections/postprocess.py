@@ -1,0 +1,113 @@
+"""Steps every format shares: units → pixels, sanity of the extent, near-duplicate merging."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsi_atm.detections.model import MICRONS_PER_UNIT, SlideFrame
+
+FAR_OUTSIDE = 4.0  # points reaching beyond this many slide sizes are in the wrong units
+TOO_LARGE = 1.25  # a cloud reaching beyond this many slide sizes: another µm/px was assumed
+TOO_SMALL = 0.6  # a cloud within this fraction of the slide: another µm/px was perhaps assumed
+MIN_CLOUD = 10  # points needed before judging the cloud's size
+FIT_MARGIN = 1.05
+
+
+def px_per_unit(units: str, mpp: float) -> float:
+    """How many level-0 pixels one ``units`` is on a slide of ``mpp`` µm/px."""
+    return 1.0 if units == "px" else MICRONS_PER_UNIT[units] / mpp
+
+
+def _reach(x: np.ndarray, y: np.ndarray, frame: SlideFrame) -> tuple[float, float]:
+    """(largest, smallest) coordinate of the cloud in slide sizes, over both axes."""
+    high = max(float(np.max(x)) / frame.width, float(np.max(y)) / frame.height)
+    low = min(float(np.min(x)) / frame.width, float(np.min(y)) / frame.height)
+    return high, low
+
+
+def _fits(x: np.ndarray, y: np.ndarray, frame: SlideFrame) -> bool:
+    high, low = _reach(x, y, frame)
+    return 0.05 < high <= FIT_MARGIN and low >= -(FIT_MARGIN - 1)
+
+
+def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame) -> list[str]:
+    """Warnings when raw coordinates in ``units`` do not fit the slide the way they should.
+
+    Far outside the slide → the values are really in other units (say which fit); a cloud
+    reaching ~2× the slide, or filling only ~half of it, in physical units → the detector
+    assumed another µm/px than the slide's.
+    """
+    if len(x) == 0:
+        return []
+    scale = px_per_unit(units, frame.mpp)
+    high, low = _reach(x * scale, y * scale, frame)
+    fitting = [
+        alt
+        for alt in ("px", "um", "mm")
+        if alt != units
+        and _fits(x * px_per_unit(alt, frame.mpp), y * px_per_unit(alt, frame.mpp), frame)
+    ]
+    if high > FAR_OUTSIDE or low < -FAR_OUTSIDE:
+        cause = (
+            f"they fit the slide as {' or '.join(fitting)} values: "
+            f"read them with units={fitting[0]!r}"
+            if fitting
+            else "wrong slide, or wrong units?"
+        )
+        return [
+            f"coordinates read as {units} reach {max(high, -low):.3g}× the slide's size "
+            f"({frame.width}×{frame.height} px at {frame.mpp:.4g} µm/px): {cause}"
+        ]
+    if units == "px":
+        if len(x) >= 3 and high < 0.02 and fitting:
+            return [
+                f"all coordinates lie within {high:.2%} of the slide's size from its corner: "
+                f"they look like {fitting[-1]} values: read them with units={fitting[-1]!r}"
+            ]
+        return []
+    if high > TOO_LARGE:
+        return [
+            f"points in {units} reach {high:.2f}× the slide's size: the detector probably "
+            f"assumed a coarser µm/px (about {frame.mpp * high:.3g} or more) than the slide's "
+            f"{frame.mpp:.4g}; check the slide's µm/px (--mpp)"
+        ]
+    if len(x) >= MIN_CLOUD and 0 < high < TOO_SMALL:
+        return [
+            f"points in {units} fill only {high:.0%} of the slide's extent: the detector may "
+            f"have assumed a finer µm/px (about {frame.mpp * high:.3g}) than the slide's "
+            f"{frame.mpp:.4g}; check the slide's µm/px (--mpp)"
+        ]
+    return []
+
+
+def merge_duplicates(x: np.ndarray, y: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
+    """Mask of candidates kept when those within ``radius`` of a better one are merged into it.
+
+    Greedy by score (highest first, missing scores last, ties in input order); a grid of
+    ``radius``-sized cells makes each candidate compare only with kept ones in the 3×3 cells
+    around it, and kept candidates are > ``radius`` apart so a cell holds at most a few:
+    O(n log n) for the sort, O(n) after.
+    """
+    n = len(x)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0 or radius <= 0:
+        keep[:] = True
+        return keep
+    order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf)))
+    xl, yl = x.tolist(), y.tolist()
+    gx = np.floor(x / radius).astype(np.int64).tolist()
+    gy = np.floor(y / radius).astype(np.int64).tolist()
+    r2 = radius * radius
+    grid: dict[tuple[int, int], list[int]] = {}
+    for i in order.tolist():
+        xi, yi, cx, cy = xl[i], yl[i], gx[i], gy[i]
+        duplicate = any(
+            (xl[j] - xi) ** 2 + (yl[j] - yi) ** 2 <= r2
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for j in grid.get((cx + dx, cy + dy), ())
+        )
+        if not duplicate:
+            keep[i] = True
+            grid.setdefault((cx, cy), []).append(i)
+    return keep

@@ -1,0 +1,129 @@
+"""CSV / TSV detection tables: a header row with x/y columns, optional score, label and id."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass
+
+from wsi_atm.detections.model import RawDetections
+from wsi_atm.errors import DetectionsError
+
+DELIMITERS = ("\t", ",", ";", "|")
+_PREFIXES = ("", "centroid_", "center_", "centre_")
+_SUFFIXES = {"": None, "_px": "px", "_um": "um", "_µm": "um", "_μm": "um", "_mm": "mm"}
+XY_ALIASES: dict[str, tuple[str, str | None]] = {
+    f"{pre}x{suf}": (f"{pre}y{suf}", unit) for pre in _PREFIXES for suf, unit in _SUFFIXES.items()
+}
+SCORE_ALIASES = ("score", "probability", "confidence", "prob", "detector_score")
+LABEL_ALIASES = ("label", "class", "classification", "class_name", "category", "name")
+ID_ALIASES = ("id", "uid", "object_id", "candidate_id")
+
+
+def accepted_xy_text() -> str:
+    return "x,y / centroid_x,centroid_y / x_px,y_px, any case, optionally _um or _mm"
+
+
+@dataclass(frozen=True)
+class Columns:
+    delimiter: str
+    x: int
+    y: int
+    units: str | None
+    score: int | None
+    label: int | None
+    id: int | None
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s\-.()\[\]]+", "_", name.strip().lstrip("\ufeff").lower()).strip("_")
+
+
+def _first(names: list[str], aliases: tuple[str, ...]) -> int | None:
+    for alias in aliases:
+        if alias in names:
+            return names.index(alias)
+    return None
+
+
+def _header(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.strip():
+            return line
+    return None
+
+
+def find_columns(text: str) -> Columns | None:
+    """The header's x/y (and optional) columns, trying each delimiter; ``None`` if it has none."""
+    line = _header(text)
+    if line is None:
+        return None
+    for delimiter in DELIMITERS:
+        if delimiter not in line:
+            continue
+        names = [_norm(c) for c in next(csv.reader([line], delimiter=delimiter))]
+        for x_name, (y_name, units) in XY_ALIASES.items():
+            if x_name in names and y_name in names:
+                return Columns(
+                    delimiter=delimiter,
+                    x=names.index(x_name),
+                    y=names.index(y_name),
+                    units=units,
+                    score=_first(names, SCORE_ALIASES),
+                    label=_first(names, LABEL_ALIASES),
+                    id=_first(names, ID_ALIASES),
+                )
+    return None
+
+
+def _number(row: list[str], index: int, what: str, where: str, name: str) -> float:
+    cell = row[index].strip() if index < len(row) else ""
+    try:
+        return float(cell)
+    except ValueError:
+        raise DetectionsError(f"{name}: {where}: {what} value {cell!r} is not a number") from None
+
+
+def read_table(text: str, name: str) -> RawDetections:
+    """Rows of a CSV/TSV as candidates (units from the column names, else pixels)."""
+    cols = find_columns(text)
+    if cols is None:  # pragma: no cover - sniffing guarantees columns
+        raise DetectionsError(f"{name}: no x/y columns ({accepted_xy_text()})")
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")), delimiter=cols.delimiter)
+    ids: list[str] = []
+    xs: list[float] = []
+    ys: list[float] = []
+    scores: list[float] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    seen_header = False
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if not seen_header:
+            seen_header = True
+            continue
+        where = f"line {reader.line_num}"
+        xs.append(_number(row, cols.x, "x", where, name))
+        ys.append(_number(row, cols.y, "y", where, name))
+        score = math.nan
+        if cols.score is not None and cols.score < len(row) and row[cols.score].strip():
+            score = _number(row, cols.score, "score", where, name)
+        scores.append(score)
+        label = row[cols.label].strip() if cols.label is not None and cols.label < len(row) else ""
+        labels.append(label)
+        rid = row[cols.id].strip() if cols.id is not None and cols.id < len(row) else ""
+        ids.append(rid or str(len(ids)))
+        lines.append(reader.line_num)
+    return RawDetections.build(
+        ids,
+        xs,
+        ys,
+        scores,
+        labels,
+        [False] * len(ids),
+        units=cols.units or "px",
+        row_label=lambda i: f"line {lines[i]}",
+    )

@@ -1,0 +1,186 @@
+"""The inference engine: a fold ensemble built once from a card, resident on its device.
+
+Crops (uint8 NHWC at the card's crop size) stream in; P(atypical) comes out, the mean over
+fold models. On CUDA: bf16 autocast, channels-last, optional torch.compile, and on out-of-memory
+the batch is halved and the work goes on. On CPU the same code path runs in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsi_atm.cards import ModelCard, sha256_file
+from wsi_atm.errors import ModelError, OptionError
+from wsi_atm.nets import build_net
+from wsi_atm.transforms import BatchTransform
+from wsi_atm.weights import load_into, load_weights
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda was asked for but no CUDA device is available")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise OptionError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    path: str
+    sha256: str
+
+
+def verify_weights(card: ModelCard) -> list[LoadedWeights]:
+    """Check each weight file exists and matches the card's sha256 (when the card states one)."""
+    if card.status == "untrained" or not card.weights:
+        raise ModelError(
+            f"model {card.name!r} is untrained (no weights): train it with `wsi-atm train` "
+            "or choose a trained model (see `wsi-atm models`)")
+    checked = []
+    for w in card.weights:
+        path = card.resolve(w.file)
+        if not path.is_file():
+            raise ModelError(f"model {card.name!r}: weight file missing: {path}")
+        digest = sha256_file(path)
+        if w.sha256 and digest != w.sha256:
+            raise ModelError(f"model {card.name!r}: {path.name} does not match the card's sha256")
+        checked.append(LoadedWeights(str(path), digest))
+    return checked
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of a NCHW batch."""
+    x = torch.flip(x, dims=(-1,)) if k >= 4 else x
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+class Classifier:
+    """A card's fold ensemble, loaded once; ``predict`` gives P(atypical) per crop."""
+
+    def __init__(
+        self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
+        tta: bool = False, compile: bool = False, threads: int | None = None,
+    ) -> None:
+        self.card = card
+        self.device = pick_device(device)
+        self.batch_size = batch_size or card.batch_size
+        if self.batch_size < 1:
+            raise OptionError("--batch-size must be at least 1")
+        self.tta = tta
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.weights = verify_weights(card)
+        self.nets = [self._load(w.path, compile) for w in self.weights]
+        self.transform = BatchTransform(card.preprocess_for(), train=False)
+        self.sign = -1.0 if card.output == "p_normal" else 1.0
+
+    def _load(self, path: str, compile: bool) -> nn.Module:
+        # LoRA and linear-probe checkpoints hold only adapters and heads: the frozen backbone
+        # comes from its pretrained source (hub cache); end-to-end weights are complete.
+        partial = self.card.trained_mode != "end-to-end"
+        net = build_net(self.card, self.card.trained_mode,
+                        pretrained=partial and self.card.pretrained != "none")
+        load_into(net, load_weights(path), strict=self.card.trained_mode == "end-to-end")
+        if self.card.trained_mode == "lora":
+            from wsi_atm.adapters import merge_for_inference
+
+            net = merge_for_inference(net)
+        net = net.eval().to(self.device)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+            if compile:
+                net = torch.compile(net)
+        return net
+
+    @property
+    def weight_sha256(self) -> tuple[str, ...]:
+        return tuple(w.sha256 for w in self.weights)
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """P(atypical) per fold model (F, N), averaged over the 8 dihedral views with TTA."""
+        x = self.transform(x.to(self.device, non_blocking=True))
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = range(8) if self.tta else (0,)
+        out = torch.zeros(len(self.nets), x.shape[0], device=self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            for f, net in enumerate(self.nets):
+                for k in views:
+                    out[f] += torch.sigmoid(self.sign * net(dihedral(x, k)).float())
+        return out / len(views)
+
+    def predict_folds(self, crops: np.ndarray) -> np.ndarray:
+        """P(atypical) of each fold model, shape (F, N), for uint8 crops (N, H, W, 3).
+
+        On CUDA out-of-memory the batch size is halved and the work goes on.
+        """
+        if len(crops) == 0:
+            return np.zeros((len(self.nets), 0), dtype=np.float64)
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+        out, start = [], 0
+        while start < len(x):
+            chunk = x[start : start + self.batch_size]
+            try:
+                out.append(self._forward(chunk).cpu())
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+                log.warning("CUDA out of memory: batch size lowered to %d", self.batch_size)
+                continue
+            start += len(chunk)
+        return torch.cat(out, dim=1).double().numpy()
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """The ensemble's P(atypical): the mean over fold models."""
+        return self.predict_folds(crops).mean(axis=0)
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` ahead, so reading overlaps compute."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

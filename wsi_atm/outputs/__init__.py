@@ -1,0 +1,1 @@
+"""Writers of classify outputs: GeoJSON, CSV, summary JSON, review picture."""

@@ -1,0 +1,297 @@
+"""Review picture for a pathologist: the slide with its calls, and a gallery of crops.
+
+Rendered with Pillow only. Layout: a header (slide, counts, atypical share and ratio), the
+slide thumbnail with every classified candidate marked (atypical red, normal green; candidates
+that were not classified are not drawn) and a legend below it, and to its right a grid of crops,
+each framed in its call's colour and captioned with its probability.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from wsi_atm.outputs.atomic import atomic_path
+from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB
+from wsi_atm.results import SlideResult
+from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+
+GalleryItem = tuple[np.ndarray, float, str]
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+MUTED = (110, 110, 110)
+PANEL = 900  # longest side of the thumbnail panel, px
+MARGIN = 20
+TILE = 144  # displayed crop size, px
+GALLERY_COLUMNS = 4
+# Atypical calls are rarer and matter more: larger markers, drawn on top of the normal ones.
+MARKER_RADIUS = {"atypical": 7, "normal": 4}
+
+
+def _font(size: int) -> Font:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
+        return ImageFont.load_default()
+
+
+def _to_image(array: np.ndarray) -> Image.Image:
+    """An RGB image from an HxW, HxWx3 or HxWx4 array (uint8, or float in [0, 1])."""
+    data = np.asarray(array)
+    if data.dtype != np.uint8:
+        data = np.clip(np.rint(data.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    if data.ndim == 2:
+        return Image.fromarray(data, "L").convert("RGB")
+    if data.ndim == 3 and data.shape[2] == 4:
+        rgba = Image.fromarray(data, "RGBA")
+        flat = Image.new("RGB", rgba.size, BACKGROUND)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    if data.ndim == 3 and data.shape[2] == 3:
+        return Image.fromarray(data, "RGB")
+    raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {data.shape}")
+
+
+def pick_gallery(
+    result: SlideResult, n_atypical: int = 8, n_uncertain: int = 8
+) -> tuple[list[int], list[int]]:
+    """Candidate indices of the most confident atypical calls and of the most uncertain calls.
+
+    Confident: called atypical, highest ``p_atypical`` first. Uncertain: classified, ``p``
+    closest to the model's threshold first, excluding those already picked as confident.
+    """
+    p = result.p_atypical
+    atypical = np.flatnonzero(result.atypical)
+    confident = atypical[np.argsort(-p[atypical], kind="stable")][:n_atypical]
+    taken = set(confident.tolist())
+    classified = np.array([i for i in np.flatnonzero(result.classified) if i not in taken], int)
+    distance = np.abs(p[classified] - result.model.threshold)
+    uncertain = classified[np.argsort(distance, kind="stable")][:n_uncertain]
+    return [int(i) for i in confident], [int(i) for i in uncertain]
+
+
+def _header_lines(result: SlideResult) -> tuple[str, list[str]]:
+    atypical = int(np.count_nonzero(result.atypical))
+    normal = int(np.count_nonzero(result.normal))
+    classified = atypical + normal
+    total = len(result.candidates)
+    counts = f"{total} candidates, {classified} classified: {atypical} atypical, {normal} normal"
+    if total > classified:
+        counts += f" ({total - classified} not classified, not shown)"
+    ci = wilson_interval(atypical, classified)
+    if ci is None:
+        share = "Atypical fraction: n/a (no classified candidates)"
+    else:
+        share = (
+            f"Atypical fraction: {atypical / classified:.1%} "
+            f"(95% CI {ci[0]:.1%} - {ci[1]:.1%}, Wilson)"
+        )
+    ratio = f"{atypical / normal:.3f}" if normal else "n/a (no normal calls)"
+    share += f"    Atypical : normal = {atypical}:{normal} = {ratio}"
+    model = result.model
+    info = (
+        f"Model {model.name}, threshold {model.threshold:.2f}{', TTA' if model.tta else ''}; "
+        f"slide {result.slide.mpp:.3f} um/px ({result.slide.mpp_source})"
+    )
+    if result.slide.upsampled:
+        info += f"; crops UPSAMPLED {result.slide.resample_factor:.2f}x"
+    lines = [counts, share]
+    corrected = _corrected_line(result, atypical, classified)
+    if corrected:
+        lines.append(corrected)
+    return result.slide.name, [*lines, info]
+
+
+def _corrected_line(result: SlideResult, atypical: int, classified: int) -> str | None:
+    m = result.model
+    if m.sensitivity is None or m.specificity is None or classified == 0:
+        return None
+    value = rogan_gladen(atypical / classified, m.sensitivity, m.specificity)
+    ci = rogan_gladen_interval(
+        atypical, classified, m.sensitivity, m.n_atypical, m.specificity, m.n_normal
+    )
+    if value is None or ci is None:
+        return None
+    return (
+        f"Corrected for model errors (sens {m.sensitivity:.2f}, spec {m.specificity:.2f}): "
+        f"{value:.1%} (95% CI {ci[0]:.1%} - {ci[1]:.1%}, Rogan-Gladen)"
+    )
+
+
+def _thumbnail_panel(thumbnail: np.ndarray, thumb_scale: float, result: SlideResult) -> Image.Image:
+    image = _to_image(thumbnail)
+    display = PANEL / max(image.size)
+    size = (max(1, round(image.width * display)), max(1, round(image.height * display)))
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(image)
+    scale = thumb_scale * display
+    cands = result.candidates
+    for kind, mask, rgb in (
+        ("normal", result.normal, NORMAL_RGB),
+        ("atypical", result.atypical, ATYPICAL_RGB),
+    ):
+        r = MARKER_RADIUS[kind]
+        for i in np.flatnonzero(mask):
+            cx, cy = float(cands.x[i]) * scale, float(cands.y[i]) * scale
+            box = (cx - r, cy - r, cx + r, cy + r)
+            draw.ellipse(
+                box, fill=rgb, outline=(255, 255, 255), width=2 if kind == "atypical" else 1
+            )
+    return image
+
+
+def _legend(width: int, result: SlideResult) -> Image.Image:
+    font = _font(15)
+    image = Image.new("RGB", (width, 30), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    x = 0
+    t = result.model.threshold
+    n_atypical = int(np.count_nonzero(result.atypical))
+    n_normal = int(np.count_nonzero(result.normal))
+    for rgb, text in (
+        (ATYPICAL_RGB, f"Atypical mitosis (p >= {t:.2f}): {n_atypical}"),
+        (NORMAL_RGB, f"Normal mitosis (p < {t:.2f}): {n_normal}"),
+    ):
+        draw.ellipse((x, 9, x + 12, 21), fill=rgb, outline=INK)
+        draw.text((x + 18, 15), text, fill=INK, font=font, anchor="lm")
+        x += 18 + int(draw.textlength(text, font=font)) + 30
+    return image
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int) -> str:
+    """``text``, shortened with "..." to fit ``width`` px."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _tile(crop: np.ndarray, p: float, caption: str, threshold: float) -> Image.Image:
+    font = _font(13)
+    rgb = ATYPICAL_RGB if p >= threshold else NORMAL_RGB
+    tile = Image.new("RGB", (TILE, TILE + 36), BACKGROUND)
+    image = _to_image(crop).resize((TILE - 8, TILE - 8), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 0, TILE - 1, TILE - 1), fill=rgb)
+    tile.paste(image, (4, 4))
+    # Ticks on the frame point at the crop centre, where the candidate is.
+    mid, tick = TILE // 2, 14
+    for box in (
+        (mid - 1, 0, mid + 1, tick),
+        (mid - 1, TILE - 1 - tick, mid + 1, TILE - 1),
+        (0, mid - 1, tick, mid + 1),
+        (TILE - 1 - tick, mid - 1, TILE - 1, mid + 1),
+    ):
+        draw.rectangle(box, fill=rgb)
+    draw.text((TILE // 2, TILE + 9), f"p = {p:.3f}", fill=INK, font=_font(14), anchor="mm")
+    draw.text(
+        (TILE // 2, TILE + 26),
+        _fit(draw, caption, font, TILE - 4),
+        fill=MUTED,
+        font=font,
+        anchor="mm",
+    )
+    return tile
+
+
+def _gallery_panel(
+    gallery: Sequence[GalleryItem],
+    sections: Sequence[tuple[str, int]],
+    threshold: float,
+) -> Image.Image | None:
+    if not gallery:
+        return None
+    title_h, gap = 30, 8
+    tile_h = TILE + 36
+    blocks: list[tuple[str, Sequence[GalleryItem]]] = []
+    start = 0
+    for title, count in sections:
+        items = gallery[start : start + count]
+        start += count
+        if items:
+            blocks.append((title, items))
+    if start < len(gallery):
+        blocks.append(("More examples", gallery[start:]))
+    rows = sum(-(-len(items) // GALLERY_COLUMNS) for _, items in blocks)
+    width = GALLERY_COLUMNS * (TILE + gap) - gap
+    height = len(blocks) * title_h + rows * (tile_h + gap)
+    panel = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+    y = 0
+    for title, items in blocks:
+        draw.text((0, y + title_h // 2), title, fill=INK, font=_font(17), anchor="lm")
+        y += title_h
+        for k, (crop, p, caption) in enumerate(items):
+            col, row = k % GALLERY_COLUMNS, k // GALLERY_COLUMNS
+            panel.paste(
+                _tile(crop, p, caption, threshold), (col * (TILE + gap), y + row * (tile_h + gap))
+            )
+        y += -(-len(items) // GALLERY_COLUMNS) * (tile_h + gap)
+    return panel
+
+
+def render_review(
+    thumbnail: np.ndarray,
+    thumb_scale: float,
+    result: SlideResult,
+    gallery: Sequence[GalleryItem] = (),
+    sections: Sequence[tuple[str, int]] = (),
+) -> Image.Image:
+    """The review picture as an RGB image (see :func:`write_review_png`)."""
+    title, lines = _header_lines(result)
+    thumb = _thumbnail_panel(thumbnail, thumb_scale, result)
+    legend = _legend(thumb.width, result)
+    panel = _gallery_panel(
+        gallery, sections or [("Examples", len(gallery))], result.model.threshold
+    )
+
+    header_h = 40 + 24 * len(lines) + 10
+    left_h = thumb.height + 8 + legend.height
+    width = MARGIN + thumb.width + MARGIN + (panel.width + MARGIN if panel else 0)
+    height = header_h + max(left_h, panel.height if panel else 0) + MARGIN
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((MARGIN, 14), title, fill=INK, font=_font(24))
+    for k, line in enumerate(lines):
+        draw.text(
+            (MARGIN, 46 + 24 * k), line, fill=MUTED if k == len(lines) - 1 else INK, font=_font(16)
+        )
+    canvas.paste(thumb, (MARGIN, header_h))
+    draw.rectangle(
+        (MARGIN - 1, header_h - 1, MARGIN + thumb.width, header_h + thumb.height), outline=MUTED
+    )
+    canvas.paste(legend, (MARGIN, header_h + thumb.height + 8))
+    if panel is not None:
+        canvas.paste(panel, (MARGIN + thumb.width + MARGIN, header_h))
+    return canvas
+
+
+def write_review_png(
+    path: str | os.PathLike[str],
+    thumbnail: np.ndarray,
+    thumb_scale: float,
+    result: SlideResult,
+    gallery: Sequence[GalleryItem] = (),
+    sections: Sequence[tuple[str, int]] = (),
+) -> None:
+    """Write the review PNG atomically.
+
+    ``thumbnail`` is the whole slide in OpenSlide's frame (its (0, 0) is level-0 (0, 0));
+    ``thumb_scale`` is thumbnail px per level-0 px. ``gallery`` holds ``(crop, p_atypical,
+    caption)`` items; ``sections`` optionally splits it, in order, into titled groups of the
+    given sizes, e.g. ``[("Most confident atypical", 8), ("Most uncertain", 8)]`` to match
+    :func:`pick_gallery`.
+    """
+    if not (thumb_scale > 0):
+        raise ValueError(f"thumb_scale must be positive, got {thumb_scale!r}")
+    image = render_review(thumbnail, thumb_scale, result, gallery, sections)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=True)

@@ -1,0 +1,205 @@
+"""Per-slide summary JSON: counts, the atypical share with its uncertainty, and provenance."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, is_dataclass
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+
+from wsi_atm import __version__
+from wsi_atm.outputs.atomic import atomic_write_text
+from wsi_atm.results import SlideResult
+from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+
+SUMMARY_VERSION = 1
+# Upsampling crops by more than this blurs them enough to doubt the classifier's calls.
+UPSAMPLE_WARN_FACTOR = 1.2
+Z95 = 1.96
+
+NOTES = {
+    "atypical_fraction": (
+        "raw: share of classified candidates the classifier called atypical "
+        "(atypical / (atypical + normal)); biased by the classifier's errors. "
+        "ci95 is the Wilson score interval of that share."
+    ),
+    "atypical_fraction_corrected": (
+        "estimate of the true atypical share: the raw share corrected for the model's "
+        "cross-validated sensitivity and specificity (Rogan-Gladen, clipped to [0, 1]); "
+        "ci95 includes the uncertainty of sensitivity and specificity (delta method). "
+        "null when the model card gives no sensitivity/specificity."
+    ),
+    "atypical_to_normal_ratio": "atypical / normal calls; null when there are no normal calls.",
+    "coordinates": (
+        "CSV x/y are level-0 px in OpenSlide's frame; GeoJSON coordinates have the slide's "
+        "bounds_offset subtracted (the frame QuPath shows)."
+    ),
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types; NaN and infinities become None (JSON has neither)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, PurePath):
+        return str(value)
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def _counts(result: SlideResult) -> dict[str, Any]:
+    classified = result.classified
+    skipped = Counter(str(s) for s in result.status[~classified])
+    return {
+        "candidates": len(result.candidates),
+        "classified": int(np.count_nonzero(classified)),
+        "skipped": dict(sorted(skipped.items())),
+        "atypical": int(np.count_nonzero(result.atypical)),
+        "normal": int(np.count_nonzero(result.normal)),
+        "at_border": int(np.count_nonzero(classified & result.at_border.astype(bool))),
+    }
+
+
+def _slide(result: SlideResult) -> dict[str, Any]:
+    s = result.slide
+    warning = None
+    if s.resample_factor > UPSAMPLE_WARN_FACTOR:
+        warning = (
+            f"crops were upsampled {s.resample_factor:.2f}x: the slide ({s.mpp:.3f} µm/px) is "
+            "coarser than the model's input; calls on blurred crops are less reliable"
+        )
+    return {
+        "path": s.path,
+        "name": s.name,
+        "backend": s.backend,
+        "mpp": s.mpp,
+        "mpp_source": s.mpp_source,
+        "width": s.width,
+        "height": s.height,
+        "bounds_offset": list(s.bounds_offset),
+        "bounds_offset_note": (
+            "GeoJSON coordinates are OpenSlide level-0 px minus bounds_offset (QuPath's frame)"
+        ),
+        "crop_level": s.crop_level,
+        "resample_factor": s.resample_factor,
+        "upsampled": bool(s.upsampled or s.resample_factor > UPSAMPLE_WARN_FACTOR),
+        "upsample_warning": warning,
+    }
+
+
+def _detections(result: SlideResult) -> dict[str, Any]:
+    cands = result.candidates
+    return {
+        "path": result.detections_path,
+        "sha256": result.detections_sha256,
+        "format": cands.source,
+        "options": result.candidate_options,
+        "report": cands.report,
+    }
+
+
+def _model(result: SlideResult) -> dict[str, Any]:
+    m = result.model
+    return {
+        "name": m.name,
+        "card_path": m.card_path,
+        "weights_sha256": list(m.weights_sha256),
+        "threshold": m.threshold,
+        "tta": m.tta,
+        "sensitivity": m.sensitivity,
+        "specificity": m.specificity,
+        "n_atypical": m.n_atypical,
+        "n_normal": m.n_normal,
+    }
+
+
+def _fraction(atypical: int, normal: int) -> dict[str, Any] | None:
+    ci = wilson_interval(atypical, atypical + normal, Z95)
+    if ci is None:
+        return None
+    return {
+        "value": atypical / (atypical + normal),
+        "ci95": list(ci),
+        "method": "Wilson score",
+        "k": atypical,
+        "n": atypical + normal,
+    }
+
+
+def _corrected(result: SlideResult, atypical: int, normal: int) -> dict[str, Any] | None:
+    m = result.model
+    n = atypical + normal
+    if m.sensitivity is None or m.specificity is None or n == 0:
+        return None
+    value = rogan_gladen(atypical / n, m.sensitivity, m.specificity)
+    if value is None:
+        return None
+    ci = rogan_gladen_interval(
+        atypical, n, m.sensitivity, m.n_atypical, m.specificity, m.n_normal, Z95
+    )
+    exact = [
+        name
+        for name, k in (("sensitivity", m.n_atypical), ("specificity", m.n_normal))
+        if k is None
+    ]
+    method = "Rogan-Gladen; delta-method interval incl. sensitivity/specificity uncertainty"
+    if exact:
+        method += f" ({' and '.join(exact)} taken as exact: sample size unknown)"
+    return {
+        "value": value,
+        "ci95": list(ci) if ci is not None else None,
+        "method": method,
+        "sensitivity": m.sensitivity,
+        "specificity": m.specificity,
+        "n_atypical": m.n_atypical,
+        "n_normal": m.n_normal,
+    }
+
+
+def build_summary(result: SlideResult) -> dict[str, Any]:
+    """The summary of one slide as plain JSON types (safe for ``allow_nan=False``)."""
+    counts = _counts(result)
+    atypical, normal = counts["atypical"], counts["normal"]
+    slide = _slide(result)
+    warnings = [slide["upsample_warning"]] if slide["upsample_warning"] else []
+    warnings += list(result.candidates.report.warnings)
+    summary = {
+        "summary_version": SUMMARY_VERSION,
+        "package_version": result.package_version or __version__,
+        "slide": slide,
+        "detections": _detections(result),
+        "model": _model(result),
+        "counts": counts,
+        "atypical_fraction": _fraction(atypical, normal),
+        "atypical_fraction_corrected": _corrected(result, atypical, normal),
+        "atypical_to_normal_ratio": atypical / normal if normal else None,
+        "notes": NOTES,
+        "warnings": warnings,
+        "elapsed_s": result.elapsed_s,
+        "timings_s": result.timings,
+    }
+    return _jsonable(summary)
+
+
+def write_summary(result: SlideResult, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write :func:`build_summary` to ``path`` atomically; returns the summary written."""
+    summary = build_summary(result)
+    text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write_text(path, text)
+    return summary

@@ -1,0 +1,66 @@
+"""Per-candidate CSV: every candidate, classified or not, one row each.
+
+Columns: ``id,x,y,p_atypical,label,detector_score,at_border,status``. ``x``/``y`` are level-0
+pixels in **OpenSlide's frame** (no bounds offset subtracted, unlike the GeoJSON), so the file
+reads back as a detections CSV for the same slide. ``p_atypical``, ``label`` and ``at_border``
+are empty for candidates that were not classified; ``detector_score`` is empty when the
+detector gave none.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+
+from wsi_atm.outputs.atomic import atomic_write_text
+from wsi_atm.results import SlideResult
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "id",
+    "x",
+    "y",
+    "p_atypical",
+    "label",
+    "detector_score",
+    "at_border",
+    "status",
+)
+
+
+def _number(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if math.isfinite(value) else ""
+
+
+def candidate_rows(result: SlideResult) -> list[list[str]]:
+    """The CSV body as strings, one list per candidate in input order."""
+    cands = result.candidates
+    classified = result.classified
+    atypical = result.atypical
+    rows = []
+    for i in range(len(cands)):
+        done = bool(classified[i])
+        label = ("atypical" if atypical[i] else "normal") if done else ""
+        rows.append(
+            [
+                str(cands.ids[i]),
+                _number(float(cands.x[i]), 3),
+                _number(float(cands.y[i]), 3),
+                _number(float(result.p_atypical[i]), 6) if done else "",
+                label,
+                _number(float(cands.score[i]), 6),
+                ("true" if result.at_border[i] else "false") if done else "",
+                str(result.status[i]),
+            ]
+        )
+    return rows
+
+
+def write_candidates_csv(result: SlideResult, path: str | os.PathLike[str]) -> None:
+    """Write every candidate of ``result`` to ``path`` atomically (see the module docstring)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(candidate_rows(result))
+    atomic_write_text(path, buffer.getvalue())

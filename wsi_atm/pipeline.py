@@ -1,0 +1,160 @@
+"""One slide through the whole pipeline: the function ``classify`` and ``batch`` share.
+
+slide + detections → candidates → crops (streamed, prefetched) → P(atypical) → SlideResult →
+GeoJSON / CSV / summary JSON / review PNG, each written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsi_atm import __version__
+from wsi_atm.cards import sha256_file
+from wsi_atm.crops import CropPlan, plan_crops, read_crop, stream_crops
+from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_detections
+from wsi_atm.infer import Classifier, prefetch
+from wsi_atm.progress import progress_bar
+from wsi_atm.results import CLASSIFIED, ModelMeta, SlideMeta, SlideResult
+from wsi_atm.slides import Slide, open_slide
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How to open the slide and present the result (not what the model is)."""
+
+    backend: str = "auto"
+    mpp: float | None = None
+    threshold: float | None = None
+    shape: str = "point"
+    quiet: bool = False
+    figure: bool = True
+
+
+def model_meta(classifier: Classifier, threshold: float | None) -> ModelMeta:
+    card = classifier.card
+    m = card.metrics
+    return ModelMeta(
+        name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
+        threshold=card.threshold if threshold is None else threshold,
+        sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
+        n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"), tta=classifier.tta,
+    )
+
+
+def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
+    return SlideMeta(
+        path=str(slide.path), name=Path(slide.path).name, backend=slide.backend,
+        width=slide.dimensions[0], height=slide.dimensions[1], mpp=slide.mpp,
+        mpp_source=slide.mpp_source, bounds_offset=tuple(slide.bounds_offset),
+        crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
+    )
+
+
+def classify_candidates(
+    slide: Slide, cands: Candidates, plan: CropPlan, classifier: Classifier, quiet: bool,
+    timings: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(atypical), status and at_border per candidate; outside ones keep their status."""
+    n = len(cands)
+    p = np.full(n, np.nan)
+    status = cands.status.astype(object).copy()
+    at_border = np.zeros(n, dtype=bool)
+    inside = np.flatnonzero(cands.inside())
+    bar = progress_bar(len(inside), "classifying", quiet=quiet, unit="crop")
+    batches = stream_crops(slide, cands.x[inside], cands.y[inside], plan=plan,
+                           batch_size=classifier.batch_size)
+    t_wait = t_infer = 0.0
+    t = time.perf_counter()
+    for batch in prefetch(batches):
+        t_wait += time.perf_counter() - t
+        t = time.perf_counter()
+        idx = inside[batch.indices]
+        p[idx] = classifier.predict(batch.images)
+        at_border[idx] = batch.at_border
+        status[idx] = CLASSIFIED
+        t_infer += time.perf_counter() - t
+        bar.update(len(idx))
+        t = time.perf_counter()
+    bar.close()
+    timings["crop_wait_s"], timings["inference_s"] = round(t_wait, 3), round(t_infer, 3)
+    return p, status, at_border
+
+
+def run_slide(
+    slide_path: str | Path, detections_path: str | Path, classifier: Classifier,
+    cand_options: CandidateOptions, options: SlideOptions, out_dir: Path | None = None,
+) -> SlideResult:
+    """Classify every candidate of one slide; with ``out_dir``, write all outputs there."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    card = classifier.card
+    with open_slide(slide_path, backend=options.backend, mpp=options.mpp) as slide:
+        timings["open_s"] = round(time.perf_counter() - t0, 3)
+        frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
+                           height=slide.dimensions[1], mpp=slide.mpp,
+                           bounds_offset=tuple(slide.bounds_offset))
+        t = time.perf_counter()
+        cands = read_detections(detections_path, frame, cand_options)
+        timings["detections_s"] = round(time.perf_counter() - t, 3)
+        plan = plan_crops(slide, size=card.crop_size, target_mpp=card.mpp)
+        p, status, at_border = classify_candidates(
+            slide, cands, plan, classifier, options.quiet, timings)
+        result = SlideResult(
+            slide=slide_meta(slide, plan), model=model_meta(classifier, options.threshold),
+            candidates=cands, p_atypical=p, status=status, at_border=at_border,
+            detections_path=str(detections_path),
+            detections_sha256=sha256_file(Path(detections_path)),
+            candidate_options=asdict(cand_options), timings=timings,
+            package_version=__version__,
+        )
+        if out_dir is not None:
+            t = time.perf_counter()
+            result.elapsed_s = round(time.perf_counter() - t0, 3)
+            write_outputs(slide, plan, result, out_dir, options)
+            timings["write_s"] = round(time.perf_counter() - t, 3)
+    result.elapsed_s = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def output_paths(slide_name: str, out_dir: Path) -> dict[str, Path]:
+    stem = Path(slide_name).stem
+    return {
+        "geojson": out_dir / f"{stem}.geojson",
+        "csv": out_dir / f"{stem}.csv",
+        "summary": out_dir / f"{stem}.summary.json",
+        "png": out_dir / f"{stem}.png",
+    }
+
+
+def write_outputs(
+    slide: Slide, plan: CropPlan, result: SlideResult, out_dir: Path, options: SlideOptions
+) -> dict[str, Path]:
+    """Write the four outputs; the summary goes last so its presence means all are complete."""
+    from wsi_atm.outputs.figures import pick_gallery, write_review_png
+    from wsi_atm.outputs.geojson import write_geojson
+    from wsi_atm.outputs.summary import write_summary
+    from wsi_atm.outputs.tables import write_candidates_csv
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = output_paths(result.slide.name, out_dir)
+    write_geojson(result, paths["geojson"], shape=options.shape)
+    write_candidates_csv(result, paths["csv"])
+    if options.figure:
+        thumb_max = 1600
+        thumbnail = slide.get_thumbnail(thumb_max)
+        scale = thumbnail.shape[1] / slide.dimensions[0]
+        confident, uncertain = pick_gallery(result)
+        gallery = []
+        for i in [*confident, *uncertain]:
+            x, y = float(result.candidates.x[i]), float(result.candidates.y[i])
+            crop, _ = read_crop(slide, x, y, plan)
+            gallery.append((crop, float(result.p_atypical[i]), str(result.candidates.ids[i])))
+        sections = [("Most confident atypical", len(confident)),
+                    ("Most uncertain (p near threshold)", len(uncertain))]
+        write_review_png(paths["png"], thumbnail, scale, result, gallery, sections=sections)
+    write_summary(result, paths["summary"])
+    return paths

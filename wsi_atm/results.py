@@ -1,0 +1,79 @@
+"""Records that cross module boundaries after classification: one slide's complete result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wsi_atm.detections import Candidates
+
+# Per-candidate status values in SlideResult.status.
+CLASSIFIED = "classified"
+OUTSIDE_SLIDE = "outside_slide"
+
+
+@dataclass(frozen=True)
+class SlideMeta:
+    """What was read about the slide, and how crops were made from it."""
+
+    path: str
+    name: str  # file name; output names derive from its stem
+    backend: str
+    width: int
+    height: int
+    mpp: float
+    mpp_source: str
+    bounds_offset: tuple[int, int]
+    crop_level: int
+    resample_factor: float  # >1 means upsampled (slide coarser than the model's µm/px)
+    upsampled: bool
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """The classifier that produced the probabilities."""
+
+    name: str
+    card_path: str
+    weights_sha256: tuple[str, ...]
+    threshold: float
+    # Cross-validated operating point of the card (None when the card has none).
+    sensitivity: float | None = None
+    specificity: float | None = None
+    n_atypical: int | None = None  # positives behind the sensitivity estimate
+    n_normal: int | None = None  # negatives behind the specificity estimate
+    tta: bool = False
+
+
+@dataclass
+class SlideResult:
+    """Candidates of one slide with their probabilities, calls and provenance."""
+
+    slide: SlideMeta
+    model: ModelMeta
+    candidates: Candidates
+    p_atypical: np.ndarray  # float64 per candidate, NaN when not classified
+    status: np.ndarray  # object str per candidate: "classified" or a skip reason
+    at_border: np.ndarray  # bool per candidate: crop padded past the slide edge
+    detections_path: str
+    detections_sha256: str
+    candidate_options: dict[str, Any]
+    elapsed_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    package_version: str = ""
+
+    @property
+    def classified(self) -> np.ndarray:
+        return self.status == CLASSIFIED
+
+    @property
+    def atypical(self) -> np.ndarray:
+        """Boolean mask of candidates called atypical (classified and p ≥ threshold)."""
+        with np.errstate(invalid="ignore"):
+            return self.classified & (self.p_atypical >= self.model.threshold)
+
+    @property
+    def normal(self) -> np.ndarray:
+        return self.classified & ~self.atypical

@@ -1,0 +1,1 @@
+"""Training and evaluation: data folders, the cross-validation protocol, metrics."""

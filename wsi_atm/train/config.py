@@ -1,0 +1,91 @@
+"""Training configuration: defaults reproduce Banerjee et al. 2025; every value is overridable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from wsi_atm.errors import OptionError
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "end-to-end"
+    folds: int = 5
+    seed: int = 42
+    epochs: int = 100
+    batch_size: int = 8
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 5e-5
+    weight_decay: float = 1e-5
+    scheduler: str = "plateau"  # plateau (on validation BA) | onecycle | none
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    min_lr: float = 1e-7
+    patience: int = 0  # early stopping; 0 = the paper's (15, or 10 for LoRA)
+    sampler: str = "weighted"  # weighted (1/class count, with replacement) | shuffle
+    # "validation": best epoch by BA at 0.5 on the fold that reports the score (the paper's way).
+    # "inner": epoch and threshold chosen on an inner split of the training fold (honest).
+    selection: str = "validation"
+    select_metric: str = "balanced_accuracy"  # or "auroc"
+    inner_splits: int = 5  # the inner split holds out 1/inner_splits of the training fold
+    threshold: str = "fixed"  # fixed (0.5) | inner (max. BA on the inner split)
+    ema: float = 0.0  # EMA decay of weights for evaluation and checkpoints; 0 = off
+    pretrained: bool = True  # load the card's pretrained weights (hub/ImageNet) when it has them
+    input_size: int = 0  # crops are resized to this when loading; 0 = card's crop size
+    threads: int = 0  # torch CPU threads; 0 = all cores
+    half_weights: bool = False  # store fold checkpoints as fp16
+    max_batches: int = 0  # cap batches per epoch (smoke tests); 0 = no cap
+    only_folds: str = ""  # e.g. "0,2": train just these folds
+
+    def __post_init__(self) -> None:
+        checks = {
+            "mode": ("end-to-end", "linear-probe", "lora"),
+            "optimizer": ("adam", "adamw"),
+            "scheduler": ("plateau", "onecycle", "none"),
+            "sampler": ("weighted", "shuffle"),
+            "selection": ("validation", "inner"),
+            "select_metric": ("balanced_accuracy", "auroc"),
+            "threshold": ("fixed", "inner"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if self.threshold == "inner" and self.selection != "inner":
+            raise OptionError("--threshold inner needs --selection inner")
+        if self.folds < 2:
+            raise OptionError("--folds must be at least 2")
+
+    @property
+    def early_stop(self) -> int:
+        return self.patience or (10 if self.mode == "lora" else 15)
+
+    @property
+    def fold_list(self) -> list[int]:
+        if not self.only_folds:
+            return list(range(self.folds))
+        return [int(f) for f in self.only_folds.split(",")]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise OptionError(f"unknown training options: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A JSON or TOML file of TrainConfig fields."""
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"cannot read training config {path}: {exc}") from None

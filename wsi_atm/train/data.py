@@ -1,0 +1,96 @@
+"""Crop datasets: the AMi-Br layout (folders + ``amibr_train_split.csv``) or plain class folders."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wsi_atm.errors import BadInputError
+
+CLASSES = ("Atypical", "Normal")
+AMIBR_CSV = "amibr_train_split.csv"
+
+
+@dataclass
+class CropDataset:
+    """All crops of a dataset in memory: uint8 NCHW images, label 1 = atypical."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    groups: np.ndarray | None
+    names: list[str]
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: np.ndarray) -> CropDataset:
+        return CropDataset(
+            images=self.images[torch.as_tensor(idx)],
+            labels=self.labels[idx],
+            groups=None if self.groups is None else self.groups[idx],
+            names=[self.names[i] for i in idx],
+            root=self.root,
+        )
+
+
+def load_dataset(root: str | Path, size: int | None = None) -> CropDataset:
+    """Read ``root/{Atypical,Normal}/*.png``; groups from ``amibr_train_split.csv`` when present."""
+    root = Path(root)
+    if not all((root / c).is_dir() for c in CLASSES):
+        raise BadInputError(f"{root}: expected sub-folders {' and '.join(CLASSES)} of crops")
+    rows = _csv_rows(root)
+    if rows is not None:
+        entries = [(r["final_label"], r["dataset_uid"], r["slide"]) for r in rows]
+    else:
+        entries = [
+            (c, p.name, "")
+            for c in CLASSES
+            for p in sorted((root / c).iterdir())
+            if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+        ]
+    if not entries:
+        raise BadInputError(f"{root}: no crops found")
+    images = np.stack([_read(root / c / name, size) for c, name, _ in entries])
+    labels = np.array([1 if c == "Atypical" else 0 for c, _, _ in entries], dtype=np.int64)
+    groups = np.array([g for _, _, g in entries]) if rows is not None else None
+    return CropDataset(
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        labels=labels,
+        groups=groups,
+        names=[f"{c}/{name}" for c, name, _ in entries],
+        root=root,
+    )
+
+
+def _csv_rows(root: Path) -> list[dict[str, str]] | None:
+    path = root / AMIBR_CSV
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"slide", "final_label", "dataset_uid"} - set(rows[0] if rows else {})
+    if missing:
+        raise BadInputError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    present = [r for r in rows if (root / r["final_label"] / r["dataset_uid"]).is_file()]
+    if len(present) < len(rows):
+        raise BadInputError(
+            f"{path}: {len(rows) - len(present)} listed crops are missing from the class folders"
+        )
+    return present
+
+
+def _read(path: Path, size: int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read image ({exc})") from None

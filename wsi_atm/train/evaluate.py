@@ -1,0 +1,46 @@
+"""``wsi-atm evaluate``: a card's fold models and their ensemble on a folder of labelled crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wsi_atm.cards import ModelCard
+from wsi_atm.infer import Classifier
+from wsi_atm.progress import progress_bar
+from wsi_atm.train.data import load_dataset
+from wsi_atm.train.metrics import binary_metrics, mean_std
+
+KEYS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
+
+
+def evaluate(
+    card: ModelCard, data_dir: Path, device: str = "auto", batch_size: int | None = None,
+    tta: bool = False, quiet: bool = False,
+) -> dict:
+    """Metrics (atypical = positive) per fold model, their mean ± population std, and ensemble."""
+    classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta)
+    data = load_dataset(data_dir, size=card.crop_size)
+    images = data.images.permute(0, 2, 3, 1).numpy()
+    step = max(classifier.batch_size, 1)
+    bar = progress_bar(len(images), "evaluating", quiet=quiet, unit="crop")
+    parts = []
+    for i in range(0, len(images), step):
+        parts.append(classifier.predict_folds(images[i : i + step]))
+        bar.update(min(step, len(images) - i))
+    bar.close()
+    per_fold = np.concatenate(parts, axis=1)
+    folds = [binary_metrics(data.labels, p, card.threshold) for p in per_fold]
+    ensemble = binary_metrics(data.labels, per_fold.mean(axis=0), card.threshold)
+    report: dict = {
+        "model": card.name, "data": str(data_dir), "n": len(data),
+        "n_atypical": int(data.labels.sum()), "n_normal": int((1 - data.labels).sum()),
+        "threshold": card.threshold, "tta": tta, "folds": folds, "ensemble": ensemble,
+    }
+    for key in KEYS:
+        mean, std = mean_std([f[key] for f in folds])
+        report[f"fold_{key}"] = {"mean": mean, "std": std}
+    report["balanced_accuracy"] = ensemble["balanced_accuracy"]
+    report["auroc"] = ensemble["auroc"]
+    return report

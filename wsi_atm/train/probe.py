@@ -1,0 +1,71 @@
+"""Linear probing: frozen-backbone features computed once per run, then a head per fold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wsi_atm.cards import ModelCard
+from wsi_atm.nets import build_net
+from wsi_atm.progress import progress_bar
+from wsi_atm.train.config import TrainConfig
+from wsi_atm.train.data import CropDataset
+from wsi_atm.train.protocol import FoldData, FoldTrainer
+from wsi_atm.transforms import BatchTransform
+
+
+class ProbeHead(nn.Module):
+    """The probe's trainable part; its keys (``head.*``) match the full probe network's."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)[:, 0]
+
+
+@torch.inference_mode()
+def compute_features(
+    net: nn.Module, data: CropDataset, transform: BatchTransform, batch_size: int = 64,
+    quiet: bool = False,
+) -> torch.Tensor:
+    """Embeddings of every crop (eval preprocessing; bf16 autocast on CUDA)."""
+    device = next(net.parameters()).device
+    net.eval()
+    out = []
+    bar = progress_bar(len(data), "features", quiet=quiet, unit="crop")
+    for i in range(0, len(data), batch_size):
+        x = transform(data.images[i : i + batch_size].to(device))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(net.embed(x).float().cpu())
+        bar.update(len(x))
+    bar.close()
+    return torch.cat(out)
+
+
+def train_probe_folds(
+    card: ModelCard, data: CropDataset, plans: list[FoldData], cfg: TrainConfig, out: Path,
+    quiet: bool,
+) -> list[dict]:
+    cache = out / "features.pt"
+    probe = build_net(card, "linear-probe", pretrained=cfg.pretrained and card.pretrained != "none")
+    if cache.is_file():
+        features = torch.load(cache, map_location="cpu", weights_only=True)
+    else:
+        pre = card.preprocess_for("linear-probe")
+        features = compute_features(probe, data, BatchTransform(pre, False), quiet=quiet)
+        torch.save(features, out / "features.pt.tmp")
+        (out / "features.pt.tmp").replace(cache)
+    feat_data = CropDataset(images=features, labels=data.labels, groups=data.groups,
+                            names=data.names, root=data.root)
+    results = []
+    for k in cfg.fold_list:
+        torch.manual_seed(cfg.seed + k)
+        head = ProbeHead(nn.Linear(features.shape[1], 1))
+        trainer = FoldTrainer(card, feat_data, plans[k], cfg, out / f"fold_{k}", quiet,
+                              net=head, transform=lambda x: x.float())
+        results.append(trainer.run())
+    return results

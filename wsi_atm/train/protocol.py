@@ -1,0 +1,256 @@
+"""The cross-validation training loop behind ``wsi-atm train``.
+
+A run directory holds ``config.json``, ``folds.csv``, per fold ``fold_K/metrics.jsonl``,
+``fold_K/state.pt`` (resume point, tensors only), ``fold_K/best.safetensors`` and
+``fold_K/result.json``, and at the end ``card.toml`` that ``classify``/``evaluate`` accept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsi_atm.cards import ModelCard
+from wsi_atm.nets import build_net
+from wsi_atm.progress import progress_bar
+from wsi_atm.train.config import TrainConfig
+from wsi_atm.train.data import CropDataset
+from wsi_atm.train.folds import fold_splits, inner_split
+from wsi_atm.train.metrics import best_threshold, binary_metrics
+from wsi_atm.transforms import BatchTransform
+from wsi_atm.weights import load_weights, save_safetensors, trainable_state
+
+
+@dataclass
+class FoldData:
+    fold: int
+    fit: np.ndarray  # indices the weights are trained on
+    select: np.ndarray  # indices epochs (and maybe the threshold) are chosen on
+    report: np.ndarray  # indices the fold's score is reported on
+
+
+def plan_folds(data: CropDataset, cfg: TrainConfig) -> list[FoldData]:
+    plans = []
+    for k, (train, val) in enumerate(fold_splits(data.labels, data.groups, cfg.folds, cfg.seed)):
+        if cfg.selection == "inner":
+            groups = None if data.groups is None else data.groups[train]
+            fit, sel = inner_split(data.labels[train], groups, cfg.inner_splits, cfg.seed + 1 + k)
+            plans.append(FoldData(k, train[fit], train[sel], val))
+        else:
+            plans.append(FoldData(k, train, val, val))
+    return plans
+
+
+class Ema:
+    """Exponential moving average of a model's floating-point state."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for ema_v, v in zip(self.net.state_dict().values(), net.state_dict().values(), strict=True):
+            if ema_v.is_floating_point():
+                ema_v.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                ema_v.copy_(v)
+
+
+def _sample_epoch(labels: np.ndarray, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    n = len(labels)
+    if cfg.sampler == "shuffle":
+        return torch.randperm(n, generator=gen)
+    counts = np.bincount(labels, minlength=2).astype(float)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+
+@torch.inference_mode()
+def predict(
+    net: nn.Module, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Sigmoid of the net's logit for uint8 NCHW images (in the net's own convention)."""
+    net.eval()
+    out = [
+        torch.sigmoid(net(transform(images[i : i + batch_size]))).float()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in net.parameters() if p.requires_grad]
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> object:
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            min_lr=cfg.min_lr)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    return None
+
+
+class FoldTrainer:
+    """Trains one fold, epoch by epoch, checkpointing after each so a killed run resumes."""
+
+    def __init__(
+        self, card: ModelCard, data: CropDataset, plan: FoldData, cfg: TrainConfig,
+        fold_dir: Path, quiet: bool = False, net: nn.Module | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``net``/``transform`` replace the card's network and preprocessing (linear probes
+        train a head on precomputed features)."""
+        self.card, self.data, self.plan, self.cfg = card, data, plan, cfg
+        self.dir, self.quiet = fold_dir, quiet
+        pre = card.preprocess_for(cfg.mode)
+        self.train_tf = transform or BatchTransform(pre, True)
+        self.eval_tf = transform or BatchTransform(pre, False)
+        torch.manual_seed(cfg.seed + plan.fold)
+        pretrained = cfg.pretrained and card.pretrained != "none"
+        self.net = net if net is not None else build_net(card, cfg.mode, pretrained=pretrained)
+        self.full = cfg.mode == "end-to-end"
+        self.opt = _optimizer(self.net, cfg)
+        n_batches = math.ceil(len(plan.fit) / cfg.batch_size)
+        self.steps = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
+        self.sched = _scheduler(self.opt, cfg, self.steps)
+        self.ema = Ema(self.net, cfg.ema) if cfg.ema > 0 else None
+        self.loss = nn.BCEWithLogitsLoss()
+        self.epoch, self.best, self.best_epoch, self.bad = 0, -1.0, -1, 0
+
+    # --- resume ------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        state = {
+            "net": self.net.state_dict(), "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict() if self.sched else {},
+            "ema": self.ema.net.state_dict() if self.ema else {},
+            "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
+        }
+        tmp = self.dir / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.dir / "state.pt")
+
+    def load_state(self) -> bool:
+        path = self.dir / "state.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        if self.sched:
+            self.sched.load_state_dict(state["sched"])
+        if self.ema:
+            self.ema.net.load_state_dict(state["ema"])
+        self.epoch, self.best = int(state["epoch"]), float(state["best"])
+        self.best_epoch, self.bad = int(state["best_epoch"]), int(state["bad"])
+        return True
+
+    # --- training ----------------------------------------------------------------------------
+    def target(self, labels: np.ndarray) -> torch.Tensor:
+        y = torch.as_tensor(labels, dtype=torch.float32)
+        return 1.0 - y if self.card.output == "p_normal" else y
+
+    def train_epoch(self) -> float:
+        # Seeds derive from (seed, fold, epoch) so a resumed run draws what it would have drawn.
+        seed, fold = self.cfg.seed, self.plan.fold
+        gen = torch.Generator().manual_seed(seed * 1000 + fold * 100 + self.epoch)
+        torch.manual_seed(seed * 7919 + fold * 101 + self.epoch)
+        fit = self.plan.fit
+        order = fit[_sample_epoch(self.data.labels[fit], self.cfg, gen).numpy()]
+        self.net.train()
+        total, seen = 0.0, 0
+        bar = progress_bar(total=self.steps, desc=f"fold {self.plan.fold} epoch {self.epoch + 1}",
+                           quiet=self.quiet)
+        for b in range(self.steps):
+            idx = order[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+            x = self.train_tf(self.data.images[torch.as_tensor(idx)])
+            loss = self.loss(self.net(x), self.target(self.data.labels[idx]))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            if self.cfg.scheduler == "onecycle":
+                self.sched.step()
+            if self.ema:
+                self.ema.update(self.net)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.3f}")
+        bar.close()
+        return total / max(seen, 1)
+
+    @property
+    def eval_net(self) -> nn.Module:
+        return self.ema.net if self.ema else self.net
+
+    def p_atypical(self, idx: np.ndarray) -> np.ndarray:
+        p = predict(self.eval_net, self.data.images[torch.as_tensor(idx)], self.eval_tf)
+        return 1.0 - p if self.card.output == "p_normal" else p
+
+    def run(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.load_state()
+        while self.epoch < self.cfg.epochs and self.bad < self.cfg.early_stop:
+            t0 = time.time()
+            loss = self.train_epoch()
+            select = self.plan.select
+            sel = binary_metrics(self.data.labels[select], self.p_atypical(select))
+            score = sel[self.cfg.select_metric]
+            if self.cfg.scheduler == "plateau":
+                self.sched.step(sel["balanced_accuracy"])
+            self.epoch += 1
+            if score > self.best:
+                self.best, self.best_epoch, self.bad = score, self.epoch, 0
+                save_safetensors(trainable_state(self.eval_net, self.full),
+                                 self.dir / "best.safetensors", half=self.cfg.half_weights)
+            else:
+                self.bad += 1
+            lr = self.opt.param_groups[0]["lr"]
+            self._log({"epoch": self.epoch, "train_loss": loss, "lr": lr, "select": sel,
+                       "seconds": round(time.time() - t0, 2)})
+            self.save_state()
+        return self.finish()
+
+    def _log(self, record: dict) -> None:
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def finish(self) -> dict:
+        best = load_weights(self.dir / "best.safetensors")
+        self.eval_net.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in best.items()},
+            strict=self.full)
+        threshold = 0.5
+        if self.cfg.threshold == "inner":
+            sel = self.plan.select
+            threshold = best_threshold(self.data.labels[sel], self.p_atypical(sel))
+        probs = self.p_atypical(self.plan.report)
+        result = {
+            "fold": self.plan.fold, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
+            "threshold": threshold,
+            "metrics": binary_metrics(self.data.labels[self.plan.report], probs, threshold),
+            "metrics_at_0.5": binary_metrics(self.data.labels[self.plan.report], probs, 0.5),
+            "predictions": {"names": [self.data.names[i] for i in self.plan.report],
+                            "labels": self.data.labels[self.plan.report].tolist(),
+                            "p_atypical": [round(float(p), 6) for p in probs]},
+        }
+        tmp = self.dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(self.dir / "result.json")
+        return result

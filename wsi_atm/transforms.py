@@ -1,0 +1,98 @@
+"""Preprocessing and augmentation built from a model card's op lists.
+
+Ops are written in cards as inline tables, e.g. ``{op = "resize", size = 224}``. They act on one
+uint8 CHW tensor at a time (torchvision v2), followed by conversion to float and normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from wsi_atm.cards import Preprocess
+from wsi_atm.errors import ModelError
+
+_INTERP = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+class RandomRot90(torch.nn.Module):
+    """Rotate by a random multiple of 90° (label-preserving for mitoses, no interpolation)."""
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(0, 4, (1,)).item())
+        return torch.rot90(img, k, dims=(-2, -1)) if k else img
+
+
+class StainJitter(torch.nn.Module):
+    """Per-channel scale and shift in optical-density space: mimics stain and scanner variation."""
+
+    def __init__(self, scale: float = 0.1, shift: float = 0.02) -> None:
+        super().__init__()
+        self.scale, self.shift = scale, shift
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        od = -torch.log((img.float() + 1.0) / 256.0)
+        a = 1.0 + (torch.rand(3, 1, 1) * 2 - 1) * self.scale
+        b = (torch.rand(3, 1, 1) * 2 - 1) * self.shift
+        out = torch.exp(-(od * a + b)) * 256.0 - 1.0
+        return out.clamp(0, 255).round().to(torch.uint8)
+
+
+def _op(spec: dict[str, Any]) -> torch.nn.Module:
+    kind = spec.get("op")
+    interp = _INTERP.get(spec.get("interpolation", "bilinear"), InterpolationMode.BILINEAR)
+    builders: dict[str, Callable[[], torch.nn.Module]] = {
+        "resize": lambda: T.Resize(spec["size"], interpolation=interp, antialias=True),
+        "center_crop": lambda: T.CenterCrop(spec["size"]),
+        "hflip": lambda: T.RandomHorizontalFlip(),
+        "vflip": lambda: T.RandomVerticalFlip(),
+        "rot90": RandomRot90,
+        "rotate": lambda: T.RandomRotation(spec["degrees"], interpolation=interp),
+        "color_jitter": lambda: T.ColorJitter(
+            spec.get("brightness", 0.0), spec.get("contrast", 0.0),
+            spec.get("saturation", 0.0), spec.get("hue", 0.0)),
+        "random_resized_crop": lambda: T.RandomResizedCrop(
+            spec["size"], scale=tuple(spec.get("scale", (0.08, 1.0))), interpolation=interp,
+            antialias=True),
+        "stain_jitter": lambda: StainJitter(spec.get("scale", 0.1), spec.get("shift", 0.02)),
+    }
+    if kind not in builders:
+        raise ModelError(f"unknown preprocessing op {kind!r}; known: {', '.join(builders)}")
+    return builders[kind]()
+
+
+def build(ops: Sequence[dict[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Compose uint8 CHW → uint8 CHW ops (identity for an empty list)."""
+    modules = [_op(spec) for spec in ops]
+    return T.Compose(modules) if modules else (lambda x: x)
+
+
+class BatchTransform:
+    """Apply per-sample ops to a uint8 NCHW batch, then convert to normalised float."""
+
+    def __init__(self, pre: Preprocess, train: bool) -> None:
+        self.ops = build(pre.train if train else pre.eval)
+        # Random ops draw their parameters per call, so training applies them image by image;
+        # eval ops are deterministic and run on the whole batch (on its device).
+        self.per_sample = train and bool(pre.train)
+        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.per_sample:
+            batch = torch.stack([self.ops(img) for img in batch])
+        else:
+            batch = self.ops(batch)
+        return normalise(batch, self.mean.to(batch.device), self.std.to(batch.device))
+
+
+def normalise(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (batch.float() / 255.0 - mean) / std

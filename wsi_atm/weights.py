@@ -1,0 +1,85 @@
+"""Weight files: safetensors for our own, ``torch.load(weights_only=True)`` for upstream .pth.
+
+Nothing here ever unpickles arbitrary objects: a checkpoint that needs it is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wsi_atm.errors import ModelError
+
+
+def trainable_state(net: nn.Module, full: bool) -> dict[str, torch.Tensor]:
+    """The state to checkpoint: everything, or only trainable tensors (LoRA adapters, heads)."""
+    if full:
+        return {k: v.detach() for k, v in net.state_dict().items()}
+    return {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+
+
+def save_safetensors(
+    state: dict[str, torch.Tensor], path: Path, half: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write atomically (temp file + rename); optionally store floating tensors as fp16."""
+    tensors = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+        for k, v in state.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from safetensors, or from a .pth/.pt with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+    return _load_pth(path)
+
+
+def _load_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: refused to load (only plain tensor checkpoints are accepted, "
+            f"never arbitrary pickled objects): {first}"
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path}: not a state dict of tensors")
+    return obj
+
+
+def load_into(net: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Load a state dict, cast to the net's dtypes, with a one-line error on mismatch."""
+    own = net.state_dict()
+    cast = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        net.load_state_dict(cast, strict=strict)
+    except RuntimeError as exc:
+        summary = " ".join(str(exc).split())[:300]
+        raise ModelError(f"weights do not fit the model: {summary}") from None
