@@ -77,25 +77,34 @@ def tissue_region(x0: int, y0: int, width: int, height: int, seed: int = 0) -> n
     return np.asarray(image)
 
 
-def _draw_nuclei(image: Image.Image, x0: int, y0: int, seed: int) -> None:
-    """Purple elliptical nuclei on a jittered grid; denser where the tissue field is high."""
-    width, height = image.size
+def nuclei(x0: int, y0: int, width: int, height: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The nuclei drawn on (or reaching into) a window of the seeded canvas: level-0 centres
+    ``x``/``y``, ``radius`` (px), ``aspect`` (minor/major axis) and ``shade`` (0 = darkest)."""
     margin = _CELL
     cx = np.arange((x0 - margin) // _CELL, (x0 + width + margin) // _CELL + 1)
     cy = np.arange((y0 - margin) // _CELL, (y0 + height + margin) // _CELL + 1)
-    gx, gy = np.meshgrid(cx, cy)
-    gx, gy = gx.ravel(), gy.ravel()
+    gx, gy = (g.ravel() for g in np.meshgrid(cx, cy))
     px = (gx + _unit(seed, gx, gy, 1)) * _CELL
     py = (gy + _unit(seed, gx, gy, 2)) * _CELL
     tissue = _smooth_field(px.astype(np.float32), py.astype(np.float32), seed, scale=900.0)
     keep = _unit(seed, gx, gy, 3) < 0.15 + 0.5 * np.clip(tissue, 0, 1)
-    radius = 7 + 8 * _unit(seed, gx, gy, 4)
-    aspect = 0.6 + 0.4 * _unit(seed, gx, gy, 5)
-    darkness = _unit(seed, gx, gy, 6)
+    return {
+        "x": px[keep],
+        "y": py[keep],
+        "radius": (7 + 8 * _unit(seed, gx, gy, 4))[keep],
+        "aspect": (0.6 + 0.4 * _unit(seed, gx, gy, 5))[keep],
+        "shade": _unit(seed, gx, gy, 6)[keep],
+    }
+
+
+def _draw_nuclei(image: Image.Image, x0: int, y0: int, seed: int) -> None:
+    """Purple elliptical nuclei on a jittered grid; denser where the tissue field is high."""
+    found = nuclei(x0, y0, image.size[0], image.size[1], seed)
     draw = ImageDraw.Draw(image)
     for x, y, r, a, d in zip(
-        px[keep] - x0, py[keep] - y0, radius[keep], aspect[keep], darkness[keep], strict=True
-    ):
+        found["x"] - x0, found["y"] - y0, found["radius"], found["aspect"], found["shade"],
+        strict=True,
+    ):  # fmt: skip
         color = (int(70 + 60 * d), int(30 + 40 * d), int(110 + 50 * d))
         draw.ellipse((x - r, y - r * a, x + r, y + r * a), fill=color)
 

@@ -167,6 +167,23 @@ def test_unknown_mpp_needs_override(tmp_path: Path, backend: str) -> None:
                 _ = slide.mpp
 
 
+def test_ome_tiff_physical_size(tmp_path: Path, image: np.ndarray) -> None:
+    """OME-TIFF pyramid in SubIFDs, µm/px only in the OME-XML (no resolution tags)."""
+    import tifffile
+
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        meta = {"axes": "YXS", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3}
+        opts = {"photometric": "rgb", "tile": (256, 256), "compression": "zlib"}
+        tif.write(image, subifds=1, metadata=meta, **opts)
+        tif.write(image[::2, ::2], subfiletype=1, **opts)
+    with open_slide(path) as slide:
+        assert slide.backend == "tiffslide"
+        assert slide.level_count == 2
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.mpp_source == "ome.PhysicalSizeX"
+
+
 def test_override_beats_declared_mpp(slides: dict[str, Path]) -> None:
     with open_slide(slides["svs"], mpp=0.3) as slide:
         assert (slide.mpp, slide.mpp_source) == (0.3, "--mpp override")
@@ -202,6 +219,29 @@ def test_backends_agree(slides: dict[str, Path], kind: str) -> None:
         np.testing.assert_array_equal(
             a.read_region((333, 222), 0, (300, 200)), b.read_region((333, 222), 0, (300, 200))
         )
+
+
+def test_level_pixels_with_fractional_downsample(tmp_path: Path) -> None:
+    """1030×770 / 4 → 257×192: downsample ≈ 4.009; level coordinates still address level pixels."""
+    import tifffile
+
+    path = write_pyramid_tiff(
+        tmp_path / "odd.tif", tissue_image(1030, 770, 4), 0.25, (1, 4), compression="zlib"
+    )
+    with tifffile.TiffFile(path) as tif:
+        level1 = tif.pages[1].asarray()
+    assert level1.shape == (192, 257, 3)
+    with open_slide(path, "tiffslide") as slide:
+        assert slide.level_downsamples[1] == pytest.approx(4.009, abs=1e-3)
+        for x, y in ((0, 0), (101, 53), (240, 180)):
+            region = slide.read_level_region((x, y), 1, (20, 12))
+            expected = np.full((12, 20, 3), 255, np.uint8)
+            part = level1[y : y + 12, x : x + 20]
+            expected[: part.shape[0], : part.shape[1]] = part
+            np.testing.assert_array_equal(region, expected)
+    with open_slide(path, "openslide") as slide:  # OpenSlide interpolates sub-pixel offsets
+        region = slide.read_level_region((101, 53), 1, (20, 12)).astype(int)
+        assert np.abs(region - level1[53:65, 101:121]).mean() < 5  # off by one px: ≈ 14
 
 
 def test_lossless_level0_equals_source(slides: dict[str, Path], image: np.ndarray) -> None:

@@ -101,7 +101,6 @@ class _OpenSlideBackend:
     def __init__(self, path: Path) -> None:
         import openslide
 
-        self._errors: tuple[type[BaseException], ...] = (openslide.OpenSlideError, OSError)
         self._osr = openslide.OpenSlide(str(path))
         cache_cls = getattr(openslide, "OpenSlideCache", None)
         if cache_cls is not None:
@@ -118,6 +117,8 @@ class _OpenSlideBackend:
         ds = self.level_downsamples[level]
         location = (round(origin[0] * ds), round(origin[1] * ds))
         region = self._osr.read_region(location, level, size)
+        if region.getchannel("A").getextrema()[0] == 255:  # opaque: skip compositing
+            return np.array(region.convert("RGB"))
         return _composite_on_white(np.asarray(region))
 
     def close(self) -> None:

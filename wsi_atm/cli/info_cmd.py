@@ -20,13 +20,17 @@ def slide_info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> N
     from wsi_atm.crops import plan_crops
     from wsi_atm.slides import open_slide
 
-    with open_slide(slide, backend=backend, mpp=mpp) as s:
+    # slide-info shows slides without µm/px too (saying so); classify refuses them.
+    with open_slide(slide, backend=backend, mpp=mpp, require_mpp=False) as s:
         info = s.info()
-        with warnings.catch_warnings():  # the plan below reports upsampling itself
-            warnings.simplefilter("ignore")
-            plan = plan_crops(s)
-        info["crop_plan"] = {"level": plan.level, "resample_factor": plan.scale,
-                             "native": plan.native, "upsampled": plan.upsampled}
+        if s.has_mpp:
+            with warnings.catch_warnings():  # the plan below reports upsampling itself
+                warnings.simplefilter("ignore")
+                plan = plan_crops(s)
+            info["crop_plan"] = {"level": plan.level, "resample_factor": plan.scale,
+                                 "native": plan.native, "upsampled": plan.upsampled}
+        else:
+            info["crop_plan"] = "unknown µm/px: pass --mpp to classify this slide"
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return

@@ -1,0 +1,205 @@
+"""``wsi-atm classify`` end to end: real-format slides, real crops at known positions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.slide_factory import place_crops, tissue_image, write_pyramid_tiff
+from tests.test_infer import make_trained_card
+from wsi_atm.cards import find_card, load_card
+from wsi_atm.cli import main
+from wsi_atm.detections import SlideFrame, read_detections
+from wsi_atm.infer import Classifier
+
+SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "qupath_geojson.schema.json").read_text())
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def card_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled default model when it is trained, else a random-weights 128-px card."""
+    default = find_card(None)
+    if default.status == "trained":
+        return default.path
+    folder = tmp_path_factory.mktemp("card")
+    path = make_trained_card(folder)
+    path.write_text(path.read_text().replace("crop_size = 32", "crop_size = 128")
+                    .replace("model_size = 32", "model_size = 128"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def crop_slide(amibr_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 0.25 µm/px slide holding 12 real AMi-Br crops at known positions (lossless + JPEG)."""
+    folder = tmp_path_factory.mktemp("crop_slide")
+    names = sorted((amibr_dir / "Atypical").glob("*.png"))[:6] + \
+        sorted((amibr_dir / "Normal").glob("*.png"))[:6]
+    crops = [np.asarray(Image.open(p).convert("RGB")) for p in names]
+    centers = [(300.0 + 300 * (i % 4), 300.0 + 300 * (i // 4)) for i in range(len(crops))]
+    canvas = place_crops(tissue_image(1500, 1200, seed=3), crops, centers)
+    lossless = write_pyramid_tiff(folder / "crops_zlib.tif", canvas, 0.25, levels=(1, 4),
+                                  compression="zlib")
+    jpeg = write_pyramid_tiff(folder / "crops_jpeg.tif", canvas, 0.25, levels=(1, 4),
+                              compression="jpeg", quality=95)
+    det = folder / "crops.csv"
+    with open(det, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "x", "y", "score"])
+        for i, (x, y) in enumerate(centers):
+            w.writerow([f"c{i}", x, y, 0.9])
+        w.writerow(["outside", 5000, 5000, 0.9])
+    return {"lossless": lossless, "jpeg": jpeg, "detections": det, "crops": np.stack(crops),
+            "centers": centers}
+
+
+def classify(slide: Path, det: Path, out: Path, card: Path, *extra: str) -> int:
+    return run_cli(["classify", str(slide), "--detections", str(det), "--out-dir", str(out),
+                    "--model", str(card), "--quiet", "--device", "cpu", *extra])
+
+
+def load_outputs(out: Path, stem: str) -> tuple[dict, list[dict], dict]:
+    geo = json.loads((out / f"{stem}.geojson").read_text())
+    rows = list(csv.DictReader((out / f"{stem}.csv").read_text().splitlines()))
+    summary = json.loads((out / f"{stem}.summary.json").read_text())
+    return geo, rows, summary
+
+
+def p_by_id(rows: list[dict]) -> dict[str, float]:
+    return {r["id"]: float(r["p_atypical"]) for r in rows if r["p_atypical"]}
+
+
+def test_crops_read_from_slide_score_like_their_pngs(crop_slide, card_path, tmp_path):
+    clf = Classifier(load_card(card_path), device="cpu")
+    direct = clf.predict(crop_slide["crops"])
+    for kind, tol in (("lossless", 1e-5), ("jpeg", 0.05)):
+        out = tmp_path / kind
+        assert classify(crop_slide[kind], crop_slide["detections"], out, card_path) == 0
+        got = p_by_id(load_outputs(out, crop_slide[kind].stem)[1])
+        slide_p = np.array([got[f"c{i}"] for i in range(len(direct))])
+        assert np.max(np.abs(slide_p - direct)) < tol, kind
+
+
+def test_outputs_are_consistent_and_qupath_valid(crop_slide, card_path, tmp_path):
+    out = tmp_path / "out"
+    assert classify(crop_slide["lossless"], crop_slide["detections"], out, card_path) == 0
+    geo, rows, summary = load_outputs(out, "crops_zlib")
+    jsonschema.validate(geo, SCHEMA)
+    counts = summary["counts"]
+    assert counts["candidates"] == len(rows) == 13
+    assert counts["classified"] == len(geo["features"]) == 12
+    assert counts["skipped"] == {"outside_slide": 1}
+    names = [f["properties"]["classification"]["name"] for f in geo["features"]]
+    assert names.count("Atypical mitosis") == counts["atypical"]
+    assert names.count("Normal mitosis") == counts["normal"]
+    assert sum(r["label"] == "atypical" for r in rows) == counts["atypical"]
+    assert [r["status"] for r in rows].count("outside_slide") == 1
+    assert (out / "crops_zlib.png").stat().st_size > 10_000
+    # Coordinates round-trip: GeoJSON read back as detections gives the input centres.
+    frame = SlideFrame("crops_zlib.tif", 1500, 1200, 0.25)
+    back = read_detections(out / "crops_zlib.geojson", frame)
+    got = sorted(zip(back.x.tolist(), back.y.tolist(), strict=True))
+    assert np.allclose(got, sorted(crop_slide["centers"]))
+
+
+def test_openslide_and_tiffslide_give_the_same_calls(crop_slide, card_path, tmp_path):
+    calls = {}
+    for backend in ("openslide", "tiffslide"):
+        out = tmp_path / backend
+        assert classify(crop_slide["jpeg"], crop_slide["detections"], out, card_path,
+                        "--backend", backend) == 0
+        calls[backend] = p_by_id(load_outputs(out, "crops_jpeg")[1])
+    assert calls["openslide"].keys() == calls["tiffslide"].keys()
+    for k, p in calls["openslide"].items():
+        assert abs(p - calls["tiffslide"][k]) < 1e-4
+
+
+def test_bounds_offset_moves_features_into_qupaths_frame(crop_slide, card_path, tmp_path,
+                                                         monkeypatch):
+    from wsi_atm.slides import Slide
+
+    monkeypatch.setattr(Slide, "bounds_offset", property(lambda self: (100, 40)))
+    out = tmp_path / "out"
+    assert classify(crop_slide["lossless"], crop_slide["detections"], out, card_path) == 0
+    geo, _, summary = load_outputs(out, "crops_zlib")
+    assert summary["slide"]["bounds_offset"] == [100, 40]
+    pts = sorted(tuple(f["geometry"]["coordinates"]) for f in geo["features"])
+    assert np.allclose(pts, sorted((x - 100, y - 40) for x, y in crop_slide["centers"]))
+
+
+def test_sample_slide_at_half_micron_is_upsampled_and_recorded(card_path, tmp_path):
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n1000,1000\n1500,2000\n")
+    svs = REPO / "sample_slides" / "cmu_small_region.svs"
+    assert classify(svs, det, tmp_path, card_path, "--shape", "circle", "--tta") == 0
+    geo, _, summary = load_outputs(tmp_path, "cmu_small_region")
+    assert summary["slide"]["mpp"] == pytest.approx(0.499)
+    assert summary["slide"]["resample_factor"] == pytest.approx(2.0, rel=0.01)
+    assert summary["slide"]["upsampled"] is True
+    assert summary["counts"]["classified"] == 2
+    ring = geo["features"][0]["geometry"]["coordinates"][0]
+    assert geo["features"][0]["geometry"]["type"] == "Polygon" and ring[0] == ring[-1]
+    width = max(p[0] for p in ring) - min(p[0] for p in ring)
+    assert 45 < width <= 50.5
+
+
+def test_zero_candidates_is_a_valid_result(card_path, tmp_path):
+    det = tmp_path / "empty.csv"
+    det.write_text("x,y\n")
+    svs = REPO / "sample_slides" / "cmu_small_region.svs"
+    assert classify(svs, det, tmp_path, card_path) == 0
+    geo, rows, summary = load_outputs(tmp_path, "cmu_small_region")
+    assert geo["features"] == [] and rows == []
+    assert summary["atypical_to_normal_ratio"] is None
+
+
+@pytest.mark.parametrize("case", ["missing_slide", "not_a_slide", "bad_json", "unknown_format",
+                                  "no_mpp", "bad_model_file", "unknown_model"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, card_path, tmp_path, capsys):
+    svs = REPO / "sample_slides" / "cmu_small_region.svs"
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n100,100\n")
+    slide, model = svs, str(card_path)
+    if case == "missing_slide":
+        slide = tmp_path / "nope.svs"
+    elif case == "not_a_slide":
+        slide = tmp_path / "notes.svs"
+        slide.write_text("hello")
+    elif case == "bad_json":
+        det = tmp_path / "d.json"
+        det.write_text('{"type": "Multiple points", "points": [')
+    elif case == "unknown_format":
+        det = tmp_path / "d.txt"
+        det.write_text("just some words\nand more\n")
+    elif case == "no_mpp":
+        slide = write_pyramid_tiff(tmp_path / "nompp.tif", tissue_image(512, 512), None,
+                                   levels=(1,), resolution_unit=None)
+    elif case == "bad_model_file":
+        bad = tmp_path / "bad.toml"
+        bad.write_text("this is = = not toml")
+        model = str(bad)
+    elif case == "unknown_model":
+        model = "no-such-model"
+    out = tmp_path / "out"
+    code = run_cli(["classify", str(slide), "--detections", str(det), "--out-dir", str(out),
+                    "--model", model, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    errors = [ln for ln in err if "error" in ln]
+    assert len(errors) == 1 and errors[0].startswith("wsi-atm: error:")
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists() or not any(out.iterdir())
