@@ -155,3 +155,33 @@ def test_killed_run_resumes_to_the_same_result(synthetic, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert np.allclose(a[k].float().numpy(), b[k].float().numpy(), atol=1e-5), k
+
+
+@pytest.mark.parametrize("mode", ["linear-probe", "lora"])
+def test_linear_probe_and_lora_runs_with_a_tiny_vit(mode, tmp_path, capsys):
+    from tests.train_helpers import TINY_VIT_CARD
+
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards", TINY_VIT_CARD)
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--mode", mode,
+                    "--out", str(out), *FAST, "--lr", "1e-2"]) == 0
+    weights = load_weights(out / "fold_0" / "best.safetensors")
+    if mode == "linear-probe":
+        # Features once per run; checkpoints hold only the head.
+        assert (out / "features.pt").is_file()
+        assert set(weights) == {"head.weight", "head.bias"}
+        assert weights["head.weight"].shape == (1, 64)
+    else:
+        assert weights and all("lora_" in k or "head" in k for k in weights)
+        from safetensors import safe_open
+
+        with safe_open(str(out / "fold_0" / "best.safetensors"), "pt") as fh:
+            assert fh.metadata()  # base model id/revision recorded
+    capsys.readouterr()
+    trained = out / "card.toml"
+    assert load_card(trained).trained_mode == mode
+    assert run_cli(["evaluate", "--model", str(trained), "--data", str(data), "--json",
+                    "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["folds"]) == 2 and report["n"] == 32

@@ -83,3 +83,55 @@ def copy_amibr_subset(amibr: Path, dest: Path, per_class: int = 16, size: int = 
         w.writeheader()
         w.writerows(chosen)
     return dest
+
+
+TINY_VIT_CARD = """
+name = "tiny-vit-test"
+description = "a tiny ViT for linear-probe and LoRA tests"
+kind = "vit"
+status = "untrained"
+trained_mode = "lora"
+batch_size = 16
+
+[architecture]
+name = "vit_tiny_patch16_224"
+pretrained = "none"
+
+[architecture.kwargs]
+img_size = 32
+patch_size = 8
+embed_dim = 32
+depth = 2
+num_heads = 2
+reg_tokens = 2
+no_embed_class = true
+
+[input]
+crop_size = 32
+model_size = 32
+mpp = 0.25
+
+[labels]
+output = "p_atypical"
+
+[embedding]
+method = "cls+mean"
+patch_start = 3
+dim = 64
+
+[lora]
+r = 4
+alpha = 8
+dropout = 0.0
+target_modules = ["qkv", "proj", "fc1", "fc2"]
+adapt_patch_embed = true
+head = "pooled"
+
+[preprocess.linear-probe]
+train = []
+eval = []
+
+[preprocess.lora]
+train = [{ op = "hflip" }]
+eval = []
+"""

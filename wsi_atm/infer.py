@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from wsi_atm.cards import ModelCard, sha256_file
+from wsi_atm.checkpoints import build_from_checkpoint
 from wsi_atm.errors import ModelError, OptionError
-from wsi_atm.nets import build_net
 from wsi_atm.transforms import BatchTransform
-from wsi_atm.weights import load_into, load_weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,16 +89,9 @@ class Classifier:
         self.sign = -1.0 if card.output == "p_normal" else 1.0
 
     def _load(self, path: str, compile: bool) -> nn.Module:
-        # LoRA and linear-probe checkpoints hold only adapters and heads: the frozen backbone
-        # comes from its pretrained source (hub cache); end-to-end weights are complete.
-        partial = self.card.trained_mode != "end-to-end"
-        net = build_net(self.card, self.card.trained_mode,
-                        pretrained=partial and self.card.pretrained != "none")
-        load_into(net, load_weights(path), strict=self.card.trained_mode == "end-to-end")
-        if self.card.trained_mode == "lora":
-            from wsi_atm.adapters import merge_for_inference
-
-            net = merge_for_inference(net)
+        # Converts upstream key layouts, checks every key, builds on the hub backbone only when
+        # the file holds just adapters/heads, and merges LoRA adapters for inference.
+        net = build_from_checkpoint(self.card, path)
         net = net.eval().to(self.device)
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)

@@ -11,21 +11,16 @@ from wsi_atm.errors import ModelError
 def count_parameters(card: ModelCard) -> int | None:
     """Parameters of the card's architecture, built on the meta device (no memory, no download).
 
-    Hub-hosted architectures are only known offline when the card names the timm architecture
-    they use (``[architecture] timm_equivalent``); otherwise the count is unknown (None).
+    Hub models are built from the card's ``timm_equivalent`` and ``hub_model_args``; a card
+    that names neither gives None (unknown) rather than a guess.
     """
-    import timm
+    from wsi_atm.nets import create_backbone
 
-    name = card.timm_equivalent or ("" if card.is_hub else card.architecture)
-    if not name:
+    if card.is_hub and not card.timm_equivalent:
         return None
-    kwargs = dict(card.kwargs)
     try:
-        from wsi_atm.nets import _resolve_layer_names
-
-        _resolve_layer_names(kwargs)
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, num_classes=1, **kwargs)
+            model = create_backbone(card, num_classes=1)
     except (RuntimeError, TypeError, ValueError, ModelError):
         return None
     return sum(p.numel() for p in model.parameters())

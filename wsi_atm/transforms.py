@@ -60,8 +60,8 @@ def _op(spec: dict[str, Any]) -> torch.nn.Module:
             spec.get("brightness", 0.0), spec.get("contrast", 0.0),
             spec.get("saturation", 0.0), spec.get("hue", 0.0)),
         "random_resized_crop": lambda: T.RandomResizedCrop(
-            spec["size"], scale=tuple(spec.get("scale", (0.08, 1.0))), interpolation=interp,
-            antialias=True),
+            spec["size"], scale=tuple(spec.get("scale", (0.08, 1.0))),
+            ratio=tuple(spec.get("ratio", (3 / 4, 4 / 3))), interpolation=interp, antialias=True),
         "stain_jitter": lambda: StainJitter(spec.get("scale", 0.1), spec.get("shift", 0.02)),
     }
     if kind not in builders:

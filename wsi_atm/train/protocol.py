@@ -217,8 +217,7 @@ class FoldTrainer:
             self.epoch += 1
             if score > self.best:
                 self.best, self.best_epoch, self.bad = score, self.epoch, 0
-                save_safetensors(trainable_state(self.eval_net, self.full),
-                                 self.dir / "best.safetensors", half=self.cfg.half_weights)
+                self.save_best()
             else:
                 self.bad += 1
             lr = self.opt.param_groups[0]["lr"]
@@ -226,6 +225,15 @@ class FoldTrainer:
                        "seconds": round(time.time() - t0, 2)})
             self.save_state()
         return self.finish()
+
+    def save_best(self) -> None:
+        path, half = self.dir / "best.safetensors", self.cfg.half_weights
+        if self.cfg.mode == "lora":
+            from wsi_atm.adapters import save_lora
+
+            save_lora(self.eval_net, self.card, path, half=half)  # records the base model id
+        else:
+            save_safetensors(trainable_state(self.eval_net, self.full), path, half=half)
 
     def _log(self, record: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:

@@ -1,0 +1,286 @@
+"""Adapting a pretrained backbone: linear probes on frozen embeddings, and LoRA (peft).
+
+Both map a normalised float batch (N, 3, H, W) to one logit per image (N,), like every net that
+:func:`wsi_atm.nets.build_net` returns.
+
+Linear probe (``[embedding]`` of the card): the backbone, built with ``num_classes=0``, is frozen
+and always in eval mode. ``method = "cls"`` embeds an image as its CLS token (token 0; for CNNs
+and Swin the pooled output), ``"cls+mean"`` as concat(CLS, mean of tokens[:, patch_start:]),
+where ``patch_start`` skips CLS and register tokens (Virchow 1, Virchow2 5). The head is
+``nn.Linear(dim, 1)``; training can compute ``net.embed(x)`` once and fit ``net.head`` on it.
+
+LoRA (``[lora]`` of the card), as in the benchmark: ``LoraConfig(r, lora_alpha, target_modules,
+lora_dropout, bias="none", modules_to_save=["head"])`` + ``get_peft_model``. peft matches target
+names by suffix, so ``"proj"`` also adapts the patch-embedding Conv2d ``patch_embed.proj`` (as
+upstream did); ``adapt_patch_embed = false`` excludes it. The one-logit head attaches per
+``[lora] head``:
+
+- ``"token0"`` (Virchow, Virchow2): ``reset_classifier(num_classes=1)``; with the hub config's
+  ``global_pool = ""`` timm applies that Linear to every token and the net keeps token 0 (CLS);
+- ``"pooled"`` (UNI, UNI2-h, Prov-GigaPath): built with ``num_classes=1`` (timm's pooled head);
+- ``"replace"`` (H-optimus-0/-1): built with ``num_classes=0``, then ``head = Linear(D, 1)``.
+
+A LoRA checkpoint holds only adapters and the head (:func:`lora_state`, :func:`save_lora`); its
+safetensors metadata records the base model's hub id and revision, which :func:`load_lora`
+checks. :func:`merge_for_inference` folds the adapters into the base weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsi_atm.cards import ModelCard
+from wsi_atm.errors import ModelError
+from wsi_atm.nets import create_backbone
+
+EMBEDDINGS = ("cls", "cls+mean")
+LORA_HEADS = ("token0", "pooled", "replace")
+LORA_FORMAT = "wsi-atm-lora/1"
+
+
+# ------------------------------------------------------------------------------- linear probe
+class LinearProbe(nn.Module):
+    """A frozen backbone's embedding and a trainable ``nn.Linear(dim, 1)`` head."""
+
+    def __init__(self, backbone: nn.Module, method: str, patch_start: int, dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.backbone.requires_grad_(False)
+        self.method, self.patch_start, self.dim = method, patch_start, dim
+        self.head = nn.Linear(dim, 1)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout / drop-path, ever
+        return self
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, dim) embedding the head is fitted on."""
+        if self.method == "cls":
+            out = self.backbone(x)
+            if out.ndim == 3:  # all tokens (global_pool = ""): CLS is token 0
+                out = out[:, 0]
+        else:
+            tokens = self.backbone.forward_features(x)
+            if tokens.ndim != 3:
+                raise ModelError("embedding 'cls+mean' needs a token backbone (a ViT)")
+            out = torch.cat([tokens[:, 0], tokens[:, self.patch_start:].mean(1)], dim=-1)
+        return out.reshape(x.shape[0], -1)
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) from precomputed embeddings (N, dim)."""
+        return self.head(embeddings)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.embed(x))
+
+
+def build_linear_probe(card: ModelCard, pretrained: bool = False, **overrides: Any) -> LinearProbe:
+    spec = card.embedding
+    if spec.method not in EMBEDDINGS:
+        raise ModelError(f"{card.name}: embedding.method must be one of {EMBEDDINGS}, "
+                         f"not {spec.method!r}")
+    backbone = create_backbone(card, pretrained=pretrained, num_classes=0, **overrides)
+    dim = int(backbone.num_features) * (2 if spec.method == "cls+mean" else 1)
+    if spec.method == "cls+mean":
+        prefix = getattr(backbone, "num_prefix_tokens", None)
+        if prefix is not None and prefix != spec.patch_start:
+            raise ModelError(f"{card.name}: embedding.patch_start = {spec.patch_start}, but the "
+                             f"backbone has {prefix} prefix tokens (CLS + registers)")
+    if spec.dim and spec.dim != dim and not overrides:
+        raise ModelError(f"{card.name}: embedding.dim = {spec.dim}, but the backbone gives {dim}")
+    return LinearProbe(backbone, spec.method, spec.patch_start, dim)
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+def _one_logit(out: torch.Tensor, n: int) -> torch.Tensor:
+    if out.ndim == 3:  # head applied to every token ("token0"): keep the CLS token's logit
+        out = out[:, 0]
+    return out.reshape(n, -1)[:, 0]
+
+
+class LoraNet(nn.Module):
+    """A peft LoRA model (``.model``, a PeftModel) giving one logit per image."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head_mode = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _one_logit(self.model(x), x.shape[0])
+
+
+class MergedLoraNet(nn.Module):
+    """A LoRA net with its adapters merged into the base weights: plain timm, no LoRA overhead."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head_mode = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _one_logit(self.model(x), x.shape[0])
+
+
+def lora_targets(card: ModelCard) -> list[str] | str:
+    """peft ``target_modules``: the card's names (suffix matching, so ``proj`` also hits
+    ``patch_embed.proj``), or, with ``adapt_patch_embed = false``, a regex excluding it."""
+    names = list(card.lora.target_modules)
+    if card.lora.adapt_patch_embed:
+        return names
+    alternatives = "|".join(re.escape(n) for n in names)
+    return rf"(?!(?:.*\.)?patch_embed\.proj$)(?:.*\.)?(?:{alternatives})"
+
+
+def build_lora(card: ModelCard, pretrained: bool = False, **overrides: Any) -> LoraNet:
+    from peft import LoraConfig, get_peft_model
+
+    spec = card.lora
+    if spec.head == "token0":
+        backbone = create_backbone(card, pretrained=pretrained, **overrides)
+        backbone.reset_classifier(num_classes=1)
+    elif spec.head == "pooled":
+        backbone = create_backbone(card, pretrained=pretrained, num_classes=1, **overrides)
+    elif spec.head == "replace":
+        backbone = create_backbone(card, pretrained=pretrained, num_classes=0, **overrides)
+        backbone.head = nn.Linear(backbone.num_features, 1)
+    else:
+        raise ModelError(f"{card.name}: lora.head must be one of {LORA_HEADS}, not {spec.head!r}")
+    config = LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, target_modules=lora_targets(card),
+        lora_dropout=spec.dropout, bias="none", modules_to_save=["head"],
+    )
+    try:
+        model = get_peft_model(backbone, config)
+    except ValueError as exc:
+        raise ModelError(f"{card.name}: LoRA cannot be applied ({exc})") from None
+    return LoraNet(model, spec.head)
+
+
+def merge_for_inference(net: nn.Module) -> nn.Module:
+    """Fold LoRA adapters into the base weights (``merge_and_unload``); other nets unchanged.
+
+    The LoRA net is consumed: its base model is modified in place.
+    """
+    if not isinstance(net, LoraNet):
+        return net
+    merged = MergedLoraNet(net.model.merge_and_unload(), net.head_mode)
+    return merged.train(net.training)
+
+
+def _is_adapter_key(key: str) -> bool:
+    return ".lora_" in key or ".modules_to_save." in key
+
+
+def lora_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the LoRA adapters and the trained head copy (megabytes, not the 2.5 GB backbone)."""
+    return {k: v.detach() for k, v in net.state_dict().items() if _is_adapter_key(k)}
+
+
+def load_lora_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load adapters + head into a freshly built LoRA net; every adapter key must be there."""
+    from wsi_atm.weights import load_into
+
+    own = {k for k in net.state_dict() if _is_adapter_key(k)}
+    missing = sorted(own - set(state))
+    unexpected = sorted(set(state) - own)
+    if missing or unexpected:
+        raise ModelError(
+            f"LoRA state does not fit the model: {len(missing)} adapter tensors missing"
+            f"{' (e.g. ' + missing[0] + ')' if missing else ''}, {len(unexpected)} unexpected"
+            f"{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}")
+    load_into(net, state, strict=False)
+
+
+def base_model_id(card: ModelCard) -> str:
+    """What the adapters were trained on: the normalised hub id, or the timm architecture."""
+    from wsi_atm.hub import is_hub_id, normalise_hub_id
+
+    return normalise_hub_id(card.architecture) if is_hub_id(card.architecture) \
+        else card.architecture
+
+
+def lora_metadata(card: ModelCard) -> dict[str, str]:
+    """safetensors metadata of a LoRA checkpoint (strings only)."""
+    from wsi_atm.hub import cached_revision, is_hub_id
+
+    revision = card.hub_revision
+    if not revision and is_hub_id(card.architecture):
+        revision = cached_revision(card.architecture)  # the snapshot actually used, if cached
+    spec = card.lora
+    return {
+        "format": LORA_FORMAT,
+        "model": card.name,
+        "base_model": base_model_id(card),
+        "base_revision": revision,
+        "r": str(spec.r),
+        "lora_alpha": str(spec.alpha),
+        "lora_dropout": str(spec.dropout),
+        "target_modules": json.dumps(list(spec.target_modules)),
+        "adapt_patch_embed": json.dumps(spec.adapt_patch_embed),
+        "head": spec.head,
+        "output": card.output,
+    }
+
+
+def save_lora(net: nn.Module, card: ModelCard, path: Path, half: bool = False) -> dict[str, str]:
+    """Write :func:`lora_state` as safetensors with :func:`lora_metadata`; returns the metadata."""
+    from wsi_atm.weights import save_safetensors
+
+    meta = lora_metadata(card)
+    save_safetensors(lora_state(net), Path(path), half=half, metadata=meta)
+    return meta
+
+
+def read_lora_metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str = "") -> None:
+    """Refuse adapters trained on another base model, revision or LoRA layout than the card's."""
+    where = f"{path}: " if path else ""
+    if not meta.get("base_model"):
+        return  # a bare adapter state (e.g. a training checkpoint): shapes are checked on load
+    expected = base_model_id(card)
+    if meta["base_model"] != expected:
+        raise ModelError(f"{where}adapters were trained on {meta['base_model']}, "
+                         f"but {card.name} uses {expected}")
+    if meta.get("base_revision") and card.hub_revision \
+            and meta["base_revision"] != card.hub_revision:
+        raise ModelError(f"{where}adapters were trained on revision {meta['base_revision']}, "
+                         f"but {card.name} pins {card.hub_revision}")
+    spec = card.lora
+    mine = {"r": str(spec.r), "head": spec.head,
+            "adapt_patch_embed": json.dumps(spec.adapt_patch_embed)}
+    for key, value in mine.items():
+        if key in meta and meta[key] != value:
+            raise ModelError(f"{where}LoRA {key} = {meta[key]} in the checkpoint, "
+                             f"{value} in card {card.name}")
+
+
+def load_lora(card: ModelCard, path: Path, pretrained: bool = True, **overrides: Any) -> LoraNet:
+    """A fresh LoRA net for ``card`` (backbone from its pretrained source) with the adapters and
+    head of a checkpoint written by :func:`save_lora`."""
+    from wsi_atm.weights import load_weights
+
+    path = Path(path)
+    state = load_weights(path)
+    if path.suffix == ".safetensors":
+        check_lora_metadata(read_lora_metadata(path), card, path)
+    net = build_lora(card, pretrained, **overrides)
+    load_lora_state(net, state)
+    return net
