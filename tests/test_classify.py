@@ -11,23 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli_helpers import run_cli
 from tests.slide_factory import place_crops, tissue_image, write_pyramid_tiff
 from tests.test_infer import make_trained_card
 from wsi_atm.cards import find_card, load_card
-from wsi_atm.cli import main
 from wsi_atm.detections import SlideFrame, read_detections
 from wsi_atm.infer import Classifier
 
 SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "qupath_geojson.schema.json").read_text())
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

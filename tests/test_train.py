@@ -15,23 +15,15 @@ import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedGroupKFold
 
+from tests.cli_helpers import run_cli
 from tests.train_helpers import copy_amibr_subset, write_synthetic_crops, write_tiny_card
 from wsi_atm.cards import load_card
-from wsi_atm.cli import main
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.protocol import plan_folds
 from wsi_atm.weights import load_weights
 
 FAST = ["--folds", "2", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--quiet"]
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture()

@@ -118,16 +118,9 @@ class LoraNet(nn.Module):
         return _one_logit(self.model(x), x.shape[0])
 
 
-class MergedLoraNet(nn.Module):
-    """A LoRA net with its adapters merged into the base weights: plain timm, no LoRA overhead."""
-
-    def __init__(self, model: nn.Module, head: str) -> None:
-        super().__init__()
-        self.model = model
-        self.head_mode = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _one_logit(self.model(x), x.shape[0])
+class MergedLoraNet(LoraNet):
+    """A LoRA net with its adapters merged into the base weights: plain timm, no LoRA overhead
+    (``.model`` is the timm model itself, not a PeftModel)."""
 
 
 def lora_targets(card: ModelCard) -> list[str] | str:
@@ -170,7 +163,7 @@ def merge_for_inference(net: nn.Module) -> nn.Module:
 
     The LoRA net is consumed: its base model is modified in place.
     """
-    if not isinstance(net, LoraNet):
+    if not isinstance(net, LoraNet) or isinstance(net, MergedLoraNet):
         return net
     merged = MergedLoraNet(net.model.merge_and_unload(), net.head_mode)
     return merged.train(net.training)

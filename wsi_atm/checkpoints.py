@@ -114,9 +114,9 @@ def convert_state(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, t
 def _required(net: nn.Module, key: str) -> bool:
     """Keys a checkpoint must hold: adapters + head for LoRA, the head for a linear probe,
     everything for an end-to-end net (the rest may come from the pretrained backbone)."""
-    from wsi_atm.adapters import LinearProbe, LoraNet
+    from wsi_atm.adapters import LinearProbe, LoraNet, MergedLoraNet
 
-    if isinstance(net, LoraNet):
+    if isinstance(net, LoraNet) and not isinstance(net, MergedLoraNet):
         return ".lora_" in key or ".modules_to_save." in key
     if isinstance(net, LinearProbe):
         return key.startswith("head.")
