@@ -1,0 +1,42 @@
+"""A plain (non-editable) install carries every module, the model cards and the default weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHECK = """
+import importlib, pkgutil, sys
+import wsi_atm
+from wsi_atm.cards import find_card, list_cards, registry_dir
+assert wsi_atm.__file__.startswith(sys.argv[1]), wsi_atm.__file__
+for mod in pkgutil.walk_packages(wsi_atm.__path__, "wsi_atm."):
+    if not mod.name.endswith("__main__"):
+        importlib.import_module(mod.name)
+default = find_card(None)
+missing = [str(p) for p in default.weight_paths() if not p.is_file()]
+assert not missing, missing
+print(len(list_cards()), default.status, len(default.weights), registry_dir())
+"""
+
+
+def test_wheel_install_finds_cards_and_default_weights(tmp_path):
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(REPO)], check=True, capture_output=True)
+    wheel = next(wheels.glob("wsi_atm-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", CHECK, str(target)], env=env, cwd=tmp_path,
+                         check=True, capture_output=True, text=True).stdout.split()
+    n_cards = len(list((REPO / "models").glob("*.toml")))
+    assert int(out[0]) == n_cards
+    assert out[3].startswith(str(target))
+    if out[1] == "trained":
+        assert int(out[2]) == 5
