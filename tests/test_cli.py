@@ -1,0 +1,62 @@
+"""The command-line layer: slide-info, models, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli_helpers import run_cli
+from tests.slide_factory import tissue_image, write_pyramid_tiff
+
+REPO = Path(__file__).resolve().parents[1]
+SVS = REPO / "sample_slides" / "cmu_small_region.svs"
+
+
+def test_slide_info_reports_mpp_and_its_source(capsys):
+    assert run_cli(["slide-info", str(SVS), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] == 0.499 and info["mpp_source"] == "aperio.MPP"
+    assert info["dimensions"] == [2220, 2967]
+    assert info["crop_plan"]["upsampled"] is True
+
+
+def test_slide_info_override_and_unknown_mpp(tmp_path, capsys):
+    slide = write_pyramid_tiff(tmp_path / "n.tif", tissue_image(512, 512), None, levels=(1,),
+                               resolution_unit=None)
+    assert run_cli(["slide-info", str(slide), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] is None and "--mpp" in info["crop_plan"]
+    assert run_cli(["slide-info", str(slide), "--json", "--mpp", "0.25"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] == 0.25 and "override" in info["mpp_source"]
+    assert info["crop_plan"]["native"] is True
+
+
+def test_slide_info_bad_slide_exits_2(tmp_path, capsys):
+    bad = tmp_path / "x.svs"
+    bad.write_bytes(b"\x00" * 100)
+    assert run_cli(["slide-info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wsi-atm: error:")
+
+
+def test_models_lists_every_card(capsys):
+    assert run_cli(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = {r["name"].split()[0] for r in rows}
+    assert {p.stem for p in (REPO / "models").glob("*.toml")} == names
+    virchow2 = next(r for r in rows if r["name"] == "virchow2")
+    assert virchow2["parameters"] > 600e6 and "unverified" in virchow2["weights"]
+
+
+def test_python_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "wsi_atm", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("wsi-atm, version")
+
+
+def test_unknown_option_is_exit_2(capsys):
+    assert run_cli(["classify", str(SVS), "--no-such-option"]) == 2
+    assert capsys.readouterr().err.startswith("wsi-atm: error:")
