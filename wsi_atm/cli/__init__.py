@@ -25,8 +25,16 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from wsi_atm.cli import classify_cmd, datasets_cmd, evaluate_cmd, info_cmd, train_cmd
+    from wsi_atm.cli import (
+        batch_cmd,
+        classify_cmd,
+        datasets_cmd,
+        evaluate_cmd,
+        info_cmd,
+        train_cmd,
+    )
 
+    cli.add_command(batch_cmd.batch)
     cli.add_command(classify_cmd.classify)
     cli.add_command(datasets_cmd.datasets)
     cli.add_command(evaluate_cmd.evaluate)

@@ -1,0 +1,89 @@
+"""Cohort outputs of a batch: ``cohort.csv`` (one row per slide) and ``cohort.png``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from wsi_atm.outputs.atomic import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from wsi_atm.batch import Outcome
+
+COLUMNS = ("slide", "detections", "status", "candidates", "classified", "atypical", "normal",
+           "atypical_fraction", "fraction_ci95_low", "fraction_ci95_high",
+           "atypical_fraction_corrected", "atypical_to_normal_ratio", "elapsed_s", "error")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def cohort_row(o: Outcome) -> dict[str, str]:
+    s = o.summary
+    counts = s.get("counts", {})
+    frac = s.get("atypical_fraction") or {}
+    corrected = s.get("atypical_fraction_corrected") or {}
+    ci = frac.get("ci95") or [None, None]
+    elapsed = o.elapsed_s if o.status == "ok" else s.get("elapsed_s")
+    row = {
+        "slide": str(o.job.slide), "detections": str(o.job.detections or ""), "status": o.status,
+        "candidates": counts.get("candidates"), "classified": counts.get("classified"),
+        "atypical": counts.get("atypical"), "normal": counts.get("normal"),
+        "atypical_fraction": frac.get("value"), "fraction_ci95_low": ci[0],
+        "fraction_ci95_high": ci[1], "atypical_fraction_corrected": corrected.get("value"),
+        "atypical_to_normal_ratio": s.get("atypical_to_normal_ratio"),
+        "elapsed_s": round(elapsed, 3) if isinstance(elapsed, float) else elapsed,
+        "error": o.error,
+    }
+    return {k: _fmt(v) for k, v in row.items()}
+
+
+def write_cohort(outcomes: list[Outcome], out_dir: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(cohort_row(o) for o in outcomes)
+    atomic_write_text(out_dir / "cohort.csv", buf.getvalue())
+    fractions = [o.summary["atypical_fraction"]["value"] for o in outcomes
+                 if o.summary.get("atypical_fraction")]
+    with atomic_path(out_dir / "cohort.png") as tmp:
+        draw_histogram(fractions, len(outcomes)).save(tmp, format="PNG")
+
+
+def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20) -> Image.Image:
+    """Distribution of the atypical fraction across slides (PIL only)."""
+    w, h, left, bottom, top = 720, 420, 70, 60, 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=14)
+    counts = [0] * bins
+    for f in fractions:
+        counts[min(int(f * bins), bins - 1)] += 1
+    peak = max([*counts, 1])
+    plot_w, plot_h = w - left - 30, h - top - bottom
+    d.text((left, 15), f"Atypical fraction across slides ({len(fractions)} of {n_slides} "
+           "slides with classified mitoses)", fill="black", font=font)
+    d.line([(left, top), (left, top + plot_h), (left + plot_w, top + plot_h)], fill="black")
+    for i, c in enumerate(counts):
+        x0 = left + i * plot_w / bins
+        bar_h = plot_h * c / peak
+        d.rectangle([x0 + 1, top + plot_h - bar_h, x0 + plot_w / bins - 1, top + plot_h],
+                    fill=(220, 20, 60))
+    for t in range(0, 11, 2):
+        x = left + plot_w * t / 10
+        d.line([(x, top + plot_h), (x, top + plot_h + 5)], fill="black")
+        d.text((x - 12, top + plot_h + 8), f"{t * 10}%", fill="black", font=font)
+    for t in range(peak + 1) if peak <= 10 else range(0, peak + 1, max(1, peak // 5)):
+        y = top + plot_h - plot_h * t / peak
+        d.text((left - 30, y - 8), str(t), fill="black", font=font)
+    d.text((left + plot_w / 2 - 120, h - 25), "atypical / (atypical + normal) per slide",
+           fill="black", font=font)
+    d.text((10, top - 20), "slides", fill="black", font=font)
+    return img
