@@ -111,11 +111,9 @@ def run_slide(
             candidate_options=asdict(cand_options), timings=timings,
             package_version=__version__,
         )
+        result.elapsed_s = round(time.perf_counter() - t0, 3)
         if out_dir is not None:
-            t = time.perf_counter()
-            result.elapsed_s = round(time.perf_counter() - t0, 3)
             write_outputs(slide, plan, result, out_dir, options)
-            timings["write_s"] = round(time.perf_counter() - t, 3)
     result.elapsed_s = round(time.perf_counter() - t0, 3)
     return result
 
@@ -139,6 +137,7 @@ def write_outputs(
     from wsi_atm.outputs.summary import write_summary
     from wsi_atm.outputs.tables import write_candidates_csv
 
+    t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(result.slide.name, out_dir)
     write_geojson(result, paths["geojson"], shape=options.shape)
@@ -156,5 +155,6 @@ def write_outputs(
         sections = [("Most confident atypical", len(confident)),
                     ("Most uncertain (p near threshold)", len(uncertain))]
         write_review_png(paths["png"], thumbnail, scale, result, gallery, sections=sections)
+    result.timings["write_s"] = round(time.perf_counter() - t0, 3)
     write_summary(result, paths["summary"])
     return paths
