@@ -108,8 +108,12 @@ def write_run_card(
         lines.append(f"cv_{key}_std = {summary[key]['std']:.6f}")
     oof = summary["out_of_fold"]
     lines += [f"cv_n_atypical = {oof['n_atypical']}", f"cv_n_normal = {oof['n_normal']}",
-              f"sensitivity = {summary['sensitivity']['mean']:.6f}",
-              f"specificity = {summary['specificity']['mean']:.6f}", "", "[training]"]
+              # The operating point classify uses for its corrected fraction: out-of-fold
+              # predictions at the card's (ensemble) threshold.
+              f"sensitivity = {oof['sensitivity']:.6f}",
+              f"specificity = {oof['specificity']:.6f}",
+              f"cv_out_of_fold_balanced_accuracy = {oof['balanced_accuracy']:.6f}", "",
+              "[training]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(json.loads(cfg.to_json()).items())]
     lines.append("")
     for r in results:
