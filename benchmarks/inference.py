@@ -14,6 +14,7 @@ activations and softmax; MFU = achieved / the GPU's published dense bf16 peak.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -48,8 +49,11 @@ def cpu_section(model: str | None, n: int) -> list[str]:
     small = max(16, n // 8)
     crops_small = crops[:small]
 
+    # The naive path: plain NCHW copies of the same fold models, one crop at a time.
+    plain = [copy.deepcopy(net).to(memory_format=torch.contiguous_format) for net in clf.nets]
+
     def naive_small() -> None:
-        for net in clf.nets:
+        for net in plain:
             for i in range(len(crops_small)):
                 x = torch.from_numpy(crops_small[i : i + 1]).permute(0, 3, 1, 2)
                 with torch.no_grad():

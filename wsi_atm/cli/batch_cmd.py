@@ -14,26 +14,45 @@ from wsi_atm.cli.options import (
     slide_options,
 )
 
+EPILOG = """\b
+Pairing without a manifest: the detections of NAME.<wsi extension> are the files NAME.* in
+--detections-dir (default: beside the slide) whose format is recognised from their content;
+none → status no_detections, several → that slide fails, listing them. A manifest is a CSV
+with columns slide,detections[,mpp] (paths relative to the manifest's folder).
 
-@click.command()
+\b
+Resume: OUT/.wsi-atm/<stem>.done.json is written after a slide's four outputs; a rerun skips
+a slide only when it matches (slide path, size and mtime; detections sha256; model card and
+weight sha256s; threshold, candidate options, mpp, backend, shape, tta).
+
+\b
+Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any work
+(e.g. a manifest with missing files: every bad row is listed).
+"""
+
+
+@click.command(epilog=EPILOG)
 @click.argument("slide_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(path_type=Path), default=None,
               help="CSV with columns slide,detections[,mpp] (paths relative to the manifest)")
-@click.option("--out-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out-dir", type=click.Path(path_type=Path), required=True,
+              help="per-slide outputs, cohort.csv, cohort.png and .wsi-atm/ completion records")
 @click.option("--detections", type=click.Path(path_type=Path), default=None,
-              help="one detection file for every slide (e.g. MIDOG++ JSON, SlideRunner db)")
+              help="one multi-slide detection file for every slide (MIDOG++ JSON, SlideRunner)")
 @click.option("--detections-dir", type=click.Path(path_type=Path), default=None,
-              help="folder of per-slide detection files named <slide stem>.* (default: "
-                   "SLIDE_DIR)")
+              help="folder of per-slide detection files NAME.* (default: beside each slide)")
 @click.option("--pattern", "patterns", multiple=True,
-              help="slide file glob(s) in SLIDE_DIR (default: common WSI extensions)")
-@click.option("--scheduler", default=None, help="dask.distributed scheduler, tcp://host:8786")
+              help="slide glob(s) in SLIDE_DIR, e.g. '*.svs' or '**/*.ndpi' (default: every "
+                   "file with a WSI extension, any case)")
+@click.option("--scheduler", default=None,
+              help="send slides to this dask.distributed scheduler, e.g. tcp://host:8786")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="start a local dask cluster of N worker processes")
 @model_options
 @slide_options
-@click.option("--shape", type=click.Choice(["point", "circle"]), default="point")
-@click.option("--quiet", is_flag=True)
+@click.option("--shape", type=click.Choice(["point", "circle"]), default="point",
+              show_default=True, help="GeoJSON geometry: a point, or a 50-px circle polygon")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @candidate_options
 def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           detections: Path | None, detections_dir: Path | None, patterns: tuple[str, ...],
@@ -41,28 +60,31 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           threshold: float | None, device: str, batch_size: int | None, tta: bool,
           mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
-    from wsi_atm.batch import SLIDE_PATTERNS, BatchSettings, plan_jobs, run_batch
+    from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
     from wsi_atm.cards import find_card
+    from wsi_atm.errors import OptionError
     from wsi_atm.pipeline import SlideOptions
 
-    jobs = plan_jobs(slide_dir, manifest, detections, detections_dir,
-                     patterns or SLIDE_PATTERNS)
-    if mpp is not None:
-        jobs = [j if j.mpp is not None else type(j)(j.slide, j.detections, mpp, j.problem)
-                for j in jobs]
+    if cand.get("image"):
+        raise OptionError("--image picks one image of a multi-slide file; in a batch each "
+                          "slide is matched to its entry by name")
+    if scheduler and workers:
+        raise OptionError("give --scheduler (an existing cluster) or --workers (a local one)")
     settings = BatchSettings(
         model=find_card(model), candidate_options=make_candidate_options(**cand),  # type: ignore[arg-type]
         slide_options=SlideOptions(backend=backend, threshold=threshold, shape=shape, quiet=True),
-        device=device, batch_size=batch_size, tta=tta)
+        device=device, batch_size=batch_size, tta=tta,
+        threads=None if scheduler else local_threads(workers))
+    jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)
     outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,
                          quiet=quiet)
     for o in outcomes:
         if o.status in ("failed", "no_detections"):
-            click.echo(f"wsi-atm: {o.status}: {o.job.slide.name}: {o.error}", err=True)
+            click.echo(f"wsi-atm: {o.status}: {o.job.slide}: {o.error}", err=True)
     n = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed",
                                                           "no_detections")}
     click.echo(f"{len(outcomes)} slides: {n['ok']} succeeded, {n['skipped']} skipped (up to "
-               f"date), {n['failed']} failed, {n['no_detections']} without detections → "
-               f"{out_dir / 'cohort.csv'}")
+               f"date), {n['failed']} failed, {n['no_detections']} without detections; "
+               f"cohort: {out_dir / 'cohort.csv'}")
     if n["failed"]:
         sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from wsi_atm.outputs.atomic import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
-    from wsi_atm.batch import Outcome
+    from wsi_atm.batch.plan import Outcome
 
 COLUMNS = ("slide", "detections", "status", "candidates", "classified", "atypical", "normal",
            "atypical_fraction", "fraction_ci95_low", "fraction_ci95_high",
@@ -31,7 +32,9 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     frac = s.get("atypical_fraction") or {}
     corrected = s.get("atypical_fraction_corrected") or {}
     ci = frac.get("ci95") or [None, None]
-    elapsed = o.elapsed_s if o.status == "ok" else s.get("elapsed_s")
+    # skipped: the time of the run that made the outputs; no_detections: none
+    elapsed = {"ok": o.elapsed_s, "failed": o.elapsed_s, "skipped": s.get("elapsed_s")}.get(
+        o.status)
     row = {
         "slide": str(o.job.slide), "detections": str(o.job.detections or ""), "status": o.status,
         "candidates": counts.get("candidates"), "classified": counts.get("classified"),
@@ -59,7 +62,7 @@ def write_cohort(outcomes: list[Outcome], out_dir: Path) -> None:
 
 def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20) -> Image.Image:
     """Distribution of the atypical fraction across slides (PIL only)."""
-    w, h, left, bottom, top = 720, 420, 70, 60, 50
+    w, h, left, bottom, top = 720, 440, 70, 60, 70
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=14)
@@ -85,5 +88,11 @@ def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20) -> Ima
         d.text((left - 30, y - 8), str(t), fill="black", font=font)
     d.text((left + plot_w / 2 - 120, h - 25), "atypical / (atypical + normal) per slide",
            fill="black", font=font)
-    d.text((10, top - 20), "slides", fill="black", font=font)
+    d.text((12, top - 30), "slides", fill="black", font=font)
+    if fractions:
+        median = statistics.median(fractions)
+        x = left + plot_w * median
+        for y in range(top, top + plot_h, 8):
+            d.line([(x, y), (x, y + 4)], fill=(40, 40, 40), width=2)
+        d.text((x + 4, top - 16), f"median {median:.0%}", fill=(40, 40, 40), font=font)
     return img

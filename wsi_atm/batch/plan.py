@@ -1,0 +1,250 @@
+"""Which slides, with which detections: folder pairing, shared multi-slide files, manifests.
+
+Every check that can fail before work starts (manifest rows, output clashes) fails here, listing
+every problem; problems of one slide (ambiguous or missing detections) become its outcome.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath
+from typing import Any
+
+from wsi_atm.cards import ModelCard
+from wsi_atm.detections import CandidateOptions, detect_format, list_images
+from wsi_atm.detections.model import MIDOG_JSON, SLIDERUNNER
+from wsi_atm.errors import BadInputError, DetectionsError
+from wsi_atm.pipeline import SlideOptions, output_paths
+
+SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
+                    ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
+MAX_DETECTIONS_BYTES = 2 << 30  # larger files next to a slide are not sniffed as detections
+STATUSES = ("ok", "skipped", "failed", "no_detections")
+
+
+@dataclass(frozen=True)
+class Job:
+    slide: Path
+    detections: Path | None
+    mpp: float | None = None
+    status: str = ""  # set when planning already decided: "failed" or "no_detections"
+    note: str = ""  # why
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # one of STATUSES
+    error: str = ""
+    elapsed_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    model: ModelCard
+    candidate_options: CandidateOptions
+    slide_options: SlideOptions
+    device: str = "auto"
+    batch_size: int | None = None
+    tta: bool = False
+    threads: int | None = None  # CPU threads per model (None: all cores)
+
+
+def slide_extension(name: str) -> str:
+    low = name.lower()
+    return next((ext for ext in SLIDE_EXTENSIONS if low.endswith(ext)), "")
+
+
+def pairing_stem(slide: Path) -> str:
+    """``NAME`` of ``NAME.<wsi extension>`` (``a.ome.tif`` → ``a``)."""
+    ext = slide_extension(slide.name)
+    return slide.name[: -len(ext)] if ext else slide.stem
+
+
+def find_slides(folder: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
+    """Files of ``folder`` with a WSI extension, or matching any glob of ``patterns``."""
+    if not folder.is_dir():
+        raise BadInputError(f"slide folder not found: {folder}")
+    found = ({p for pat in patterns for p in folder.glob(pat)} if patterns
+             else {p for p in folder.iterdir() if slide_extension(p.name)})
+    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+
+
+def _by_prefix(folder: Path) -> dict[str, list[Path]]:
+    """Files of ``folder`` under every ``NAME`` they could belong to (``a.b.csv``: a, a.b)."""
+    index: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or slide_extension(p.name) or not p.is_file():
+            continue
+        for i, ch in enumerate(p.name):
+            if ch == "." and i:
+                index.setdefault(p.name[:i], []).append(p)
+    return index
+
+
+def _unrecognised(path: Path) -> str:
+    """Why ``path`` is not a detection file ('' when its format is recognised)."""
+    if path.stat().st_size > MAX_DETECTIONS_BYTES:
+        return f"{path.name}: too large for a detection file"
+    try:
+        detect_format(path)
+    except DetectionsError as exc:
+        return str(exc).split("; supported formats")[0]
+    return ""
+
+
+def pair_detections(slide: Path, candidates: list[Path]) -> Job:
+    """The one recognised detection file among ``candidates`` (the folder's ``NAME.*``)."""
+    reasons = {p: _unrecognised(p) for p in candidates}
+    found = [p for p in candidates if not reasons[p]]
+    if len(found) == 1:
+        return Job(slide, found[0])
+    stem = pairing_stem(slide)
+    if found:
+        names = ", ".join(p.name for p in found)
+        return Job(slide, None, status="failed",
+                   note=f"several detection files match {stem}.*: {names}; keep one or use "
+                        "--manifest")
+    ignored = "; ".join(reasons.values())
+    return Job(slide, None, status="no_detections",
+               note=f"no detection file {stem}.*" + (f" (ignored {ignored})" if ignored else ""))
+
+
+def _listed(slide: Path, names: set[str]) -> bool:
+    """Whether a multi-slide file names ``slide`` (by file name, else stem; any case)."""
+    return slide.name.lower() in names or PurePath(slide.name).stem.lower() in names
+
+
+def share_detections(slides: list[Path], det_file: Path) -> list[Job]:
+    """One detection file for every slide: a multi-slide file, or a single slide's file."""
+    fmt = detect_format(det_file)
+    if fmt not in (MIDOG_JSON, SLIDERUNNER):
+        if len(slides) > 1:
+            raise BadInputError(
+                f"{det_file.name} is a {fmt} file with one slide's detections, not those of "
+                f"{len(slides)} slides: give --detections-dir or a --manifest")
+        return [Job(s, det_file) for s in slides]
+    names = set()
+    for im in list_images(det_file):
+        path = PurePath(im.name.replace("\\", "/"))
+        names |= {path.name.lower(), path.stem.lower()}
+    return [Job(s, det_file) if _listed(s, names) else
+            Job(s, None, status="no_detections", note=f"no entry in {det_file.name}")
+            for s in slides]
+
+
+def _manifest_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"cannot read manifest {path}: {exc}") from None
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if not {"slide", "detections"} <= set(header):
+        raise BadInputError(f"{path}: a manifest needs the columns slide,detections[,mpp]; "
+                            f"its header is {','.join(header) or '(empty)'}")
+    return [dict(zip(header, (c.strip() for c in r), strict=False)) for r in rows[1:]]
+
+
+def _manifest_job(base: Path, row: dict[str, str]) -> tuple[Job, list[str]]:
+    problems, mpp = [], None
+    slide_text, det_text, mpp_text = (row.get(k) or "" for k in ("slide", "detections", "mpp"))
+    slide = base / slide_text
+    det = base / det_text if det_text else None
+    if not slide_text or not slide.is_file():
+        problems.append(f"slide not found: {slide_text!r}")
+    if det is not None and not det.is_file():
+        problems.append(f"detections not found: {det_text!r}")
+    if mpp_text:
+        try:
+            mpp = float(mpp_text)
+        except ValueError:
+            mpp = -1.0
+        if not 0 < mpp < float("inf"):
+            problems.append(f"mpp is not a positive number: {mpp_text!r}")
+    job = Job(slide, det, mpp, *(("no_detections", "no detections given") if det is None else ()))
+    return job, problems
+
+
+def read_manifest(path: Path) -> list[Job]:
+    """Jobs of a manifest; any missing file or bad value rejects it, listing every bad row."""
+    jobs, bad, seen = [], [], {}
+    for line, row in enumerate(_manifest_rows(path), start=2):
+        if not any(row.values()):
+            continue
+        job, problems = _manifest_job(path.parent, row)
+        key = str(job.slide.resolve())
+        if key in seen:
+            problems.append(f"slide already listed on line {seen[key]}")
+        seen.setdefault(key, line)
+        if problems:
+            bad.append(f"line {line}: " + "; ".join(problems))
+        jobs.append(job)
+    if bad:
+        raise BadInputError(f"{path}: {len(bad)} bad row(s), nothing was started:\n  "
+                            + "\n  ".join(bad))
+    if not jobs:
+        raise BadInputError(f"{path}: the manifest lists no slides")
+    return jobs
+
+
+def check_outputs(jobs: list[Job], out_dir: Path) -> None:
+    """Refuse plans where two slides write the same outputs or an output overwrites an input."""
+    inputs = {p.resolve() for j in jobs for p in (j.slide, j.detections) if p is not None}
+    owners: dict[str, Path] = {}
+    clashes: dict[str, None] = {}  # ordered, without repeats
+    for job in jobs:
+        stem = PurePath(job.slide.name).stem
+        if stem in owners:
+            clashes[f"{owners[stem]} and {job.slide} both write {stem}.*"] = None
+        owners.setdefault(stem, job.slide)
+        clashes |= {f"{p} would overwrite an input file": None for p in
+                    output_paths(job.slide.name, out_dir).values() if p.resolve() in inputs}
+    if clashes:
+        raise BadInputError(f"{len(clashes)} output clash(es), nothing was started:\n  "
+                            + "\n  ".join(clashes))
+
+
+def pair_folder(slides: list[Path], detections_dir: Path | None, out_dir: Path) -> list[Job]:
+    """Pair each slide with ``NAME.*`` in ``detections_dir`` (default: the slide's folder)."""
+    if detections_dir is not None and not detections_dir.is_dir():
+        raise BadInputError(f"detections folder not found: {detections_dir}")
+    folders = {detections_dir or s.parent for s in slides}
+    if out_dir.resolve() in {f.resolve() for f in folders}:
+        raise BadInputError(f"--out-dir {out_dir} is where detections are read from: its "
+                            "outputs NAME.csv / NAME.geojson would be taken for (or overwrite) "
+                            "detection files; choose another folder")
+    index = {f: _by_prefix(f) for f in folders}
+    stems = {pairing_stem(s) for s in slides}
+    jobs = []
+    for s in slides:
+        stem = pairing_stem(s)
+        # a.b.csv belongs to slide a.b.svs when there is one, not to a.svs
+        longer = [t for t in stems if t.startswith(stem + ".")]
+        found = [p for p in index[detections_dir or s.parent].get(stem, [])
+                 if not any(p.name.startswith(t + ".") for t in longer)]
+        jobs.append(pair_detections(s, found))
+    return jobs
+
+
+def plan_jobs(slide_dir: Path | None, manifest: Path | None, detections: Path | None,
+              detections_dir: Path | None, out_dir: Path, patterns: tuple[str, ...] = (),
+              mpp: float | None = None) -> list[Job]:
+    """The jobs of a batch, or a ``BadInputError`` (exit 2) before any work."""
+    if manifest is not None:
+        if slide_dir is not None or detections is not None or detections_dir is not None:
+            raise BadInputError("--manifest lists slides and detections: give no SLIDE_DIR, "
+                                "--detections or --detections-dir with it")
+        jobs = read_manifest(manifest)
+    elif slide_dir is None:
+        raise BadInputError("give a slide folder or --manifest")
+    elif detections is not None:
+        jobs = share_detections(find_slides(slide_dir, patterns), detections)
+    else:
+        jobs = pair_folder(find_slides(slide_dir, patterns), detections_dir, out_dir)
+    if mpp is not None:
+        jobs = [j if j.mpp is not None else replace(j, mpp=mpp) for j in jobs]
+    check_outputs(jobs, out_dir)
+    return jobs

@@ -1,0 +1,292 @@
+"""Running jobs: one process with the next slide prepared ahead, or dask workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wsi_atm import __version__
+from wsi_atm.batch.plan import BatchSettings, Job, Outcome
+from wsi_atm.batch.resume import (
+    completion_key,
+    exclusive,
+    file_sha256,
+    is_up_to_date,
+    model_fingerprint,
+    record_path,
+    remove_leftovers,
+)
+from wsi_atm.crops import CropPlan, plan_crops
+from wsi_atm.detections import Candidates, SlideFrame, read_detections
+from wsi_atm.errors import BadInputError, WsiAtmError
+from wsi_atm.infer import Classifier
+from wsi_atm.outputs.atomic import atomic_write_text
+from wsi_atm.pipeline import (
+    classify_candidates,
+    model_meta,
+    output_paths,
+    slide_meta,
+    write_outputs,
+)
+from wsi_atm.progress import progress_bar
+from wsi_atm.results import SlideResult
+from wsi_atm.slides import Slide, open_slide
+
+
+@dataclass
+class Prepared:
+    """An open slide with its candidates and crop plan, ready to classify."""
+
+    job: Job
+    slide: Slide
+    candidates: Candidates
+    plan: CropPlan
+    timings: dict[str, float]
+    started: float
+
+    def close(self) -> None:
+        self.slide.close()
+
+
+def prepare(job: Job, settings: BatchSettings) -> Prepared:
+    """Open the slide, read its detections, plan its crops (what ``run_slide`` does first)."""
+    assert job.detections is not None
+    t0 = time.perf_counter()
+    slide = open_slide(job.slide, backend=settings.slide_options.backend, mpp=job.mpp)
+    try:
+        timings = {"open_s": round(time.perf_counter() - t0, 3)}
+        frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
+                           height=slide.dimensions[1], mpp=slide.mpp,
+                           bounds_offset=tuple(slide.bounds_offset))
+        t = time.perf_counter()
+        cands = read_detections(job.detections, frame, settings.candidate_options)
+        timings["detections_s"] = round(time.perf_counter() - t, 3)
+        plan = plan_crops(slide, size=settings.model.crop_size, target_mpp=settings.model.mpp)
+    except BaseException:
+        slide.close()
+        raise
+    return Prepared(job, slide, cands, plan, timings, t0)
+
+
+def classify_prepared(prep: Prepared, classifier: Classifier,
+                      settings: BatchSettings) -> SlideResult:
+    """P(atypical) of every candidate: the same SlideResult ``run_slide`` builds."""
+    assert prep.job.detections is not None
+    p, status, at_border = classify_candidates(prep.slide, prep.candidates, prep.plan,
+                                               classifier, True, prep.timings)
+    result = SlideResult(
+        slide=slide_meta(prep.slide, prep.plan),
+        model=model_meta(classifier, settings.slide_options.threshold),
+        candidates=prep.candidates, p_atypical=p, status=status, at_border=at_border,
+        detections_path=str(prep.job.detections),
+        detections_sha256=file_sha256(prep.job.detections),
+        candidate_options=asdict(settings.candidate_options), timings=prep.timings,
+        package_version=__version__,
+    )
+    result.elapsed_s = round(time.perf_counter() - prep.started, 3)
+    return result
+
+
+def load_classifier(settings: BatchSettings) -> Classifier:
+    return Classifier(settings.model, device=settings.device, batch_size=settings.batch_size,
+                      tta=settings.tta, threads=settings.threads)
+
+
+_RESIDENT: dict[str, Any] = {"key": None, "classifier": None, "loads": 0}
+_RESIDENT_LOCK = threading.Lock()
+
+
+def resident_classifier(settings: BatchSettings) -> Classifier:
+    """This process's Classifier, loaded on first use and kept across slides (dask workers)."""
+    card = settings.model
+    key = (str(card.path), file_sha256(card.path), settings.device, settings.batch_size,
+           settings.tta, settings.threads)
+    with _RESIDENT_LOCK:
+        if _RESIDENT["key"] != key:
+            _RESIDENT.update(key=None, classifier=None)  # one model resident at a time
+            _RESIDENT.update(key=key, classifier=load_classifier(settings))
+            _RESIDENT["loads"] += 1
+        return _RESIDENT["classifier"]
+
+
+def classify_on_worker(job: Job, settings: BatchSettings) -> SlideResult:
+    """A dask task: classify one slide, write nothing, send the result back."""
+    prep = prepare(job, settings)
+    try:
+        return classify_prepared(prep, resident_classifier(settings), settings)
+    finally:
+        prep.close()
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, WsiAtmError) else f"{type(exc).__name__}: {text}"
+
+
+# ------------------------------------------------------------------------------ runners
+Write = Callable[[Slide, CropPlan, SlideResult, Job], None]
+
+
+def run_local(jobs: list[Job], settings: BatchSettings, write: Write) -> Iterator[Outcome]:
+    """One process, model resident; slide i+1 is prepared in a thread while slide i runs."""
+    if not jobs:
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-atm-prepare")
+    ahead: Future[Prepared] | None = pool.submit(prepare, jobs[0], settings)
+    try:
+        classifier = load_classifier(settings)  # while the first slide is being opened
+        for i, job in enumerate(jobs):
+            current, ahead = ahead, (pool.submit(prepare, jobs[i + 1], settings)
+                                     if i + 1 < len(jobs) else None)
+            assert current is not None
+            yield _finish_local(current, job, classifier, settings, write)
+    finally:
+        if ahead is not None and not ahead.cancel():
+            with contextlib.suppress(Exception):
+                ahead.result().close()
+        pool.shutdown(wait=True)
+
+
+def _finish_local(future: Future[Prepared], job: Job, classifier: Classifier,
+                  settings: BatchSettings, write: Write) -> Outcome:
+    t0 = time.perf_counter()
+    try:
+        prep = future.result()
+    except Exception as exc:  # failure isolation: record and go on
+        return Outcome(job, "failed", one_line(exc), round(time.perf_counter() - t0, 3))
+    try:
+        result = classify_prepared(prep, classifier, settings)
+        write(prep.slide, prep.plan, result, job)
+    except Exception as exc:
+        return Outcome(job, "failed", one_line(exc), round(time.perf_counter() - prep.started, 3))
+    finally:
+        prep.close()
+    return Outcome(job, "ok", elapsed_s=round(time.perf_counter() - prep.started, 3))
+
+
+def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout="30s"), None
+    except (OSError, TimeoutError) as exc:
+        raise BadInputError(f"cannot reach the dask scheduler {scheduler}: {exc}") from None
+
+
+def run_dask(jobs: list[Job], settings: BatchSettings, write: Write, scheduler: str | None,
+             workers: int | None) -> Iterator[Outcome]:
+    """Workers classify (model resident per worker process); this process writes outputs."""
+    from dask.distributed import as_completed
+
+    if not jobs:
+        return
+    client, cluster = _connect(scheduler, workers)
+    try:
+        _preload(client, settings)
+        futures = {client.submit(classify_on_worker, job, settings, pure=False): job
+                   for job in jobs}
+        for future in as_completed(futures):
+            job = futures.pop(future)
+            yield _finish_remote(future, job, settings, write)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _load_resident(settings: BatchSettings) -> None:
+    resident_classifier(settings)
+
+
+def _preload(client: Any, settings: BatchSettings) -> None:
+    """Load the model on every connected worker first: a model that cannot load stops the
+    batch before any slide (workers that join later load it with their first slide)."""
+    workers = list(client.scheduler_info().get("workers", {}))
+    client.gather([client.submit(_load_resident, settings, workers=[w], pure=False,
+                                 allow_other_workers=False) for w in workers])
+
+
+def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write) -> Outcome:
+    t0 = time.perf_counter()
+    try:
+        result: SlideResult = future.result()
+        with open_slide(job.slide, backend=settings.slide_options.backend, mpp=job.mpp) as slide:
+            plan = plan_crops(slide, size=settings.model.crop_size, target_mpp=settings.model.mpp)
+            write(slide, plan, result, job)
+    except Exception as exc:
+        return Outcome(job, "failed", one_line(exc), round(time.perf_counter() - t0, 3))
+    return Outcome(job, "ok", elapsed_s=round(result.elapsed_s + time.perf_counter() - t0, 3))
+
+
+# --------------------------------------------------------------------------------- the batch
+def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict[str, Any]
+            ) -> tuple[dict[Path, Outcome], list[Job], dict[Path, dict[str, Any]]]:
+    outcomes: dict[Path, Outcome] = {}
+    pending, keys = [], {}
+    for job in jobs:
+        if job.status:
+            outcomes[job.slide] = Outcome(job, job.status, job.note)
+            continue
+        try:
+            keys[job.slide] = completion_key(job, settings, model)
+        except OSError as exc:
+            outcomes[job.slide] = Outcome(job, "failed", one_line(exc))
+            continue
+        if is_up_to_date(out_dir, job, keys[job.slide]):
+            outcomes[job.slide] = Outcome(job, "skipped")
+        else:
+            pending.append(job)
+    return outcomes, pending, keys
+
+
+def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler: str | None = None,
+              workers: int | None = None, quiet: bool = False) -> list[Outcome]:
+    """Classify every job not up to date, then write ``cohort.csv`` and ``cohort.png``."""
+    from wsi_atm.batch.cohort import write_cohort
+
+    model = model_fingerprint(settings.model)
+    with exclusive(out_dir):
+        outcomes, pending, keys = _triage(jobs, settings, out_dir, model)
+
+        def write(slide: Slide, plan: CropPlan, result: SlideResult, job: Job) -> None:
+            remove_leftovers(out_dir, job)
+            write_outputs(slide, plan, result, out_dir, settings.slide_options)
+            atomic_write_text(record_path(out_dir, job), json.dumps(keys[job.slide], indent=1))
+
+        runner = (run_dask(pending, settings, write, scheduler, workers)
+                  if scheduler or workers else run_local(pending, settings, write))
+        bar = progress_bar(len(pending), "slides", quiet=quiet, unit="slide")
+        for outcome in runner:
+            outcomes[outcome.job.slide] = outcome
+            bar.update(1)
+        bar.close()
+        ordered = [outcomes[j.slide] for j in jobs]
+        for o in ordered:
+            if o.status in ("ok", "skipped"):
+                o.summary = _read_summary(output_paths(o.job.slide.name, out_dir)["summary"])
+        write_cohort(ordered, out_dir)
+    return ordered
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def local_threads(workers: int | None) -> int | None:
+    """CPU threads per model so that ``workers`` local processes share the cores."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers else None
