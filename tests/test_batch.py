@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import shutil
 import subprocess
+import threading
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.batch_helpers import card_128, make_cohort
+from tests.batch_helpers import (
+    card_128,
+    cohort_rows,
+    features,
+    make_cohort,
+    midog_json,
+    write_candidates,
+)
 from tests.cli_helpers import run_cli
+from wsi_atm.batch import Job, plan_jobs, resume, run
+from wsi_atm.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,99 +37,245 @@ def batch(args: list[str], card: Path) -> int:
     return run_cli(["batch", *args, "--model", str(card), "--device", "cpu", "--quiet"])
 
 
-def cohort(out: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader((out / "cohort.csv").read_text().splitlines()))
+def statuses(out: Path) -> list[str]:
+    return [r["status"] for r in cohort_rows(out)]
 
 
-def test_batch_pairs_by_stem_and_resumes(tmp_path, card, capsys):
-    slides = tmp_path / "slides"
-    make_cohort(slides)
-    out = tmp_path / "out"
-    assert batch([str(slides), "--out-dir", str(out)], card) == 0
-    rows = cohort(out)
-    assert [r["status"] for r in rows] == ["ok"] * 3
-    assert [int(r["candidates"]) for r in rows] == [4, 5, 6]
-    for i in range(3):
-        for ext in (".geojson", ".csv", ".summary.json", ".png"):
-            assert (out / f"case{i}{ext}").is_file()
-    assert (out / "cohort.png").stat().st_size > 1000
-    assert "3 succeeded" in capsys.readouterr().out
-    # A rerun with the same inputs skips everything.
-    stamp = (out / "case0.geojson").stat().st_mtime_ns
-    assert batch([str(slides), "--out-dir", str(out)], card) == 0
-    assert [r["status"] for r in cohort(out)] == ["skipped"] * 3
-    assert cohort(out)[0]["atypical_fraction"] == rows[0]["atypical_fraction"]
-    assert (out / "case0.geojson").stat().st_mtime_ns == stamp
-    # A missing output redoes that slide only; another threshold redoes all.
-    (out / "case1.png").unlink()
-    assert batch([str(slides), "--out-dir", str(out)], card) == 0
-    assert [r["status"] for r in cohort(out)] == ["skipped", "ok", "skipped"]
-    assert batch([str(slides), "--out-dir", str(out), "--threshold", "0.3"], card) == 0
-    assert [r["status"] for r in cohort(out)] == ["ok"] * 3
+def by_name(jobs: list[Job]) -> dict[str, Job]:
+    return {j.slide.name: j for j in jobs}
 
 
-def test_killed_run_leaves_no_partial_outputs_and_resumes(tmp_path, card):
-    slides = tmp_path / "slides"
-    make_cohort(slides, n=2)
-    out = tmp_path / "out"
-    assert batch([str(slides), "--out-dir", str(out)], card) == 0
-    # As if killed while writing case1: a stale temp file, no completion record.
-    (out / ".wsi-atm" / "case1.done.json").unlink()
-    (out / ".case1.geojson.deadbeef.tmp").write_text("{")
-    assert batch([str(slides), "--out-dir", str(out)], card) == 0
-    assert [r["status"] for r in cohort(out)] == ["skipped", "ok"]
+# ------------------------------------------------------------------------------ planning
+def test_folder_pairing_rules(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    for name in ("a.tif", "a.2.tif", "b.tif", "c.tif", "lonely.tif", "UPPER.SVS", "x.ome.tif",
+                 "notes.txt"):
+        (d / name).write_bytes(b"II*\x00")
+    write_candidates(d / "a.csv", 3)
+    write_candidates(d / "a.2.csv", 3)  # slide a.2.tif's, not a second match for a.tif
+    write_candidates(d / "b.candidates.csv", 3)
+    (d / "b.notes.txt").write_text("reviewed by A.B.\n")  # not a detection format: ignored
+    write_candidates(d / "c.csv", 3)
+    midog_json(d / "c.midog.json", {"c.tif": [(100, 100)]})  # second match: ambiguous
+    write_candidates(d / "UPPER.csv", 2)
+    write_candidates(d / "x.csv", 2)  # NAME of x.ome.tif is x
+    jobs = by_name(plan_jobs(d, None, None, None, tmp_path / "out"))
+    assert sorted(jobs) == ["UPPER.SVS", "a.2.tif", "a.tif", "b.tif", "c.tif", "lonely.tif",
+                            "x.ome.tif"]
+    assert jobs["a.tif"].detections == d / "a.csv"
+    assert jobs["a.2.tif"].detections == d / "a.2.csv"
+    assert jobs["b.tif"].detections == d / "b.candidates.csv"
+    assert jobs["UPPER.SVS"].detections == d / "UPPER.csv"
+    assert jobs["x.ome.tif"].detections == d / "x.csv"
+    assert jobs["c.tif"].status == "failed"
+    assert "c.csv" in jobs["c.tif"].note and "c.midog.json" in jobs["c.tif"].note
+    assert jobs["lonely.tif"].status == "no_detections" and jobs["lonely.tif"].detections is None
+    # A --pattern restricts the slides; a separate --detections-dir is searched instead.
+    dets = tmp_path / "dets"
+    dets.mkdir()
+    write_candidates(dets / "lonely.json.csv", 1)
+    jobs = plan_jobs(d, None, None, dets, tmp_path / "out", patterns=("lonely.*",))
+    assert [(j.slide.name, j.detections) for j in jobs] == [("lonely.tif",
+                                                             dets / "lonely.json.csv")]
 
 
-def test_bad_slide_is_isolated_and_exit_is_1(tmp_path, card, capsys):
-    slides = tmp_path / "slides"
-    make_cohort(slides, n=2)
-    (slides / "broken.svs").write_bytes(b"not a slide at all")
-    (slides / "broken.csv").write_text("x,y\n1,1\n")
-    (slides / "lonely.tif").write_bytes((slides / "case0.tif").read_bytes())
-    out = tmp_path / "out"
-    assert batch([str(slides), "--out-dir", str(out)], card) == 1
-    rows = {Path(r["slide"]).name: r for r in cohort(out)}
-    assert rows["broken.svs"]["status"] == "failed" and rows["broken.svs"]["error"]
-    assert rows["lonely.tif"]["status"] == "no_detections"
-    assert rows["case0.tif"]["status"] == rows["case1.tif"]["status"] == "ok"
-    assert "1 failed" in capsys.readouterr().out
+def test_outputs_may_not_go_where_they_would_clash_with_inputs(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    (d / "a.tif").write_bytes(b"II*\x00")
+    write_candidates(d / "a.json.csv", 2)
+    with pytest.raises(BadInputError, match="is where detections are read from"):
+        plan_jobs(d, None, None, None, out_dir=d)
+    manifest = tmp_path / "m.csv"
+    (d / "b").mkdir()
+    (d / "b" / "a.svs").write_bytes(b"II*\x00")
+    write_candidates(d / "a.csv", 2)
+    manifest.write_text("slide,detections\nslides/a.tif,slides/a.json.csv\n"
+                        "slides/b/a.svs,slides/a.csv\n")
+    with pytest.raises(BadInputError, match="2 output clash") as err:
+        plan_jobs(None, manifest, None, None, out_dir=d)
+    assert "both write a.*" in str(err.value) and "overwrite an input file" in str(err.value)
 
 
-def test_manifest_rejects_every_bad_row_before_work(tmp_path, card, capsys):
-    slides = tmp_path / "slides"
-    make_cohort(slides, n=2)
+def test_one_multi_slide_file_serves_every_slide(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    for name in ("case0.tif", "case1.svs", "case2.tif"):
+        (d / name).write_bytes(b"II*\x00")
+    shared = midog_json(tmp_path / "midog.json", {"case0.tif": [(1, 1)], "case1.tiff": []})
+    jobs = by_name(plan_jobs(d, None, shared, None, tmp_path / "out"))
+    assert jobs["case0.tif"].detections == jobs["case1.svs"].detections == shared
+    assert jobs["case2.tif"].status == "no_detections"
+    assert "no entry in midog.json" in jobs["case2.tif"].note
+    one_slide = write_candidates(tmp_path / "one.csv", 2)
+    with pytest.raises(BadInputError, match="one slide's detections"):
+        plan_jobs(d, None, one_slide, None, tmp_path / "out")
+
+
+def test_manifest_lists_every_bad_row_and_starts_nothing(tmp_path, card, capsys):
+    make_cohort(tmp_path / "slides", n=2)
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide,detections,mpp\n"
                         "slides/case0.tif,slides/case0.csv,\n"
                         "slides/missing.tif,slides/case1.csv,0.25\n"
-                        "slides/case1.tif,slides/nope.csv,abc\n")
+                        "slides/case1.tif,slides/nope.csv,abc\n"
+                        "slides/case0.tif,slides/case0.csv,-1\n")
     out = tmp_path / "out"
     assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 2
     err = capsys.readouterr().err
-    assert "line 3" in err and "line 4" in err and "missing.tif" in err and "abc" in err
+    assert "3 bad row(s), nothing was started" in err
+    for text in ("line 3", "missing.tif", "line 4", "nope.csv", "'abc'", "line 5",
+                 "already listed on line 2"):
+        assert text in err
+    assert "line 2:" not in err
     assert not out.exists()
-    manifest.write_text("slide,detections,mpp\nslides/case0.tif,slides/case0.csv,0.25\n")
-    assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 0
-    assert [r["status"] for r in cohort(out)] == ["ok"]
+    manifest.write_text("slide,detection\nslides/case0.tif,slides/case0.csv\n")
+    assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 2
+    assert "columns slide,detections" in capsys.readouterr().err
+    for extra in (["--image", "case0.tif"], ["--workers", "2", "--scheduler", "tcp://x:1"]):
+        assert batch([str(tmp_path / "slides"), "--out-dir", str(out), *extra], card) == 2
+    assert not out.exists()
 
 
-def test_one_multi_slide_file_serves_every_slide(tmp_path, card):
-    slides = tmp_path / "slides"
-    make_cohort(slides, n=2)
-    shared = tmp_path / "all.csv"
-    shared.write_text("x,y\n200,200\n400,300\n")
+def test_manifest_paths_are_relative_to_it_and_mpp_is_used(tmp_path, card):
+    make_cohort(tmp_path / "slides", n=2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,detections,mpp\nslides/case0.tif,slides/case0.csv,0.5\n"
+                        "slides/case1.tif,,\n")
     out = tmp_path / "out"
-    assert batch([str(slides), "--detections", str(shared), "--out-dir", str(out)], card) == 0
-    assert [int(r["candidates"]) for r in cohort(out)] == [2, 2]
+    assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 0
+    assert statuses(out) == ["ok", "no_detections"]
+    summary = json.loads((out / "case0.summary.json").read_text())
+    assert summary["slide"]["mpp"] == 0.5 and summary["slide"]["mpp_source"]
 
 
-def test_ambiguous_pairing_is_reported(tmp_path, card):
+# -------------------------------------------------------------------------- running slides
+def test_batch_matches_classify_and_resumes(tmp_path, card, capsys):
+    slides = tmp_path / "slides"
+    make_cohort(slides, n=3)
+    out = tmp_path / "out"
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert "3 slides: 3 succeeded, 0 skipped (up to date), 0 failed" in capsys.readouterr().out
+    rows = cohort_rows(out)
+    assert statuses(out) == ["ok"] * 3
+    assert [int(r["candidates"]) for r in rows] == [4, 5, 6]
+    for r in rows:
+        assert int(r["atypical"]) + int(r["normal"]) == int(r["classified"]) == int(
+            r["candidates"])
+        assert float(r["fraction_ci95_low"]) <= float(r["atypical_fraction"]) <= float(
+            r["fraction_ci95_high"])
+    for i in range(3):
+        for ext in (".geojson", ".csv", ".summary.json", ".png"):
+            assert (out / f"case{i}{ext}").is_file()
+    with Image.open(out / "cohort.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+    # The same slide through `wsi-atm classify` gives the same calls.
+    single = tmp_path / "single"
+    assert run_cli(["classify", str(slides / "case1.tif"), "--detections",
+                    str(slides / "case1.csv"), "--out-dir", str(single), "--model", str(card),
+                    "--device", "cpu", "--quiet"]) == 0
+    assert features(single / "case1.geojson") == features(out / "case1.geojson")
+    # A rerun with the same inputs skips everything, filling rows from the summaries.
+    stamp = (out / "case0.geojson").stat().st_mtime_ns
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert statuses(out) == ["skipped"] * 3
+    assert [r["atypical_fraction"] for r in cohort_rows(out)] == [
+        r["atypical_fraction"] for r in rows]
+    assert (out / "case0.geojson").stat().st_mtime_ns == stamp
+    # A deleted output redoes that slide only.
+    (out / "case1.png").unlink()
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert statuses(out) == ["skipped", "ok", "skipped"]
+    # As if killed while rewriting case2: a stale temp file and no completion record.
+    (out / ".wsi-atm" / "case2.done.json").unlink()
+    (out / ".case2.geojson.0123456789ab.tmp").write_text("{")
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert statuses(out) == ["skipped", "skipped", "ok"]
+    assert not list(out.glob(".*.tmp"))
+    # Another threshold redoes every slide, and the records say so.
+    assert batch([str(slides), "--out-dir", str(out), "--threshold", "0.3"], card) == 0
+    assert statuses(out) == ["ok"] * 3
+    assert json.loads((out / ".wsi-atm" / "case0.done.json").read_text())["threshold"] == 0.3
+
+
+def test_bad_slide_is_isolated_and_exit_is_1(tmp_path, card, capsys):
     slides = tmp_path / "slides"
     make_cohort(slides, n=1)
-    shutil.copy(slides / "case0.csv", slides / "case0.geojson.csv")
+    (slides / "broken.svs").write_bytes(b"not a slide at all")
+    write_candidates(slides / "broken.csv", 2)
+    shutil.copy(slides / "case0.tif", slides / "lonely.tif")
     out = tmp_path / "out"
     assert batch([str(slides), "--out-dir", str(out)], card) == 1
-    assert "several detection files" in cohort(out)[0]["error"]
+    rows = {Path(r["slide"]).name: r for r in cohort_rows(out)}
+    assert rows["broken.svs"]["status"] == "failed" and "broken.svs" in rows["broken.svs"]["error"]
+    assert "\n" not in rows["broken.svs"]["error"]
+    assert rows["lonely.tif"]["status"] == "no_detections"
+    assert rows["lonely.tif"]["error"].startswith("no detection file lonely.*")
+    assert rows["case0.tif"]["status"] == "ok" and (out / "case0.summary.json").is_file()
+    assert not (out / "broken.geojson").exists()
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith(
+        "3 slides: 1 succeeded, 0 skipped (up to date), 1 failed, 1 without detections")
+    assert "failed: " in captured.err and "broken.svs" in captured.err
+
+
+def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, monkeypatch):
+    events: list[tuple[str, str, float]] = []
+
+    class Fake:
+        def __init__(self, job: Job) -> None:
+            self.job, self.started, self.slide, self.plan = job, time.perf_counter(), None, None
+
+        def close(self) -> None:
+            events.append(("close", self.job.slide.name, time.perf_counter()))
+
+    def prepare(job, settings):
+        events.append(("prepare", job.slide.name, time.perf_counter()))
+        assert threading.current_thread() is not threading.main_thread()
+        return Fake(job)
+
+    def classify(prep, classifier, settings):
+        events.append(("classify", prep.job.slide.name, time.perf_counter()))
+        time.sleep(0.2)
+        events.append(("classified", prep.job.slide.name, time.perf_counter()))
+        return "result"
+
+    monkeypatch.setattr(run, "prepare", prepare)
+    monkeypatch.setattr(run, "classify_prepared", classify)
+    monkeypatch.setattr(run, "load_classifier", lambda settings: object())
+    jobs = [Job(tmp_path / f"s{i}.tif", tmp_path / f"s{i}.csv") for i in range(3)]
+    written = []
+    outcomes = list(run.run_local(jobs, None, lambda s, p, r, job: written.append(job)))
+    assert [o.status for o in outcomes] == ["ok"] * 3 and written == jobs
+    at = {(kind, name): t for kind, name, t in events}
+    for i in (1, 2):  # slide i was opened before slide i-1 finished classifying
+        assert at[("prepare", f"s{i}.tif")] < at[("classified", f"s{i - 1}.tif")]
+    assert sum(kind == "close" for kind, _, _ in events) == 3
+
+
+def test_one_batch_per_out_dir_and_leftovers_are_cleared(tmp_path):
+    out = tmp_path / "out"
+    job = Job(tmp_path / "s.svs", tmp_path / "s.csv")
+    busy = pytest.raises(BadInputError, match="another wsi-atm batch")
+    with resume.exclusive(out), busy, resume.exclusive(out):
+        pass
+    with resume.exclusive(out):  # released
+        pass
+    record = resume.record_path(out, job)
+    record.write_text("{}")
+    (out / ".s.png.abcdef012345.tmp").write_bytes(b"x")
+    (out / ".other.png.abcdef012345.tmp").write_bytes(b"x")
+    resume.remove_leftovers(out, job)
+    assert not record.exists() and [p.name for p in out.glob(".*.tmp")] == [
+        ".other.png.abcdef012345.tmp"]
+
+
+# ------------------------------------------------------------------------------ packaging
+def test_batch_package_is_in_the_wheel():
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]
+    assert "wsi_atm.batch" in packages, "add \"wsi_atm.batch\" to [tool.setuptools] packages"
 
 
 def test_dockerfile_passes_hadolint():
@@ -124,5 +283,5 @@ def test_dockerfile_passes_hadolint():
     if not Path(hadolint).exists():
         pytest.skip("hadolint not installed")
     proc = subprocess.run([hadolint, "--failure-threshold", "warning", str(REPO / "Dockerfile")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr

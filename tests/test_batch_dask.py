@@ -1,40 +1,68 @@
-"""``wsi-atm batch --workers 2``: a real dask scheduler and two worker processes on 127.0.0.1."""
+"""``wsi-atm batch --scheduler``: a real dask scheduler and two worker processes on 127.0.0.1."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from tests.batch_helpers import card_128, make_cohort
+import pytest
+
+from tests.batch_helpers import card_128, cohort_rows, features, make_cohort, write_candidates
 from tests.cli_helpers import run_cli
+
+distributed = pytest.importorskip("dask.distributed")
 
 
 def rows_without_timing(out: Path) -> list[dict[str, str]]:
-    rows = list(csv.DictReader((out / "cohort.csv").read_text().splitlines()))
+    rows = cohort_rows(out)
     for r in rows:
         r.pop("elapsed_s")
     return rows
 
 
-def features(path: Path) -> list[tuple]:
-    geo = json.loads(path.read_text())
-    return sorted((f["id"], tuple(f["geometry"]["coordinates"]),
-                   f["properties"]["classification"]["name"],
-                   round(f["properties"]["measurements"]["p_atypical"], 5))
-                  for f in geo["features"])
+def model_loads() -> int:
+    from wsi_atm.batch import run
+
+    return int(run._RESIDENT["loads"])
 
 
 def test_dask_cluster_matches_single_process(tmp_path):
     card = card_128(tmp_path / "card")
     slides = tmp_path / "slides"
-    make_cohort(slides, n=3)
+    make_cohort(slides, n=4)
+    (slides / "broken.svs").write_bytes(b"not a slide")
+    write_candidates(slides / "broken.csv", 2)
     common = ["--model", str(card), "--device", "cpu", "--quiet"]
     local, dask = tmp_path / "local", tmp_path / "dask"
-    assert run_cli(["batch", str(slides), "--out-dir", str(local), *common]) == 0
-    assert run_cli(["batch", str(slides), "--out-dir", str(dask), "--workers", "2",
-                    *common]) == 0
-    assert rows_without_timing(local) == rows_without_timing(dask)
-    for i in range(3):
+    assert run_cli(["batch", str(slides), "--out-dir", str(local), *common]) == 1
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        assert run_cli(["batch", str(slides), "--out-dir", str(dask), "--scheduler",
+                        cluster.scheduler_address, *common]) == 1
+        loads = client.run(model_loads)
+    assert sorted(loads.values()) == [1, 1]  # each worker process loaded the model once
+    rows = rows_without_timing(dask)
+    assert rows == rows_without_timing(local)
+    assert [r["status"] for r in rows] == ["failed", "ok", "ok", "ok", "ok"]
+    for i in range(4):
         assert features(local / f"case{i}.geojson") == features(dask / f"case{i}.geojson")
+        summary = json.loads((dask / f"case{i}.summary.json").read_text())
+        assert summary["counts"] == json.loads(
+            (local / f"case{i}.summary.json").read_text())["counts"]
         assert (dask / f"case{i}.png").is_file()
+        assert (dask / ".wsi-atm" / f"case{i}.done.json").is_file()
+    # The completion records are the same, so a local rerun skips what dask did.
+    assert run_cli(["batch", str(slides), "--out-dir", str(dask), *common]) == 1
+    assert [r["status"] for r in cohort_rows(dask)] == ["failed"] + ["skipped"] * 4
+
+
+def test_workers_option_starts_a_local_cluster(tmp_path):
+    card = card_128(tmp_path / "card")
+    slides = tmp_path / "slides"
+    make_cohort(slides, n=1)
+    out = tmp_path / "out"
+    assert run_cli(["batch", str(slides), "--out-dir", str(out), "--workers", "1",
+                    "--model", str(card), "--device", "cpu", "--quiet"]) == 0
+    assert [r["status"] for r in cohort_rows(out)] == ["ok"]
+    assert (out / "case0.geojson").is_file()

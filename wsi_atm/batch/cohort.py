@@ -32,9 +32,8 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     frac = s.get("atypical_fraction") or {}
     corrected = s.get("atypical_fraction_corrected") or {}
     ci = frac.get("ci95") or [None, None]
-    # skipped: the time of the run that made the outputs; no_detections: none
-    elapsed = {"ok": o.elapsed_s, "failed": o.elapsed_s, "skipped": s.get("elapsed_s")}.get(
-        o.status)
+    # skipped: the time of the run that made the outputs; not run: blank
+    elapsed = s.get("elapsed_s") if o.status == "skipped" else (o.elapsed_s or None)
     row = {
         "slide": str(o.job.slide), "detections": str(o.job.detections or ""), "status": o.status,
         "candidates": counts.get("candidates"), "classified": counts.get("classified"),
