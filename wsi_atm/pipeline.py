@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_atm import __version__
-from wsi_atm.cards import sha256_file
+from wsi_atm.cards import ModelCard, sha256_file
 from wsi_atm.crops import CropPlan, plan_crops, read_crop, stream_crops
 from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_detections
 from wsi_atm.infer import Classifier, prefetch
@@ -84,16 +84,30 @@ def classify_candidates(
     return p, status, at_border
 
 
-def run_slide(
-    slide_path: str | Path, detections_path: str | Path, classifier: Classifier,
-    cand_options: CandidateOptions, options: SlideOptions, out_dir: Path | None = None,
-) -> SlideResult:
-    """Classify every candidate of one slide; with ``out_dir``, write all outputs there."""
+@dataclass
+class PreparedSlide:
+    """An open slide with its candidates and crop plan, ready to classify."""
+
+    slide: Slide
+    detections_path: Path
+    candidates: Candidates
+    plan: CropPlan
+    timings: dict[str, float]
+    started: float
+
+    def close(self) -> None:
+        self.slide.close()
+
+
+def prepare_slide(
+    slide_path: str | Path, detections_path: str | Path, card: ModelCard,
+    cand_options: CandidateOptions, backend: str = "auto", mpp: float | None = None,
+) -> PreparedSlide:
+    """Open the slide, read its detections and plan its crops (closing the slide on error)."""
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    card = classifier.card
-    with open_slide(slide_path, backend=options.backend, mpp=options.mpp) as slide:
-        timings["open_s"] = round(time.perf_counter() - t0, 3)
+    slide = open_slide(slide_path, backend=backend, mpp=mpp)
+    try:
+        timings = {"open_s": round(time.perf_counter() - t0, 3)}
         frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
                            height=slide.dimensions[1], mpp=slide.mpp,
                            bounds_offset=tuple(slide.bounds_offset))
@@ -101,20 +115,46 @@ def run_slide(
         cands = read_detections(detections_path, frame, cand_options)
         timings["detections_s"] = round(time.perf_counter() - t, 3)
         plan = plan_crops(slide, size=card.crop_size, target_mpp=card.mpp)
-        p, status, at_border = classify_candidates(
-            slide, cands, plan, classifier, options.quiet, timings)
-        result = SlideResult(
-            slide=slide_meta(slide, plan), model=model_meta(classifier, options.threshold),
-            candidates=cands, p_atypical=p, status=status, at_border=at_border,
-            detections_path=str(detections_path),
-            detections_sha256=sha256_file(Path(detections_path)),
-            candidate_options=asdict(cand_options), timings=timings,
-            package_version=__version__,
-        )
-        result.elapsed_s = round(time.perf_counter() - t0, 3)
+    except BaseException:
+        slide.close()
+        raise
+    return PreparedSlide(slide, Path(detections_path), cands, plan, timings, t0)
+
+
+def classify_prepared(
+    prep: PreparedSlide, classifier: Classifier, cand_options: CandidateOptions,
+    threshold: float | None = None, quiet: bool = True,
+) -> SlideResult:
+    """P(atypical) of every candidate of a prepared slide, with its provenance."""
+    p, status, at_border = classify_candidates(
+        prep.slide, prep.candidates, prep.plan, classifier, quiet, prep.timings)
+    result = SlideResult(
+        slide=slide_meta(prep.slide, prep.plan), model=model_meta(classifier, threshold),
+        candidates=prep.candidates, p_atypical=p, status=status, at_border=at_border,
+        detections_path=str(prep.detections_path),
+        detections_sha256=sha256_file(prep.detections_path),
+        candidate_options=asdict(cand_options), timings=prep.timings,
+        package_version=__version__,
+    )
+    result.elapsed_s = round(time.perf_counter() - prep.started, 3)
+    return result
+
+
+def run_slide(
+    slide_path: str | Path, detections_path: str | Path, classifier: Classifier,
+    cand_options: CandidateOptions, options: SlideOptions, out_dir: Path | None = None,
+) -> SlideResult:
+    """Classify every candidate of one slide; with ``out_dir``, write all outputs there."""
+    prep = prepare_slide(slide_path, detections_path, classifier.card, cand_options,
+                         backend=options.backend, mpp=options.mpp)
+    try:
+        result = classify_prepared(prep, classifier, cand_options, options.threshold,
+                                   options.quiet)
         if out_dir is not None:
-            write_outputs(slide, plan, result, out_dir, options)
-    result.elapsed_s = round(time.perf_counter() - t0, 3)
+            write_outputs(prep.slide, prep.plan, result, out_dir, options)
+    finally:
+        prep.close()
+    result.elapsed_s = round(time.perf_counter() - prep.started, 3)
     return result
 
 

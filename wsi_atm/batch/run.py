@@ -9,11 +9,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from wsi_atm import __version__
+from wsi_atm import pipeline
 from wsi_atm.batch.plan import BatchSettings, Job, Outcome
 from wsi_atm.batch.resume import (
     completion_key,
@@ -25,74 +25,33 @@ from wsi_atm.batch.resume import (
     remove_leftovers,
 )
 from wsi_atm.crops import CropPlan, plan_crops
-from wsi_atm.detections import Candidates, SlideFrame, read_detections
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.infer import Classifier
 from wsi_atm.outputs.atomic import atomic_write_text
-from wsi_atm.pipeline import (
-    classify_candidates,
-    model_meta,
-    output_paths,
-    slide_meta,
-    write_outputs,
-)
+from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
 from wsi_atm.results import SlideResult
 from wsi_atm.slides import Slide, open_slide
 
 
 @dataclass
-class Prepared:
-    """An open slide with its candidates and crop plan, ready to classify."""
+class Prepared(PreparedSlide):
+    """A prepared slide (see :func:`wsi_atm.pipeline.prepare_slide`) and the job it is for."""
 
-    job: Job
-    slide: Slide
-    candidates: Candidates
-    plan: CropPlan
-    timings: dict[str, float]
-    started: float
-
-    def close(self) -> None:
-        self.slide.close()
+    job: Job | None = None
 
 
 def prepare(job: Job, settings: BatchSettings) -> Prepared:
-    """Open the slide, read its detections, plan its crops (what ``run_slide`` does first)."""
     assert job.detections is not None
-    t0 = time.perf_counter()
-    slide = open_slide(job.slide, backend=settings.slide_options.backend, mpp=job.mpp)
-    try:
-        timings = {"open_s": round(time.perf_counter() - t0, 3)}
-        frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
-                           height=slide.dimensions[1], mpp=slide.mpp,
-                           bounds_offset=tuple(slide.bounds_offset))
-        t = time.perf_counter()
-        cands = read_detections(job.detections, frame, settings.candidate_options)
-        timings["detections_s"] = round(time.perf_counter() - t, 3)
-        plan = plan_crops(slide, size=settings.model.crop_size, target_mpp=settings.model.mpp)
-    except BaseException:
-        slide.close()
-        raise
-    return Prepared(job, slide, cands, plan, timings, t0)
+    prep = prepare_slide(job.slide, job.detections, settings.model, settings.candidate_options,
+                         backend=settings.slide_options.backend, mpp=job.mpp)
+    return Prepared(**{f.name: getattr(prep, f.name) for f in fields(prep)}, job=job)
 
 
 def classify_prepared(prep: Prepared, classifier: Classifier,
                       settings: BatchSettings) -> SlideResult:
-    """P(atypical) of every candidate: the same SlideResult ``run_slide`` builds."""
-    assert prep.job.detections is not None
-    p, status, at_border = classify_candidates(prep.slide, prep.candidates, prep.plan,
-                                               classifier, True, prep.timings)
-    result = SlideResult(
-        slide=slide_meta(prep.slide, prep.plan),
-        model=model_meta(classifier, settings.slide_options.threshold),
-        candidates=prep.candidates, p_atypical=p, status=status, at_border=at_border,
-        detections_path=str(prep.job.detections),
-        detections_sha256=file_sha256(prep.job.detections),
-        candidate_options=asdict(settings.candidate_options), timings=prep.timings,
-        package_version=__version__,
-    )
-    result.elapsed_s = round(time.perf_counter() - prep.started, 3)
-    return result
+    return pipeline.classify_prepared(prep, classifier, settings.candidate_options,
+                                      settings.slide_options.threshold, quiet=True)
 
 
 def load_classifier(settings: BatchSettings) -> Classifier:
