@@ -49,6 +49,7 @@ class BatchSettings:
     device: str = "auto"
     batch_size: int | None = None
     tta: bool = False
+    compile: bool = False
     threads: int | None = None  # CPU threads per model (None: all cores)
 
 

@@ -56,7 +56,7 @@ def classify_prepared(prep: Prepared, classifier: Classifier,
 
 def load_classifier(settings: BatchSettings) -> Classifier:
     return Classifier(settings.model, device=settings.device, batch_size=settings.batch_size,
-                      tta=settings.tta, threads=settings.threads)
+                      tta=settings.tta, threads=settings.threads, compile=settings.compile)
 
 
 _RESIDENT: dict[str, Any] = {"key": None, "classifier": None, "loads": 0}

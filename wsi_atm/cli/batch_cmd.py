@@ -58,6 +58,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           detections: Path | None, detections_dir: Path | None, patterns: tuple[str, ...],
           scheduler: str | None, workers: int | None, model: str | None,
           threshold: float | None, device: str, batch_size: int | None, tta: bool,
+          compile_model: bool,
           mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
     from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
@@ -73,7 +74,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
     settings = BatchSettings(
         model=find_card(model), candidate_options=make_candidate_options(**cand),  # type: ignore[arg-type]
         slide_options=SlideOptions(backend=backend, threshold=threshold, shape=shape, quiet=True),
-        device=device, batch_size=batch_size, tta=tta,
+        device=device, batch_size=batch_size, tta=tta, compile=compile_model,
         threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)
     outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,

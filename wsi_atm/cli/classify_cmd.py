@@ -27,6 +27,7 @@ from wsi_atm.cli.options import (
 @candidate_options
 def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              threshold: float | None, device: str, batch_size: int | None, tta: bool,
+             compile_model: bool,
              mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
     from wsi_atm.cards import find_card
@@ -34,7 +35,8 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     from wsi_atm.pipeline import SlideOptions, output_paths, run_slide
 
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
-    classifier = Classifier(find_card(model), device=device, batch_size=batch_size, tta=tta)
+    classifier = Classifier(find_card(model), device=device, batch_size=batch_size, tta=tta,
+                            compile=compile_model)
     options = SlideOptions(backend=backend, mpp=mpp, threshold=threshold, shape=shape,
                            quiet=quiet)
     result = run_slide(slide, detections, classifier, cand_options, options, out_dir=out_dir)

@@ -55,7 +55,7 @@ def slide_options(func: F) -> F:
 
 
 def model_options(func: F) -> F:
-    """--model, --threshold, --device, --batch-size, --tta."""
+    """--model, --threshold, --device, --batch-size, --tta, --compile."""
     opts = [
         click.option("--model", default=None,
                      help="bundled model name or card path (default: the bundled default model)"),
@@ -64,6 +64,8 @@ def model_options(func: F) -> F:
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda"),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="crops per forward pass (default: the card's)"),
+        click.option("--compile", "compile_model", is_flag=True,
+                     help="torch.compile the models (CUDA; pays off on large batches)"),
         click.option("--tta", is_flag=True,
                      help="test-time augmentation: mean over the 8 flips/rotations"),
     ]
