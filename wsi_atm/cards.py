@@ -178,8 +178,7 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
         mpp=float(inp.get("mpp", 0.25)),
         trained_mode=mode,
         preprocess={m: _preprocess(v) for m, v in raw.get("preprocess", {}).items()},
-        lora=LoraSpec(**{**raw.get("lora", {}), "target_modules": tuple(
-            raw.get("lora", {}).get("target_modules", LoraSpec.target_modules))}),
+        lora=_lora(raw.get("lora", {})),
         embedding=EmbeddingSpec(**raw.get("embedding", {})),
         output=output,
         threshold=float(decision.get("threshold", 0.5)),
@@ -191,6 +190,11 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
         timm_equivalent=arch.get("timm_equivalent", ""),
         hub_model_args=dict(arch.get("hub_model_args", {})),
     )
+
+
+def _lora(raw: dict[str, Any]) -> LoraSpec:
+    targets = tuple(raw.get("target_modules", LoraSpec.target_modules))
+    return LoraSpec(**{**raw, "target_modules": targets})
 
 
 def sha256_file(path: Path) -> str:
