@@ -195,3 +195,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, card_path, tmp
     assert len(errors) == 1 and errors[0].startswith("wsi-atm: error:")
     assert "Traceback" not in "\n".join(err)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_corrected_fraction_only_at_the_cards_operating_point(card_path, tmp_path):
+    """Regression: --threshold/--tta must not reuse the card's sensitivity/specificity."""
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n1000,1000\n1500,2000\n")
+    svs = REPO / "sample_slides" / "cmu_small_region.svs"
+    card = load_card(card_path)
+    for extra, expect_correction in (((), "sensitivity" in card.metrics),
+                                     (("--threshold", "0.9"), False), (("--tta",), False)):
+        out = tmp_path / "-".join(extra or ("default",))
+        assert classify(svs, det, out, card_path, *extra) == 0
+        summary = load_outputs(out, "cmu_small_region")[2]
+        assert (summary["atypical_fraction_corrected"] is not None) == expect_correction

@@ -36,11 +36,13 @@ class SlideOptions:
 
 def model_meta(classifier: Classifier, threshold: float | None) -> ModelMeta:
     card = classifier.card
-    m = card.metrics
+    used = card.threshold if threshold is None else threshold
+    # The card's cross-validated sensitivity/specificity hold only at its own threshold without
+    # TTA; at any other operating point the error correction would use the wrong rates.
+    m = card.metrics if used == card.threshold and not classifier.tta else {}
     return ModelMeta(
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
-        threshold=card.threshold if threshold is None else threshold,
-        sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
+        threshold=used, sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
         n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"), tta=classifier.tta,
     )
 

@@ -67,7 +67,7 @@ def resident_classifier(settings: BatchSettings) -> Classifier:
     """This process's Classifier, loaded on first use and kept across slides (dask workers)."""
     card = settings.model
     key = (str(card.path), file_sha256(card.path), settings.device, settings.batch_size,
-           settings.tta, settings.threads)
+           settings.tta, settings.threads, settings.compile)
     with _RESIDENT_LOCK:
         if _RESIDENT["key"] != key:
             _RESIDENT.update(key=None, classifier=None)  # one model resident at a time
