@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from wsi_atm.cards import ModelCard, sha256_file
-from wsi_atm.checkpoints import build_from_checkpoint
+from wsi_atm.checkpoints import build_from_checkpoint, p_atypical_from_logits
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.transforms import BatchTransform
 
@@ -86,7 +86,6 @@ class Classifier:
         self.weights = verify_weights(card)
         self.nets = [self._load(w.path, compile) for w in self.weights]
         self.transform = BatchTransform(card.preprocess_for(), train=False)
-        self.sign = -1.0 if card.output == "p_normal" else 1.0
 
     def _load(self, path: str, compile: bool) -> nn.Module:
         # Converts upstream key layouts, checks every key, builds on the hub backbone only when
@@ -112,7 +111,7 @@ class Classifier:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             for f, net in enumerate(self.nets):
                 for k in views:
-                    out[f] += torch.sigmoid(self.sign * net(dihedral(x, k)).float())
+                    out[f] += p_atypical_from_logits(net(dihedral(x, k)), self.card)
         return out / len(views)
 
     def predict_folds(self, crops: np.ndarray) -> np.ndarray:
