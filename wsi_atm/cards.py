@@ -65,7 +65,7 @@ class ModelCard:
     kind: str  # "cnn", "vit", "foundation"
     architecture: str  # timm name or "hf-hub:org/name"
     kwargs: dict[str, Any]
-    pretrained: str  # "none", "imagenet", or the hub id
+    pretrained: str  # "none", "imagenet", the hub id, or "package:<package>/<file>"
     hub_revision: str
     input_size: int  # crop size the model is fed after preprocessing
     crop_size: int  # crop size cut from the slide
@@ -87,6 +87,9 @@ class ModelCard:
     # ``timm_equivalent`` + these + ``kwargs`` build the same network without the hub (random init,
     # e.g. to load an upstream checkpoint holding every weight). A cached config.json wins.
     hub_model_args: dict[str, Any] = field(default_factory=dict)
+    pretrained_sha256: str = ""  # of a ``package:`` source's file
+    # ``[fraction]``: how classify estimates a slide's atypical share (wsi_atm.estimators).
+    fraction: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_hub(self) -> bool:
@@ -189,6 +192,8 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
         batch_size=int(raw.get("batch_size", 64)),
         timm_equivalent=arch.get("timm_equivalent", ""),
         hub_model_args=dict(arch.get("hub_model_args", {})),
+        pretrained_sha256=arch.get("pretrained_sha256", ""),
+        fraction=dict(raw.get("fraction", {})),
     )
 
 

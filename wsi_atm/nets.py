@@ -12,6 +12,7 @@ from torch import nn
 
 from wsi_atm.cards import ModelCard
 from wsi_atm.errors import ModelError
+from wsi_atm.package_weights import is_package_source, load_package_weights
 
 
 def timm_name(card: ModelCard) -> str:
@@ -27,10 +28,16 @@ def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: obje
         from wsi_atm.hub import create_hub_backbone
 
         return create_hub_backbone(card, pretrained, **kwargs)
+    from_package = pretrained and is_package_source(card.pretrained)
     try:
-        return timm.create_model(timm_name(card), pretrained=pretrained, **kwargs)
+        net = timm.create_model(timm_name(card), pretrained=pretrained and not from_package,
+                                **kwargs)
     except RuntimeError as exc:
         raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
+    if from_package:
+        head = net.default_cfg.get("classifier", "classifier")
+        load_package_weights(net, card.pretrained, card.pretrained_sha256, head)
+    return net
 
 
 def _resolve_layer_names(kwargs: dict) -> None:

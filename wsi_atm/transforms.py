@@ -46,6 +46,41 @@ class StainJitter(torch.nn.Module):
         return out.clamp(0, 255).round().to(torch.uint8)
 
 
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, optical density per RGB.
+_HED_FROM_RGB = torch.linalg.inv(torch.tensor([
+    [0.65, 0.70, 0.29],
+    [0.07, 0.99, 0.11],
+    [0.27, 0.57, 0.78],
+]))
+_RGB_FROM_HED = torch.linalg.inv(_HED_FROM_RGB)
+
+
+class HedJitter(torch.nn.Module):
+    """Scale and shift each stain's concentration (H, E, DAB) by colour deconvolution.
+
+    Mimics the lab-to-lab variation in staining strength that a per-channel RGB jitter cannot:
+    haematoxylin and eosin move independently, along their own colours.
+    """
+
+    def __init__(self, sigma: float = 0.05, bias: float = 0.02) -> None:
+        super().__init__()
+        self.sigma, self.bias = sigma, bias
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        od = -torch.log((img.float().clamp(min=1.0)) / 255.0)  # (3, H, W)
+        hed = torch.einsum("chw,cd->dhw", od, _HED_FROM_RGB)
+        alpha = 1.0 + (torch.rand(3, 1, 1) * 2 - 1) * self.sigma
+        beta = (torch.rand(3, 1, 1) * 2 - 1) * self.bias
+        od = torch.einsum("dhw,dc->chw", hed * alpha + beta, _RGB_FROM_HED)
+        return (torch.exp(-od) * 255.0).clamp(0, 255).round().to(torch.uint8)
+
+
+def _probability(spec: dict[str, Any], module: torch.nn.Module) -> torch.nn.Module:
+    """An op with ``p = …`` is applied to that share of images only."""
+    p = spec.get("p")
+    return module if p is None else T.RandomApply([module], p=float(p))
+
+
 def _op(spec: dict[str, Any]) -> torch.nn.Module:
     kind = spec.get("op")
     interp = _INTERP.get(spec.get("interpolation", "bilinear"), InterpolationMode.BILINEAR)
@@ -63,10 +98,15 @@ def _op(spec: dict[str, Any]) -> torch.nn.Module:
             spec["size"], scale=tuple(spec.get("scale", (0.08, 1.0))),
             ratio=tuple(spec.get("ratio", (3 / 4, 4 / 3))), interpolation=interp, antialias=True),
         "stain_jitter": lambda: StainJitter(spec.get("scale", 0.1), spec.get("shift", 0.02)),
+        "hed_jitter": lambda: HedJitter(spec.get("sigma", 0.05), spec.get("bias", 0.02)),
+        "gaussian_blur": lambda: T.GaussianBlur(
+            spec.get("kernel", 5), sigma=tuple(spec.get("sigma", (0.1, 1.0)))),
+        "sharpness": lambda: T.RandomAdjustSharpness(spec.get("factor", 2.0), p=1.0),
+        "jpeg": lambda: T.JPEG(tuple(spec.get("quality", (50, 95)))),
     }
     if kind not in builders:
         raise ModelError(f"unknown preprocessing op {kind!r}; known: {', '.join(builders)}")
-    return builders[kind]()
+    return _probability(spec, builders[kind]())
 
 
 def build(ops: Sequence[dict[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:

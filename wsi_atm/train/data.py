@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,13 @@ class CropDataset:
 
     images: torch.Tensor
     labels: np.ndarray
-    groups: np.ndarray | None
+    groups: np.ndarray | None  # slide of each crop (folds never split a slide)
     names: list[str]
     root: Path
+    # Share of the experts who called each crop atypical (AMi-Br's three votes); None = unknown.
+    soft: np.ndarray | None = None
+    # Per-crop metadata columns from the split CSV (e.g. "dataset"), for grouped validation.
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -36,6 +40,8 @@ class CropDataset:
             groups=None if self.groups is None else self.groups[idx],
             names=[self.names[i] for i in idx],
             root=self.root,
+            soft=None if self.soft is None else self.soft[idx],
+            columns={k: v[idx] for k, v in self.columns.items()},
         )
 
 
@@ -65,7 +71,26 @@ def load_dataset(root: str | Path, size: int | None = None) -> CropDataset:
         groups=groups,
         names=[f"{c}/{name}" for c, name, _ in entries],
         root=root,
+        soft=_expert_share(rows) if rows is not None else None,
+        columns=_metadata_columns(rows) if rows is not None else {},
     )
+
+
+EXPERT_VOTES = ("expert1_atypical", "expert2_atypical", "expert3_atypical")
+_TRUE = {"true", "1", "yes"}
+
+
+def _expert_share(rows: list[dict[str, str]]) -> np.ndarray | None:
+    """Share of expert votes for "atypical" per crop, or None when the CSV has no votes."""
+    if not rows or not all(k in rows[0] for k in EXPERT_VOTES):
+        return None
+    votes = [[r[k].strip().lower() in _TRUE for k in EXPERT_VOTES] for r in rows]
+    return np.asarray(votes, dtype=np.float32).mean(axis=1)
+
+
+def _metadata_columns(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    keep = [k for k in (rows[0] if rows else {}) if k and k not in EXPERT_VOTES]
+    return {k: np.array([r[k] for r in rows]) for k in keep}
 
 
 def _csv_rows(root: Path) -> list[dict[str, str]] | None:

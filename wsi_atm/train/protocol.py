@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from wsi_atm.cards import ModelCard
+from wsi_atm.errors import OptionError
 from wsi_atm.nets import build_net
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
+from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.folds import fold_splits, inner_split
 from wsi_atm.train.metrics import best_threshold, binary_metrics
 from wsi_atm.transforms import BatchTransform
@@ -36,17 +38,32 @@ class FoldData:
     fit: np.ndarray  # indices the weights are trained on
     select: np.ndarray  # indices epochs (and maybe the threshold) are chosen on
     report: np.ndarray  # indices the fold's score is reported on
+    held_out: str = ""  # the fold's name: "fold k", or the left-out group
+
+
+def outer_splits(data: CropDataset, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(train, held-out, name) per fold: k-fold over slides, or one fold per left-out group."""
+    if cfg.cv == "kfold":
+        splits = fold_splits(data.labels, data.groups, cfg.folds, cfg.seed)
+        return [(tr, va, f"fold {k}") for k, (tr, va) in enumerate(splits)]
+    table = Path(cfg.groups) if cfg.groups else None
+    groups = crop_groups(data, cfg.group, table)
+    names = sorted(set(groups.tolist()))
+    if len(names) < 2:
+        raise OptionError(f"--group {cfg.group}: leave-group-out needs at least 2 groups")
+    idx = np.arange(len(groups))
+    return [(idx[groups != g], idx[groups == g], str(g)) for g in names]
 
 
 def plan_folds(data: CropDataset, cfg: TrainConfig) -> list[FoldData]:
     plans = []
-    for k, (train, val) in enumerate(fold_splits(data.labels, data.groups, cfg.folds, cfg.seed)):
+    for k, (train, val, name) in enumerate(outer_splits(data, cfg)):
         if cfg.selection == "inner":
             groups = None if data.groups is None else data.groups[train]
             fit, sel = inner_split(data.labels[train], groups, cfg.inner_splits, cfg.seed + 1 + k)
-            plans.append(FoldData(k, train[fit], train[sel], val))
+            plans.append(FoldData(k, train[fit], train[sel], val, name))
         else:
-            plans.append(FoldData(k, train, val, val))
+            plans.append(FoldData(k, train, val, val, name))
     return plans
 
 
@@ -126,6 +143,8 @@ class FoldTrainer:
         torch.manual_seed(cfg.seed + plan.fold)
         pretrained = cfg.pretrained and card.pretrained != "none"
         self.net = net if net is not None else build_net(card, cfg.mode, pretrained=pretrained)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.full = cfg.mode == "end-to-end"
         self.opt = _optimizer(self.net, cfg)
         n_batches = math.ceil(len(plan.fit) / cfg.batch_size)
@@ -163,8 +182,12 @@ class FoldTrainer:
         return True
 
     # --- training ----------------------------------------------------------------------------
-    def target(self, labels: np.ndarray) -> torch.Tensor:
-        y = torch.as_tensor(labels, dtype=torch.float32)
+    def target(self, idx: np.ndarray) -> torch.Tensor:
+        """P(atypical) to learn per crop (the expert share with soft labels), in the card's
+        convention."""
+        soft = self.cfg.soft_labels and self.data.soft is not None
+        values = self.data.soft[idx] if soft else self.data.labels[idx]  # type: ignore[index]
+        y = torch.as_tensor(values, dtype=torch.float32)
         return 1.0 - y if self.card.output == "p_normal" else y
 
     def train_epoch(self) -> float:
@@ -181,7 +204,9 @@ class FoldTrainer:
         for b in range(self.steps):
             idx = order[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
             x = self.train_tf(self.data.images[torch.as_tensor(idx)])
-            loss = self.loss(self.net(x), self.target(self.data.labels[idx]))
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = self.loss(self.net(x), self.target(idx))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -250,7 +275,8 @@ class FoldTrainer:
             threshold = best_threshold(self.data.labels[sel], self.p_atypical(sel))
         probs = self.p_atypical(self.plan.report)
         result = {
-            "fold": self.plan.fold, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
+            "fold": self.plan.fold, "held_out": self.plan.held_out,
+            "best_epoch": self.best_epoch, "epochs_run": self.epoch,
             "threshold": threshold,
             "metrics": binary_metrics(self.data.labels[self.plan.report], probs, threshold),
             "metrics_at_0.5": binary_metrics(self.data.labels[self.plan.report], probs, 0.5),

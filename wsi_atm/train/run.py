@@ -45,10 +45,13 @@ def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
         role.update({int(i): (p.fold, "validation") for i in p.report})
     with open(out / "folds.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["name", "group", "label", "fold"])
+        w.writerow(["name", "group", "label", "fold", "held_out"])
+        names = {p.fold: p.held_out for p in plans}
         for i, name in enumerate(data.names):
             group = "" if data.groups is None else data.groups[i]
-            w.writerow([name, group, "Atypical" if data.labels[i] else "Normal", role[i][0]])
+            fold = role[i][0]
+            w.writerow([name, group, "Atypical" if data.labels[i] else "Normal", fold,
+                        names[fold]])
 
 
 def train_run(
@@ -64,11 +67,13 @@ def train_run(
 
         results = train_probe_folds(card, data, plans, cfg, out, quiet)
     else:
+        wanted = set(cfg.fold_list) if cfg.only_folds else {p.fold for p in plans}
         results = [
-            FoldTrainer(card, data, plans[k], cfg, out / f"fold_{k}", quiet).run()
-            for k in cfg.fold_list
+            FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
+            for p in plans if p.fold in wanted
         ]
     summary = summarise(results)
+    summary["cv"] = {"kind": cfg.cv, "group": cfg.group if cfg.cv == "leave-group-out" else "slide"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_run_card(card, cfg, out, results, summary)
     return summary
@@ -86,6 +91,7 @@ def summarise(results: list[dict]) -> dict:
     thresholds = [r["threshold"] for r in results]
     summary["threshold"] = float(np.mean(thresholds))
     summary["out_of_fold"] = binary_metrics(labels, probs, summary["threshold"])
+    summary["held_out"] = {r.get("held_out") or f"fold {r['fold']}": r["metrics"] for r in results}
     return summary
 
 
@@ -101,8 +107,13 @@ def write_run_card(
     head, _, _ = src.partition("\n[[weights]]")
     head = _strip_sections(head, ("decision", "metrics", "training"))
     head = _set_top(head, {"status": "trained", "trained_mode": cfg.mode})
+    cv = summary.get("cv", {"kind": "kfold", "group": "slide"})
+    source = ("leave-one-group-out: each fold model on the group it never saw"
+              if cv["kind"] == "leave-group-out"
+              else "cross-validation (each fold model on its validation fold)")
     lines = [head.rstrip(), "", "[decision]", f"threshold = {summary['threshold']:.6f}", "",
-             "[metrics]", 'source = "cross-validation (each fold model on its validation fold)"']
+             "[metrics]", f'source = "{source}"', f'cv = "{cv["kind"]}"',
+             f'cv_group = "{cv["group"]}"']
     for key in SUMMARY_KEYS:
         lines.append(f"cv_{key}_mean = {summary[key]['mean']:.6f}")
         lines.append(f"cv_{key}_std = {summary[key]['std']:.6f}")
@@ -112,8 +123,12 @@ def write_run_card(
               # predictions at the card's (ensemble) threshold.
               f"sensitivity = {oof['sensitivity']:.6f}",
               f"specificity = {oof['specificity']:.6f}",
-              f"cv_out_of_fold_balanced_accuracy = {oof['balanced_accuracy']:.6f}", "",
-              "[training]"]
+              f"cv_out_of_fold_balanced_accuracy = {oof['balanced_accuracy']:.6f}", ""]
+    for name, m in summary.get("held_out", {}).items():
+        lines += [f"[metrics.held_out.{json.dumps(name)}]",
+                  f"balanced_accuracy = {m['balanced_accuracy']:.6f}",
+                  f"auroc = {m['auroc']:.6f}", f"n = {m['n_atypical'] + m['n_normal']}", ""]
+    lines += ["[training]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(json.loads(cfg.to_json()).items())]
     lines.append("")
     for r in results:
