@@ -6,10 +6,13 @@ uint8 CHW tensor at a time (torchvision v2), followed by conversion to float and
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -75,6 +78,22 @@ class HedJitter(torch.nn.Module):
         return (torch.exp(-od) * 255.0).clamp(0, 255).round().to(torch.uint8)
 
 
+class JpegRecompress(torch.nn.Module):
+    """Re-encode as JPEG at a random quality: the compression artefacts of other scanners."""
+
+    def __init__(self, quality: tuple[int, int] = (50, 95)) -> None:
+        super().__init__()
+        self.low, self.high = int(quality[0]), int(quality[1])
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        q = int(torch.randint(self.low, self.high + 1, (1,)).item())
+        buf = io.BytesIO()
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=q)
+        with Image.open(buf) as im:
+            out = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(out.copy()).permute(2, 0, 1)
+
+
 def _probability(spec: dict[str, Any], module: torch.nn.Module) -> torch.nn.Module:
     """An op with ``p = …`` is applied to that share of images only."""
     p = spec.get("p")
@@ -102,7 +121,7 @@ def _op(spec: dict[str, Any]) -> torch.nn.Module:
         "gaussian_blur": lambda: T.GaussianBlur(
             spec.get("kernel", 5), sigma=tuple(spec.get("sigma", (0.1, 1.0)))),
         "sharpness": lambda: T.RandomAdjustSharpness(spec.get("factor", 2.0), p=1.0),
-        "jpeg": lambda: T.JPEG(tuple(spec.get("quality", (50, 95)))),
+        "jpeg": lambda: JpegRecompress(tuple(spec.get("quality", (50, 95)))),
     }
     if kind not in builders:
         raise ModelError(f"unknown preprocessing op {kind!r}; known: {', '.join(builders)}")

@@ -1,0 +1,81 @@
+"""Stain- and scanner-robust augmentation ops, and soft-label targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train_helpers import write_synthetic_crops, write_tiny_card
+from wsi_atm.cards import load_card
+from wsi_atm.errors import ModelError
+from wsi_atm.train.config import TrainConfig
+from wsi_atm.train.data import load_dataset
+from wsi_atm.train.protocol import FoldTrainer, plan_folds
+from wsi_atm.transforms import HedJitter, _op, build
+
+
+def _tissue(seed: int = 0) -> torch.Tensor:
+    """A pinkish H&E-like patch with a purple nucleus."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.stack([torch.full((64, 64), 230.0), torch.full((64, 64), 170.0),
+                       torch.full((64, 64), 200.0)])
+    img[:, 20:44, 20:44] = torch.tensor([90.0, 50.0, 140.0]).view(3, 1, 1)
+    return (img + torch.randn(3, 64, 64, generator=g) * 4).clamp(0, 255).to(torch.uint8)
+
+
+def test_hed_jitter_without_jitter_is_the_identity_within_one_grey_level():
+    img = _tissue()
+    out = HedJitter(sigma=0.0, bias=0.0)(img)
+    assert out.dtype == torch.uint8 and out.shape == img.shape
+    assert (out.int() - img.int()).abs().max() <= 1
+
+
+def test_hed_jitter_moves_haematoxylin_and_eosin_independently():
+    img = _tissue()
+    torch.manual_seed(1)
+    outs = torch.stack([HedJitter(sigma=0.3, bias=0.05)(img).float() for _ in range(20)])
+    spread = outs.std(0).mean()
+    assert spread > 3  # colours really vary
+    nucleus, stroma = outs[:, :, 30, 30], outs[:, :, 5, 5]
+    # Nucleus (mostly H) and stroma (mostly E) do not brighten in lockstep.
+    corr = np.corrcoef(nucleus[:, 0].numpy(), stroma[:, 1].numpy())[0, 1]
+    assert abs(corr) < 0.95
+
+
+@pytest.mark.parametrize("spec", [
+    {"op": "gaussian_blur", "sigma": [0.5, 1.0]},
+    {"op": "sharpness", "factor": 2.0},
+    {"op": "jpeg", "quality": [30, 40]},
+])
+def test_degradation_ops_change_the_image_but_keep_its_format(spec):
+    img = _tissue()
+    out = _op(spec)(img)
+    assert out.dtype == torch.uint8 and out.shape == img.shape
+    assert not torch.equal(out, img)
+
+
+def test_probability_zero_never_applies_and_unknown_ops_are_refused():
+    img = _tissue()
+    assert torch.equal(_op({"op": "jpeg", "quality": [10, 20], "p": 0.0})(img), img)
+    with pytest.raises(ModelError, match="unknown preprocessing op 'hed'"):
+        build([{"op": "hed"}])
+
+
+def test_soft_labels_train_on_the_expert_share(tmp_path):
+    root = write_synthetic_crops(tmp_path / "data")
+    csv_path = root / "amibr_train_split.csv"
+    lines = csv_path.read_text().splitlines()
+    votes = {"Atypical": "True,True,False", "Normal": "False,False,False"}
+    rows = [lines[0] + ",expert1_atypical,expert2_atypical,expert3_atypical"]
+    rows += [f"{ln},{votes[ln.split(',')[1]]}" for ln in lines[1:]]
+    csv_path.write_text("\n".join(rows) + "\n")
+    data = load_dataset(root, size=32)
+    assert data.soft is not None
+    assert {round(float(v), 3) for v in data.soft} == {0.0, 0.667}
+    card = load_card(write_tiny_card(tmp_path / "cards"))
+    idx = np.arange(len(data))
+    for soft, expected in ((True, data.soft), (False, data.labels)):
+        cfg = TrainConfig(folds=2, epochs=1, soft_labels=soft)
+        trainer = FoldTrainer(card, data, plan_folds(data, cfg)[0], cfg, tmp_path / "f")
+        assert torch.allclose(trainer.target(idx), torch.as_tensor(expected, dtype=torch.float32))

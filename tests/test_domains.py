@@ -1,0 +1,126 @@
+"""Leave-one-group-out validation: the AMi-Br domain table, groups, fold plans, small real runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts.make_domain_table import domain_rows
+from tests.cli_helpers import run_cli
+from tests.train_helpers import write_synthetic_crops, write_tiny_card
+from wsi_atm.cards import load_card
+from wsi_atm.errors import BadInputError, OptionError
+from wsi_atm.train.config import TrainConfig
+from wsi_atm.train.data import load_dataset
+from wsi_atm.train.domains import bundled_table, crop_groups
+from wsi_atm.train.protocol import plan_folds
+
+
+def _split_rows(amibr: Path) -> list[dict[str, str]]:
+    with open(amibr / "amibr_train_split.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bundled_table_gives_the_four_domains_with_their_crop_counts(amibr_dir):
+    with open(bundled_table(), newline="") as fh:
+        scanner = {r["slide"]: r["scanner"] for r in csv.DictReader(fh)}
+    counts = Counter(scanner[r["slide"]] for r in _split_rows(amibr_dir))
+    assert counts == {"Aperio CS2": 509, "Hamamatsu S360": 425, "Hamamatsu XR": 358,
+                      "TUPAC16": 1602}
+
+
+def test_bundled_table_is_what_the_script_derives_from_midog_metadata(amibr_dir, shared_data):
+    xval = shared_data / "midogpp" / "datasets_xvalidation.csv"
+    derived = domain_rows(amibr_dir / "amibr_train_split.csv", xval)
+    with open(bundled_table(), newline="") as fh:
+        committed = [tuple(r.values()) for r in csv.DictReader(fh)]
+    assert committed == [tuple(r) for r in derived]
+    # TUPAC16 names are not MIDOG numbers: "01_stitched1.tif" must not become MIDOG slide 1.
+    assert all(s == "TUPAC16" for name, _, s in derived if "stitched" in name)
+
+
+def _subset(amibr: Path, dest: Path, per_cell: int = 6, size: int = 32) -> Path:
+    """Real crops from each (scanner, class) cell, with their CSV rows."""
+    with open(bundled_table(), newline="") as fh:
+        scanner = {r["slide"]: r["scanner"] for r in csv.DictReader(fh)}
+    rows, chosen, seen = _split_rows(amibr), [], Counter()
+    for r in rows:
+        cell = (scanner[r["slide"]], r["final_label"])
+        if seen[cell] < per_cell:
+            seen[cell] += 1
+            chosen.append(r)
+    for r in chosen:
+        (dest / r["final_label"]).mkdir(parents=True, exist_ok=True)
+        with Image.open(amibr / r["final_label"] / r["dataset_uid"]) as im:
+            im.convert("RGB").resize((size, size)).save(dest / r["final_label"] / r["dataset_uid"])
+    with open(dest / "amibr_train_split.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(chosen)
+    return dest
+
+
+def test_leave_scanner_out_plan_holds_out_each_scanner_once(amibr_dir, tmp_path):
+    data = load_dataset(_subset(amibr_dir, tmp_path / "d"), size=32)
+    cfg = TrainConfig(cv="leave-group-out", group="scanner", selection="inner", inner_splits=3)
+    plans = plan_folds(data, cfg)
+    scanners = crop_groups(data, "scanner")
+    assert [p.held_out for p in plans] == sorted(set(scanners.tolist()))
+    covered = np.concatenate([p.report for p in plans])
+    assert sorted(covered.tolist()) == list(range(len(data)))  # every crop held out exactly once
+    for p in plans:
+        assert set(scanners[p.report]) == {p.held_out}
+        assert p.held_out not in set(scanners[p.fit]) | set(scanners[p.select])
+        # The inner split (epoch and threshold choice) never splits a slide either.
+        assert not set(data.groups[p.fit]) & set(data.groups[p.select])
+
+
+def test_groups_file_and_its_errors(tmp_path):
+    data_dir = write_synthetic_crops(tmp_path / "data", slides=4)
+    data = load_dataset(data_dir, size=32)
+    table = tmp_path / "groups.csv"
+    table.write_text("slide,lab\ns0.tiff,A\ns1.tiff,A\ns2.tiff,B\ns3.tiff,C\n")
+    groups = crop_groups(data, "lab", table)
+    lab = {"s0.tiff": "A", "s1.tiff": "A", "s2.tiff": "B", "s3.tiff": "C"}
+    assert groups.tolist() == [lab[s] for s in data.groups]
+    with pytest.raises(OptionError, match="no such column"):
+        crop_groups(data, "hospital", table)
+    table.write_text("slide,lab\ns0.tiff,A\n")
+    with pytest.raises(BadInputError, match="3 slides of the dataset have no lab"):
+        crop_groups(data, "lab", table)
+
+
+def test_unknown_group_exits_2_naming_the_column(tmp_path, capsys):
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards")
+    code = run_cli(["train", "--data", str(data), "--model", str(card), "--out",
+                    str(tmp_path / "run"), "--cv", "leave-group-out", "--group", "hospital",
+                    "--epochs", "1", "--quiet"])
+    assert code == 2
+    assert "hospital" in capsys.readouterr().err
+
+
+def test_leave_dataset_out_run_reports_each_held_out_dataset(amibr_dir, tmp_path):
+    data = _subset(amibr_dir, tmp_path / "d", per_cell=5)
+    card = write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    "--cv", "leave-group-out", "--group", "dataset", "--soft-labels",
+                    "--epochs", "1", "--batch-size", "8", "--threads", "1", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cv"] == {"kind": "leave-group-out", "group": "dataset"}
+    assert set(summary["held_out"]) == {"MIDOG21", "TUPAC16"}
+    assert summary["held_out"]["TUPAC16"]["n"] == 10  # 5 per class
+    with open(out / "folds.csv", newline="") as fh:
+        held = {r["name"]: r["held_out"] for r in csv.DictReader(fh)}
+    assert set(held.values()) == {"MIDOG21", "TUPAC16"}
+    trained = load_card(out / "card.toml")
+    assert trained.metrics["cv"] == "leave-group-out"
+    assert set(trained.metrics["held_out"]) == {"MIDOG21", "TUPAC16"}
+    assert trained.training["soft_labels"] is True
