@@ -1,0 +1,88 @@
+"""Slide-fraction estimators: calibration, intervals that never collapse, flagged contradictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsi_atm.estimators import FractionModel, calibrate, estimate, fit_platt
+from wsi_atm.train.fraction_study import Predictions, card_fraction, fit_fraction_model, study
+
+
+def _scores(rng: np.random.Generator, labels: np.ndarray, shift: float = 0.0) -> np.ndarray:
+    """An overconfident classifier: logits 3·(true log-odds), shifted per domain."""
+    z = np.where(labels == 1, rng.normal(1.0, 1.0, len(labels)), rng.normal(-1.0, 1.0,
+                 len(labels)))
+    return 1 / (1 + np.exp(-(3 * z + shift)))
+
+
+def _domains(seed: int = 0) -> Predictions:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for g, shift in enumerate((-0.6, 0.0, 0.3, 0.8)):
+        labels = (rng.random(600) < 0.22).astype(int)
+        slides = np.array([f"g{g}s{i % 12}" for i in range(600)])
+        parts.append((_scores(rng, labels, shift), labels, np.full(600, f"d{g}"), slides))
+    p, y, grp, sl = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return Predictions(p, y, grp, sl)
+
+
+def test_platt_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1.5, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-x))).astype(int)
+    p = 1 / (1 + np.exp(-(2.5 * x - 1.0)))  # true log-odds = (logit(p) + 1) / 2.5
+    a, b = fit_platt(p, y)
+    assert a == pytest.approx(1 / 2.5, abs=0.03) and b == pytest.approx(0.4, abs=0.05)
+    q = calibrate(p, a, b)
+    assert abs(q.mean() - y.mean()) < 0.01
+
+
+def test_calibrated_mean_interval_never_collapses_and_adds_the_domain_term():
+    p = np.full(400, 1e-9)  # every candidate confidently normal
+    fm = FractionModel(threshold=0.5, method="calibrated-mean", shift_sd=0.03)
+    e = estimate(p, fm)
+    assert e.ci95 is not None and e.ci95[0] == 0.0 and e.ci95[1] >= 1.95 * 0.03
+    tight = estimate(p, FractionModel(threshold=0.5, method="calibrated-mean"))
+    assert tight.ci95 is not None and tight.ci95[1] > tight.ci95[0]
+
+
+def test_rogan_gladen_flags_and_widens_when_the_rates_are_contradicted():
+    # Old behaviour: a raw share far below 1 - specificity gave the interval [0, 0].
+    fm = FractionModel(threshold=0.5, method="rogan-gladen", sensitivity=0.75,
+                       specificity=0.74, n_atypical=648, n_normal=2246)
+    p = np.array([0.9] * 3 + [0.1] * 97)  # raw share 0.03 < 1 - 0.74
+    e = estimate(p, fm)
+    assert e.value == 0.0
+    assert e.warning and "outside" in e.warning
+    assert e.ci95 is not None and e.ci95[1] > 0.05  # includes the raw share's interval
+    ok = estimate(np.array([0.9] * 40 + [0.1] * 60), fm)
+    assert ok.warning is None and ok.ci95[0] < ok.value < ok.ci95[1]
+
+
+def test_no_candidates_give_no_estimate_rather_than_a_number():
+    for method in ("raw", "rogan-gladen", "calibrated-mean"):
+        fm = FractionModel(threshold=0.5, method=method, sensitivity=0.8, specificity=0.8)
+        assert estimate(np.zeros(0), fm).value is None
+    with pytest.raises(ValueError, match="unknown fraction method"):
+        estimate(np.zeros(3), FractionModel(threshold=0.5), "median")
+
+
+def test_study_is_nested_and_calibration_beats_the_raw_share_out_of_domain():
+    pred = _domains()
+    result = study(pred, reps=10)
+    assert set(result) == {"raw", "rogan-gladen", "calibrated-mean"}
+    raw, cal = result["raw"]["pseudo"], result["calibrated-mean"]["pseudo"]
+    assert raw["n"] == cal["n"] == 4 * 10 * 16  # 4 groups × 16 (size, prevalence) cells × reps
+    assert cal["mae"] < raw["mae"]
+    assert result["calibrated-mean"]["pooled"]["n"] == 4
+    assert result["raw"]["real"]["n"] == 4 * 12  # 50 crops per slide ≥ 30
+
+
+def test_card_fraction_is_fitted_on_all_groups():
+    pred = _domains(2)
+    table = card_fraction(pred, "calibrated-mean")
+    fm = fit_fraction_model(pred, "calibrated-mean")
+    assert table["platt_a"] == pytest.approx(fm.platt_a, abs=1e-6)
+    assert 0 < table["platt_a"] < 1  # the synthetic classifier is overconfident
+    assert table["shift_sd"] > 0

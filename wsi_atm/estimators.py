@@ -1,0 +1,142 @@
+"""Estimators of a slide's true atypical share from the classifier's per-candidate output.
+
+- ``raw``: share of candidates called atypical at the card's threshold.
+- ``rogan-gladen``: that share corrected with the card's sensitivity/specificity.
+- ``calibrated-mean``: mean of Platt-calibrated probabilities (calibration fitted on pooled
+  out-of-domain predictions, so it reflects unfamiliar scanners, not the training folds).
+
+Every interval is a 95 % interval that never collapses to a point: the calibrated mean adds
+the between-domain spread of its error measured in leave-scanner-out validation (``shift_sd``);
+Rogan–Gladen flags shares the card's rates cannot produce and widens its interval to the raw
+share's Wilson interval. Card ``[fraction]`` keys: ``method``, ``platt_a``, ``platt_b``,
+``shift_sd``, ``source``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+
+Z95 = 1.959964
+METHODS = ("raw", "rogan-gladen", "calibrated-mean")
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class FractionModel:
+    """What the estimators need from a card."""
+
+    threshold: float
+    method: str = "rogan-gladen"
+    platt_a: float = 1.0
+    platt_b: float = 0.0
+    shift_sd: float = 0.0
+    sensitivity: float | None = None
+    specificity: float | None = None
+    n_atypical: int | None = None
+    n_normal: int | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    ci95: tuple[float, float] | None
+    method: str
+    warning: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value,
+                               "ci95": list(self.ci95) if self.ci95 else None,
+                               "method": self.method}
+        if self.warning:
+            out["warning"] = self.warning
+        return out
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def fit_platt(p: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(a, b) of ``sigmoid(a·logit(p) + b)`` by maximum likelihood (unpenalised)."""
+    x = logit(p).reshape(-1, 1)
+    y = np.asarray(labels, dtype=int)
+    if len(np.unique(y)) < 2:
+        raise ValueError("Platt calibration needs both classes")
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(x, y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def calibrate(p: np.ndarray, a: float, b: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-(a * logit(p) + b)))
+
+
+def _clip_interval(centre: float, half: float) -> tuple[float, float]:
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def raw_share(p: np.ndarray, fm: FractionModel) -> Estimate:
+    k, n = int(np.sum(p >= fm.threshold)), len(p)
+    ci = wilson_interval(k, n, Z95)
+    return Estimate(k / n if n else None, ci, "raw share at the card's threshold (Wilson)")
+
+
+def calibrated_mean(p: np.ndarray, fm: FractionModel) -> Estimate:
+    n = len(p)
+    if n == 0:
+        return Estimate(None, None, "calibrated-mean")
+    q = calibrate(p, fm.platt_a, fm.platt_b)
+    value = float(q.mean())
+    # Sampling spread given calibrated probabilities, plus the between-domain calibration error.
+    var = float(np.sum(q * (1 - q))) / n**2 + fm.shift_sd**2
+    half = Z95 * math.sqrt(max(var, 1.0 / (4 * n * n)))
+    return Estimate(value, _clip_interval(value, half),
+                    "mean of Platt-calibrated probabilities (out-of-domain calibration); "
+                    "interval adds the between-scanner error measured in leave-scanner-out "
+                    "validation")
+
+
+def rogan_gladen_estimate(p: np.ndarray, fm: FractionModel) -> Estimate:
+    n = len(p)
+    se, sp = fm.sensitivity, fm.specificity
+    method = "Rogan-Gladen with the card's sensitivity/specificity"
+    if n == 0 or se is None or sp is None or se + sp <= 1:
+        return Estimate(None, None, method)
+    k = int(np.sum(p >= fm.threshold))
+    share = k / n
+    value = rogan_gladen(share, se, sp)
+    ci = rogan_gladen_interval(k, n, se, fm.n_atypical, sp, fm.n_normal, Z95)
+    wilson = wilson_interval(k, n, Z95)
+    warning = None
+    if share < 1 - sp or share > se:
+        # The observed share is one the card's rates cannot produce (outside [1-sp, se]):
+        # the rates do not hold on this slide, so the correction is not to be trusted.
+        warning = (f"raw share {share:.3f} lies outside [{1 - sp:.3f}, {se:.3f}], the range "
+                   "the card's sensitivity/specificity allow: the correction is unreliable "
+                   "here; the interval is widened to include the raw share's")
+    if ci is None or ci[1] - ci[0] < 1e-9 or warning:
+        lo = min(ci[0] if ci else 1.0, wilson[0] if wilson else 0.0)
+        hi = max(ci[1] if ci else 0.0, wilson[1] if wilson else 1.0)
+        ci = (lo, hi)
+    return Estimate(value, ci, method, warning)
+
+
+ESTIMATORS = {"raw": raw_share, "rogan-gladen": rogan_gladen_estimate,
+              "calibrated-mean": calibrated_mean}
+
+
+def estimate(p: np.ndarray, fm: FractionModel, method: str | None = None) -> Estimate:
+    """The slide fraction by ``method`` (default: the card's)."""
+    name = method or fm.method
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown fraction method {name!r}; known: {', '.join(METHODS)}")
+    return ESTIMATORS[name](np.asarray(p, dtype=np.float64), fm)

@@ -1,0 +1,141 @@
+"""How well each slide-fraction estimator recovers the true atypical share out of domain.
+
+Input: a leave-group-out run (each fold model's predictions on the group it never saw). For
+every held-out group, the estimators' parameters (threshold, sensitivity/specificity, Platt
+calibration, between-domain error) are fitted on the *other* groups' predictions only, then
+judged on the held-out group: pooled as one slide, on pseudo-slides resampled from it
+(100–2,000 mitoses at prevalence 0.05–0.35), and on its real slides with ≥ 30 mitoses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_atm.estimators import METHODS, FractionModel, estimate, fit_platt
+from wsi_atm.train.metrics import best_threshold, binary_metrics
+
+SIZES = (100, 300, 1000, 2000)
+PREVALENCES = (0.05, 0.10, 0.20, 0.35)
+MIN_SLIDE = 30
+
+
+@dataclass
+class Predictions:
+    """Out-of-domain predictions of a run: one row per crop."""
+
+    p: np.ndarray
+    labels: np.ndarray
+    group: np.ndarray  # the held-out group each crop belongs to
+    slide: np.ndarray
+
+    def take(self, mask: np.ndarray) -> Predictions:
+        return Predictions(self.p[mask], self.labels[mask], self.group[mask], self.slide[mask])
+
+
+def load_predictions(run: Path) -> Predictions:
+    with open(run / "folds.csv", newline="", encoding="utf-8") as fh:
+        slide_of = {r["name"]: r["group"] for r in csv.DictReader(fh)}
+    p, labels, group, slide = [], [], [], []
+    for path in sorted(run.glob("fold_*/result.json")):
+        r = json.loads(path.read_text())
+        pred = r["predictions"]
+        p += pred["p_atypical"]
+        labels += pred["labels"]
+        group += [r.get("held_out") or f"fold {r['fold']}"] * len(pred["labels"])
+        slide += [slide_of[n] for n in pred["names"]]
+    return Predictions(np.array(p), np.array(labels), np.array(group), np.array(slide))
+
+
+def fit_fraction_model(pred: Predictions, method: str, shift_sd: float = 0.0) -> FractionModel:
+    """Threshold, rates and Platt calibration from pooled out-of-domain predictions."""
+    t = best_threshold(pred.labels, pred.p)
+    m = binary_metrics(pred.labels, pred.p, t)
+    a, b = fit_platt(pred.p, pred.labels)
+    return FractionModel(threshold=t, method=method, platt_a=a, platt_b=b, shift_sd=shift_sd,
+                         sensitivity=m["sensitivity"], specificity=m["specificity"],
+                         n_atypical=m["n_atypical"], n_normal=m["n_normal"])
+
+
+def between_group_error(pred: Predictions, method: str) -> float:
+    """RMS error of ``method`` on each group pooled as a slide, fitted on the other groups."""
+    errors: list[float] = []
+    groups = sorted(set(pred.group.tolist()))
+    if len(groups) < 2:
+        return 0.0
+    for g in groups:
+        fm = fit_fraction_model(pred.take(pred.group != g), method)
+        held = pred.take(pred.group == g)
+        value = estimate(held.p, fm).value
+        if value is not None:
+            errors.append(value - held.labels.mean())
+    return float(math.sqrt(np.mean(np.square(errors)))) if errors else 0.0
+
+
+def pseudo_slides(held: Predictions, seed: int, reps: int) -> list[tuple[np.ndarray, float]]:
+    """(probabilities, true share) of slides resampled from one held-out group."""
+    rng = np.random.default_rng(seed)
+    pos, neg = held.p[held.labels == 1], held.p[held.labels == 0]
+    out = []
+    for n in SIZES:
+        for prev in PREVALENCES:
+            k = round(n * prev)
+            for _ in range(reps):
+                p = np.concatenate([rng.choice(pos, k), rng.choice(neg, n - k)])
+                out.append((p, k / n))
+    return out
+
+
+def _score(values: list[tuple[float | None, tuple[float, float] | None, float]]) -> dict:
+    ok = [(v, ci, t) for v, ci, t in values if v is not None]
+    err = np.array([v - t for v, _, t in ok])
+    covered = [ci is not None and ci[0] <= t <= ci[1] for _, ci, t in ok]
+    return {"mae": float(np.mean(np.abs(err))) if len(err) else None,
+            "bias": float(np.mean(err)) if len(err) else None,
+            "coverage": float(np.mean(covered)) if covered else None,
+            "n": len(ok), "undefined": len(values) - len(ok)}
+
+
+def study(pred: Predictions, reps: int = 25, seed: int = 0,
+          fixed: dict[str, FractionModel] | None = None) -> dict[str, Any]:
+    """Error of each estimator (and of ``fixed`` models, e.g. a card's in-domain rates)."""
+    groups = sorted(set(pred.group.tolist()))
+    rows: dict[str, dict[str, list]] = {}
+    for gi, g in enumerate(groups):
+        others, held = pred.take(pred.group != g), pred.take(pred.group == g)
+        models = {m: fit_fraction_model(others, m, between_group_error(others, m))
+                  for m in METHODS}
+        models.update(fixed or {})
+        slides = pseudo_slides(held, seed + gi, reps)
+        real = [held.take(held.slide == s) for s in sorted(set(held.slide.tolist()))]
+        real = [r for r in real if len(r.p) >= MIN_SLIDE]
+        for name, fm in models.items():
+            row = rows.setdefault(name, {"pooled": [], "pseudo": [], "real": []})
+            e = estimate(held.p, fm)
+            row["pooled"].append((e.value, e.ci95, float(held.labels.mean())))
+            for p, truth in slides:
+                e = estimate(p, fm)
+                row["pseudo"].append((e.value, e.ci95, truth))
+            for r in real:
+                e = estimate(r.p, fm)
+                row["real"].append((e.value, e.ci95, float(r.labels.mean())))
+    return {name: {k: _score(v) for k, v in parts.items()} for name, parts in rows.items()}
+
+
+def card_fraction(pred: Predictions, method: str) -> dict[str, Any]:
+    """The card's ``[fraction]`` table: fitted on every group's out-of-domain predictions."""
+    fm = fit_fraction_model(pred, method, between_group_error(pred, method))
+    return {"method": method, "platt_a": round(fm.platt_a, 6), "platt_b": round(fm.platt_b, 6),
+            "shift_sd": round(fm.shift_sd, 6),
+            "source": "pooled leave-scanner-out predictions; shift_sd = RMS error on each "
+                      "held-out scanner pooled as one slide (fitted without it)"}
+
+
+def with_rates(fm: FractionModel, **rates: Any) -> FractionModel:
+    return replace(fm, **rates)
