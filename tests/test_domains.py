@@ -124,3 +124,17 @@ def test_leave_dataset_out_run_reports_each_held_out_dataset(amibr_dir, tmp_path
     assert trained.metrics["cv"] == "leave-group-out"
     assert set(trained.metrics["held_out"]) == {"MIDOG21", "TUPAC16"}
     assert trained.training["soft_labels"] is True
+
+
+def test_cv_none_trains_one_model_on_every_crop_to_the_last_epoch(tmp_path):
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    "--cv", "none", "--epochs", "2", "--batch-size", "8", "--threads", "1",
+                    "--selection", "inner", "--threshold", "inner", "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("fold_*")) == ["fold_0"]
+    result = json.loads((out / "fold_0" / "result.json").read_text())
+    assert result["held_out"] == "all data" and result["best_epoch"] == 2
+    assert result["predictions"]["names"] == []
+    assert load_card(out / "card.toml").weights[0].file == "fold_0/best.safetensors"

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
 
 Z95 = 1.959964
-METHODS = ("raw", "rogan-gladen", "calibrated-mean")
+METHODS = ("raw", "rogan-gladen", "calibrated-mean", "calibrated-em")
 _EPS = 1e-6
 
 
@@ -105,6 +105,38 @@ def calibrated_mean(p: np.ndarray, fm: FractionModel) -> Estimate:
                     "validation")
 
 
+def prior_adjusted(q: np.ndarray, prior: float, iterations: int = 200) -> float:
+    """Share of positives after re-weighting calibrated ``q`` to the slide's own prevalence.
+
+    Calibrated probabilities carry the calibration set's prevalence (``prior``) and pull every
+    slide towards it. Saerens et al. (2002): alternate between the slide's share and the
+    probabilities re-weighted by (share / prior) until they agree (an EM fixed point).
+    """
+    q = np.clip(q, _EPS, 1 - _EPS)
+    share = float(q.mean())
+    for _ in range(iterations):
+        w_pos, w_neg = share / prior, (1 - share) / (1 - prior)
+        new = float(np.mean(w_pos * q / (w_pos * q + w_neg * (1 - q))))
+        if abs(new - share) < 1e-9:
+            return new
+        share = new
+    return share
+
+
+def calibrated_em(p: np.ndarray, fm: FractionModel) -> Estimate:
+    n = len(p)
+    method = ("calibrated probabilities re-weighted to the slide's own prevalence (EM, "
+              "Saerens et al. 2002); interval adds the between-scanner error")
+    if n == 0:
+        return Estimate(None, None, method)
+    q = calibrate(p, fm.platt_a, fm.platt_b)
+    prior = float(fm.extra.get("prior", 0.224))
+    value = prior_adjusted(q, prior)
+    var = float(np.sum(q * (1 - q))) / n**2 + fm.shift_sd**2
+    half = Z95 * math.sqrt(max(var, 1.0 / (4 * n * n)))
+    return Estimate(value, _clip_interval(value, half), method)
+
+
 def rogan_gladen_estimate(p: np.ndarray, fm: FractionModel) -> Estimate:
     n = len(p)
     se, sp = fm.sensitivity, fm.specificity
@@ -131,7 +163,7 @@ def rogan_gladen_estimate(p: np.ndarray, fm: FractionModel) -> Estimate:
 
 
 ESTIMATORS = {"raw": raw_share, "rogan-gladen": rogan_gladen_estimate,
-              "calibrated-mean": calibrated_mean}
+              "calibrated-mean": calibrated_mean, "calibrated-em": calibrated_em}
 
 
 def estimate(p: np.ndarray, fm: FractionModel, method: str | None = None) -> Estimate:

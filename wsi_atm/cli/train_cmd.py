@@ -16,7 +16,8 @@ _HELP = {
     "folds": "number of cross-validation folds (grouped by slide)",
     "selection": "choose the best epoch on the validation fold (paper) or an inner split",
     "threshold": "decision threshold: fixed 0.5 (paper) or chosen on the inner split",
-    "cv": "kfold (the paper's StratifiedGroupKFold over slides) or leave-group-out",
+    "cv": "kfold (the paper's StratifiedGroupKFold over slides), leave-group-out, or none "
+          "(one model on every crop, last epoch: the refit of a validated recipe)",
     "group": "leave-group-out groups: scanner (AMi-Br's bundled table), dataset, slide, "
              "or a column of --groups",
     "groups": "CSV slide → group table (a 'slide' column plus group columns)",

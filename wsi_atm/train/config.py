@@ -56,7 +56,7 @@ class TrainConfig:
             "selection": ("validation", "inner"),
             "select_metric": ("balanced_accuracy", "auroc"),
             "threshold": ("fixed", "inner"),
-            "cv": ("kfold", "leave-group-out"),
+            "cv": ("kfold", "leave-group-out", "none"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:

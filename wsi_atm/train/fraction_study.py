@@ -60,11 +60,14 @@ def fit_fraction_model(pred: Predictions, method: str, shift_sd: float = 0.0) ->
     a, b = fit_platt(pred.p, pred.labels)
     return FractionModel(threshold=t, method=method, platt_a=a, platt_b=b, shift_sd=shift_sd,
                          sensitivity=m["sensitivity"], specificity=m["specificity"],
-                         n_atypical=m["n_atypical"], n_normal=m["n_normal"])
+                         n_atypical=m["n_atypical"], n_normal=m["n_normal"],
+                         extra={"prior": float(pred.labels.mean())})
 
 
-def between_group_error(pred: Predictions, method: str) -> float:
-    """RMS error of ``method`` on each group pooled as a slide, fitted on the other groups."""
+def between_group_error(pred: Predictions, method: str, seed: int = 99) -> float:
+    """RMS error of ``method`` on groups it was not fitted on: each group pooled as one slide
+    and large pseudo-slides (2,000 mitoses, every prevalence) resampled from it, so that the
+    error of an unfamiliar scanner *and* of a prevalence far from training's is included."""
     errors: list[float] = []
     groups = sorted(set(pred.group.tolist()))
     if len(groups) < 2:
@@ -72,9 +75,12 @@ def between_group_error(pred: Predictions, method: str) -> float:
     for g in groups:
         fm = fit_fraction_model(pred.take(pred.group != g), method)
         held = pred.take(pred.group == g)
-        value = estimate(held.p, fm).value
-        if value is not None:
-            errors.append(value - held.labels.mean())
+        cases = [(held.p, float(held.labels.mean()))]
+        cases += [c for c in pseudo_slides(held, seed, 2) if len(c[0]) == SIZES[-1]]
+        for p, truth in cases:
+            value = estimate(p, fm).value
+            if value is not None:
+                errors.append(value - truth)
     return float(math.sqrt(np.mean(np.square(errors)))) if errors else 0.0
 
 
@@ -132,9 +138,10 @@ def card_fraction(pred: Predictions, method: str) -> dict[str, Any]:
     """The card's ``[fraction]`` table: fitted on every group's out-of-domain predictions."""
     fm = fit_fraction_model(pred, method, between_group_error(pred, method))
     return {"method": method, "platt_a": round(fm.platt_a, 6), "platt_b": round(fm.platt_b, 6),
-            "shift_sd": round(fm.shift_sd, 6),
+            "shift_sd": round(fm.shift_sd, 6), "prior": round(fm.extra["prior"], 6),
             "source": "pooled leave-scanner-out predictions; shift_sd = RMS error on each "
-                      "held-out scanner pooled as one slide (fitted without it)"}
+                      "held-out scanner and its 2,000-mitosis pseudo-slides (fitted without "
+                      "it)"}
 
 
 def with_rates(fm: FractionModel, **rates: Any) -> FractionModel:

@@ -43,6 +43,8 @@ class FoldData:
 
 def outer_splits(data: CropDataset, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """(train, held-out, name) per fold: k-fold over slides, or one fold per left-out group."""
+    if cfg.cv == "none":  # one model on every crop: the deployable refit of a validated recipe
+        return [(np.arange(len(data)), np.zeros(0, dtype=np.int64), "all data")]
     if cfg.cv == "kfold":
         splits = fold_splits(data.labels, data.groups, cfg.folds, cfg.seed)
         return [(tr, va, f"fold {k}") for k, (tr, va) in enumerate(splits)]
@@ -58,7 +60,9 @@ def outer_splits(data: CropDataset, cfg: TrainConfig) -> list[tuple[np.ndarray, 
 def plan_folds(data: CropDataset, cfg: TrainConfig) -> list[FoldData]:
     plans = []
     for k, (train, val, name) in enumerate(outer_splits(data, cfg)):
-        if cfg.selection == "inner":
+        if cfg.cv == "none":
+            plans.append(FoldData(k, train, np.zeros(0, dtype=np.int64), val, name))
+        elif cfg.selection == "inner":
             groups = None if data.groups is None else data.groups[train]
             fit, sel = inner_split(data.labels[train], groups, cfg.inner_splits, cfg.seed + 1 + k)
             plans.append(FoldData(k, train[fit], train[sel], val, name))
@@ -235,8 +239,11 @@ class FoldTrainer:
             t0 = time.time()
             loss = self.train_epoch()
             select = self.plan.select
-            sel = binary_metrics(self.data.labels[select], self.p_atypical(select))
-            score = sel[self.cfg.select_metric]
+            if len(select):
+                sel = binary_metrics(self.data.labels[select], self.p_atypical(select))
+                score = sel[self.cfg.select_metric]
+            else:  # nothing held out (--cv none): the schedule's last epoch is the model
+                sel, score = {"balanced_accuracy": float(self.epoch)}, float(self.epoch)
             if self.cfg.scheduler == "plateau":
                 self.sched.step(sel["balanced_accuracy"])
             self.epoch += 1

@@ -49,9 +49,9 @@ def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
         names = {p.fold: p.held_out for p in plans}
         for i, name in enumerate(data.names):
             group = "" if data.groups is None else data.groups[i]
-            fold = role[i][0]
+            fold = role[i][0] if i in role else ""  # --cv none holds nothing out
             w.writerow([name, group, "Atypical" if data.labels[i] else "Normal", fold,
-                        names[fold]])
+                        names.get(fold, "") if fold != "" else ""])
 
 
 def train_run(
