@@ -71,7 +71,7 @@ def test_no_candidates_give_no_estimate_rather_than_a_number():
 def test_study_is_nested_and_calibration_beats_the_raw_share_out_of_domain():
     pred = _domains()
     result = study(pred, reps=10)
-    assert set(result) == {"raw", "rogan-gladen", "calibrated-mean"}
+    assert set(result) == {"raw", "rogan-gladen", "calibrated-mean", "calibrated-em"}
     raw, cal = result["raw"]["pseudo"], result["calibrated-mean"]["pseudo"]
     assert raw["n"] == cal["n"] == 4 * 10 * 16  # 4 groups × 16 (size, prevalence) cells × reps
     assert cal["mae"] < raw["mae"]
