@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsi_atm.batch.cohort import cohort_row
+from wsi_atm.batch.plan import Job, Outcome
 from wsi_atm.detections import Candidates, ReadReport
 from wsi_atm.outputs.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from wsi_atm.outputs.figures import pick_gallery, write_review_png
+from wsi_atm.outputs.figures import _header_lines, pick_gallery, write_review_png
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB, feature_collection, write_geojson
 from wsi_atm.outputs.summary import build_summary, write_summary
 from wsi_atm.outputs.tables import CSV_COLUMNS, write_candidates_csv
@@ -42,6 +44,7 @@ def make_result(
     sensitivity: float | None = None,
     specificity: float | None = None,
     resample_factor: float = 1.0,
+    fraction: dict | None = None,
 ) -> SlideResult:
     ids, xs, ys, scores, det_status, status, p, border = (
         (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 8
@@ -79,6 +82,7 @@ def make_result(
             specificity=specificity,
             n_atypical=120 if sensitivity is not None else None,
             n_normal=400 if specificity is not None else None,
+            fraction=fraction or {},
         ),
         candidates=candidates,
         p_atypical=np.array(p, dtype=np.float64),
@@ -360,6 +364,51 @@ def test_summary_corrected_fraction_and_upsample_warning() -> None:
     assert "upsampled" in summary["slide"]["upsample_warning"]
     assert summary["warnings"][0] == summary["slide"]["upsample_warning"]
     json.dumps(summary, allow_nan=False)
+
+
+def test_rogan_gladen_interval_never_collapses_when_the_data_contradict_the_rates() -> None:
+    # Regression (issue: held-out slides): every call normal → raw share 0 < 1 − spec = 0.2.
+    # The corrected estimate used to come out as 0 with ci95 [0, 0], as if certain.
+    rows = [(*r[:6], 0.05 if r[5] == "classified" else r[6], r[7]) for r in ROWS]
+    summary = build_summary(make_result(rows, sensitivity=0.75, specificity=0.80))
+    corrected = summary["atypical_fraction_corrected"]
+    lo, hi = corrected["ci95"]
+    assert "outside" in corrected["warning"]
+    assert hi - lo > 0.3  # at least the raw share's Wilson interval for 0 of 4
+    assert hi >= summary["atypical_fraction"]["ci95"][1] - 1e-4
+    json.dumps(summary, allow_nan=False)
+
+
+CALIBRATED = {"method": "calibrated-mean", "platt_a": 1.0, "platt_b": 0.0, "shift_sd": 0.05,
+              "prior": 0.22, "source": "test"}
+
+
+def test_calibrated_mean_is_the_headline_when_the_card_has_a_fraction_table() -> None:
+    result = make_result(sensitivity=0.75, specificity=0.80, fraction=CALIBRATED)
+    summary = build_summary(result)
+    corrected = summary["atypical_fraction_corrected"]
+    # Platt (1, 0) is the identity: the mean of the classified candidates' probabilities.
+    assert corrected["value"] == pytest.approx((0.92 + 0.20 + 0.55 + 0.10) / 4)
+    lo, hi = corrected["ci95"]
+    assert hi - lo >= 2 * 1.959 * 0.05 - 1e-9  # the between-scanner term is always in it
+    assert "Platt" in corrected["method"] and "warning" not in corrected
+    assert corrected["shift_sd"] == 0.05
+    _, lines = _header_lines(result)
+    headline = f"Estimated true atypical share: {corrected['value']:.1%} (95% CI {lo:.1%}"
+    assert any(line.startswith(headline) for line in lines)
+    outcome = Outcome(job=Job(slide=Path("a.svs"), detections=None), status="ok",
+                      summary=summary)
+    row = cohort_row(outcome)
+    assert float(row["atypical_fraction_corrected"]) == pytest.approx(corrected["value"], abs=1e-6)
+    assert float(row["corrected_ci95_low"]) == pytest.approx(lo, abs=1e-6)
+    assert row["corrected_method"] == corrected["method"] and row["corrected_warning"] == ""
+
+
+def test_platt_calibration_moves_the_headline() -> None:
+    shifted = dict(CALIBRATED, platt_b=1.0)
+    plain = build_summary(make_result(fraction=CALIBRATED))["atypical_fraction_corrected"]
+    moved = build_summary(make_result(fraction=shifted))["atypical_fraction_corrected"]
+    assert moved["value"] > plain["value"] + 0.1
 
 
 # --- atomic writes ---------------------------------------------------------------------------

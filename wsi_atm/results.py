@@ -45,6 +45,9 @@ class ModelMeta:
     n_atypical: int | None = None  # positives behind the sensitivity estimate
     n_normal: int | None = None  # negatives behind the specificity estimate
     tta: bool = False
+    # The card's ``[fraction]`` table (how to estimate the slide's true share); empty when the
+    # card has none or when it does not hold for this run (TTA changes the probabilities).
+    fraction: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

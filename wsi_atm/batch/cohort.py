@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 COLUMNS = ("slide", "detections", "status", "candidates", "classified", "atypical", "normal",
            "atypical_fraction", "fraction_ci95_low", "fraction_ci95_high",
-           "atypical_fraction_corrected", "atypical_to_normal_ratio", "elapsed_s", "error")
+           "atypical_fraction_corrected", "corrected_ci95_low", "corrected_ci95_high",
+           "corrected_method", "corrected_warning", "atypical_to_normal_ratio", "elapsed_s",
+           "error")
 
 
 def _fmt(value: Any) -> str:
@@ -32,6 +34,7 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     frac = s.get("atypical_fraction") or {}
     corrected = s.get("atypical_fraction_corrected") or {}
     ci = frac.get("ci95") or [None, None]
+    cci = corrected.get("ci95") or [None, None]
     # skipped: the time of the run that made the outputs; not run: blank
     elapsed = s.get("elapsed_s") if o.status == "skipped" else (o.elapsed_s or None)
     row = {
@@ -40,6 +43,8 @@ def cohort_row(o: Outcome) -> dict[str, str]:
         "atypical": counts.get("atypical"), "normal": counts.get("normal"),
         "atypical_fraction": frac.get("value"), "fraction_ci95_low": ci[0],
         "fraction_ci95_high": ci[1], "atypical_fraction_corrected": corrected.get("value"),
+        "corrected_ci95_low": cci[0], "corrected_ci95_high": cci[1],
+        "corrected_method": corrected.get("method"), "corrected_warning": corrected.get("warning"),
         "atypical_to_normal_ratio": s.get("atypical_to_normal_ratio"),
         "elapsed_s": round(elapsed, 3) if isinstance(elapsed, float) else elapsed,
         "error": o.error,
@@ -53,13 +58,21 @@ def write_cohort(outcomes: list[Outcome], out_dir: Path) -> None:
     writer.writeheader()
     writer.writerows(cohort_row(o) for o in outcomes)
     atomic_write_text(out_dir / "cohort.csv", buf.getvalue())
-    fractions = [o.summary["atypical_fraction"]["value"] for o in outcomes
-                 if o.summary.get("atypical_fraction")]
+    raw = [o.summary["atypical_fraction"]["value"] for o in outcomes
+           if o.summary.get("atypical_fraction")]
+    headline = [o.summary["atypical_fraction_corrected"]["value"] for o in outcomes
+                if (o.summary.get("atypical_fraction_corrected") or {}).get("value") is not None]
+    # The headline estimate when every slide with calls has one; a mix would mislead.
+    use_headline = bool(headline) and len(headline) == len(raw)
+    label = ("estimated true atypical share per slide" if use_headline
+             else "atypical / (atypical + normal) per slide")
     with atomic_path(out_dir / "cohort.png") as tmp:
-        draw_histogram(fractions, len(outcomes)).save(tmp, format="PNG")
+        draw_histogram(headline if use_headline else raw, len(outcomes), label=label).save(
+            tmp, format="PNG")
 
 
-def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20) -> Image.Image:
+def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20,
+                   label: str = "atypical / (atypical + normal) per slide") -> Image.Image:
     """Distribution of the atypical fraction across slides (PIL only)."""
     w, h, left, bottom, top = 720, 440, 70, 60, 70
     img = Image.new("RGB", (w, h), "white")
@@ -85,7 +98,7 @@ def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20) -> Ima
     for t in range(peak + 1) if peak <= 10 else range(0, peak + 1, max(1, peak // 5)):
         y = top + plot_h - plot_h * t / peak
         d.text((left - 30, y - 8), str(t), fill="black", font=font)
-    d.text((left + plot_w / 2 - 120, h - 25), "atypical / (atypical + normal) per slide",
+    d.text((left + plot_w / 2 - 120, h - 25), label,
            fill="black", font=font)
     d.text((12, top - 30), "slides", fill="black", font=font)
     if fractions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from wsi_atm.cli.options import (
     model_options,
     slide_options,
 )
+
+if TYPE_CHECKING:
+    from wsi_atm.results import SlideResult
 
 
 @click.command()
@@ -47,5 +51,17 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     click.echo(
         f"{result.slide.name}: {len(result.candidates)} candidates, {n_aty} atypical, "
         f"{n_norm} normal, {skipped} skipped; atypical fraction {frac}, "
-        f"atypical:normal {ratio} → {output_paths(result.slide.name, out_dir)['summary']}"
+        f"atypical:normal {ratio}{_headline(result)} → "
+        f"{output_paths(result.slide.name, out_dir)['summary']}"
     )
+
+
+def _headline(result: SlideResult) -> str:
+    """The estimated true share with its interval, as the console shows it."""
+    from wsi_atm.outputs.summary import corrected_estimate
+
+    est = corrected_estimate(result)
+    if est is None or est.value is None or est.ci95 is None:
+        return ""
+    text = f"; estimated true atypical share {est.value:.1%} [{est.ci95[0]:.1%}, {est.ci95[1]:.1%}]"
+    return text + (" (card's rates contradicted: see summary warning)" if est.warning else "")

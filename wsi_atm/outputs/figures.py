@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsi_atm.outputs.atomic import atomic_path
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB
+from wsi_atm.outputs.summary import corrected_estimate
 from wsi_atm.results import SlideResult
-from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+from wsi_atm.stats import wilson_interval
 
 GalleryItem = tuple[np.ndarray, float, str]
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -103,26 +104,20 @@ def _header_lines(result: SlideResult) -> tuple[str, list[str]]:
     if result.slide.upsampled:
         info += f"; crops UPSAMPLED {result.slide.resample_factor:.2f}x"
     lines = [counts, share]
-    corrected = _corrected_line(result, atypical, classified)
+    corrected = _corrected_line(result)
     if corrected:
         lines.append(corrected)
     return result.slide.name, [*lines, info]
 
 
-def _corrected_line(result: SlideResult, atypical: int, classified: int) -> str | None:
-    m = result.model
-    if m.sensitivity is None or m.specificity is None or classified == 0:
+def _corrected_line(result: SlideResult) -> str | None:
+    est = corrected_estimate(result)
+    if est is None or est.value is None or est.ci95 is None:
         return None
-    value = rogan_gladen(atypical / classified, m.sensitivity, m.specificity)
-    ci = rogan_gladen_interval(
-        atypical, classified, m.sensitivity, m.n_atypical, m.specificity, m.n_normal
-    )
-    if value is None or ci is None:
-        return None
-    return (
-        f"Corrected for model errors (sens {m.sensitivity:.2f}, spec {m.specificity:.2f}): "
-        f"{value:.1%} (95% CI {ci[0]:.1%} - {ci[1]:.1%}, Rogan-Gladen)"
-    )
+    lo, hi = est.ci95
+    name = "calibrated" if result.model.fraction.get("method") else "Rogan-Gladen"
+    line = f"Estimated true atypical share: {est.value:.1%} (95% CI {lo:.1%} - {hi:.1%}, {name})"
+    return line + ("  [rates contradicted: see summary warning]" if est.warning else "")
 
 
 def _thumbnail_panel(thumbnail: np.ndarray, thumb_scale: float, result: SlideResult) -> Image.Image:

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from wsi_atm import __version__
+from wsi_atm.estimators import Estimate, FractionModel, estimate
 from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.results import SlideResult
-from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+from wsi_atm.stats import wilson_interval
 
 SUMMARY_VERSION = 1
 # Upsampling crops by more than this blurs them enough to doubt the classifier's calls.
@@ -29,10 +30,13 @@ NOTES = {
         "ci95 is the Wilson score interval of that share."
     ),
     "atypical_fraction_corrected": (
-        "estimate of the true atypical share: the raw share corrected for the model's "
-        "cross-validated sensitivity and specificity (Rogan-Gladen, clipped to [0, 1]); "
-        "ci95 includes the uncertainty of sensitivity and specificity (delta method). "
-        "null when the model card gives no sensitivity/specificity."
+        "headline estimate of the true atypical share, by the card's [fraction] method: "
+        "'calibrated-mean' is the mean of Platt-calibrated probabilities, calibrated on "
+        "leave-scanner-out predictions, its ci95 adding the between-scanner error measured "
+        "there; without a [fraction] table, Rogan-Gladen with the card's sensitivity and "
+        "specificity (delta-method ci95). A 'warning' says when the data contradict the "
+        "card's rates (the interval is then widened, never collapsed). null when the run's "
+        "operating point (--threshold for Rogan-Gladen, --tta for both) is not the card's."
     ),
     "atypical_to_normal_ratio": "atypical / normal calls; null when there are no normal calls.",
     "coordinates": (
@@ -142,34 +146,59 @@ def _fraction(atypical: int, normal: int) -> dict[str, Any] | None:
     }
 
 
-def _corrected(result: SlideResult, atypical: int, normal: int) -> dict[str, Any] | None:
+CALIBRATED = ("calibrated-mean", "calibrated-em")
+
+
+def corrected_estimate(result: SlideResult) -> Estimate | None:
+    """The headline estimate of the slide's true atypical share, or None when none applies.
+
+    The card's ``[fraction]`` method when it has one (fitted on out-of-domain predictions);
+    otherwise Rogan-Gladen with the card's sensitivity/specificity, which flags and widens a
+    share those rates cannot produce.
+    """
     m = result.model
-    n = atypical + normal
-    if m.sensitivity is None or m.specificity is None or n == 0:
+    p = np.asarray(result.p_atypical[result.classified], dtype=np.float64)
+    if len(p) == 0:
         return None
-    value = rogan_gladen(atypical / n, m.sensitivity, m.specificity)
-    if value is None:
+    f = m.fraction
+    if f.get("method") in CALIBRATED:
+        fm = FractionModel(
+            threshold=m.threshold, method=str(f["method"]), platt_a=float(f["platt_a"]),
+            platt_b=float(f["platt_b"]), shift_sd=float(f.get("shift_sd", 0.0)),
+            source=str(f.get("source", "")), extra={"prior": float(f.get("prior", 0.224))},
+        )
+        return estimate(p, fm)
+    if m.sensitivity is None or m.specificity is None:
         return None
-    ci = rogan_gladen_interval(
-        atypical, n, m.sensitivity, m.n_atypical, m.specificity, m.n_normal, Z95
+    fm = FractionModel(
+        threshold=m.threshold, method="rogan-gladen", sensitivity=m.sensitivity,
+        specificity=m.specificity, n_atypical=m.n_atypical, n_normal=m.n_normal,
     )
+    est = estimate(p, fm)
+    return est if est.value is not None else None
+
+
+def _corrected(result: SlideResult) -> dict[str, Any] | None:
+    est = corrected_estimate(result)
+    if est is None:
+        return None
+    out = est.as_dict()
+    m = result.model
+    if m.fraction.get("method") in CALIBRATED:
+        out.update({k: m.fraction.get(k) for k in ("platt_a", "platt_b", "shift_sd", "source")})
+        return out
     exact = [
         name
         for name, k in (("sensitivity", m.n_atypical), ("specificity", m.n_normal))
         if k is None
     ]
-    method = "Rogan-Gladen; delta-method interval incl. sensitivity/specificity uncertainty"
+    out["method"] = ("Rogan-Gladen; delta-method interval incl. sensitivity/specificity "
+                     "uncertainty")
     if exact:
-        method += f" ({' and '.join(exact)} taken as exact: sample size unknown)"
-    return {
-        "value": value,
-        "ci95": list(ci) if ci is not None else None,
-        "method": method,
-        "sensitivity": m.sensitivity,
-        "specificity": m.specificity,
-        "n_atypical": m.n_atypical,
-        "n_normal": m.n_normal,
-    }
+        out["method"] += f" ({' and '.join(exact)} taken as exact: sample size unknown)"
+    out.update({"sensitivity": m.sensitivity, "specificity": m.specificity,
+                "n_atypical": m.n_atypical, "n_normal": m.n_normal})
+    return out
 
 
 def build_summary(result: SlideResult) -> dict[str, Any]:
@@ -187,7 +216,7 @@ def build_summary(result: SlideResult) -> dict[str, Any]:
         "model": _model(result),
         "counts": counts,
         "atypical_fraction": _fraction(atypical, normal),
-        "atypical_fraction_corrected": _corrected(result, atypical, normal),
+        "atypical_fraction_corrected": _corrected(result),
         "atypical_to_normal_ratio": atypical / normal if normal else None,
         "notes": NOTES,
         "warnings": warnings,
