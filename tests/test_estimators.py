@@ -86,3 +86,45 @@ def test_card_fraction_is_fitted_on_all_groups():
     assert table["platt_a"] == pytest.approx(fm.platt_a, abs=1e-6)
     assert 0 < table["platt_a"] < 1  # the synthetic classifier is overconfident
     assert table["shift_sd"] > 0
+
+
+def _write_run(run, pred: Predictions) -> None:
+    """A leave-group-out run directory as ``wsi-atm train`` writes it (folds.csv, result.json)."""
+    import csv
+    import json
+
+    names = [f"c{i}.png" for i in range(len(pred.p))]
+    run.mkdir()
+    with open(run / "folds.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "group"])
+        w.writerows(zip(names, pred.slide, strict=True))
+    for k, g in enumerate(sorted(set(pred.group.tolist()))):
+        idx = np.flatnonzero(pred.group == g)
+        y, p = pred.labels[idx], pred.p[idx]
+        metrics = {"balanced_accuracy": 0.7 + k / 100, "auroc": 0.8}
+        (run / f"fold_{k}").mkdir()
+        (run / f"fold_{k}" / "result.json").write_text(json.dumps({
+            "fold": k, "held_out": g, "metrics": metrics,
+            "predictions": {"names": [names[i] for i in idx], "labels": y.tolist(),
+                            "p_atypical": p.tolist()}}))
+
+
+def test_ablation_table_rebuilds_from_exported_predictions(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ablation", Path(__file__).parents[1] / "scripts" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    pred = _domains(3)
+    run = tmp_path / "run"
+    _write_run(run, pred)
+    groups, cells = ablation.row(run, {}, reps=2)
+    assert groups == ["d0", "d1", "d2", "d3"]
+    assert cells[0] == "run" and cells[1] == "0.700 / 0.800"
+    assert cells[5].startswith("**0.715**")  # mean of 0.70 … 0.73
+    ablation.export(run, tmp_path / "out")
+    rows = (tmp_path / "out" / "run.csv").read_text().splitlines()
+    assert rows[0] == "name,held_out,label,p_atypical" and len(rows) == len(pred.p) + 1
