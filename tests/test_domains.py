@@ -106,7 +106,7 @@ def test_unknown_group_exits_2_naming_the_column(tmp_path, capsys):
     assert "hospital" in capsys.readouterr().err
 
 
-def test_leave_dataset_out_run_reports_each_held_out_dataset(amibr_dir, tmp_path):
+def test_leave_dataset_out_run_reports_each_held_out_dataset(amibr_dir, tmp_path, capsys):
     data = _subset(amibr_dir, tmp_path / "d", per_cell=5)
     card = write_tiny_card(tmp_path / "cards")
     out = tmp_path / "run"
@@ -124,6 +124,20 @@ def test_leave_dataset_out_run_reports_each_held_out_dataset(amibr_dir, tmp_path
     assert trained.metrics["cv"] == "leave-group-out"
     assert set(trained.metrics["held_out"]) == {"MIDOG21", "TUPAC16"}
     assert trained.training["soft_labels"] is True
+    # Carried through `results` (one column per held-out group) and `evaluate --group`.
+    assert run_cli(["results", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "leave-dataset-out mean" in table and "held-out TUPAC16" in table
+    report_path = tmp_path / "eval.json"
+    assert run_cli(["evaluate", "--data", str(data), "--model", str(out / "card.toml"),
+                    "--group", "dataset", "--json", "--quiet"]) == 0
+    report_path.write_text(capsys.readouterr().out)
+    report = json.loads(report_path.read_text())
+    assert report["group"] == "dataset"
+    assert {g: m["n"] for g, m in report["by_group"].items()} == {
+        g: m["n"] for g, m in summary["held_out"].items()}
+    assert run_cli(["results", str(report_path)]) == 0
+    assert f"{data.name}: MIDOG21" in capsys.readouterr().out
 
 
 def test_cv_none_trains_one_model_on_every_crop_to_the_last_epoch(tmp_path):

@@ -16,15 +16,20 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--tta", is_flag=True, help="mean over the 8 flips/rotations")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object to stdout")
+@click.option("--group", default=None,
+              help="also report the ensemble per group: scanner, dataset, slide or a column of "
+                   "--groups")
+@click.option("--groups", "groups_table", type=click.Path(path_type=Path), default=None,
+              help="slide → group table (CSV/TSV with a 'slide' column)")
 @click.option("--quiet", is_flag=True)
 def evaluate(data_dir: Path, model: str | None, device: str, batch_size: int | None, tta: bool,
-             as_json: bool, quiet: bool) -> None:
+             group: str | None, groups_table: Path | None, as_json: bool, quiet: bool) -> None:
     """Balanced accuracy, AUROC, sensitivity, specificity per fold model and for the ensemble."""
     from wsi_atm.cards import find_card
     from wsi_atm.train.evaluate import evaluate as run
 
     report = run(find_card(model), data_dir, device=device, batch_size=batch_size, tta=tta,
-                 quiet=quiet or as_json)
+                 quiet=quiet or as_json, group=group, groups_table=groups_table)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -39,6 +44,9 @@ def evaluate(data_dir: Path, model: str | None, device: str, batch_size: int | N
     e = report["ensemble"]
     click.echo(f"{'ensemble':<10} {e['balanced_accuracy']:7.4f} {e['auroc']:7.4f} "
                f"{e['sensitivity']:7.4f} {e['specificity']:7.4f}")
+    for g, m in report.get("by_group", {}).items():
+        click.echo(f"  {g} (n={m['n']}): BA {m['balanced_accuracy']:.4f}, AUROC "
+                   f"{m['auroc']:.4f}, sens {m['sensitivity']:.4f}, spec {m['specificity']:.4f}")
 
 
 @click.command()

@@ -10,6 +10,7 @@ from wsi_atm.cards import ModelCard
 from wsi_atm.infer import Classifier
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.data import load_dataset
+from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.metrics import binary_metrics, mean_std
 
 KEYS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
@@ -17,11 +18,18 @@ KEYS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
 
 def evaluate(
     card: ModelCard, data_dir: Path, device: str = "auto", batch_size: int | None = None,
-    tta: bool = False, quiet: bool = False,
+    tta: bool = False, quiet: bool = False, group: str | None = None,
+    groups_table: Path | None = None,
 ) -> dict:
-    """Metrics (atypical = positive) per fold model, their mean ± population std, and ensemble."""
+    """Metrics (atypical = positive) per fold model, their mean ± population std, and ensemble.
+
+    With ``group`` (``scanner``, ``dataset``, ``slide`` or a column of ``groups_table``), the
+    ensemble's metrics are also given per group under ``by_group``.
+    """
     classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta)
     data = load_dataset(data_dir, size=card.crop_size)
+    # Resolve the groups before the slow part, so a bad --group fails at once.
+    group_of = crop_groups(data, group, groups_table) if group else None
     images = data.images.permute(0, 2, 3, 1).numpy()
     step = max(classifier.batch_size, 1)
     bar = progress_bar(len(images), "evaluating", quiet=quiet, unit="crop")
@@ -41,6 +49,14 @@ def evaluate(
     for key in KEYS:
         mean, std = mean_std([f[key] for f in folds])
         report[f"fold_{key}"] = {"mean": mean, "std": std}
+    if group_of is not None:
+        mean_p = per_fold.mean(axis=0)
+        report["group"] = group
+        report["by_group"] = {
+            str(g): binary_metrics(data.labels[group_of == g], mean_p[group_of == g],
+                                   card.threshold)
+            for g in sorted(set(group_of.tolist()))
+        }
     report["balanced_accuracy"] = ensemble["balanced_accuracy"]
     report["auroc"] = ensemble["auroc"]
     return report

@@ -12,27 +12,44 @@ def _cell(ba: dict, auc: dict) -> str:
     return f"{ba['mean']:.4f}±{ba['std']:.4f} / {auc['mean']:.4f}±{auc['std']:.4f}"
 
 
-def load_entry(path: Path) -> tuple[str, str, str]:
-    """(model, dataset, cell) from a run directory or an ``evaluate --json`` file."""
-    if path.is_dir():
-        summary_path, config_path = path / "summary.json", path / "card.toml"
-        if not summary_path.is_file():
-            raise BadInputError(f"{path}: no summary.json (is the run finished?)")
-        s = json.loads(summary_path.read_text())
-        import tomllib
+def _run_entries(path: Path) -> list[tuple[str, str, str]]:
+    summary_path, config_path = path / "summary.json", path / "card.toml"
+    if not summary_path.is_file():
+        raise BadInputError(f"{path}: no summary.json (is the run finished?)")
+    s = json.loads(summary_path.read_text())
+    import tomllib
 
-        name = tomllib.loads(config_path.read_text()).get("name", path.name) \
-            if config_path.is_file() else path.name
-        return name, "cross-validation", _cell(s["balanced_accuracy"], s["auroc"])
+    name = tomllib.loads(config_path.read_text()).get("name", path.name) \
+        if config_path.is_file() else path.name
+    cv = s.get("cv", {"kind": "kfold"})
+    if cv["kind"] != "leave-group-out":
+        return [(name, "cross-validation", _cell(s["balanced_accuracy"], s["auroc"]))]
+    # Leave-group-out: the mean over held-out groups, then each group the fold never saw.
+    entries = [(name, f"leave-{cv['group']}-out mean", _cell(s["balanced_accuracy"], s["auroc"]))]
+    for group, m in s.get("held_out", {}).items():
+        entries.append((name, f"held-out {group}",
+                        f"{m['balanced_accuracy']:.4f} / {m['auroc']:.4f}"))
+    return entries
+
+
+def load_entry(path: Path) -> list[tuple[str, str, str]]:
+    """(model, dataset, cell) rows from a run directory or an ``evaluate --json`` file."""
+    if path.is_dir():
+        return _run_entries(path)
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path}: not a run directory or evaluate JSON ({exc})") from None
-    return r["model"], Path(r["data"]).name, _cell(r["fold_balanced_accuracy"], r["fold_auroc"])
+    data = Path(r["data"]).name
+    entries = [(r["model"], data, _cell(r["fold_balanced_accuracy"], r["fold_auroc"]))]
+    for group, m in r.get("by_group", {}).items():
+        entries.append((r["model"], f"{data}: {group}",
+                        f"{m['balanced_accuracy']:.4f} / {m['auroc']:.4f}"))
+    return entries
 
 
 def results_table(paths: list[Path]) -> str:
-    entries = [load_entry(p) for p in paths]
+    entries = [e for p in paths for e in load_entry(p)]
     models = list(dict.fromkeys(m for m, _, _ in entries))
     datasets = list(dict.fromkeys(d for _, d, _ in entries))
     cells = {(m, d): c for m, d, c in entries}
