@@ -25,11 +25,10 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.14.1 torchv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY wsi_atm ./wsi_atm
-COPY models ./models
 # A regular (non-editable) install: the model cards and bundled weights live in site-packages.
 # Check the installed package (not /src: -P keeps the working folder off sys.path).
 RUN pip install --no-cache-dir . \
- && python -P -c "import wsi_atm.batch, wsi_atm.cli; from wsi_atm.cards import list_cards; \
+ && python -P -c "import wsi_atm.batch, wsi_atm.cli; from wsi_atm.models.registry import list_cards; \
 assert list_cards(), 'no bundled model cards'"
 
 # ---- final stage: Python, the venv and nothing else; a non-root user -------------------------

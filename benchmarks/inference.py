@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from wsi_atm.cards import find_card
 from wsi_atm.infer import Classifier
+from wsi_atm.models.registry import find_card
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 

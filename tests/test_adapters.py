@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from wsi_atm.adapters import (
+from wsi_atm.errors import ModelError
+from wsi_atm.models.adapters import (
     LinearProbe,
     LoraNet,
     MergedLoraNet,
@@ -26,9 +27,9 @@ from wsi_atm.adapters import (
     read_lora_metadata,
     save_lora,
 )
-from wsi_atm.cards import EmbeddingSpec, find_card
-from wsi_atm.errors import ModelError
-from wsi_atm.nets import build_net
+from wsi_atm.models.card import EmbeddingSpec
+from wsi_atm.models.nets import build_net
+from wsi_atm.models.registry import find_card
 
 R = 8
 # card -> (size overrides, image size, patch, fc1 out, fc2 in, prefix tokens, embedding factor)

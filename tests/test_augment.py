@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tests.train_helpers import write_synthetic_crops, write_tiny_card
-from wsi_atm.cards import load_card
 from wsi_atm.errors import ModelError
+from wsi_atm.models.card import load_card
+from wsi_atm.models.preprocess import HedJitter, _op, build
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.protocol import FoldTrainer, plan_folds
-from wsi_atm.transforms import HedJitter, _op, build
 
 
 def _tissue(seed: int = 0) -> torch.Tensor:

@@ -273,9 +273,12 @@ def test_one_batch_per_out_dir_and_leftovers_are_cleared(tmp_path):
 
 # ------------------------------------------------------------------------------ packaging
 def test_batch_package_is_in_the_wheel():
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]
-    assert "wsi_atm.batch" in packages, "add \"wsi_atm.batch\" to [tool.setuptools] packages"
+    from setuptools import find_packages
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    packages = find_packages(str(REPO), include=find["include"])
+    assert "wsi_atm.batch" in packages and "wsi_atm.models" in packages
 
 
 def test_dockerfile_passes_hadolint():

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsi_atm.cards import IMAGENET_MEAN, IMAGENET_STD, MODES, find_card, list_cards, registry_dir
-from wsi_atm.hub import build_offline
-from wsi_atm.nets import _resolve_layer_names, create_backbone
-from wsi_atm.transforms import build
+from wsi_atm.models.backbone import _resolve_layer_names, create_backbone
+from wsi_atm.models.card import IMAGENET_MEAN, IMAGENET_STD
+from wsi_atm.models.hub import build_offline
+from wsi_atm.models.preprocess import build
+from wsi_atm.models.registry import find_card, list_cards, registry_dir
+from wsi_atm.models.schema import MODES
 
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)

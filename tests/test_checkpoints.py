@@ -10,9 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from wsi_atm.adapters import MergedLoraNet, lora_state, save_lora
-from wsi_atm.cards import find_card
-from wsi_atm.checkpoints import (
+from wsi_atm.errors import ModelError
+from wsi_atm.models.adapters import MergedLoraNet, lora_state, save_lora
+from wsi_atm.models.loading import (
     atypical_logits,
     atypical_sign,
     build_from_checkpoint,
@@ -23,8 +23,8 @@ from wsi_atm.checkpoints import (
     p_atypical_from_logits,
     upstream_fold,
 )
-from wsi_atm.errors import ModelError
-from wsi_atm.nets import build_net
+from wsi_atm.models.nets import build_net
+from wsi_atm.models.registry import find_card
 
 VIRCHOW2 = {"depth": 2, "embed_dim": 96, "num_heads": 2, "img_size": 56}
 SWIN = {"embed_dim": 32, "depths": (1, 1), "num_heads": (1, 2), "img_size": 56}

@@ -46,7 +46,7 @@ def test_models_lists_every_card(capsys):
     assert run_cli(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     names = {r["name"].split()[0] for r in rows}
-    assert {p.stem for p in (REPO / "models").glob("*.toml")} == names
+    assert {p.stem for p in (REPO / "wsi_atm" / "models" / "cards").glob("*.toml")} == names
     virchow2 = next(r for r in rows if r["name"] == "virchow2")
     assert virchow2["parameters"] > 600e6 and "unverified" in virchow2["weights"]
 

@@ -14,8 +14,8 @@ from PIL import Image
 from scripts.make_domain_table import domain_rows
 from tests.cli_helpers import run_cli
 from tests.train_helpers import write_synthetic_crops, write_tiny_card
-from wsi_atm.cards import load_card
 from wsi_atm.errors import BadInputError, OptionError
+from wsi_atm.models.card import load_card
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.domains import bundled_table, crop_groups

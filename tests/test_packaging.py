@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK = """
 import importlib, pkgutil, sys
 import wsi_atm
-from wsi_atm.cards import find_card, list_cards, registry_dir
+from wsi_atm.models.registry import find_card, list_cards, registry_dir
 assert wsi_atm.__file__.startswith(sys.argv[1]), wsi_atm.__file__
 for mod in pkgutil.walk_packages(wsi_atm.__path__, "wsi_atm."):
     if not mod.name.endswith("__main__"):
@@ -35,7 +35,7 @@ def test_wheel_install_finds_cards_and_default_weights(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", CHECK, str(target)], env=env, cwd=tmp_path,
                          check=True, capture_output=True, text=True).stdout.split()
-    n_cards = len(list((REPO / "models").glob("*.toml")))
+    n_cards = len(list((REPO / "wsi_atm" / "models" / "cards").glob("*.toml")))
     assert int(out[0]) == n_cards
     assert out[3].startswith(str(target))
     if out[1] == "trained":

@@ -17,11 +17,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from tests.cli_helpers import run_cli
 from tests.train_helpers import copy_amibr_subset, write_synthetic_crops, write_tiny_card
-from wsi_atm.cards import load_card
+from wsi_atm.models.card import load_card
+from wsi_atm.models.weight_files import load_weights
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.protocol import plan_folds
-from wsi_atm.weights import load_weights
 
 FAST = ["--folds", "2", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--quiet"]
 

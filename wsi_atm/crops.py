@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_atm.errors import OptionError
+from wsi_atm.faults import inject
 from wsi_atm.slides import Slide
 
 DEFAULT_SIZE = 128
@@ -203,6 +204,7 @@ def _read_chunk(
     images = np.empty((len(idx), size, size, 3), np.uint8)
     border = np.empty(len(idx), bool)
     for k, i in enumerate(idx):
+        inject("crop")
         images[k], border[k] = read_crop(slide, float(xs[i]), float(ys[i]), plan)
     return images, border
 

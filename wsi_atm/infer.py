@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsi_atm.cards import ModelCard, sha256_file
-from wsi_atm.checkpoints import build_from_checkpoint, p_atypical_from_logits
 from wsi_atm.errors import ModelError, OptionError
-from wsi_atm.transforms import BatchTransform
+from wsi_atm.faults import inject
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.loading import build_from_checkpoint, p_atypical_from_logits
+from wsi_atm.models.preprocess import BatchTransform
+from wsi_atm.models.weight_files import sha256_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,6 +121,7 @@ class Classifier:
 
         On CUDA out-of-memory the batch size is halved and the work goes on.
         """
+        inject("inference")
         if len(crops) == 0:
             return np.zeros((len(self.nets), 0), dtype=np.float64)
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
@@ -143,7 +146,13 @@ class Classifier:
 
 
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Iterate ``items`` in a background thread, ``depth`` ahead, so reading overlaps compute."""
+    """Iterate ``items`` in a background thread, ``depth`` ahead, so reading overlaps compute.
+
+    Closing this generator (or leaving it by an exception in the consumer, when it is used as
+    ``with closing(prefetch(...))``) stops the producer and closes ``items`` in the producer's
+    own thread before returning: a crop stream's reader threads have joined by then, so the
+    slide can be closed safely.
+    """
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     done = object()
     stop = threading.Event()
@@ -157,11 +166,15 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
         except BaseException as exc:  # re-raised in the consumer
             q.put(exc)
             return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's finally (e.g. joining its reader pool) runs here
         q.put(done)
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
+    thread = threading.Thread(target=produce, daemon=True, name="wsi-atm-prefetch")
     try:
+        thread.start()  # inside the try: a Ctrl-C right after the start still joins the thread
         while (item := q.get()) is not done:
             if isinstance(item, BaseException):
                 raise item

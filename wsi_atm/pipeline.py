@@ -7,16 +7,19 @@ GeoJSON / CSV / summary JSON / review PNG, each written atomically.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from wsi_atm import __version__
-from wsi_atm.cards import ModelCard, sha256_file
 from wsi_atm.crops import CropPlan, plan_crops, read_crop, stream_crops
 from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_detections
+from wsi_atm.faults import inject
 from wsi_atm.infer import Classifier, prefetch
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.weight_files import sha256_file
 from wsi_atm.progress import progress_bar
 from wsi_atm.results import CLASSIFIED, ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
@@ -74,16 +77,19 @@ def classify_candidates(
                            batch_size=classifier.batch_size)
     t_wait = t_infer = 0.0
     t = time.perf_counter()
-    for batch in prefetch(batches):
-        t_wait += time.perf_counter() - t
-        t = time.perf_counter()
-        idx = inside[batch.indices]
-        p[idx] = classifier.predict(batch.images)
-        at_border[idx] = batch.at_border
-        status[idx] = CLASSIFIED
-        t_infer += time.perf_counter() - t
-        bar.update(len(idx))
-        t = time.perf_counter()
+    # closing(): on any exception (CUDA error, Ctrl-C) the reader threads are joined here,
+    # before the caller closes the slide they read from.
+    with closing(batches), closing(prefetch(batches)) as stream:
+        for batch in stream:
+            t_wait += time.perf_counter() - t
+            t = time.perf_counter()
+            idx = inside[batch.indices]
+            p[idx] = classifier.predict(batch.images)
+            at_border[idx] = batch.at_border
+            status[idx] = CLASSIFIED
+            t_infer += time.perf_counter() - t
+            bar.update(len(idx))
+            t = time.perf_counter()
     bar.close()
     timings["crop_wait_s"], timings["inference_s"] = round(t_wait, 3), round(t_infer, 3)
     return p, status, at_border
@@ -177,6 +183,7 @@ def write_outputs(
     slide: Slide, plan: CropPlan, result: SlideResult, out_dir: Path, options: SlideOptions
 ) -> dict[str, Path]:
     """Write the four outputs; the summary goes last so its presence means all are complete."""
+    from wsi_atm.outputs.atomic import remove_temps
     from wsi_atm.outputs.figures import pick_gallery, write_review_png
     from wsi_atm.outputs.geojson import write_geojson
     from wsi_atm.outputs.summary import write_summary
@@ -185,7 +192,13 @@ def write_outputs(
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(result.slide.name, out_dir)
+    # One unit: no summary of an earlier run may vouch for files this run is replacing, and a
+    # killed run's temp files go; the new summary is written last.
+    paths["summary"].unlink(missing_ok=True)
+    for path in paths.values():
+        remove_temps(path)
     write_geojson(result, paths["geojson"], shape=options.shape)
+    inject("write")
     write_candidates_csv(result, paths["csv"])
     if options.figure:
         thumb_max = 1600

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_atm.errors import MppUnknownError, OptionError, SlideError
+from wsi_atm.faults import inject
 
 log = logging.getLogger(__name__)
 
@@ -559,6 +560,7 @@ def open_slide(
         raise SlideError(f"{path}: no such file")
     if path.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
+    inject("open")
     handle = _open_auto(path) if backend == "auto" else _open_backend(path, backend)
     tiff = _inspect_tiff(path)
     if tiff.truncated:

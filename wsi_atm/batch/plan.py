@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
-from wsi_atm.cards import ModelCard
 from wsi_atm.detections import CandidateOptions, detect_format, list_images
 from wsi_atm.detections.model import MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError
+from wsi_atm.models.card import ModelCard
 from wsi_atm.pipeline import SlideOptions, output_paths
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -13,9 +12,11 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from wsi_atm.batch.plan import BatchSettings, Job
-from wsi_atm.cards import ModelCard, sha256_file
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.infer import verify_weights
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.weight_files import sha256_file
+from wsi_atm.outputs.atomic import remove_temps
 from wsi_atm.pipeline import output_paths
 
 STATE_DIR = ".wsi-atm"
@@ -78,8 +79,7 @@ def remove_leftovers(out_dir: Path, job: Job) -> None:
     record = record_path(out_dir, job)
     record.unlink(missing_ok=True)
     for p in [*output_paths(job.slide.name, out_dir).values(), record]:
-        for tmp in p.parent.glob(glob.escape(f".{p.name}.") + "*.tmp"):
-            tmp.unlink(missing_ok=True)
+        remove_temps(p)
 
 
 @contextlib.contextmanager

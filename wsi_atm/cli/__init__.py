@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     except WsiAtmError as exc:
         click.echo(f"wsi-atm: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("wsi-atm: aborted", err=True)
+    except click.exceptions.Abort:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+        click.echo("wsi-atm: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         click.echo(f"wsi-atm: error: {exc.format_message()}", err=True)

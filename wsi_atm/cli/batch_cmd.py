@@ -62,8 +62,8 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
     from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
-    from wsi_atm.cards import find_card
     from wsi_atm.errors import OptionError
+    from wsi_atm.models.registry import find_card
     from wsi_atm.pipeline import SlideOptions
 
     if cand.get("image"):

@@ -25,7 +25,7 @@ import click
 def evaluate(data_dir: Path, model: str | None, device: str, batch_size: int | None, tta: bool,
              group: str | None, groups_table: Path | None, as_json: bool, quiet: bool) -> None:
     """Balanced accuracy, AUROC, sensitivity, specificity per fold model and for the ensemble."""
-    from wsi_atm.cards import find_card
+    from wsi_atm.models.registry import find_card
     from wsi_atm.train.evaluate import evaluate as run
 
     report = run(find_card(model), data_dir, device=device, batch_size=batch_size, tta=tta,

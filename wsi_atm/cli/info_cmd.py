@@ -44,7 +44,7 @@ def slide_info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def models(as_json: bool) -> None:
     """List the bundled model cards: name, kind, parameters, weights and where they come from."""
-    from wsi_atm.registry_view import describe_cards
+    from wsi_atm.models.registry import describe_cards
 
     rows = describe_cards()
     if as_json:

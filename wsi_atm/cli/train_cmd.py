@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from wsi_atm.cards import find_card
+from wsi_atm.models.registry import find_card
 from wsi_atm.train.config import TrainConfig, load_config_file
 
 _HELP = {

@@ -24,6 +24,7 @@ from wsi_atm.detections.model import (
 )
 from wsi_atm.detections.postprocess import extent_warnings, merge_duplicates, px_per_unit
 from wsi_atm.errors import DetectionsError
+from wsi_atm.faults import inject
 
 logger = logging.getLogger("wsi_atm.detections")
 
@@ -91,6 +92,7 @@ def read_detections(
     stay with status ``outside_slide``. ``report`` counts each step and carries warnings.
     """
     options = options or CandidateOptions()
+    inject("detections")
     loaded = sniff.load(path)
     name = loaded.path.name
     raw = _raw(loaded, frame, options)

@@ -8,6 +8,7 @@ temp file is removed and an existing destination is left untouched.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from collections.abc import Iterator
@@ -61,3 +62,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically (no newline translation)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def remove_temps(path: str | os.PathLike[str]) -> None:
+    """Remove the temp files a killed write of ``path`` may have left (``.<name>.<hex>.tmp``)."""
+    target = Path(path)
+    for tmp in target.parent.glob(glob.escape(f".{target.name}.") + "*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_atm.cards import ModelCard
 from wsi_atm.infer import Classifier
+from wsi_atm.models.card import ModelCard
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.domains import crop_groups

@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wsi_atm.cards import ModelCard
-from wsi_atm.nets import build_net
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.nets import build_net
+from wsi_atm.models.preprocess import BatchTransform
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
 from wsi_atm.train.protocol import FoldData, FoldTrainer
-from wsi_atm.transforms import BatchTransform
 
 
 class ProbeHead(nn.Module):

@@ -19,17 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsi_atm.cards import ModelCard
 from wsi_atm.errors import OptionError
-from wsi_atm.nets import build_net
+from wsi_atm.models.adapters import save_lora
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.nets import build_net
+from wsi_atm.models.preprocess import BatchTransform
+from wsi_atm.models.weight_files import load_weights, save_safetensors, trainable_state
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
 from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.folds import fold_splits, inner_split
 from wsi_atm.train.metrics import best_threshold, binary_metrics
-from wsi_atm.transforms import BatchTransform
-from wsi_atm.weights import load_weights, save_safetensors, trainable_state
 
 
 @dataclass
@@ -261,8 +262,6 @@ class FoldTrainer:
     def save_best(self) -> None:
         path, half = self.dir / "best.safetensors", self.cfg.half_weights
         if self.cfg.mode == "lora":
-            from wsi_atm.adapters import save_lora
-
             save_lora(self.eval_net, self.card, path, half=half)  # records the base model id
         else:
             save_safetensors(trainable_state(self.eval_net, self.full), path, half=half)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from wsi_atm.errors import BadInputError
+from wsi_atm.models.card import read_card
 
 
 def _cell(ba: dict, auc: dict) -> str:
@@ -17,10 +18,7 @@ def _run_entries(path: Path) -> list[tuple[str, str, str]]:
     if not summary_path.is_file():
         raise BadInputError(f"{path}: no summary.json (is the run finished?)")
     s = json.loads(summary_path.read_text())
-    import tomllib
-
-    name = tomllib.loads(config_path.read_text()).get("name", path.name) \
-        if config_path.is_file() else path.name
+    name = read_card(config_path).get("name", path.name) if config_path.is_file() else path.name
     cv = s.get("cv", {"kind": "kfold"})
     if cv["kind"] != "leave-group-out":
         return [(name, "cross-validation", _cell(s["balanced_accuracy"], s["auroc"]))]

@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsi_atm.cards import ModelCard, sha256_file
 from wsi_atm.errors import OptionError
+from wsi_atm.models.card import ModelCard, read_card
+from wsi_atm.models.schema import dump, leading_comment
+from wsi_atm.models.weight_files import sha256_file
+from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset, load_dataset
 from wsi_atm.train.metrics import binary_metrics, mean_std
@@ -95,69 +98,44 @@ def summarise(results: list[dict]) -> dict:
     return summary
 
 
-def _toml_value(v: object) -> str:
-    return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
-
-
 def write_run_card(
     card: ModelCard, cfg: TrainConfig, out: Path, results: list[dict], summary: dict
 ) -> Path:
     """A card for the trained fold ensemble, next to the weights it names."""
-    src = card.path.read_text(encoding="utf-8")
-    head, _, _ = src.partition("\n[[weights]]")
-    head = _strip_sections(head, ("decision", "metrics", "training"))
-    head = _set_top(head, {"status": "trained", "trained_mode": cfg.mode})
+    raw = {k: v for k, v in read_card(card.path).items()
+           if k not in ("decision", "metrics", "training", "weights")}
+    raw |= {"status": "trained", "trained_mode": cfg.mode}
+    raw["decision"] = {"threshold": round(summary["threshold"], 6)}
+    raw["metrics"] = run_metrics(summary)
+    raw["training"] = json.loads(cfg.to_json())
+    raw["weights"] = [
+        {"file": f"fold_{r['fold']}/best.safetensors",
+         "sha256": sha256_file(out / f"fold_{r['fold']}" / "best.safetensors"), "fold": r["fold"]}
+        for r in results]
+    card_path = out / "card.toml"
+    atomic_write_text(card_path, dump(raw, comment=leading_comment(card.path)))
+    return card_path
+
+
+def run_metrics(summary: dict) -> dict:
+    """The card's ``[metrics]`` from a run summary: fold means, out-of-fold rates, per group."""
     cv = summary.get("cv", {"kind": "kfold", "group": "slide"})
     source = ("leave-one-group-out: each fold model on the group it never saw"
               if cv["kind"] == "leave-group-out"
               else "cross-validation (each fold model on its validation fold)")
-    lines = [head.rstrip(), "", "[decision]", f"threshold = {summary['threshold']:.6f}", "",
-             "[metrics]", f'source = "{source}"', f'cv = "{cv["kind"]}"',
-             f'cv_group = "{cv["group"]}"']
+    metrics: dict = {"source": source, "cv": cv["kind"], "cv_group": cv["group"]}
     for key in SUMMARY_KEYS:
-        lines.append(f"cv_{key}_mean = {summary[key]['mean']:.6f}")
-        lines.append(f"cv_{key}_std = {summary[key]['std']:.6f}")
+        metrics[f"cv_{key}_mean"] = round(summary[key]["mean"], 6)
+        metrics[f"cv_{key}_std"] = round(summary[key]["std"], 6)
     oof = summary["out_of_fold"]
-    lines += [f"cv_n_atypical = {oof['n_atypical']}", f"cv_n_normal = {oof['n_normal']}",
-              # The operating point classify uses for its corrected fraction: out-of-fold
-              # predictions at the card's (ensemble) threshold.
-              f"sensitivity = {oof['sensitivity']:.6f}",
-              f"specificity = {oof['specificity']:.6f}",
-              f"cv_out_of_fold_balanced_accuracy = {oof['balanced_accuracy']:.6f}", ""]
-    for name, m in summary.get("held_out", {}).items():
-        lines += [f"[metrics.held_out.{json.dumps(name)}]",
-                  f"balanced_accuracy = {m['balanced_accuracy']:.6f}",
-                  f"auroc = {m['auroc']:.6f}", f"n = {m['n_atypical'] + m['n_normal']}", ""]
-    lines += ["[training]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(json.loads(cfg.to_json()).items())]
-    lines.append("")
-    for r in results:
-        path = out / f"fold_{r['fold']}" / "best.safetensors"
-        lines += ["[[weights]]", f'file = "fold_{r["fold"]}/best.safetensors"',
-                  f'sha256 = "{sha256_file(path)}"', f"fold = {r['fold']}", ""]
-    card_path = out / "card.toml"
-    tmp = out / "card.toml.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(card_path)
-    return card_path
-
-
-def _strip_sections(text: str, names: tuple[str, ...]) -> str:
-    """Drop whole ``[name]`` tables from a TOML text (until the next table header)."""
-    out, skipping = [], False
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("["):
-            skipping = stripped.strip("[]") in names
-        if not skipping:
-            out.append(line)
-    return "\n".join(out)
-
-
-def _set_top(text: str, values: dict[str, str]) -> str:
-    """Set top-level string keys (before the first table) of a TOML text."""
-    lines = text.splitlines()
-    first_table = next((i for i, ln in enumerate(lines) if ln.strip().startswith("[")), len(lines))
-    top = [ln for ln in lines[:first_table] if ln.split("=")[0].strip() not in values]
-    top += [f'{k} = "{v}"' for k, v in values.items()]
-    return "\n".join(top + lines[first_table:])
+    # The operating point classify uses: out-of-fold predictions at the card's threshold.
+    metrics |= {"cv_n_atypical": oof["n_atypical"], "cv_n_normal": oof["n_normal"],
+                "sensitivity": round(oof["sensitivity"], 6),
+                "specificity": round(oof["specificity"], 6),
+                "cv_out_of_fold_balanced_accuracy": round(oof["balanced_accuracy"], 6)}
+    held = {name: {"balanced_accuracy": round(m["balanced_accuracy"], 6),
+                   "auroc": round(m["auroc"], 6), "n": m["n_atypical"] + m["n_normal"]}
+            for name, m in summary.get("held_out", {}).items()}
+    if held:
+        metrics["held_out"] = held
+    return metrics

@@ -1,4 +1,4 @@
-"""Model cards: one small TOML file per model in the registry (the top-level ``models/`` folder).
+"""Model cards: one small TOML file per model (``wsi_atm/models/cards/``), read and written.
 
 A card holds everything needed to build and feed a model: the timm architecture or hub id,
 preprocessing per training mode, how linear-probe embeddings and LoRA heads are formed, the label
@@ -7,17 +7,14 @@ convention of its weights, the decision threshold, cross-validated metrics and t
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from wsi_atm.errors import ModelError
+from wsi_atm.models.schema import validate
 
-MODES = ("end-to-end", "linear-probe", "lora")
-DEFAULT_MODEL = "wsi-atm-default"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -109,31 +106,6 @@ class ModelCard:
         return self.preprocess[mode]
 
 
-def registry_dir() -> Path:
-    """The folder of bundled cards (``models/`` in the source tree, packaged with wsi_atm)."""
-    return Path(str(resources.files("wsi_atm.model_cards")))
-
-
-def list_cards() -> list[ModelCard]:
-    return [load_card(p) for p in sorted(registry_dir().glob("*.toml"))]
-
-
-def find_card(name_or_path: str | Path | None) -> ModelCard:
-    """A bundled card by name, or a card file by path; ``None`` gives the default model."""
-    if name_or_path is None:
-        name_or_path = DEFAULT_MODEL
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if path.is_dir():
-            path = path / "card.toml"
-        return load_card(path)
-    candidate = registry_dir() / f"{name_or_path}.toml"
-    if candidate.is_file():
-        return load_card(candidate)
-    names = ", ".join(c.stem for c in sorted(registry_dir().glob("*.toml")))
-    raise ModelError(f"unknown model {str(name_or_path)!r}; bundled models: {names}")
-
-
 def _preprocess(raw: dict[str, Any]) -> Preprocess:
     return Preprocess(
         train=tuple(raw.get("train", ())),
@@ -143,7 +115,8 @@ def _preprocess(raw: dict[str, Any]) -> Preprocess:
     )
 
 
-def load_card(path: str | Path) -> ModelCard:
+def read_card(path: str | Path) -> dict[str, Any]:
+    """A card file's TOML as a plain dict, checked against the schema."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model card not found: {path}")
@@ -151,6 +124,16 @@ def load_card(path: str | Path) -> ModelCard:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not a valid TOML model card ({exc})") from None
+    try:
+        validate(raw)
+    except ValueError as exc:
+        raise ModelError(f"{path}: invalid model card ({exc})") from None
+    return raw
+
+
+def load_card(path: str | Path) -> ModelCard:
+    path = Path(path)
+    raw = read_card(path)
     try:
         return _card_from_dict(raw, path)
     except (KeyError, TypeError, ValueError) as exc:
@@ -162,11 +145,7 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
     inp = raw.get("input", {})
     decision = raw.get("decision", {})
     output = raw.get("labels", {}).get("output", "p_atypical")
-    if output not in ("p_atypical", "p_normal"):
-        raise ValueError(f"labels.output must be p_atypical or p_normal, not {output!r}")
     mode = raw.get("trained_mode", "end-to-end")
-    if mode not in MODES:
-        raise ValueError(f"trained_mode must be one of {MODES}")
     return ModelCard(
         name=raw.get("name", path.stem),
         path=path.resolve(),
@@ -200,11 +179,3 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
 def _lora(raw: dict[str, Any]) -> LoraSpec:
     targets = tuple(raw.get("target_modules", LoraSpec.target_modules))
     return LoraSpec(**{**raw, "target_modules": targets})
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from wsi_atm.cards import Preprocess
 from wsi_atm.errors import ModelError
+from wsi_atm.models.card import Preprocess
 
 _INTERP = {
     "bilinear": InterpolationMode.BILINEAR,

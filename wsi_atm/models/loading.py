@@ -30,8 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsi_atm.cards import ModelCard
 from wsi_atm.errors import ModelError
+from wsi_atm.models.adapters import (
+    LinearProbe,
+    LoraNet,
+    MergedLoraNet,
+    check_lora_metadata,
+    merge_for_inference,
+    read_lora_metadata,
+)
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.nets import build_net
+from wsi_atm.models.weight_files import load_into, load_weights
 
 _FOLD = re.compile(r"_fold_(\d+)_best\.pth$")
 _PEFT_PREFIX = "base_model.model."
@@ -114,8 +124,6 @@ def convert_state(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, t
 def _required(net: nn.Module, key: str) -> bool:
     """Keys a checkpoint must hold: adapters + head for LoRA, the head for a linear probe,
     everything for an end-to-end net (the rest may come from the pretrained backbone)."""
-    from wsi_atm.adapters import LinearProbe, LoraNet, MergedLoraNet
-
     if isinstance(net, LoraNet) and not isinstance(net, MergedLoraNet):
         return ".lora_" in key or ".modules_to_save." in key
     if isinstance(net, LinearProbe):
@@ -135,8 +143,6 @@ def holds_backbone(state: dict[str, torch.Tensor]) -> bool:
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor], name: str) -> bool:
-    from wsi_atm.weights import load_into
-
     state = convert_state(state, net)
     own = net.state_dict()
     unexpected = sorted(k for k in state if k not in own)
@@ -153,11 +159,7 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], name: str) -> bo
 
 
 def _read(path: Path, card: ModelCard | None) -> dict[str, torch.Tensor]:
-    from wsi_atm.weights import load_weights
-
     if card is not None and path.suffix == ".safetensors":
-        from wsi_atm.adapters import check_lora_metadata, read_lora_metadata
-
         check_lora_metadata(read_lora_metadata(path), card, path)
     return load_weights(path)
 
@@ -180,9 +182,6 @@ def build_from_checkpoint(
     """The inference net for one weight file, in eval mode: built without the hub when the file
     holds the backbone (upstream LoRA / end-to-end), else on the card's pretrained weights;
     keys converted and checked; LoRA adapters merged (``merge``). The file is read once."""
-    from wsi_atm.adapters import merge_for_inference
-    from wsi_atm.nets import build_net
-
     path = Path(path)
     state = _read(path, card)
     pretrained = not holds_backbone(state) and card.pretrained != "none"
@@ -205,8 +204,6 @@ def load_upstream(
     frozen backbone. The net's logits keep the card's convention (see
     :func:`p_atypical_from_logits`).
     """
-    from wsi_atm.nets import build_net
-
     net = build_net(card, mode, pretrained=pretrained, **overrides)
     load_checkpoint(net, path, card)
     return net

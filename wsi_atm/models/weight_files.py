@@ -5,6 +5,7 @@ Nothing here ever unpickles arbitrary objects: a checkpoint that needs it is ref
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -83,3 +84,11 @@ def load_into(net: nn.Module, state: dict[str, torch.Tensor], strict: bool = Tru
     except RuntimeError as exc:
         summary = " ".join(str(exc).split())[:300]
         raise ModelError(f"weights do not fit the model: {summary}") from None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -35,9 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsi_atm.cards import ModelCard
 from wsi_atm.errors import ModelError
-from wsi_atm.nets import create_backbone
+from wsi_atm.models.backbone import create_backbone
+from wsi_atm.models.card import ModelCard
+from wsi_atm.models.hub import cached_revision, is_hub_id, normalise_hub_id
+from wsi_atm.models.weight_files import load_into, load_weights, save_safetensors
 
 EMBEDDINGS = ("cls", "cls+mean")
 LORA_HEADS = ("token0", "pooled", "replace")
@@ -180,8 +182,6 @@ def lora_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_lora_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load adapters + head into a freshly built LoRA net; every adapter key must be there."""
-    from wsi_atm.weights import load_into
-
     own = {k for k in net.state_dict() if _is_adapter_key(k)}
     missing = sorted(own - set(state))
     unexpected = sorted(set(state) - own)
@@ -195,16 +195,12 @@ def load_lora_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def base_model_id(card: ModelCard) -> str:
     """What the adapters were trained on: the normalised hub id, or the timm architecture."""
-    from wsi_atm.hub import is_hub_id, normalise_hub_id
-
     return normalise_hub_id(card.architecture) if is_hub_id(card.architecture) \
         else card.architecture
 
 
 def lora_metadata(card: ModelCard) -> dict[str, str]:
     """safetensors metadata of a LoRA checkpoint (strings only)."""
-    from wsi_atm.hub import cached_revision, is_hub_id
-
     revision = card.hub_revision
     if not revision and is_hub_id(card.architecture):
         revision = cached_revision(card.architecture)  # the snapshot actually used, if cached
@@ -226,8 +222,6 @@ def lora_metadata(card: ModelCard) -> dict[str, str]:
 
 def save_lora(net: nn.Module, card: ModelCard, path: Path, half: bool = False) -> dict[str, str]:
     """Write :func:`lora_state` as safetensors with :func:`lora_metadata`; returns the metadata."""
-    from wsi_atm.weights import save_safetensors
-
     meta = lora_metadata(card)
     save_safetensors(lora_state(net), Path(path), half=half, metadata=meta)
     return meta
@@ -268,8 +262,6 @@ def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str 
 def load_lora(card: ModelCard, path: Path, pretrained: bool = True, **overrides: Any) -> LoraNet:
     """A fresh LoRA net for ``card`` (backbone from its pretrained source) with the adapters and
     head of a checkpoint written by :func:`save_lora`."""
-    from wsi_atm.weights import load_weights
-
     path = Path(path)
     state = load_weights(path)
     if path.suffix == ".safetensors":

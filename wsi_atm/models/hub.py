@@ -31,8 +31,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from wsi_atm.cards import ModelCard, Preprocess
 from wsi_atm.errors import ModelError
+from wsi_atm.models.card import ModelCard, Preprocess
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}

@@ -1,0 +1,92 @@
+"""The card schema: strict reading (unknown keys and values name the key), one writer, and
+names that mean bundled cards even when a local folder has the same name."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from wsi_atm.errors import ModelError
+from wsi_atm.models.card import load_card, read_card
+from wsi_atm.models.registry import find_card, registry_dir
+from wsi_atm.models.schema import dump, leading_comment
+
+DEFAULT = registry_dir() / "wsi-atm-default.toml"
+
+
+def _edited(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEFAULT.read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "card.toml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    ("threshold =", "treshold =", "decision.treshold"),
+    ('status = "trained"', 'status = "trainde"', "status"),
+    ('output = "p_atypical"', 'output = "p_atypcal"', "labels.output"),
+    ("crop_size = 128", "crop_size = 128\ncropsize = 96", "input.cropsize"),
+    ('pretrained = "none"', 'pretrained = "none"\npretrained_sha = ""',
+     "architecture.pretrained_sha"),
+    ("[preprocess.end-to-end]", "[preprocess.end2end]", "preprocess.end2end"),
+    ('kind = "cnn"', 'kind = "cnnn"', "kind"),
+    ("[metrics]", "[metrics]\nsensitivty = 0.9", "metrics.sensitivty"),
+])
+def test_misspelt_key_or_value_is_refused_by_name(tmp_path, old, new, named):
+    path = _edited(tmp_path, old, new)
+    with pytest.raises(ModelError, match=rf"invalid model card \(.*{named}\b"):
+        load_card(path)
+
+
+def test_misspelt_weight_key_is_refused(tmp_path):
+    path = _edited(tmp_path, "sha256 =", "sha265 =")
+    with pytest.raises(ModelError, match=r"weights\[0\]\.sha265"):
+        load_card(path)
+
+
+@pytest.mark.parametrize("path", sorted(registry_dir().glob("*.toml")), ids=lambda p: p.stem)
+def test_dump_round_trips_every_bundled_card(path):
+    raw = read_card(path)
+    assert tomllib.loads(dump(raw)) == raw
+
+
+def test_dump_refuses_what_read_would_refuse():
+    raw = read_card(DEFAULT) | {"stauts": "trained"}
+    with pytest.raises(ValueError, match="stauts"):
+        dump(raw)
+
+
+def test_dump_keeps_the_prose_and_quotes_group_names(tmp_path):
+    raw = read_card(DEFAULT)
+    raw["metrics"] = {"source": "x", "out_of_domain": {"Aperio CS2": {"auroc": 0.8}}}
+    path = tmp_path / "c.toml"
+    path.write_text(dump(raw, comment="line one\n\nline three"), encoding="utf-8")
+    assert leading_comment(path) == "line one\n\nline three"
+    assert load_card(path).metrics["out_of_domain"]["Aperio CS2"]["auroc"] == 0.8
+
+
+def test_local_folder_does_not_shadow_a_bundled_name(tmp_path, monkeypatch):
+    # Regression: a folder called uni/ in the working directory made `--model uni` fail with
+    # "model card not found: uni/card.toml".
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "uni").mkdir()
+    assert find_card("uni").path == (registry_dir() / "uni.toml").resolve()
+
+
+def test_explicit_path_to_a_local_folder_is_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "uni").mkdir()
+    (tmp_path / "uni" / "card.toml").write_text(DEFAULT.read_text(encoding="utf-8"))
+    (tmp_path / "uni" / "wsi-atm-default").symlink_to(registry_dir() / "wsi-atm-default")
+    assert find_card("./uni").path == (tmp_path / "uni" / "card.toml").resolve()
+
+
+def test_unknown_bare_name_hints_at_the_local_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myrun").mkdir()
+    with pytest.raises(ModelError, match=r"unknown model 'myrun' \(for the local 'myrun', "
+                                         r"pass \./myrun\)"):
+        find_card("myrun")

@@ -1,0 +1,181 @@
+"""Fault tolerance: a failure at any stage ends with an exit status, never a signal death, and
+leaves nothing that looks complete. Each case runs the real CLI in a subprocess (an OpenSlide
+abort would kill pytest itself) with a fault injected through ``WSI_ATM_FAULT``.
+
+Regression: when inference raised in the first batches, the slide was closed while crop
+threads still read it and OpenSlide aborted the process (exit 134, once 139).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_slides"
+SVS = SAMPLES / "cmu_small_region.svs"
+SVS_CANDIDATES = SAMPLES / "cmu_small_region.candidates.csv"
+TIF = SAMPLES / "synthetic_025mpp.tif"
+TIF_CANDIDATES = SAMPLES / "synthetic_025mpp.candidates.csv"
+STAGES = ("open", "detections", "crop", "inference", "write")
+
+
+def wsi_atm(args: list[str], fault: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WSI_ATM_FAULT": fault}
+    env.pop("WSI_ATM_DEBUG", None)
+    code = "import sys; from wsi_atm.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def assert_no_signal_death(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode >= 0, (
+        f"killed by {signal.Signals(-proc.returncode).name}: {proc.stderr[-2000:]}")
+    assert proc.returncode not in (134, 139), proc.stderr[-2000:]
+
+
+def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines()
+            if ln.strip() and not ln.startswith("wsi-atm: warning:")]
+
+
+def many_candidates(tmp_path: Path, n: int = 3000) -> Path:
+    """Enough candidates (read in small batches) that crop reads are in flight when a fault hits."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "many.csv"
+    xy = rng.uniform([100, 100], [2100, 2850], size=(n, 2))
+    path.write_text("x,y\n" + "".join(f"{x:.1f},{y:.1f}\n" for x, y in xy))
+    return path
+
+
+def classify(slide: Path, dets: Path, out: Path, fault: str, *extra: str):
+    return wsi_atm(["classify", str(slide), "--detections", str(dets), "--out-dir", str(out),
+                    "--quiet", *extra], fault)
+
+
+def looks_complete(out: Path) -> list[str]:
+    """Files that a reader would take for a finished slide: summaries and hidden temp files."""
+    return sorted(p.name for p in out.glob("*.summary.json")) + sorted(
+        p.name for p in out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("kind", ["error", "interrupt"])
+def test_classify_openslide_fails_cleanly_at_every_stage(stage, kind, tmp_path):
+    out = tmp_path / "out"
+    proc = classify(SVS, many_candidates(tmp_path), out, f"{stage}:{kind}", "--backend",
+                    "openslide")
+    assert_no_signal_death(proc)
+    if kind == "interrupt":
+        assert proc.returncode == 130, proc.stderr
+        assert stderr_lines(proc) == ["wsi-atm: interrupted"]
+    else:
+        assert proc.returncode == 1, proc.stderr
+        lines = stderr_lines(proc)
+        assert len(lines) == 1 and "injected fault at stage" in lines[0], lines
+    assert not out.exists() or looks_complete(out) == []
+
+
+def test_inference_error_with_reads_in_flight_never_aborts(tmp_path):
+    # The abort is a race (reads still in flight when the slide closes): on the unfixed code
+    # about one run in three died with SIGABRT here, so five runs catch it almost surely.
+    dets = many_candidates(tmp_path)
+    for attempt in range(5):
+        proc = classify(SVS, dets, tmp_path / f"out{attempt}", "inference:error",
+                        "--backend", "openslide")
+        assert_no_signal_death(proc)
+        assert "Bail out" not in proc.stderr and proc.returncode == 1, proc.stderr
+
+
+@pytest.mark.parametrize("stage", ["crop", "inference"])
+@pytest.mark.parametrize("kind", ["error", "interrupt"])
+def test_classify_tiffslide_fails_cleanly(stage, kind, tmp_path):
+    out = tmp_path / "out"
+    proc = classify(TIF, TIF_CANDIDATES, out, f"{stage}:{kind}", "--backend", "tiffslide")
+    assert_no_signal_death(proc)
+    assert proc.returncode == (130 if kind == "interrupt" else 1), proc.stderr
+    assert not out.exists() or looks_complete(out) == []
+
+
+def test_failed_rerun_leaves_no_summary_describing_other_files(tmp_path):
+    out = tmp_path / "out"
+    ok = classify(SVS, SVS_CANDIDATES, out, "")
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "cmu_small_region.summary.json").is_file()
+    (out / ".cmu_small_region.csv.0123456789ab.tmp").write_text("left by a killed run")
+    proc = classify(SVS, SVS_CANDIDATES, out, "write:error")
+    assert proc.returncode == 1
+    # The new GeoJSON is written, the old CSV/PNG are still there: no summary may vouch for them.
+    assert looks_complete(out) == []
+
+
+def _manifest(tmp_path: Path, n: int = 2) -> Path:
+    rows = []
+    for i in range(n):
+        slide = tmp_path / f"slide{i}.svs"
+        shutil.copyfile(SVS, slide)
+        rows.append({"slide": str(slide), "detections": str(SVS_CANDIDATES)})
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["slide", "detections"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _cohort_status(out: Path) -> dict[str, str]:
+    with open(out / "cohort.csv", newline="") as fh:
+        return {Path(r["slide"]).stem: r["status"] for r in csv.DictReader(fh)}
+
+
+@pytest.mark.parametrize("stage", ["open", "detections", "crop", "inference", "write"])
+def test_local_batch_records_the_failed_slide_and_goes_on(stage, tmp_path):
+    out = tmp_path / "out"
+    proc = wsi_atm(["batch", "--manifest", str(_manifest(tmp_path)), "--out-dir", str(out),
+                    "--quiet"], f"{stage}:error")
+    assert_no_signal_death(proc)
+    assert proc.returncode == 1, proc.stderr
+    status = _cohort_status(out)
+    assert sorted(status.values()) == ["failed", "ok"], status
+    failed = next(s for s, v in status.items() if v == "failed")
+    assert not (out / f"{failed}.summary.json").exists()
+    assert list(out.glob(".*.tmp")) == []
+
+
+@pytest.mark.parametrize("stage", ["crop", "inference"])
+def test_local_batch_interrupted_stops_cleanly_and_resumes(stage, tmp_path):
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path)
+    proc = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet"],
+                   f"{stage}:interrupt")
+    assert_no_signal_death(proc)
+    assert proc.returncode == 130, proc.stderr
+    assert list(out.glob(".*.tmp")) == []
+    again = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet"], "")
+    assert again.returncode == 0, again.stderr
+    assert sorted(_cohort_status(out).values()) == ["ok", "ok"]
+    for i in range(2):
+        summary = json.loads((out / f"slide{i}.summary.json").read_text())
+        assert summary["counts"]["classified"] > 0
+
+
+@pytest.mark.parametrize("stage", ["crop", "inference"])
+def test_dask_batch_worker_error_fails_the_slide_not_the_worker(stage, tmp_path):
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "out"
+    proc = wsi_atm(["batch", "--manifest", str(_manifest(tmp_path)), "--out-dir", str(out),
+                    "--workers", "1", "--quiet"], f"{stage}:error")
+    assert_no_signal_death(proc)
+    assert proc.returncode == 1, proc.stderr
+    # One worker process: the first slide's fault must not kill it, so the second completes.
+    assert sorted(_cohort_status(out).values()) == ["failed", "ok"]
+    assert "KilledWorker" not in proc.stderr
