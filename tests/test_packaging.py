@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wsi_atm.models.registry import find_card
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHECK = """
@@ -38,5 +40,5 @@ def test_wheel_install_finds_cards_and_default_weights(tmp_path):
     n_cards = len(list((REPO / "wsi_atm" / "models" / "cards").glob("*.toml")))
     assert int(out[0]) == n_cards
     assert out[3].startswith(str(target))
-    if out[1] == "trained":
-        assert int(out[2]) == 5
+    if out[1] == "trained":  # every weight file the source card names came with the wheel
+        assert int(out[2]) == len(find_card(None).weights) >= 1
