@@ -329,3 +329,23 @@ def test_custom_size_and_target(planted: Path) -> None:
         json.dumps(plan.to_dict())
         assert isinstance(plan, CropPlan)
         assert isinstance(slide, Slide)
+
+
+def test_half_pixel_centres_round_up_the_same_in_every_path(planted: Path) -> None:
+    # Regression: round() sent 63.5 and 64.5 to the same pixel (halves to even), so a point read
+    # as 270.5 from one format and 270.501 from another cropped 1 px apart.
+    with open_slide(planted) as slide:
+        plan = plan_crops(slide)
+        full = slide.read_level_region((0, 0), 0, (600, 600))
+        for x in (63.5, 64.5, 270.5):
+            crop, _ = read_crop(slide, x, 300.0, plan)
+            ox = int(np.floor(x + 0.5)) - 64
+            np.testing.assert_array_equal(crop, full[236:364, ox : ox + 128])
+        a, _ = read_crop(slide, 270.5, 300.0, plan)
+        b, _ = read_crop(slide, 270.501, 300.0, plan)
+        np.testing.assert_array_equal(a, b)
+        xs = np.array([63.5, 64.5, 270.5])
+        _, streamed = collect(stream_crops(slide, xs, np.full(3, 300.0), batch_size=2,
+                                           workers=2))
+        for i, x in enumerate(xs):
+            np.testing.assert_array_equal(streamed[i], read_crop(slide, float(x), 300.0, plan)[0])

@@ -641,3 +641,37 @@ def test_fifty_thousand_candidates_merge(tmp_path: Path) -> None:
     assert cands.report.rows_read == 50_000
     assert 5_000 <= cands.report.merged_duplicates < 5_200
     assert len(cands) == 50_000 - cands.report.merged_duplicates
+
+
+IMPOSTER_LABELS = ["mitotic figure", "Non-mitotic figure", "IMPOSTER", "hard_negative",
+                   "something new", "Atypical mitosis", "non mitotic figure"]
+
+
+def _same_points_in_three_formats(tmp_path: Path) -> list[Path]:
+    pts = [(1000.0 + 100 * i, 2000.0 + 50 * i) for i in range(len(IMPOSTER_LABELS))]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("x,y,class\n" + "".join(
+        f"{x},{y},{lab}\n" for (x, y), lab in zip(pts, IMPOSTER_LABELS, strict=True)))
+    gj = tmp_path / "d.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
+         "properties": {"objectType": "detection", "classification": {"name": lab}}}
+        for (x, y), lab in zip(pts, IMPOSTER_LABELS, strict=True)]}))
+    gc = tmp_path / "d.json"
+    gc.write_text(json.dumps({"type": "Multiple points", "version": {"major": 1, "minor": 0},
+                              "points": [{"name": lab, "point": [x * 0.25e-3, y * 0.25e-3, 0]}
+                                         for (x, y), lab in zip(pts, IMPOSTER_LABELS,
+                                                                strict=True)]}))
+    return [csv_path, gj, gc]
+
+
+def test_imposter_labels_are_dropped_the_same_in_every_format(tmp_path):
+    # Regression: only the grand-challenge reader honoured imposter names; CSV label columns and
+    # GeoJSON classifications kept them, so converting a file between formats changed counts.
+    for path in _same_points_in_three_formats(tmp_path):
+        cands = read_detections(path, FRAME)
+        # kept: "mitotic figure", the unknown name, wsi-atm's own class
+        assert np.allclose(sorted(cands.x.tolist()), [1000.0, 1400.0, 1500.0]), path.name
+        assert cands.report.excluded_imposters == 4, path.name
+        everything = read_detections(path, FRAME, CandidateOptions(include_imposters=True))
+        assert len(everything) == len(IMPOSTER_LABELS)

@@ -3,7 +3,7 @@
 Planning (:func:`plan_crops`) decides once per slide where crops come from:
 
 - level 0 within ``tolerance`` of the target µm/px: read natively, no resampling, so a crop
-  equals the slide pixels of its window ``[round(x) - size//2, +size)``;
+  equals the slide pixels of its window ``[floor(x + 0.5) - size//2, +size)``;
 - finer than the target: the coarsest level still at least as fine as the target (a level
   within tolerance is read natively), then downsampled with an antialiasing Lanczos filter;
 - coarser than the target (20× scans at ~0.5 µm/px): upsampled from level 0 with a bicubic
@@ -140,7 +140,16 @@ def _origin(slide: Slide, plan: CropPlan, x: float, y: float) -> tuple[int, int]
     """Top-left of the read window, in pixels of the plan's level."""
     ds = slide.level_downsamples[plan.level]
     half = plan.read_size // 2
-    return round(x / ds) - half, round(y / ds) - half
+    return nearest_pixel(x / ds) - half, nearest_pixel(y / ds) - half
+
+
+def nearest_pixel(v: float) -> int:
+    """The pixel a coordinate falls nearest to, halves rounded up (floor(v + 0.5)).
+
+    Python's round() rounds halves to even (63.5 → 64, 64.5 → 64), so the same point written
+    as 270.5 in one detector format and 270.501 in another would crop 1 px apart.
+    """
+    return math.floor(v + 0.5)
 
 
 def _resample(region: np.ndarray, plan: CropPlan) -> np.ndarray:
@@ -182,8 +191,8 @@ def tile_order(slide: Slide, xs: np.ndarray, ys: np.ndarray, plan: CropPlan) -> 
     ds = slide.level_downsamples[plan.level]
     tile_w, tile_h = _tile_size(slide, plan.level)
     half = plan.read_size // 2
-    ox = np.round(xs / ds).astype(np.int64) - half
-    oy = np.round(ys / ds).astype(np.int64) - half
+    ox = np.floor(xs / ds + 0.5).astype(np.int64) - half  # the rule of nearest_pixel
+    oy = np.floor(ys / ds + 0.5).astype(np.int64) - half
     return np.lexsort((np.arange(len(xs)), ox // tile_w, oy // tile_h)).astype(np.int64)
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from wsi_atm.detections.model import RawDetections
+from wsi_atm.detections.model import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
-
-IMPOSTER_NAMES = frozenset({"non-mitotic figure", "non mitotic figure", "not mitotic figure"})
 
 
 def _score(value: Any, where: str, name: str) -> float:
@@ -40,7 +38,7 @@ def read_points(doc: dict[str, Any], name: str) -> RawDetections:
         ys.append(y)
         scores.append(_score(item.get("probability"), where, name))
         labels.append(label)
-        imposters.append(label.strip().lower() in IMPOSTER_NAMES)
+        imposters.append(is_imposter_name(label))
     return RawDetections.build(
         ids,
         xs,

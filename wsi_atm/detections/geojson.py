@@ -8,7 +8,7 @@ from typing import Any
 from shapely.errors import GEOSException
 from shapely.geometry import shape
 
-from wsi_atm.detections.model import RawDetections
+from wsi_atm.detections.model import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
 SCORE_KEYS = ("score", "probability", "detector_score", "confidence", "prob")
@@ -107,7 +107,7 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
         ys,
         scores,
         labels,
-        [False] * len(ids),
+        [is_imposter_name(label) for label in labels],
         qupath_frame=True,
         skipped=sum(skipped.values()),
         warnings=warnings,

@@ -50,6 +50,23 @@ def supported_formats_text() -> str:
     return ", ".join(f"{name} ({FORMAT_DESCRIPTIONS[name]})" for name in SUPPORTED_FORMATS)
 
 
+# Detector labels that mean "looks like a mitosis but is not one", the same in every reader
+# (CSV label/class column, GeoJSON classification name, grand-challenge point name), compared
+# case-insensitively with "_"/"-" read as spaces. Anything else, unknown names included, is
+# kept as a candidate.
+IMPOSTER_NAMES = frozenset({
+    "imposter", "imposters", "mitotic imposter", "mitotic figure imposter", "non mitotic figure",
+    "non mitotic", "nonmitotic figure", "not mitotic figure", "non mitosis", "no mitosis",
+    "not mitosis", "hard negative", "mitotic like figure", "mitosis like figure", "mimic",
+    "mitotic mimic",
+})
+
+
+def is_imposter_name(label: str) -> bool:
+    words = label.strip().lower().replace("_", " ").replace("-", " ").split()
+    return " ".join(words) in IMPOSTER_NAMES
+
+
 @dataclass(frozen=True)
 class SlideFrame:
     """What the readers need to know about the slide (built by the caller from a Slide)."""

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from wsi_atm.detections.model import RawDetections
+from wsi_atm.detections.model import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
 DELIMITERS = ("\t", ",", ";", "|")
@@ -123,7 +123,7 @@ def read_table(text: str, name: str) -> RawDetections:
         ys,
         scores,
         labels,
-        [False] * len(ids),
+        [is_imposter_name(label) for label in labels],
         units=cols.units or "px",
         row_label=lambda i: f"line {lines[i]}",
     )
