@@ -216,3 +216,27 @@ def test_corrected_fraction_only_at_the_cards_operating_point(card_path, tmp_pat
         assert (corrected is not None) == expect_correction
         if extra and corrected is not None:
             assert "Rogan" not in corrected["method"]
+
+
+def test_mpp_override_does_not_move_points_given_in_mm(tmp_path):
+    # Regression: mm → px used the --mpp override, so on the 0.499 µm/px sample with --mpp 0.45
+    # grand-challenge points moved by a median 214 px and some left the slide. The detector
+    # wrote its mm with the spacing the file declares; the override only changes cropping.
+    from wsi_atm.detections import CandidateOptions
+    from wsi_atm.models.registry import find_card
+    from wsi_atm.pipeline import prepare_slide
+
+    svs = REPO / "sample_slides" / "cmu_small_region.svs"
+    points = REPO / "sample_slides" / "cmu_small_region.points.json"
+    card = find_card(None)
+    plain = prepare_slide(svs, points, card, CandidateOptions())
+    forced = prepare_slide(svs, points, card, CandidateOptions(), mpp=0.45)
+    try:
+        assert len(plain.candidates) == len(forced.candidates) > 0
+        np.testing.assert_allclose(forced.candidates.x, plain.candidates.x)
+        np.testing.assert_allclose(forced.candidates.y, plain.candidates.y)
+        assert forced.slide.mpp == 0.45 and forced.slide.declared_mpp == plain.slide.mpp
+        assert forced.plan.read_size != plain.plan.read_size  # cropping does follow --mpp
+    finally:
+        plain.close()
+        forced.close()

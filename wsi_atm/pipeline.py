@@ -59,6 +59,7 @@ def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
         width=slide.dimensions[0], height=slide.dimensions[1], mpp=slide.mpp,
         mpp_source=slide.mpp_source, bounds_offset=tuple(slide.bounds_offset),
         crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
+        detections_mpp=slide.declared_mpp if slide.declared_mpp is not None else slide.mpp,
     )
 
 
@@ -121,7 +122,8 @@ def prepare_slide(
         timings = {"open_s": round(time.perf_counter() - t0, 3)}
         frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
                            height=slide.dimensions[1], mpp=slide.mpp,
-                           bounds_offset=tuple(slide.bounds_offset))
+                           bounds_offset=tuple(slide.bounds_offset),
+                           units_mpp=slide.declared_mpp)
         t = time.perf_counter()
         cands = read_detections(detections_path, frame, cand_options)
         timings["detections_s"] = round(time.perf_counter() - t, 3)

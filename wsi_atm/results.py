@@ -29,6 +29,9 @@ class SlideMeta:
     crop_level: int
     resample_factor: float  # >1 means upsampled (slide coarser than the model's µm/px)
     upsampled: bool
+    # µm/px used to turn a detector's physical units (µm, mm) into pixels: the spacing the file
+    # declares (what the detector saw), not a --mpp override; None when the slide declares none.
+    detections_mpp: float | None = None
 
 
 @dataclass(frozen=True)

@@ -366,10 +366,12 @@ class Slide:
     ``read_region`` and ``get_thumbnail`` may be called from several threads at once.
     """
 
-    def __init__(self, path: Path, backend: _Backend, mpp: _Mpp | None) -> None:
+    def __init__(self, path: Path, backend: _Backend, mpp: _Mpp | None,
+                 declared: _Mpp | None = None) -> None:
         self.path = path
         self._backend = backend
         self._mpp = mpp
+        self._declared = declared if declared is not None else mpp
         self.backend: str = backend.name
         self.level_dimensions: tuple[tuple[int, int], ...] = backend.level_dimensions
         self.level_downsamples: tuple[float, ...] = backend.level_downsamples
@@ -404,6 +406,11 @@ class Slide:
         if self._mpp is None:
             raise MppUnknownError(_mpp_message(self.path))
         return self._mpp.value
+
+    @property
+    def declared_mpp(self) -> float | None:
+        """µm/px as the file declares it, ignoring any override (None: it declares none)."""
+        return self._declared.value if self._declared is not None else None
 
     @property
     def mpp_source(self) -> str:
@@ -566,8 +573,9 @@ def open_slide(
     if tiff.truncated:
         handle.close()
         raise SlideError(f"{path}: {tiff.truncated}")
+    declared = _resolve_mpp(handle.properties, tiff, None)
     found = _resolve_mpp(handle.properties, tiff, mpp)
     if found is None and require_mpp:
         handle.close()
         raise MppUnknownError(_mpp_message(path))
-    return Slide(path, handle, found)
+    return Slide(path, handle, found, declared)

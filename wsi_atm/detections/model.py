@@ -74,8 +74,15 @@ class SlideFrame:
     name: str
     width: int
     height: int
-    mpp: float
+    mpp: float  # what a slide pixel really is (the override when one is given): crop geometry
     bounds_offset: tuple[int, int] = (0, 0)
+    # The spacing the detector saw when it wrote physical units (µm, mm): the slide's declared
+    # µm/px, even under a --mpp override. None: the same as ``mpp``.
+    units_mpp: float | None = None
+
+    @property
+    def detector_mpp(self) -> float:
+        return self.mpp if self.units_mpp is None else self.units_mpp
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:

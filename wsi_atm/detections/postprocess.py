@@ -39,13 +39,14 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
     """
     if len(x) == 0:
         return []
-    scale = px_per_unit(units, frame.mpp)
+    mpp = frame.detector_mpp
+    scale = px_per_unit(units, mpp)
     high, low = _reach(x * scale, y * scale, frame)
     fitting = [
         alt
         for alt in ("px", "um", "mm")
         if alt != units
-        and _fits(x * px_per_unit(alt, frame.mpp), y * px_per_unit(alt, frame.mpp), frame)
+        and _fits(x * px_per_unit(alt, mpp), y * px_per_unit(alt, mpp), frame)
     ]
     if high > FAR_OUTSIDE or low < -FAR_OUTSIDE:
         cause = (
@@ -56,7 +57,7 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
         )
         return [
             f"coordinates read as {units} reach {max(high, -low):.3g}× the slide's size "
-            f"({frame.width}×{frame.height} px at {frame.mpp:.4g} µm/px): {cause}"
+            f"({frame.width}×{frame.height} px at {mpp:.4g} µm/px): {cause}"
         ]
     if units == "px":
         if len(x) >= 3 and high < 0.02 and fitting:
@@ -68,14 +69,14 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
     if high > TOO_LARGE:
         return [
             f"points in {units} reach {high:.2f}× the slide's size: the detector probably "
-            f"assumed a coarser µm/px (about {frame.mpp * high:.3g} or more) than the slide's "
-            f"{frame.mpp:.4g}; check the slide's µm/px (--mpp)"
+            f"assumed a coarser µm/px (about {mpp * high:.3g} or more) than the slide's "
+            f"declared {mpp:.4g}"
         ]
     if len(x) >= MIN_CLOUD and 0 < high < TOO_SMALL:
         return [
             f"points in {units} fill only {high:.0%} of the slide's extent: the detector may "
-            f"have assumed a finer µm/px (about {frame.mpp * high:.3g}) than the slide's "
-            f"{frame.mpp:.4g}; check the slide's µm/px (--mpp)"
+            f"have assumed a finer µm/px (about {mpp * high:.3g}) than the slide's "
+            f"declared {mpp:.4g}"
         ]
     return []
 

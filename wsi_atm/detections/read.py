@@ -107,7 +107,7 @@ def read_detections(
     )
     report.warnings += extent_warnings(raw.x, raw.y, units, frame)
 
-    scale = px_per_unit(units, frame.mpp)
+    scale = px_per_unit(units, frame.detector_mpp)
     x, y = raw.x * scale, raw.y * scale
     if raw.qupath_frame:
         x, y = x + frame.bounds_offset[0], y + frame.bounds_offset[1]

@@ -94,6 +94,9 @@ def _slide(result: SlideResult) -> dict[str, Any]:
         "backend": s.backend,
         "mpp": s.mpp,
         "mpp_source": s.mpp_source,
+        "detections_mpp": s.detections_mpp,
+        "detections_mpp_note": "µm/px used to convert detections given in µm or mm: the "
+                               "slide's declared spacing (the detector's), even under --mpp",
         "width": s.width,
         "height": s.height,
         "bounds_offset": list(s.bounds_offset),
