@@ -149,8 +149,8 @@ def test_fine_pyramid_reads_the_level_at_target(tmp_path: Path, backend: str) ->
         assert plan.level_mpp == pytest.approx(0.25)
         level1 = slide.read_level_region((0, 0), 1, slide.level_dimensions[1])
         crop, _ = read_crop(slide, 1001.0, 803.0, plan)
-    # centre (1001, 803) at level 0 is (500.5, 401.5) at level 1 → round → (500, 402)
-    np.testing.assert_array_equal(crop, level1[402 - 64 : 402 + 64, 500 - 64 : 500 + 64])
+    # centre (1001, 803) at level 0 is (500.5, 401.5) at level 1 → halves go up → (501, 402)
+    np.testing.assert_array_equal(crop, level1[402 - 64 : 402 + 64, 501 - 64 : 501 + 64])
 
 
 def test_fine_slide_without_matching_level_is_downsampled(tmp_path: Path) -> None:
