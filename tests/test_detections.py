@@ -409,6 +409,34 @@ def test_tsv_and_other_delimiters(tmp_path: Path, text: str, expected_x: list[fl
     assert cands.ids.tolist() == [str(i) for i in range(len(expected_x))]
 
 
+def test_qupath_measurement_csv_is_in_qupaths_frame(tmp_path: Path) -> None:
+    # Regression: "Centroid X µm" (QuPath's measurement export) ignored openslide.bounds-x/y,
+    # while the same points exported as QuPath GeoJSON were shifted back; a MIRAX slide with a
+    # bounds offset then cropped every candidate at the wrong place.
+    frame = SlideFrame("x.mrxs", 10_000, 8_000, 0.25, bounds_offset=(1000, 2000))
+    measured = write(
+        tmp_path / "measurements.tsv",
+        "Image\tName\tClass\tCentroid X µm\tCentroid Y µm\ns.mrxs\tp\tMitosis\t25\t50\n",
+    )
+    as_geojson = write(
+        tmp_path / "same.geojson",
+        [feature({"type": "Point", "coordinates": [100, 200]}, classification="Mitosis")],
+    )
+    from_csv = read_detections(measured, frame)
+    from_geojson = read_detections(as_geojson, frame)
+    assert (from_csv.x.tolist(), from_csv.y.tolist()) == ([1100], [2200])
+    assert (from_csv.x.tolist(), from_csv.y.tolist()) == (
+        from_geojson.x.tolist(),
+        from_geojson.y.tolist(),
+    )
+    # other detectors' µm columns and plain centroid pixels are in OpenSlide's frame
+    other = write(tmp_path / "um.csv", "x_um,y_um\n25,50\n")
+    plain = write(tmp_path / "px.csv", "centroid_x,centroid_y\n100,200\n")
+    for path in (other, plain):
+        cands = read_detections(path, frame)
+        assert (cands.x.tolist(), cands.y.tolist()) == ([100], [200])
+
+
 def test_csv_units_option_and_errors(tmp_path: Path) -> None:
     path = write(tmp_path / "mm.csv", "x,y\n0.5,0.25\n")
     cands = read_detections(path, FRAME, CandidateOptions(units="mm"))

@@ -5,7 +5,8 @@ One reader per format, chosen from the file's content (never its extension):
 - ``midog-json``: MIDOG++ / MIDOG 2021 COCO-like JSON (bbox [x1, y1, x2, y2] px, many images)
 - ``gc-points``: grand-challenge "Multiple points" JSON (mm; also "Mulitple points")
 - ``sliderunner-sqlite``: SlideRunner SQLite databases (many slides, classes by name)
-- ``csv``: CSV/TSV with x/y columns (pixels unless told otherwise)
+- ``csv``: CSV/TSV with x/y columns (pixels unless told otherwise; QuPath's measurement export,
+  ``Centroid X µm``, is in QuPath's frame like its GeoJSON)
 - ``qupath-geojson``: QuPath GeoJSON (QuPath's frame: ``bounds_offset`` is added)
 
 A zero-byte (or blank) file is format ``"empty"``: zero candidates, not an error.

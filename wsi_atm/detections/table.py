@@ -17,6 +17,9 @@ _SUFFIXES = {"": None, "_px": "px", "_um": "um", "_µm": "um", "_μm": "um", "_m
 XY_ALIASES: dict[str, tuple[str, str | None]] = {
     f"{pre}x{suf}": (f"{pre}y{suf}", unit) for pre in _PREFIXES for suf, unit in _SUFFIXES.items()
 }
+# QuPath's measurement export ("Centroid X µm") is the one producer of these names; its
+# coordinates are in QuPath's frame, which starts at openslide.bounds-x/y (as its GeoJSON).
+QUPATH_XY = ("centroid_x_um", "centroid_x_µm", "centroid_x_μm")
 SCORE_ALIASES = ("score", "probability", "confidence", "prob", "detector_score")
 LABEL_ALIASES = ("label", "class", "classification", "class_name", "category", "name")
 ID_ALIASES = ("id", "uid", "object_id", "candidate_id")
@@ -32,6 +35,7 @@ class Columns:
     x: int
     y: int
     units: str | None
+    qupath_frame: bool
     score: int | None
     label: int | None
     id: int | None
@@ -71,6 +75,7 @@ def find_columns(text: str) -> Columns | None:
                     x=names.index(x_name),
                     y=names.index(y_name),
                     units=units,
+                    qupath_frame=x_name in QUPATH_XY,
                     score=_first(names, SCORE_ALIASES),
                     label=_first(names, LABEL_ALIASES),
                     id=_first(names, ID_ALIASES),
@@ -125,5 +130,6 @@ def read_table(text: str, name: str) -> RawDetections:
         labels,
         [is_imposter_name(label) for label in labels],
         units=cols.units or "px",
+        qupath_frame=cols.qupath_frame,
         row_label=lambda i: f"line {lines[i]}",
     )
