@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.batch_helpers import (
@@ -197,6 +198,37 @@ def test_batch_matches_classify_and_resumes(tmp_path, card, capsys):
     assert batch([str(slides), "--out-dir", str(out), "--threshold", "0.3"], card) == 0
     assert statuses(out) == ["ok"] * 3
     assert json.loads((out / ".wsi-atm" / "case0.done.json").read_text())["threshold"] == 0.3
+
+
+def test_other_version_or_device_reruns_and_says_why(tmp_path, card, capsys, monkeypatch):
+    # Regression: the completion key left out the package version and the device/precision, so
+    # an older version's (or a GPU's bf16) results were skipped as up to date.
+    slides = tmp_path / "slides"
+    make_cohort(slides, n=2)
+    out = tmp_path / "out"
+    args = ["batch", str(slides), "--out-dir", str(out), "--model", str(card), "--device"]
+    monkeypatch.setattr(resume, "__version__", "0.0.1")
+    monkeypatch.setattr(resume, "pick_device", lambda device: torch.device("cuda"))
+    assert run_cli([*args, "auto", "--quiet"]) == 0
+    record = json.loads((out / ".wsi-atm" / "case0.done.json").read_text())
+    assert (record["wsi_atm_version"], record["device"], record["precision"]) == (
+        "0.0.1", "cuda", "bf16-autocast")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert run_cli([*args, "cpu"]) == 0
+    assert statuses(out) == ["ok", "ok"]
+    err = capsys.readouterr().err
+    assert ("re-running case0.tif: changed since its last run: device, precision, "
+            "wsi_atm_version") in err
+    record = json.loads((out / ".wsi-atm" / "case1.done.json").read_text())
+    assert (record["device"], record["precision"]) == ("cpu", "float32")
+    # Up to date now: skipped without a word; a missing output is named.
+    assert run_cli([*args, "cpu"]) == 0
+    assert statuses(out) == ["skipped", "skipped"]
+    assert "re-running" not in capsys.readouterr().err
+    (out / "case1.csv").unlink()
+    assert run_cli([*args, "cpu"]) == 0
+    assert "re-running case1.tif: output missing: case1.csv" in capsys.readouterr().err
 
 
 def test_bad_slide_is_isolated_and_exit_is_1(tmp_path, card, capsys):

@@ -11,9 +11,10 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
+from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
 from wsi_atm.errors import BadInputError, ModelError
-from wsi_atm.infer import verify_weights
+from wsi_atm.infer import pick_device, verify_weights
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.weight_files import sha256_file
 from wsi_atm.outputs.atomic import remove_temps
@@ -44,8 +45,26 @@ def model_fingerprint(card: ModelCard) -> dict[str, Any]:
     return {"model": card.name, "card_sha256": file_sha256(card.path), "weights_sha256": weights}
 
 
+def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
+    """The package version and the device/precision the networks run at.
+
+    Locally the device is resolved here (``auto`` → cuda or cpu). On a dask cluster each
+    worker resolves ``auto`` itself, so the key holds what was asked for: pass ``--device``
+    explicitly on mixed clusters to have resume tell a GPU result from a CPU one.
+    """
+    if distributed:
+        device = settings.device
+        precision = "bf16 on cuda, float32 on cpu (per worker)"
+    else:
+        device = pick_device(settings.device).type
+        precision = "bf16-autocast" if device == "cuda" else "float32"
+    return {"wsi_atm_version": __version__, "device": device, "precision": precision,
+            "compile": settings.compile}
+
+
 def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> dict[str, Any]:
-    """Everything a slide's outputs depend on (timings and machine aside)."""
+    """Everything a slide's outputs depend on (timings aside); ``model`` holds the model's
+    fingerprint and the :func:`engine_key`."""
     assert job.detections is not None
     st, opts = job.slide.stat(), settings.slide_options
     threshold = settings.model.threshold if opts.threshold is None else opts.threshold
@@ -62,16 +81,30 @@ def record_path(out_dir: Path, job: Job) -> Path:
     return out_dir / STATE_DIR / f"{PurePath(job.slide.name).stem}.done.json"
 
 
-def is_up_to_date(out_dir: Path, job: Job, key: dict[str, Any]) -> bool:
-    """Whether the slide's record matches ``key`` and all its outputs are there."""
+def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
+    """``None`` when the slide's record matches ``key`` and all its outputs are there, else
+    why it must run again ("" for a slide never finished here)."""
     try:
         saved = json.loads(record_path(out_dir, job).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return ""
+    if not isinstance(saved, dict):
+        return "its completion record is unreadable"
+    changed = sorted(k for k in key.keys() | saved.keys() if saved.get(k) != key.get(k))
+    if changed:
+        return "changed since its last run: " + ", ".join(changed)
     outputs = output_paths(job.slide.name, out_dir)
     if not key.get("figure", True):
         outputs.pop("png")
-    return saved == key and all(p.is_file() for p in outputs.values())
+    missing = [p.name for p in outputs.values() if not p.is_file()]
+    if missing:
+        return "output missing: " + ", ".join(missing)
+    return None
+
+
+def is_up_to_date(out_dir: Path, job: Job, key: dict[str, Any]) -> bool:
+    """Whether the slide's record matches ``key`` and all its outputs are there."""
+    return why_rerun(out_dir, job, key) is None
 
 
 def remove_leftovers(out_dir: Path, job: Job) -> None:

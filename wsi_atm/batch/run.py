@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +18,13 @@ from wsi_atm import pipeline
 from wsi_atm.batch.plan import BatchSettings, Job, Outcome
 from wsi_atm.batch.resume import (
     completion_key,
+    engine_key,
     exclusive,
     file_sha256,
-    is_up_to_date,
     model_fingerprint,
     record_path,
     remove_leftovers,
+    why_rerun,
 )
 from wsi_atm.crops import CropPlan, plan_crops
 from wsi_atm.errors import BadInputError, WsiAtmError
@@ -190,8 +192,11 @@ def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write)
 
 
 # --------------------------------------------------------------------------------- the batch
-def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict[str, Any]
-            ) -> tuple[dict[Path, Outcome], list[Job], dict[Path, dict[str, Any]]]:
+Keys = dict[Path, dict[str, Any]]
+
+
+def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict[str, Any],
+            quiet: bool = False) -> tuple[dict[Path, Outcome], list[Job], Keys]:
     outcomes: dict[Path, Outcome] = {}
     pending, keys = [], {}
     for job in jobs:
@@ -203,10 +208,13 @@ def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict
         except OSError as exc:
             outcomes[job.slide] = Outcome(job, "failed", one_line(exc))
             continue
-        if is_up_to_date(out_dir, job, keys[job.slide]):
+        reason = why_rerun(out_dir, job, keys[job.slide])
+        if reason is None:
             outcomes[job.slide] = Outcome(job, "skipped")
-        else:
-            pending.append(job)
+            continue
+        if reason and not quiet:
+            print(f"wsi-atm: re-running {job.slide.name}: {reason}", file=sys.stderr)
+        pending.append(job)
     return outcomes, pending, keys
 
 
@@ -215,9 +223,10 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
     """Classify every job not up to date, then write ``cohort.csv`` and ``cohort.png``."""
     from wsi_atm.batch.cohort import write_cohort
 
-    model = model_fingerprint(settings.model)
+    distributed = bool(scheduler or workers)
+    model = {**model_fingerprint(settings.model), **engine_key(settings, distributed)}
     with exclusive(out_dir):
-        outcomes, pending, keys = _triage(jobs, settings, out_dir, model)
+        outcomes, pending, keys = _triage(jobs, settings, out_dir, model, quiet)
 
         def write(slide: Slide, plan: CropPlan, result: SlideResult, job: Job) -> None:
             remove_leftovers(out_dir, job)
@@ -225,7 +234,7 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
             atomic_write_text(record_path(out_dir, job), json.dumps(keys[job.slide], indent=1))
 
         runner = (run_dask(pending, settings, write, scheduler, workers)
-                  if scheduler or workers else run_local(pending, settings, write))
+                  if distributed else run_local(pending, settings, write))
         bar = progress_bar(len(pending), "slides", quiet=quiet, unit="slide")
         for outcome in runner:
             outcomes[outcome.job.slide] = outcome
