@@ -2,8 +2,11 @@
 
 Planning (:func:`plan_crops`) decides once per slide where crops come from:
 
-- level 0 within ``tolerance`` of the target µm/px: read natively, no resampling, so a crop
-  equals the slide pixels of its window ``[floor(x + 0.5) - size//2, +size)``;
+- level 0 within ``tolerance`` of the target µm/px, square pixels: read natively, no
+  resampling, so a crop equals the slide pixels of its window ``[floor(x + 0.5) - size//2,
+  +size)``;
+- non-square pixels (x and y µm/px differ by more than half a pixel over the crop): a
+  rectangular window, each side at the target, resized to the square crop;
 - finer than the target: the coarsest level still at least as fine as the target (a level
   within tolerance is read natively), then downsampled with an antialiasing Lanczos filter;
 - coarser than the target (20× scans at ~0.5 µm/px): upsampled from level 0 with a bicubic
@@ -51,8 +54,9 @@ class UpsamplingWarning(UserWarning):
 class CropPlan:
     """Where a slide's crops come from and how they are resampled.
 
-    ``read_size`` pixels are read at ``level`` and resized by ``scale`` (= crop_size /
-    read_size) to ``crop_size``. ``level_mpp`` is the µm/px of the level read.
+    ``read_size`` × ``read_height`` pixels (w × h; ``read_height`` 0: square) are read at
+    ``level`` and resized to ``crop_size`` square; ``scale`` (= crop_size / read_size) is the
+    x factor. ``level_mpp`` is the µm/px of the level read (mean of x and y).
     """
 
     level: int
@@ -63,6 +67,12 @@ class CropPlan:
     target_mpp: float
     crop_size: int
     level_mpp: float = 0.0
+    read_height: int = 0
+
+    @property
+    def read_shape(self) -> tuple[int, int]:
+        """(width, height) of the window read at ``level``."""
+        return self.read_size, self.read_height or self.read_size
 
     @property
     def effective_mpp(self) -> float:
@@ -108,21 +118,28 @@ def plan_crops(
     size = int(size)
     mpp0 = slide.mpp
     level = _finest_adequate_level(slide, target_mpp, tolerance)
-    level_mpp = mpp0 * slide.level_downsamples[level]
-    if abs(level_mpp / target_mpp - 1) <= tolerance:
+    ds = slide.level_downsamples[level]
+    level_mpp = mpp0 * ds
+    square = abs(slide.mpp_xy.x / slide.mpp_xy.y - 1) <= 0.5 / size
+    if square and abs(level_mpp / target_mpp - 1) <= tolerance:
         return CropPlan(level, size, 1.0, True, False, target_mpp, size, level_mpp)
-    read_size = max(1, round(size * target_mpp / level_mpp))
-    scale = size / read_size
-    upsampled = scale > 1
-    if upsampled and scale > UPSAMPLE_WARN:
+    # Non-square pixels are always resampled, each axis to the target on its own.
+    read_w = max(1, round(size * target_mpp / (slide.mpp_xy.x * ds)))
+    read_h = max(1, round(size * target_mpp / (slide.mpp_xy.y * ds)))
+    scale = size / read_w
+    scale_max = size / min(read_w, read_h)
+    upsampled = scale_max > 1
+    if scale_max > UPSAMPLE_WARN:
         warnings.warn(
             f"{slide.path.name}: scanned at {mpp0:.3g} µm/px, coarser than the {target_mpp:g} "
-            f"µm/px the crops need; crops are upsampled {scale:.2f}× from level 0, so their "
+            f"µm/px the crops need; crops are upsampled {scale_max:.2f}× from level 0, so their "
             "fine detail is interpolated, not scanned",
             UpsamplingWarning,
             stacklevel=2,
         )
-    return CropPlan(level, read_size, scale, False, upsampled, target_mpp, size, level_mpp)
+    read_height = 0 if read_h == read_w else read_h
+    return CropPlan(level, read_w, scale, False, upsampled, target_mpp, size, level_mpp,
+                    read_height)
 
 
 def _finest_adequate_level(slide: Slide, target_mpp: float, tolerance: float) -> int:
@@ -139,8 +156,8 @@ def _finest_adequate_level(slide: Slide, target_mpp: float, tolerance: float) ->
 def _origin(slide: Slide, plan: CropPlan, x: float, y: float) -> tuple[int, int]:
     """Top-left of the read window, in pixels of the plan's level."""
     ds = slide.level_downsamples[plan.level]
-    half = plan.read_size // 2
-    return nearest_pixel(x / ds) - half, nearest_pixel(y / ds) - half
+    width, height = plan.read_shape
+    return nearest_pixel(x / ds) - width // 2, nearest_pixel(y / ds) - height // 2
 
 
 def nearest_pixel(v: float) -> int:
@@ -153,7 +170,7 @@ def nearest_pixel(v: float) -> int:
 
 
 def _resample(region: np.ndarray, plan: CropPlan) -> np.ndarray:
-    if plan.read_size == plan.crop_size:
+    if plan.read_shape == (plan.crop_size, plan.crop_size):
         return region
     method = Image.Resampling.BICUBIC if plan.upsampled else Image.Resampling.LANCZOS
     image = Image.fromarray(region).resize((plan.crop_size, plan.crop_size), method)
@@ -164,10 +181,10 @@ def read_crop(slide: Slide, x: float, y: float, plan: CropPlan) -> tuple[np.ndar
     """One crop (H×W×3 uint8) centred on level-0 (x, y), and whether it reaches past the edge
     (those pixels are white)."""
     ox, oy = _origin(slide, plan, x, y)
-    n = plan.read_size
+    width, height = plan.read_shape
     level_w, level_h = slide.level_dimensions[plan.level]
-    at_border = ox < 0 or oy < 0 or ox + n > level_w or oy + n > level_h
-    region = slide.read_level_region((ox, oy), plan.level, (n, n))
+    at_border = ox < 0 or oy < 0 or ox + width > level_w or oy + height > level_h
+    region = slide.read_level_region((ox, oy), plan.level, (width, height))
     return _resample(region, plan), at_border
 
 
@@ -190,9 +207,9 @@ def tile_order(slide: Slide, xs: np.ndarray, ys: np.ndarray, plan: CropPlan) -> 
     read level; ties keep input order."""
     ds = slide.level_downsamples[plan.level]
     tile_w, tile_h = _tile_size(slide, plan.level)
-    half = plan.read_size // 2
-    ox = np.floor(xs / ds + 0.5).astype(np.int64) - half  # the rule of nearest_pixel
-    oy = np.floor(ys / ds + 0.5).astype(np.int64) - half
+    width, height = plan.read_shape
+    ox = np.floor(xs / ds + 0.5).astype(np.int64) - width // 2  # the rule of nearest_pixel
+    oy = np.floor(ys / ds + 0.5).astype(np.int64) - height // 2
     return np.lexsort((np.arange(len(xs)), ox // tile_w, oy // tile_h)).astype(np.int64)
 
 

@@ -57,7 +57,8 @@ def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
     return SlideMeta(
         path=str(slide.path), name=Path(slide.path).name, backend=slide.backend,
         width=slide.dimensions[0], height=slide.dimensions[1], mpp=slide.mpp,
-        mpp_source=slide.mpp_source, bounds_offset=tuple(slide.bounds_offset),
+        mpp_x=slide.mpp_xy.x, mpp_y=slide.mpp_xy.y, mpp_source=slide.mpp_source,
+        bounds_offset=tuple(slide.bounds_offset),
         crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
         detections_mpp=slide.declared_mpp if slide.declared_mpp is not None else slide.mpp,
     )
@@ -120,10 +121,11 @@ def prepare_slide(
     slide = open_slide(slide_path, backend=backend, mpp=mpp)
     try:
         timings = {"open_s": round(time.perf_counter() - t0, 3)}
+        detector = slide.declared_mpp_xy or slide.mpp_xy
         frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
                            height=slide.dimensions[1], mpp=slide.mpp,
                            bounds_offset=tuple(slide.bounds_offset),
-                           units_mpp=slide.declared_mpp)
+                           units_mpp=(detector.x, detector.y))
         t = time.perf_counter()
         cands = read_detections(detections_path, frame, cand_options)
         timings["detections_s"] = round(time.perf_counter() - t, 3)

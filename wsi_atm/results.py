@@ -32,6 +32,8 @@ class SlideMeta:
     # µm/px used to turn a detector's physical units (µm, mm) into pixels: the spacing the file
     # declares (what the detector saw), not a --mpp override; None when the slide declares none.
     detections_mpp: float | None = None
+    mpp_x: float | None = None  # None: square pixels of ``mpp`` (records built without them)
+    mpp_y: float | None = None
 
 
 @dataclass(frozen=True)

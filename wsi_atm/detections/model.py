@@ -76,13 +76,18 @@ class SlideFrame:
     height: int
     mpp: float  # what a slide pixel really is (the override when one is given): crop geometry
     bounds_offset: tuple[int, int] = (0, 0)
-    # The spacing the detector saw when it wrote physical units (µm, mm): the slide's declared
-    # µm/px, even under a --mpp override. None: the same as ``mpp``.
-    units_mpp: float | None = None
+    # The spacing (x, y) the detector saw when it wrote physical units (µm, mm): the slide's
+    # declared µm/px, even under a --mpp override, with x and y apart for non-square pixels.
+    # None: ``mpp`` on both axes.
+    units_mpp: tuple[float, float] | None = None
+
+    @property
+    def detector_mpp_xy(self) -> tuple[float, float]:
+        return (self.mpp, self.mpp) if self.units_mpp is None else self.units_mpp
 
     @property
     def detector_mpp(self) -> float:
-        return self.mpp if self.units_mpp is None else self.units_mpp
+        return sum(self.detector_mpp_xy) / 2
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:

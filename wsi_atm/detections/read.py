@@ -107,8 +107,8 @@ def read_detections(
     )
     report.warnings += extent_warnings(raw.x, raw.y, units, frame)
 
-    scale = px_per_unit(units, frame.detector_mpp)
-    x, y = raw.x * scale, raw.y * scale
+    mpp_x, mpp_y = frame.detector_mpp_xy
+    x, y = raw.x * px_per_unit(units, mpp_x), raw.y * px_per_unit(units, mpp_y)
     if raw.qupath_frame:
         x, y = x + frame.bounds_offset[0], y + frame.bounds_offset[1]
 

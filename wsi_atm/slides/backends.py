@@ -1,0 +1,248 @@
+"""The two slide readers behind :class:`~wsi_atm.slides.slide.Slide`: OpenSlide and tiffslide.
+
+Each adapter reads H×W×3 uint8 RGB windows in pixels of a level, white outside the level and
+where transparent. ``auto`` opens OpenSlide unless tiffslide sees more pyramid levels
+(SubIFD pyramids) or OpenSlide refuses the file.
+
+Threads: OpenSlide handles are thread-safe. tiffslide shares one ``TiffFile`` between threads
+and has had races there (Bayer-Group/tiffslide#14), so the tiffslide adapter lends each
+concurrent reader its own handle from a small pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from wsi_atm.errors import SlideError
+from wsi_atm.slides.mpp import Mpp, mpp_from_tiff
+
+log = logging.getLogger(__name__)
+
+OPENSLIDE_CACHE_BYTES = 128 * 1024 * 1024
+
+
+class Backend(Protocol):
+    name: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    properties: dict[str, str]
+    associated_images: tuple[str, ...]
+
+    def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """H×W×3 uint8 RGB of the window at ``origin`` in *level* pixels; white outside the
+        level and where transparent."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+    """Any backend array (H×W, H×W×1/3/4, uint8/uint16) → H×W×3 uint8 RGB on white."""
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    if array.ndim == 2:
+        array = array[..., None]
+    channels = array.shape[2]
+    if channels == 1:
+        return np.repeat(array, 3, axis=2)
+    if channels == 2:  # grey + alpha
+        array = np.concatenate([np.repeat(array[..., :1], 3, axis=2), array[..., 1:]], axis=2)
+        channels = 4
+    if channels >= 4:
+        return _composite_on_white(array[..., :4])
+    return np.ascontiguousarray(array[..., :3])
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Un-premultiplied RGBA → RGB over white (exact where alpha is 255)."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.uint16)
+    rgb = rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a)
+    return ((rgb + 127) // 255).astype(np.uint8)
+
+
+class _OpenSlideBackend:
+    name = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._osr = openslide.OpenSlide(str(path))
+        cache_cls = getattr(openslide, "OpenSlideCache", None)
+        if cache_cls is not None:
+            with contextlib.suppress(Exception):
+                self._osr.set_cache(cache_cls(OPENSLIDE_CACHE_BYTES))
+        self.level_dimensions = tuple(self._osr.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        self.properties = {str(k): str(v) for k, v in self._osr.properties.items()}
+        self.associated_images = tuple(self._osr.associated_images.keys())
+
+    def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        # OpenSlide takes level-0 coordinates and interpolates fractional level positions;
+        # rounding keeps that shift under half a level-0 pixel (none for integer downsamples)
+        ds = self.level_downsamples[level]
+        location = (round(origin[0] * ds), round(origin[1] * ds))
+        region = self._osr.read_region(location, level, size)
+        if region.getchannel("A").getextrema()[0] == 255:  # opaque: skip compositing
+            return np.array(region.convert("RGB"))
+        return _composite_on_white(np.asarray(region))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class _TiffSlideBackend:
+    """tiffslide with one handle per concurrent reader (a pool, reused across calls)."""
+
+    name = "tiffslide"
+
+    def __init__(self, path: Path) -> None:
+        import tiffslide
+
+        self._open = lambda: tiffslide.TiffSlide(str(path))
+        first = self._open()
+        self._free: list[Any] = [first]
+        self._all: list[Any] = [first]
+        self._lock = threading.Lock()
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in first.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in first.level_downsamples)
+        self.properties = {
+            str(k): _prop_str(v) for k, v in first.properties.items() if v is not None
+        }
+        self.associated_images = tuple(first.associated_images.keys())
+
+    @contextlib.contextmanager
+    def _handle(self) -> Iterator[Any]:
+        with self._lock:
+            handle = self._free.pop() if self._free else None
+        if handle is None:
+            handle = self._open()
+            with self._lock:
+                self._all.append(handle)
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._free.append(handle)
+
+    def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        (x0, y0), (width, height) = origin, size
+        level_w, level_h = self.level_dimensions[level]
+        cx0, cy0 = max(x0, 0), max(y0, 0)
+        cx1, cy1 = min(x0 + width, level_w), min(y0 + height, level_h)
+        out = np.full((height, width, 3), 255, np.uint8)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return out
+        ds = self.level_downsamples[level]
+        location = (_level0_for(cx0, ds), _level0_for(cy0, ds))
+        with self._handle() as handle:
+            arr = handle.read_region(location, level, (cx1 - cx0, cy1 - cy0), as_array=True)
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = _to_rgb(np.asarray(arr))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            handles, self._all, self._free = self._all, [], []
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                handle.close()
+
+
+def _level0_for(level_px: int, ds: float) -> int:
+    """The level-0 coordinate that tiffslide maps (``int(c / ds)``) to ``level_px`` (≥ 0)."""
+    location = math.ceil(level_px * ds)
+    while location > 0 and int((location - 1) / ds) == level_px:
+        location -= 1
+    while int(location / ds) < level_px:
+        location += 1
+    return location
+
+
+def _prop_str(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def open_backend(path: Path, name: str) -> Backend:
+    """Open one backend; any failure becomes a SlideError naming the file."""
+    try:
+        if name == "openslide":
+            return _OpenSlideBackend(path)
+        return _TiffSlideBackend(path)
+    except Exception as exc:  # backends raise many types (OpenSlideError, TiffFileError, …)
+        raise SlideError(f"{path}: {name} cannot open it ({short_error(exc)})") from exc
+
+
+def short_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def open_auto(path: Path) -> Backend:
+    """OpenSlide, unless tiffslide sees more levels (SubIFD pyramids) or OpenSlide refuses."""
+    errors: list[str] = []
+    opened: dict[str, Backend] = {}
+    for name in ("openslide", "tiffslide"):
+        try:
+            opened[name] = open_backend(path, name)
+        except SlideError as exc:
+            errors.append(str(exc).removeprefix(f"{path}: "))
+    if not opened:
+        raise SlideError(f"{path}: not a readable slide ({'; '.join(errors)})")
+    if len(opened) == 1:
+        return next(iter(opened.values()))
+    ops, ts = opened["openslide"], opened["tiffslide"]
+    if len(ts.level_dimensions) > len(ops.level_dimensions):
+        log.info("%s: tiffslide sees more pyramid levels than OpenSlide; using tiffslide", path)
+        ops.close()
+        return ts
+    ts.close()
+    return ops
+
+
+
+@dataclass(frozen=True)
+class TiffFacts:
+    """What wsi-atm reads from a TIFF itself: µm/px from its tags, and whether it is cut short."""
+
+    mpp: Mpp | None = None
+    truncated: str | None = None
+
+
+def inspect_tiff(path: Path) -> TiffFacts:
+    """OME-XML PhysicalSize or level-0 X/YResolution, and a check that every image's data lies
+    inside the file (a truncated copy would otherwise fail mid-run). Not a TIFF: no facts."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return TiffFacts(mpp_from_tiff(tif), _truncation(tif, path.stat().st_size))
+    except Exception:  # not a TIFF (e.g. MIRAX), or unreadable: the backends decided it opens
+        return TiffFacts()
+
+
+def _truncation(tif: Any, file_size: int) -> str | None:
+    for series in tif.series:
+        for level in series.levels:
+            for page in level.pages:
+                if page is None or not hasattr(page, "dataoffsets"):
+                    continue
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
+                if ends and max(ends) > file_size:
+                    return (
+                        f"file is truncated: image data of {page.shape} extends to byte "
+                        f"{max(ends)}, past its end ({file_size} bytes)"
+                    )
+    return None

@@ -1,0 +1,134 @@
+"""µm/px of a slide's level 0, worked out by wsi-atm itself so that both backends agree.
+
+First plausible value wins (plausible: 0.05–20 µm/px):
+
+1. ``aperio.MPP`` (Aperio SVS ImageDescription; one value for both axes);
+2. ``openslide.mpp-x/y`` from a vendor driver (not generic-tiff, whose value comes from the
+   TIFF tags that step 5 reads itself);
+3. ``tiffslide.mpp-x/y`` from a vendor parser (same rule);
+4. ``PhysicalSizeX/Y`` in OME-XML;
+5. level-0 TIFF ``X/YResolution`` with ``ResolutionUnit`` inch or centimeter (unit none or an
+   implausible value such as the 72-dpi default counts as unknown).
+
+An ``--mpp`` override (one number: square pixels) beats all of them. x and y stay apart
+(:class:`Mpp`): a scanner with 0.25 × 0.26 µm pixels needs each axis converted on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MPP_RANGE = (0.05, 20.0)
+_OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class Mpp:
+    """µm per level-0 pixel along x and y, and where the value came from."""
+
+    x: float
+    y: float
+    source: str
+
+    @property
+    def value(self) -> float:
+        """The mean of x and y: the one number summaries and tolerances use."""
+        return (self.x + self.y) / 2
+
+    @property
+    def square(self) -> bool:
+        return math.isclose(self.x, self.y, rel_tol=1e-6)
+
+    @classmethod
+    def of(cls, x: float | None, y: float | None, source: str) -> Mpp | None:
+        """From x and y, either of which may be missing (then the other serves both); ``None``
+        when neither is a plausible value."""
+        good = [v for v in (x, y) if v is not None and plausible(v)]
+        if not good:
+            return None
+        vx = x if x is not None and plausible(x) else good[0]
+        vy = y if y is not None and plausible(y) else good[0]
+        return cls(float(vx), float(vy), source)
+
+
+def plausible(value: float | None) -> bool:
+    return value is not None and MPP_RANGE[0] <= value <= MPP_RANGE[1]
+
+
+def parse_float(text: object) -> float | None:
+    try:
+        value = float(str(text).strip().strip('"'))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def mpp_from_properties(props: Mapping[str, str]) -> Mpp | None:
+    aperio = parse_float(props.get("aperio.MPP"))
+    candidates = [Mpp.of(aperio, aperio, "aperio.MPP")]
+    for prefix in ("openslide", "tiffslide"):
+        if props.get(f"{prefix}.vendor", "generic-tiff") != "generic-tiff":
+            x, y = (parse_float(props.get(f"{prefix}.mpp-{axis}")) for axis in "xy")
+            candidates.append(Mpp.of(x, y, f"{prefix}.mpp-x"))
+    return next((c for c in candidates if c is not None), None)
+
+
+def mpp_from_ome(xml: str | None) -> Mpp | None:
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.endswith("}Pixels") or element.tag == "Pixels":
+            values = []
+            for axis in ("X", "Y"):
+                size = parse_float(element.get(f"PhysicalSize{axis}"))
+                scale = _OME_UNITS_UM.get(element.get(f"PhysicalSize{axis}Unit", "µm"))
+                values.append(size * scale if size is not None and scale else None)
+            return Mpp.of(values[0], values[1], "ome.PhysicalSizeX")
+    return None
+
+
+def mpp_from_resolution(tags: Any) -> Mpp | None:
+    unit_tag, x_tag, y_tag = (tags.get(k) for k in ("ResolutionUnit", "XResolution", "YResolution"))
+    if unit_tag is None or x_tag is None:
+        return None
+    unit = {2: ("inch", 25_400.0), 3: ("centimeter", 10_000.0)}.get(int(unit_tag.value))
+    if unit is None:
+        return None
+    per_unit = [_rational(t.value) if t is not None else None for t in (x_tag, y_tag)]
+    x, y = (unit[1] / r if r and r > 0 else None for r in per_unit)
+    return Mpp.of(x, y, f"tiff.XResolution ({unit[0]})")
+
+
+def _rational(value: Any) -> float | None:
+    if isinstance(value, tuple) and len(value) == 2:
+        return value[0] / value[1] if value[1] else None
+    return parse_float(value)
+
+
+def mpp_from_tiff(tif: Any) -> Mpp | None:
+    """From an open ``tifffile.TiffFile``: OME-XML PhysicalSize, else level-0 resolution."""
+    mpp = mpp_from_ome(tif.ome_metadata) if tif.is_ome else None
+    return mpp or mpp_from_resolution(tif.pages.first.tags)
+
+
+def resolve_mpp(props: Mapping[str, str], from_tiff: Mpp | None, override: float | None
+                ) -> Mpp | None:
+    if override is not None:
+        return Mpp(float(override), float(override), "--mpp override")
+    return mpp_from_properties(props) or from_tiff
+
+
+def unknown_mpp_message(path: Path) -> str:
+    return (
+        f"{path}: the slide declares no usable µm/px (no vendor metadata or plausible TIFF "
+        "resolution); pass --mpp, e.g. --mpp 0.25"
+    )
