@@ -42,3 +42,4 @@ def test_wheel_install_finds_cards_and_default_weights(tmp_path):
     assert out[3].startswith(str(target))
     if out[1] == "trained":  # every weight file the source card names came with the wheel
         assert int(out[2]) == len(find_card(None).weights) >= 1
+    assert (target / "wsi_atm" / "py.typed").is_file()  # type information ships (PEP 561)

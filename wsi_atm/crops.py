@@ -26,7 +26,7 @@ import math
 import os
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -248,7 +248,7 @@ def stream_crops(
     batch_size: int = 64,
     workers: int | None = None,
     prefetch: int = 2,
-) -> Iterator[CropBatch]:
+) -> Generator[CropBatch, None, None]:
     """Crops for candidates at level-0 (xs[i], ys[i]), in batches of at most ``batch_size``.
 
     Every input position appears exactly once in ``indices`` over all batches. ``workers``

@@ -63,7 +63,8 @@ class Estimate:
 
 def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
+    out: np.ndarray = np.log(p / (1 - p))
+    return out
 
 
 def fit_platt(p: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from wsi_atm.faults import inject
 from wsi_atm.infer import Classifier, prefetch
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.weight_files import sha256_file
+from wsi_atm.outputs.geojson import Shape
 from wsi_atm.progress import progress_bar
 from wsi_atm.results import CLASSIFIED, ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
@@ -32,7 +33,7 @@ class SlideOptions:
     backend: str = "auto"
     mpp: float | None = None
     threshold: float | None = None
-    shape: str = "point"
+    shape: Shape = "point"
     quiet: bool = False
     figure: bool = True
 
@@ -58,7 +59,7 @@ def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
         path=str(slide.path), name=Path(slide.path).name, backend=slide.backend,
         width=slide.dimensions[0], height=slide.dimensions[1], mpp=slide.mpp,
         mpp_x=slide.mpp_xy.x, mpp_y=slide.mpp_xy.y, mpp_source=slide.mpp_source,
-        bounds_offset=tuple(slide.bounds_offset),
+        bounds_offset=slide.bounds_offset,
         crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
         detections_mpp=slide.declared_mpp if slide.declared_mpp is not None else slide.mpp,
     )
@@ -124,7 +125,7 @@ def prepare_slide(
         detector = slide.declared_mpp_xy or slide.mpp_xy
         frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
                            height=slide.dimensions[1], mpp=slide.mpp,
-                           bounds_offset=tuple(slide.bounds_offset),
+                           bounds_offset=slide.bounds_offset,
                            units_mpp=(detector.x, detector.y))
         t = time.perf_counter()
         cands = read_detections(detections_path, frame, cand_options)

@@ -74,14 +74,14 @@ class SlideResult:
 
     @property
     def classified(self) -> np.ndarray:
-        return self.status == CLASSIFIED
+        return np.asarray(self.status == CLASSIFIED, dtype=bool)
 
     @property
     def atypical(self) -> np.ndarray:
         """Boolean mask of candidates called atypical (classified and p ≥ threshold)."""
         with np.errstate(invalid="ignore"):
-            return self.classified & (self.p_atypical >= self.model.threshold)
+            return np.asarray(self.classified & (self.p_atypical >= self.model.threshold))
 
     @property
     def normal(self) -> np.ndarray:
-        return self.classified & ~self.atypical
+        return np.asarray(self.classified & ~self.atypical)

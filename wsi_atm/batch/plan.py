@@ -171,7 +171,9 @@ def _manifest_job(base: Path, row: dict[str, str]) -> tuple[Job, list[str]]:
 
 def read_manifest(path: Path) -> list[Job]:
     """Jobs of a manifest; any missing file or bad value rejects it, listing every bad row."""
-    jobs, bad, seen = [], [], {}
+    jobs: list[Job] = []
+    bad: list[str] = []
+    seen: dict[str, int] = {}
     for line, row in enumerate(_manifest_rows(path), start=2):
         if not any(row.values()):
             continue

@@ -75,7 +75,8 @@ def resident_classifier(settings: BatchSettings) -> Classifier:
             _RESIDENT.update(key=None, classifier=None)  # one model resident at a time
             _RESIDENT.update(key=key, classifier=load_classifier(settings))
             _RESIDENT["loads"] += 1
-        return _RESIDENT["classifier"]
+        classifier: Classifier = _RESIDENT["classifier"]
+        return classifier
 
 
 def classify_on_worker(job: Job, settings: BatchSettings) -> SlideResult:
@@ -250,7 +251,8 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
 
 def _read_summary(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return summary
     except (OSError, ValueError):
         return {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -64,6 +65,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
     from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
     from wsi_atm.errors import OptionError
     from wsi_atm.models.registry import find_card
+    from wsi_atm.outputs.geojson import Shape
     from wsi_atm.pipeline import SlideOptions
 
     if cand.get("image"):
@@ -73,7 +75,8 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
         raise OptionError("give --scheduler (an existing cluster) or --workers (a local one)")
     settings = BatchSettings(
         model=find_card(model), candidate_options=make_candidate_options(**cand),  # type: ignore[arg-type]
-        slide_options=SlideOptions(backend=backend, threshold=threshold, shape=shape, quiet=True),
+        slide_options=SlideOptions(backend=backend, threshold=threshold,
+                                   shape=cast(Shape, shape), quiet=True),
         device=device, batch_size=batch_size, tta=tta, compile=compile_model,
         threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -36,12 +36,13 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
     from wsi_atm.infer import Classifier
     from wsi_atm.models.registry import find_card
+    from wsi_atm.outputs.geojson import Shape
     from wsi_atm.pipeline import SlideOptions, output_paths, run_slide
 
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     classifier = Classifier(find_card(model), device=device, batch_size=batch_size, tta=tta,
                             compile=compile_model)
-    options = SlideOptions(backend=backend, mpp=mpp, threshold=threshold, shape=shape,
+    options = SlideOptions(backend=backend, mpp=mpp, threshold=threshold, shape=cast(Shape, shape),
                            quiet=quiet)
     result = run_slide(slide, detections, classifier, cand_options, options, out_dir=out_dir)
     n_aty, n_norm = int(result.atypical.sum()), int(result.normal.sum())

@@ -60,7 +60,7 @@ def train(data_dir: Path, model: str, mode: str, out: Path | None, config_file: 
     from wsi_atm.train.run import train_run
 
     card = find_card(model)
-    values: dict = {"mode": mode}
+    values: dict[str, Any] = {"mode": mode}
     if config_file is not None:
         values.update(load_config_file(config_file))
     values.update({k: v for k, v in overrides.items() if v is not None})

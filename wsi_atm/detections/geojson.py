@@ -41,7 +41,7 @@ def _measurements(props: dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     if isinstance(raw, list):  # legacy [{"name": ..., "value": ...}]
-        return {m.get("name"): m.get("value") for m in raw if isinstance(m, dict)}
+        return {str(m.get("name")): m.get("value") for m in raw if isinstance(m, dict)}
     return {}
 
 
@@ -58,7 +58,7 @@ def _score(props: dict[str, Any]) -> float:
 def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, float]] | None:
     """The geometry's point(s), its centroid for polygons, ``None`` for unsupported types."""
     kind = geom.get("type")
-    coords = geom.get("coordinates")
+    coords: Any = geom.get("coordinates")
     try:
         if kind == "Point":
             return [(float(coords[0]), float(coords[1]))]

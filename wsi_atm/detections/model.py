@@ -160,7 +160,7 @@ class Candidates:
         return len(self.ids)
 
     def inside(self) -> np.ndarray:
-        return self.status == "ok"
+        return np.asarray(self.status == "ok", dtype=bool)
 
     def to_rows(self) -> list[dict[str, object]]:
         return [

@@ -50,7 +50,7 @@ LORA_FORMAT = "wsi-atm-lora/1"
 class LinearProbe(nn.Module):
     """A frozen backbone's embedding and a trainable ``nn.Linear(dim, 1)`` head."""
 
-    def __init__(self, backbone: nn.Module, method: str, patch_start: int, dim: int) -> None:
+    def __init__(self, backbone: Any, method: str, patch_start: int, dim: int) -> None:
         super().__init__()
         self.backbone = backbone.eval()
         self.backbone.requires_grad_(False)
@@ -74,11 +74,13 @@ class LinearProbe(nn.Module):
             if tokens.ndim != 3:
                 raise ModelError("embedding 'cls+mean' needs a token backbone (a ViT)")
             out = torch.cat([tokens[:, 0], tokens[:, self.patch_start:].mean(1)], dim=-1)
-        return out.reshape(x.shape[0], -1)
+        flat: torch.Tensor = out.reshape(x.shape[0], -1)
+        return flat
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Logits (N,) from precomputed embeddings (N, dim)."""
-        return self.head(embeddings)[:, 0]
+        logits: torch.Tensor = self.head(embeddings)[:, 0]
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.embed(x))
@@ -113,7 +115,7 @@ class LoraNet(nn.Module):
 
     def __init__(self, model: nn.Module, head: str) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a PeftModel (untyped)
         self.head_mode = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

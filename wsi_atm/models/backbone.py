@@ -3,6 +3,8 @@ weights shipped inside an installed Python package."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 from torch import nn
 
@@ -18,14 +20,16 @@ def timm_name(card: ModelCard) -> str:
     return "hf-hub:" + arch[len("hf_hub:"):] if arch.startswith("hf_hub:") else arch
 
 
-def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: object) -> nn.Module:
+# Any, not nn.Module: timm networks carry architecture-specific members (num_features,
+# forward_features, reset_classifier, default_cfg) that nn.Module's __getattr__ types as Tensor.
+def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: object) -> Any:
     kwargs = {**card.kwargs, **overrides}
     _resolve_layer_names(kwargs)
     if card.is_hub:  # offline cache, gated repos, token and one-line errors: see wsi_atm.hub
         return create_hub_backbone(card, pretrained, **kwargs)
     from_package = pretrained and is_package_source(card.pretrained)
     try:
-        net = timm.create_model(timm_name(card), pretrained=pretrained and not from_package,
+        net: Any = timm.create_model(timm_name(card), pretrained=pretrained and not from_package,
                                 **kwargs)
     except RuntimeError as exc:
         raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
@@ -35,9 +39,9 @@ def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: obje
     return net
 
 
-def _resolve_layer_names(kwargs: dict) -> None:
+def _resolve_layer_names(kwargs: dict[str, Any]) -> None:
     """Cards name layers as strings (``mlp_layer = "SwiGLUPacked"``); timm wants the classes."""
-    from timm.layers import SwiGLUPacked
+    from timm.layers import SwiGLUPacked  # type: ignore[attr-defined]  # not in __all__
 
     named = {"SwiGLUPacked": SwiGLUPacked, "SiLU": nn.SiLU, "GELU": nn.GELU}
     for key in ("mlp_layer", "act_layer"):

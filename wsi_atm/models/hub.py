@@ -218,9 +218,9 @@ def timm_eval_preprocess(model: nn.Module) -> Preprocess:
     benchmark's linear probes use it) written as card ops: Resize(floor(size / crop_pct)) with
     the model's interpolation, CenterCrop(size), the model's mean/std. Use it to check a card
     against the real pretrained_cfg once the model is cached."""
-    from timm.data import resolve_data_config
+    from timm.data import resolve_data_config  # type: ignore[attr-defined]  # not in __all__
 
-    cfg = resolve_data_config(dict(model.pretrained_cfg), model=model)
+    cfg = resolve_data_config(dict(getattr(model, "pretrained_cfg", {})), model=model)
     height, width = cfg["input_size"][-2:]
     if height != width:
         raise ModelError(f"non-square input size {cfg['input_size']} is not supported")

@@ -23,7 +23,8 @@ class EndToEnd(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).reshape(x.shape[0], -1)[:, 0]
+        logits: torch.Tensor = self.model(x).reshape(x.shape[0], -1)[:, 0]
+        return logits
 
 
 def build_end_to_end(card: ModelCard, pretrained: bool = False, **overrides: object) -> EndToEnd:

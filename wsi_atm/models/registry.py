@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import ModelCard, load_card
@@ -62,7 +63,7 @@ def count_parameters(card: ModelCard) -> int | None:
             model = create_backbone(card, num_classes=1)
     except (RuntimeError, TypeError, ValueError, ModelError):
         return None
-    return sum(p.numel() for p in model.parameters())
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def weights_column(card: ModelCard) -> str:
@@ -74,7 +75,7 @@ def weights_column(card: ModelCard) -> str:
     return f"{len(present)}/{len(card.weights)} files present ({where}, {verified})"
 
 
-def describe_cards() -> list[dict]:
+def describe_cards() -> list[dict[str, Any]]:
     rows = []
     for card in list_cards():
         rows.append({

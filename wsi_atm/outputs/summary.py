@@ -228,7 +228,8 @@ def build_summary(result: SlideResult) -> dict[str, Any]:
         "elapsed_s": result.elapsed_s,
         "timings_s": result.timings,
     }
-    return _jsonable(summary)
+    out: dict[str, Any] = _jsonable(summary)
+    return out
 
 
 def write_summary(result: SlideResult, path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -110,9 +110,7 @@ class _TiffSlideBackend:
     name = "tiffslide"
 
     def __init__(self, path: Path) -> None:
-        import tiffslide
-
-        self._open = lambda: tiffslide.TiffSlide(str(path))
+        self._path = path
         first = self._open()
         self._free: list[Any] = [first]
         self._all: list[Any] = [first]
@@ -123,6 +121,11 @@ class _TiffSlideBackend:
             str(k): _prop_str(v) for k, v in first.properties.items() if v is not None
         }
         self.associated_images = tuple(first.associated_images.keys())
+
+    def _open(self) -> Any:
+        import tiffslide
+
+        return tiffslide.TiffSlide(str(self._path))
 
     @contextlib.contextmanager
     def _handle(self) -> Iterator[Any]:

@@ -85,7 +85,8 @@ def _expert_share(rows: list[dict[str, str]]) -> np.ndarray | None:
     if not rows or not all(k in rows[0] for k in EXPERT_VOTES):
         return None
     votes = [[r[k].strip().lower() in _TRUE for k in EXPERT_VOTES] for r in rows]
-    return np.asarray(votes, dtype=np.float32).mean(axis=1)
+    shares: np.ndarray = np.asarray(votes, dtype=np.float32).mean(axis=1)
+    return shares
 
 
 def _metadata_columns(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
@@ -112,8 +113,8 @@ def _csv_rows(root: Path) -> list[dict[str, str]] | None:
 
 def _read(path: Path, size: int | None) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as opened:
+            im = opened.convert("RGB")
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def evaluate(
     card: ModelCard, data_dir: Path, device: str = "auto", batch_size: int | None = None,
     tta: bool = False, quiet: bool = False, group: str | None = None,
     groups_table: Path | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Metrics (atypical = positive) per fold model, their mean ± population std, and ensemble.
 
     With ``group`` (``scanner``, ``dataset``, ``slide`` or a column of ``groups_table``), the
@@ -41,7 +42,7 @@ def evaluate(
     per_fold = np.concatenate(parts, axis=1)
     folds = [binary_metrics(data.labels, p, card.threshold) for p in per_fold]
     ensemble = binary_metrics(data.labels, per_fold.mean(axis=0), card.threshold)
-    report: dict = {
+    report: dict[str, Any] = {
         "model": card.name, "data": str(data_dir), "n": len(data),
         "n_atypical": int(data.labels.sum()), "n_normal": int((1 - data.labels).sum()),
         "threshold": card.threshold, "tta": tta, "folds": folds, "ensemble": ensemble,

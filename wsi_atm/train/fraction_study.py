@@ -98,7 +98,7 @@ def pseudo_slides(held: Predictions, seed: int, reps: int) -> list[tuple[np.ndar
     return out
 
 
-def _score(values: list[tuple[float | None, tuple[float, float] | None, float]]) -> dict:
+def _score(values: list[tuple[float | None, tuple[float, float] | None, float]]) -> dict[str, Any]:
     ok = [(v, ci, t) for v, ci, t in values if v is not None]
     err = np.array([v - t for v, _, t in ok])
     covered = [ci is not None and ci[0] <= t <= ci[1] for _, ci, t in ok]
@@ -112,7 +112,7 @@ def study(pred: Predictions, reps: int = 25, seed: int = 0,
           fixed: dict[str, FractionModel] | None = None) -> dict[str, Any]:
     """Error of each estimator (and of ``fixed`` models, e.g. a card's in-domain rates)."""
     groups = sorted(set(pred.group.tolist()))
-    rows: dict[str, dict[str, list]] = {}
+    rows: dict[str, dict[str, list[Any]]] = {}
     for gi, g in enumerate(groups):
         others, held = pred.take(pred.group != g), pred.take(pred.group == g)
         models = {m: fit_fraction_model(others, m, between_group_error(others, m))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -17,7 +19,7 @@ def confusion(labels: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[i
     )
 
 
-def binary_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:
+def binary_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Balanced accuracy, AUROC, sensitivity and specificity (atypical = positive)."""
     tp, tn, fp, fn = confusion(labels, prob, threshold)
     sens = tp / (tp + fn) if tp + fn else float("nan")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from wsi_atm.models.adapters import LinearProbe
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.nets import build_net
 from wsi_atm.models.preprocess import BatchTransform
@@ -24,12 +26,13 @@ class ProbeHead(nn.Module):
         self.head = head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)[:, 0]
+        logits: torch.Tensor = self.head(features)[:, 0]
+        return logits
 
 
 @torch.inference_mode()
 def compute_features(
-    net: nn.Module, data: CropDataset, transform: BatchTransform, batch_size: int = 64,
+    net: LinearProbe, data: CropDataset, transform: BatchTransform, batch_size: int = 64,
     quiet: bool = False,
 ) -> torch.Tensor:
     """Embeddings of every crop (eval preprocessing; bf16 autocast on CUDA)."""
@@ -49,13 +52,14 @@ def compute_features(
 def train_probe_folds(
     card: ModelCard, data: CropDataset, plans: list[FoldData], cfg: TrainConfig, out: Path,
     quiet: bool,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     cache = out / "features.pt"
     probe = build_net(card, "linear-probe", pretrained=cfg.pretrained and card.pretrained != "none")
     if cache.is_file():
         features = torch.load(cache, map_location="cpu", weights_only=True)
     else:
         pre = card.preprocess_for("linear-probe")
+        assert isinstance(probe, LinearProbe)  # build_net's linear-probe mode
         features = compute_features(probe, data, BatchTransform(pre, False), quiet=quiet)
         torch.save(features, out / "features.pt.tmp")
         (out / "features.pt.tmp").replace(cache)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,7 @@ def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> object:
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> Any:
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
@@ -233,7 +234,7 @@ class FoldTrainer:
         p = predict(self.eval_net, self.data.images[torch.as_tensor(idx)], self.eval_tf)
         return 1.0 - p if self.card.output == "p_normal" else p
 
-    def run(self) -> dict:
+    def run(self) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.load_state()
         while self.epoch < self.cfg.epochs and self.bad < self.cfg.early_stop:
@@ -266,11 +267,11 @@ class FoldTrainer:
         else:
             save_safetensors(trainable_state(self.eval_net, self.full), path, half=half)
 
-    def _log(self, record: dict) -> None:
+    def _log(self, record: dict[str, Any]) -> None:
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def finish(self) -> dict:
+    def finish(self) -> dict[str, Any]:
         best = load_weights(self.dir / "best.safetensors")
         self.eval_net.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in best.items()},

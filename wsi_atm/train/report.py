@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from wsi_atm.errors import BadInputError
 from wsi_atm.models.card import read_card
 
 
-def _cell(ba: dict, auc: dict) -> str:
+def _cell(ba: dict[str, Any], auc: dict[str, Any]) -> str:
     return f"{ba['mean']:.4f}±{ba['std']:.4f} / {auc['mean']:.4f}±{auc['std']:.4f}"
 
 

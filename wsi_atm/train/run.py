@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,12 +55,12 @@ def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
             group = "" if data.groups is None else data.groups[i]
             fold = role[i][0] if i in role else ""  # --cv none holds nothing out
             w.writerow([name, group, "Atypical" if data.labels[i] else "Normal", fold,
-                        names.get(fold, "") if fold != "" else ""])
+                        names.get(int(fold), "") if fold != "" else ""])
 
 
 def train_run(
     card: ModelCard, data_dir: Path, out: Path, cfg: TrainConfig, quiet: bool = False
-) -> dict:
+) -> dict[str, Any]:
     cfg = prepare_run_dir(out, cfg)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
@@ -82,8 +83,8 @@ def train_run(
     return summary
 
 
-def summarise(results: list[dict]) -> dict:
-    summary: dict = {"folds": [r["metrics"] for r in results]}
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"folds": [r["metrics"] for r in results]}
     for key in SUMMARY_KEYS:
         mean, std = mean_std([r["metrics"][key] for r in results])
         summary[key] = {"mean": mean, "std": std}
@@ -99,7 +100,8 @@ def summarise(results: list[dict]) -> dict:
 
 
 def write_run_card(
-    card: ModelCard, cfg: TrainConfig, out: Path, results: list[dict], summary: dict
+    card: ModelCard, cfg: TrainConfig, out: Path, results: list[dict[str, Any]],
+    summary: dict[str, Any],
 ) -> Path:
     """A card for the trained fold ensemble, next to the weights it names."""
     raw = {k: v for k, v in read_card(card.path).items()
@@ -117,13 +119,13 @@ def write_run_card(
     return card_path
 
 
-def run_metrics(summary: dict) -> dict:
+def run_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The card's ``[metrics]`` from a run summary: fold means, out-of-fold rates, per group."""
     cv = summary.get("cv", {"kind": "kfold", "group": "slide"})
     source = ("leave-one-group-out: each fold model on the group it never saw"
               if cv["kind"] == "leave-group-out"
               else "cross-validation (each fold model on its validation fold)")
-    metrics: dict = {"source": source, "cv": cv["kind"], "cv_group": cv["group"]}
+    metrics: dict[str, Any] = {"source": source, "cv": cv["kind"], "cv_group": cv["group"]}
     for key in SUMMARY_KEYS:
         metrics[f"cv_{key}_mean"] = round(summary[key]["mean"], 6)
         metrics[f"cv_{key}_std"] = round(summary[key]["std"], 6)
