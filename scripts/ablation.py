@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_atm.estimators import FractionModel
+from wsi_atm.fraction.estimators import FractionModel
 from wsi_atm.train.fraction_study import load_predictions, study
 from wsi_atm.train.metrics import binary_metrics
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from wsi_atm.estimators import FractionModel
+from wsi_atm.fraction.estimators import FractionModel
 from wsi_atm.train.fraction_study import card_fraction, load_predictions, study
 
 COLUMNS = ("pooled", "pseudo", "real")

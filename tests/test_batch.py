@@ -274,7 +274,7 @@ def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, mo
         return "result"
 
     monkeypatch.setattr(run, "prepare", prepare)
-    monkeypatch.setattr(run, "classify_prepared", classify)
+    monkeypatch.setattr(run, "classify_job", classify)
     monkeypatch.setattr(run, "load_classifier", lambda settings: object())
     jobs = [Job(tmp_path / f"s{i}.tif", tmp_path / f"s{i}.csv") for i in range(3)]
     written = []

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from tests.cli_helpers import run_cli
-from wsi_atm import datasets
-from wsi_atm.datasets import UPSTREAM_COMMIT, DatasetSpec
 from wsi_atm.errors import BadInputError
+from wsi_atm.train import datasets
 from wsi_atm.train.data import load_dataset
+from wsi_atm.train.datasets import UPSTREAM_COMMIT, DatasetSpec
 
 TOP = f"AMi-Br_Benchmark-{UPSTREAM_COMMIT}"
 REAL = dict(datasets.DATASETS)

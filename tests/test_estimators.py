@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_atm.estimators import FractionModel, calibrate, estimate, fit_platt
+from wsi_atm.fraction.estimators import FractionModel, calibrate, estimate, fit_platt
 from wsi_atm.train.fraction_study import Predictions, card_fraction, fit_fraction_model, study
 
 

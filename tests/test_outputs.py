@@ -20,7 +20,7 @@ from wsi_atm.outputs.figures import _header_lines, pick_gallery, write_review_pn
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB, feature_collection, write_geojson
 from wsi_atm.outputs.summary import build_summary, write_summary
 from wsi_atm.outputs.tables import CSV_COLUMNS, write_candidates_csv
-from wsi_atm.results import ModelMeta, SlideMeta, SlideResult
+from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+from wsi_atm.fraction.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
 
 
 @pytest.mark.parametrize(

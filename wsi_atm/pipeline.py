@@ -16,13 +16,14 @@ import numpy as np
 from wsi_atm import __version__
 from wsi_atm.crops import CropPlan, plan_crops, read_crop, stream_crops
 from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_detections
+from wsi_atm.detections.records import CandidateStatus
 from wsi_atm.faults import inject
 from wsi_atm.infer import Classifier, prefetch
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.weight_files import sha256_file
 from wsi_atm.outputs.geojson import Shape
 from wsi_atm.progress import progress_bar
-from wsi_atm.results import CLASSIFIED, ModelMeta, SlideMeta, SlideResult
+from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
 
 
@@ -89,7 +90,7 @@ def classify_candidates(
             idx = inside[batch.indices]
             p[idx] = classifier.predict(batch.images)
             at_border[idx] = batch.at_border
-            status[idx] = CLASSIFIED
+            status[idx] = CandidateStatus.CLASSIFIED.value
             t_infer += time.perf_counter() - t
             bar.update(len(idx))
             t = time.perf_counter()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from wsi_atm.batch.plan import SlideStatus
 from wsi_atm.outputs.atomic import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     ci = frac.get("ci95") or [None, None]
     cci = corrected.get("ci95") or [None, None]
     # skipped: the time of the run that made the outputs; not run: blank
-    elapsed = s.get("elapsed_s") if o.status == "skipped" else (o.elapsed_s or None)
+    elapsed = s.get("elapsed_s") if o.status == SlideStatus.SKIPPED else (o.elapsed_s or None)
     row = {
         "slide": str(o.job.slide), "detections": str(o.job.detections or ""), "status": o.status,
         "candidates": counts.get("candidates"), "classified": counts.get("classified"),

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any
 
 from wsi_atm.detections import CandidateOptions, detect_format, list_images
-from wsi_atm.detections.model import MIDOG_JSON, SLIDERUNNER
+from wsi_atm.detections.records import MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError
 from wsi_atm.models.card import ModelCard
 from wsi_atm.pipeline import SlideOptions, output_paths
@@ -20,7 +21,18 @@ from wsi_atm.pipeline import SlideOptions, output_paths
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
                     ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
 MAX_DETECTIONS_BYTES = 2 << 30  # larger files next to a slide are not sniffed as detections
-STATUSES = ("ok", "skipped", "failed", "no_detections")
+
+
+class SlideStatus(StrEnum):
+    """A slide's status in a batch (``cohort.csv``'s ``status`` column)."""
+
+    OK = "ok"
+    SKIPPED = "skipped"  # up to date: its completion record matched
+    FAILED = "failed"
+    NO_DETECTIONS = "no_detections"
+
+
+STATUSES = tuple(s.value for s in SlideStatus)
 
 
 @dataclass(frozen=True)
@@ -28,14 +40,14 @@ class Job:
     slide: Path
     detections: Path | None
     mpp: float | None = None
-    status: str = ""  # set when planning already decided: "failed" or "no_detections"
+    status: str = ""  # set when planning already decided: FAILED or NO_DETECTIONS
     note: str = ""  # why
 
 
 @dataclass
 class Outcome:
     job: Job
-    status: str  # one of STATUSES
+    status: str  # a SlideStatus value
     error: str = ""
     elapsed_s: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
@@ -105,11 +117,11 @@ def pair_detections(slide: Path, candidates: list[Path]) -> Job:
     stem = pairing_stem(slide)
     if found:
         names = ", ".join(p.name for p in found)
-        return Job(slide, None, status="failed",
+        return Job(slide, None, status=SlideStatus.FAILED,
                    note=f"several detection files match {stem}.*: {names}; keep one or use "
                         "--manifest")
     ignored = "; ".join(reasons.values())
-    return Job(slide, None, status="no_detections",
+    return Job(slide, None, status=SlideStatus.NO_DETECTIONS,
                note=f"no detection file {stem}.*" + (f" (ignored {ignored})" if ignored else ""))
 
 
@@ -132,7 +144,7 @@ def share_detections(slides: list[Path], det_file: Path) -> list[Job]:
         path = PurePath(im.name.replace("\\", "/"))
         names |= {path.name.lower(), path.stem.lower()}
     return [Job(s, det_file) if _listed(s, names) else
-            Job(s, None, status="no_detections", note=f"no entry in {det_file.name}")
+            Job(s, None, status=SlideStatus.NO_DETECTIONS, note=f"no entry in {det_file.name}")
             for s in slides]
 
 
@@ -165,7 +177,8 @@ def _manifest_job(base: Path, row: dict[str, str]) -> tuple[Job, list[str]]:
             mpp = -1.0
         if not 0 < mpp < float("inf"):
             problems.append(f"mpp is not a positive number: {mpp_text!r}")
-    job = Job(slide, det, mpp, *(("no_detections", "no detections given") if det is None else ()))
+    missing = (SlideStatus.NO_DETECTIONS, "no detections given") if det is None else ()
+    job = Job(slide, det, mpp, *missing)
     return job, problems
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm import pipeline
-from wsi_atm.batch.plan import BatchSettings, Job, Outcome
+from wsi_atm.batch.plan import BatchSettings, Job, Outcome, SlideStatus
 from wsi_atm.batch.resume import (
     completion_key,
     engine_key,
@@ -32,7 +32,7 @@ from wsi_atm.infer import Classifier
 from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
-from wsi_atm.results import SlideResult
+from wsi_atm.slide_result import SlideResult
 from wsi_atm.slides import Slide, open_slide
 
 
@@ -50,7 +50,7 @@ def prepare(job: Job, settings: BatchSettings) -> Prepared:
     return Prepared(**{f.name: getattr(prep, f.name) for f in fields(prep)}, job=job)
 
 
-def classify_prepared(prep: Prepared, classifier: Classifier,
+def classify_job(prep: Prepared, classifier: Classifier,
                       settings: BatchSettings) -> SlideResult:
     return pipeline.classify_prepared(prep, classifier, settings.candidate_options,
                                       settings.slide_options.threshold, quiet=True)
@@ -83,7 +83,7 @@ def classify_on_worker(job: Job, settings: BatchSettings) -> SlideResult:
     """A dask task: classify one slide, write nothing, send the result back."""
     prep = prepare(job, settings)
     try:
-        return classify_prepared(prep, resident_classifier(settings), settings)
+        return classify_job(prep, resident_classifier(settings), settings)
     finally:
         prep.close()
 
@@ -123,15 +123,17 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: Classifier,
     try:
         prep = future.result()
     except Exception as exc:  # failure isolation: record and go on
-        return Outcome(job, "failed", one_line(exc), round(time.perf_counter() - t0, 3))
+        elapsed = round(time.perf_counter() - t0, 3)
+        return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
     try:
-        result = classify_prepared(prep, classifier, settings)
+        result = classify_job(prep, classifier, settings)
         write(prep.slide, prep.plan, result, job)
     except Exception as exc:
-        return Outcome(job, "failed", one_line(exc), round(time.perf_counter() - prep.started, 3))
+        elapsed = round(time.perf_counter() - prep.started, 3)
+        return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
     finally:
         prep.close()
-    return Outcome(job, "ok", elapsed_s=round(time.perf_counter() - prep.started, 3))
+    return Outcome(job, SlideStatus.OK, elapsed_s=round(time.perf_counter() - prep.started, 3))
 
 
 def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
@@ -188,8 +190,10 @@ def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write)
             plan = plan_crops(slide, size=settings.model.crop_size, target_mpp=settings.model.mpp)
             write(slide, plan, result, job)
     except Exception as exc:
-        return Outcome(job, "failed", one_line(exc), round(time.perf_counter() - t0, 3))
-    return Outcome(job, "ok", elapsed_s=round(result.elapsed_s + time.perf_counter() - t0, 3))
+        elapsed = round(time.perf_counter() - t0, 3)
+        return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
+    elapsed = round(result.elapsed_s + time.perf_counter() - t0, 3)
+    return Outcome(job, SlideStatus.OK, elapsed_s=elapsed)
 
 
 # --------------------------------------------------------------------------------- the batch
@@ -207,11 +211,11 @@ def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict
         try:
             keys[job.slide] = completion_key(job, settings, model)
         except OSError as exc:
-            outcomes[job.slide] = Outcome(job, "failed", one_line(exc))
+            outcomes[job.slide] = Outcome(job, SlideStatus.FAILED, one_line(exc))
             continue
         reason = why_rerun(out_dir, job, keys[job.slide])
         if reason is None:
-            outcomes[job.slide] = Outcome(job, "skipped")
+            outcomes[job.slide] = Outcome(job, SlideStatus.SKIPPED)
             continue
         if reason and not quiet:
             print(f"wsi-atm: re-running {job.slide.name}: {reason}", file=sys.stderr)
@@ -243,7 +247,7 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
         bar.close()
         ordered = [outcomes[j.slide] for j in jobs]
         for o in ordered:
-            if o.status in ("ok", "skipped"):
+            if o.status in (SlideStatus.OK, SlideStatus.SKIPPED):
                 o.summary = _read_summary(output_paths(o.job.slide.name, out_dir)["summary"])
         write_cohort(ordered, out_dir)
     return ordered

@@ -15,7 +15,7 @@ from wsi_atm.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from wsi_atm.results import SlideResult
+    from wsi_atm.slide_result import SlideResult
 
 
 @click.command()

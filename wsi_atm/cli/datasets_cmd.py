@@ -19,7 +19,7 @@ def datasets() -> None:
               help="also say which datasets are installed (and verified) there")
 def list_datasets(dest: Path | None) -> None:
     """Show the datasets, their expected crop counts and the pinned source."""
-    from wsi_atm.datasets import DATASETS, DEFAULT_URL, is_installed
+    from wsi_atm.train.datasets import DATASETS, DEFAULT_URL, is_installed
 
     for spec in DATASETS.values():
         split = f"; training split {spec.split_rows} rows" if spec.split_rows else ""
@@ -47,7 +47,7 @@ def download(names: tuple[str, ...], dest: Path, url: str | None, force: bool,
 
     NAME is ami-br, atnorm-br, atnorm-md or all; several share one download.
     """
-    from wsi_atm.datasets import download_many
+    from wsi_atm.train.datasets import download_many
 
     wanted = list(NAMES) if "all" in names else list(names)
     for result in download_many(wanted, dest, url=url, force=force, quiet=quiet):

@@ -15,15 +15,15 @@ A zero-byte (or blank) file is format ``"empty"``: zero candidates, not an error
 from __future__ import annotations
 
 from wsi_atm.detections.images import ImageInfo
-from wsi_atm.detections.model import (
+from wsi_atm.detections.postprocess import merge_duplicates
+from wsi_atm.detections.read import detect_format, list_images, read_detections
+from wsi_atm.detections.records import (
     SUPPORTED_FORMATS,
     CandidateOptions,
     Candidates,
     ReadReport,
     SlideFrame,
 )
-from wsi_atm.detections.postprocess import merge_duplicates
-from wsi_atm.detections.read import detect_format, list_images, read_detections
 
 __all__ = [
     "SUPPORTED_FORMATS",

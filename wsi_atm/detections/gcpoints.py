@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from wsi_atm.detections.model import RawDetections, is_imposter_name
+from wsi_atm.detections.records import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from shapely.errors import GEOSException
 from shapely.geometry import shape
 
-from wsi_atm.detections.model import RawDetections, is_imposter_name
+from wsi_atm.detections.records import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
 SCORE_KEYS = ("score", "probability", "detector_score", "confidence", "prob")

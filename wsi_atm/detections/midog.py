@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsi_atm.detections.images import ImageInfo, select_image, size_warning
-from wsi_atm.detections.model import CandidateOptions, RawDetections, SlideFrame
+from wsi_atm.detections.records import CandidateOptions, RawDetections, SlideFrame
 from wsi_atm.errors import DetectionsError
 
 MITOSIS_CATEGORY_ID = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsi_atm.detections.model import MICRONS_PER_UNIT, SlideFrame
+from wsi_atm.detections.records import MICRONS_PER_UNIT, SlideFrame
 
 FAR_OUTSIDE = 4.0  # points reaching beyond this many slide sizes are in the wrong units
 TOO_LARGE = 1.25  # a cloud reaching beyond this many slide sizes: another µm/px was assumed

@@ -9,7 +9,8 @@ import numpy as np
 
 from wsi_atm.detections import gcpoints, geojson, midog, sliderunner, sniff, table
 from wsi_atm.detections.images import ImageInfo
-from wsi_atm.detections.model import (
+from wsi_atm.detections.postprocess import extent_warnings, merge_duplicates, px_per_unit
+from wsi_atm.detections.records import (
     CSV,
     EMPTY,
     GC_POINTS,
@@ -18,11 +19,11 @@ from wsi_atm.detections.model import (
     SLIDERUNNER,
     CandidateOptions,
     Candidates,
+    CandidateStatus,
     RawDetections,
     ReadReport,
     SlideFrame,
 )
-from wsi_atm.detections.postprocess import extent_warnings, merge_duplicates, px_per_unit
 from wsi_atm.errors import DetectionsError
 from wsi_atm.faults import inject
 
@@ -147,7 +148,8 @@ def read_detections(
         y=y.astype(np.float64),
         score=raw.score[idx].astype(np.float64),
         label=np.array([raw.label[i] for i in idx], dtype=object),
-        status=np.where(inside, "ok", "outside_slide").astype(object),
+        status=np.where(inside, CandidateStatus.OK.value,
+                        CandidateStatus.OUTSIDE_SLIDE.value).astype(object),
         source=loaded.fmt,
         report=report,
     )

@@ -9,7 +9,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from wsi_atm.detections.images import ImageInfo, select_image, size_warning
-from wsi_atm.detections.model import CandidateOptions, RawDetections, SlideFrame, one_line
+from wsi_atm.detections.records import CandidateOptions, RawDetections, SlideFrame, one_line
 from wsi_atm.errors import DetectionsError
 
 REQUIRED_TABLES = ("Slides", "Annotations", "Annotations_coordinates", "Classes")

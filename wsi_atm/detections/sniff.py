@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm.detections import midog, table
-from wsi_atm.detections.model import (
+from wsi_atm.detections.records import (
     CSV,
     EMPTY,
     GC_POINTS,

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from wsi_atm.detections.model import RawDetections, is_imposter_name
+from wsi_atm.detections.records import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
 DELIMITERS = ("\t", ",", ";", "|")

@@ -85,7 +85,7 @@ class ModelCard:
     # e.g. to load an upstream checkpoint holding every weight). A cached config.json wins.
     hub_model_args: dict[str, Any] = field(default_factory=dict)
     pretrained_sha256: str = ""  # of a ``package:`` source's file
-    # ``[fraction]``: how classify estimates a slide's atypical share (wsi_atm.estimators).
+    # ``[fraction]``: how classify estimates a slide's atypical share (wsi_atm.fraction.estimators).
     fraction: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from wsi_atm.fraction.stats import wilson_interval
 from wsi_atm.outputs.atomic import atomic_path
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB
 from wsi_atm.outputs.summary import corrected_estimate
-from wsi_atm.results import SlideResult
-from wsi_atm.stats import wilson_interval
+from wsi_atm.slide_result import SlideResult
 
 GalleryItem = tuple[np.ndarray, float, str]
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont

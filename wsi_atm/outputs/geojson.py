@@ -16,7 +16,7 @@ import uuid
 from typing import Any, Literal
 
 from wsi_atm.outputs.atomic import atomic_write_text
-from wsi_atm.results import SlideResult
+from wsi_atm.slide_result import SlideResult
 
 Shape = Literal["point", "circle"]
 SHAPES: tuple[str, ...] = ("point", "circle")

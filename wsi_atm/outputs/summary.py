@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from wsi_atm import __version__
-from wsi_atm.estimators import Estimate, FractionModel, estimate
+from wsi_atm.fraction.estimators import Estimate, FractionModel, estimate
+from wsi_atm.fraction.stats import wilson_interval
 from wsi_atm.outputs.atomic import atomic_write_text
-from wsi_atm.results import SlideResult
-from wsi_atm.stats import wilson_interval
+from wsi_atm.slide_result import SlideResult
 
 SUMMARY_VERSION = 1
 # Upsampling crops by more than this blurs them enough to doubt the classifier's calls.

@@ -15,7 +15,7 @@ import math
 import os
 
 from wsi_atm.outputs.atomic import atomic_write_text
-from wsi_atm.results import SlideResult
+from wsi_atm.slide_result import SlideResult
 
 CSV_COLUMNS: tuple[str, ...] = (
     "id",

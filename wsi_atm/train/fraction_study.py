@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_atm.estimators import METHODS, FractionModel, estimate, fit_platt
+from wsi_atm.fraction.estimators import METHODS, FractionModel, estimate, fit_platt
 from wsi_atm.train.metrics import best_threshold, binary_metrics
 
 SIZES = (100, 300, 1000, 2000)

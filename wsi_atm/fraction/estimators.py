@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from wsi_atm.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+from wsi_atm.fraction.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
 
 Z95 = 1.959964
 METHODS = ("raw", "rogan-gladen", "calibrated-mean", "calibrated-em")

@@ -8,10 +8,7 @@ from typing import Any
 import numpy as np
 
 from wsi_atm.detections import Candidates
-
-# Per-candidate status values in SlideResult.status.
-CLASSIFIED = "classified"
-OUTSIDE_SLIDE = "outside_slide"
+from wsi_atm.detections.records import CandidateStatus
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ class SlideResult:
     model: ModelMeta
     candidates: Candidates
     p_atypical: np.ndarray  # float64 per candidate, NaN when not classified
-    status: np.ndarray  # object str per candidate: "classified" or a skip reason
+    status: np.ndarray  # object str per candidate: a CandidateStatus value
     at_border: np.ndarray  # bool per candidate: crop padded past the slide edge
     detections_path: str
     detections_sha256: str
@@ -74,7 +71,7 @@ class SlideResult:
 
     @property
     def classified(self) -> np.ndarray:
-        return np.asarray(self.status == CLASSIFIED, dtype=bool)
+        return np.asarray(self.status == CandidateStatus.CLASSIFIED, dtype=bool)
 
     @property
     def atypical(self) -> np.ndarray:

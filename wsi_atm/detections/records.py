@@ -5,10 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from wsi_atm.errors import OptionError
+
+
+class CandidateStatus(StrEnum):
+    """A candidate's status in ``Candidates.status`` and, after classification, in the result
+    and the CSV's ``status`` column (the values are the strings written)."""
+
+    OK = "ok"  # inside the slide, not classified yet
+    OUTSIDE_SLIDE = "outside_slide"  # kept, never cropped
+    CLASSIFIED = "classified"
 
 MIDOG_JSON = "midog-json"
 GC_POINTS = "gc-points"
@@ -160,7 +170,7 @@ class Candidates:
         return len(self.ids)
 
     def inside(self) -> np.ndarray:
-        return np.asarray(self.status == "ok", dtype=bool)
+        return np.asarray(self.status == CandidateStatus.OK, dtype=bool)
 
     def to_rows(self) -> list[dict[str, object]]:
         return [

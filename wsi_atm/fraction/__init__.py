@@ -1,0 +1,2 @@
+"""The slide's atypical fraction: intervals (``stats``) and the estimators the card chooses
+(``estimators``: raw share, Rogan–Gladen, Platt-calibrated mean)."""
