@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
+import torch
+
 from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
 from wsi_atm.errors import BadInputError, ModelError
@@ -52,14 +54,18 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
     worker resolves ``auto`` itself, so the key holds what was asked for: pass ``--device``
     explicitly on mixed clusters to have resume tell a GPU result from a CPU one.
     """
-    if distributed:
-        device = settings.device
-        precision = "bf16 on cuda, float32 on cpu (per worker)"
-    else:
-        device = pick_device(settings.device).type
+    if distributed and settings.device == "auto":
+        device, precision = "auto", "bf16 on cuda, float32 on cpu (per worker)"
+    else:  # an explicit device means the same on every machine; auto resolves here
+        device = (torch.device(settings.device) if distributed and _is_device(settings.device)
+                  else pick_device(settings.device)).type
         precision = "bf16-autocast" if device == "cuda" else "float32"
     return {"wsi_atm_version": __version__, "device": device, "precision": precision,
             "compile": settings.compile}
+
+
+def _is_device(name: str) -> bool:
+    return name == "cpu" or name == "cuda" or name.startswith("cuda:")
 
 
 def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> dict[str, Any]:
