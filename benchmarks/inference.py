@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from wsi_atm.infer import Classifier
+from wsi_atm.infer import Classifier, set_cpu_threads
 from wsi_atm.models.registry import find_card
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -42,6 +42,7 @@ def cpu_section(model: str | None, n: int) -> list[str]:
     card = find_card(model)
     crops = np.random.default_rng(0).integers(0, 255, (n, card.crop_size, card.crop_size, 3),
                                               dtype=np.uint8)
+    set_cpu_threads()
     clf = Classifier(card, device="cpu")
     engine = time_it(lambda: clf.predict(crops))
 

@@ -134,6 +134,22 @@ def test_bounds_offset_moves_features_into_qupaths_frame(crop_slide, card_path, 
     assert np.allclose(pts, sorted((x - 100, y - 40) for x, y in crop_slide["centers"]))
 
 
+def test_returned_result_and_summary_agree_on_elapsed_time(crop_slide, card_path, tmp_path):
+    # Regression: run_slide set elapsed_s again after writing, so the summary and the returned
+    # result disagreed.
+    from wsi_atm.detections import CandidateOptions
+    from wsi_atm.infer import Classifier
+    from wsi_atm.models.card import load_card
+    from wsi_atm.pipeline import SlideOptions, run_slide
+
+    clf = Classifier(load_card(card_path), device="cpu")
+    out = tmp_path / "out"
+    result = run_slide(crop_slide["lossless"], crop_slide["detections"], clf, CandidateOptions(),
+                       SlideOptions(), out_dir=out)
+    _, _, summary = load_outputs(out, "crops_zlib")
+    assert summary["elapsed_s"] == result.elapsed_s > 0
+
+
 def test_sample_slide_at_half_micron_is_upsampled_and_recorded(card_path, tmp_path):
     det = tmp_path / "d.csv"
     det.write_text("x,y\n1000,1000\n1500,2000\n")

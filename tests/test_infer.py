@@ -117,3 +117,15 @@ def test_prefetch_keeps_order_and_reraises():
 
     with pytest.raises(ValueError, match="bad crop"):
         list(prefetch(boom()))
+
+
+def test_building_a_classifier_leaves_torch_threads_alone(tmp_path):
+    # Regression: Classifier.__init__ set the process-wide torch.set_num_threads, so a library
+    # user's own setting (or a batch worker's share of the cores) was overwritten.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        Classifier(load_card(make_trained_card(tmp_path)), device="cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

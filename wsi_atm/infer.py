@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def set_cpu_threads(threads: int | None = None) -> None:
+    """torch's intra-op CPU threads for this process (None: every core). Process-wide, so only
+    entry points call it (the CLI, a batch worker), never a library object."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +81,7 @@ class Classifier:
 
     def __init__(
         self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
-        tta: bool = False, compile: bool = False, threads: int | None = None,
+        tta: bool = False, compile: bool = False,
     ) -> None:
         self.card = card
         self.device = pick_device(device)
@@ -83,8 +89,6 @@ class Classifier:
         if self.batch_size < 1:
             raise OptionError("--batch-size must be at least 1")
         self.tta = tta
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads or os.cpu_count() or 1)
         self.weights = verify_weights(card)
         self.nets = [self._load(w.path, compile) for w in self.weights]
         self.transform = BatchTransform(card.preprocess_for(), train=False)

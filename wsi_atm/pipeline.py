@@ -171,8 +171,7 @@ def run_slide(
             write_outputs(prep.slide, prep.plan, result, out_dir, options)
     finally:
         prep.close()
-    result.elapsed_s = round(time.perf_counter() - prep.started, 3)
-    return result
+    return result  # elapsed_s as the summary states it (open to classified, before writing)
 
 
 def output_paths(slide_name: str, out_dir: Path) -> dict[str, Path]:

@@ -28,7 +28,7 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.crops import CropPlan, plan_crops
 from wsi_atm.errors import BadInputError, WsiAtmError
-from wsi_atm.infer import Classifier
+from wsi_atm.infer import Classifier, set_cpu_threads
 from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
@@ -57,8 +57,9 @@ def classify_job(prep: Prepared, classifier: Classifier,
 
 
 def load_classifier(settings: BatchSettings) -> Classifier:
+    set_cpu_threads(settings.threads)  # this process's share of the cores
     return Classifier(settings.model, device=settings.device, batch_size=settings.batch_size,
-                      tta=settings.tta, threads=settings.threads, compile=settings.compile)
+                      tta=settings.tta, compile=settings.compile)
 
 
 _RESIDENT: dict[str, Any] = {"key": None, "classifier": None, "loads": 0}

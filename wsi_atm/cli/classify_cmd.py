@@ -34,12 +34,13 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              compile_model: bool,
              mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
-    from wsi_atm.infer import Classifier
+    from wsi_atm.infer import Classifier, set_cpu_threads
     from wsi_atm.models.registry import find_card
     from wsi_atm.outputs.geojson import Shape
     from wsi_atm.pipeline import SlideOptions, output_paths, run_slide
 
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
+    set_cpu_threads()
     classifier = Classifier(find_card(model), device=device, batch_size=batch_size, tta=tta,
                             compile=compile_model)
     options = SlideOptions(backend=backend, mpp=mpp, threshold=threshold, shape=cast(Shape, shape),

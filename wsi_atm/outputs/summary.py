@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from wsi_atm import __version__
+from wsi_atm.crops import UPSAMPLE_WARN
 from wsi_atm.fraction.estimators import Estimate, FractionModel, estimate
 from wsi_atm.fraction.stats import wilson_interval
 from wsi_atm.outputs.atomic import atomic_write_text
@@ -20,7 +21,6 @@ from wsi_atm.slide_result import SlideResult
 
 SUMMARY_VERSION = 1
 # Upsampling crops by more than this blurs them enough to doubt the classifier's calls.
-UPSAMPLE_WARN_FACTOR = 1.2
 Z95 = 1.96
 
 NOTES = {
@@ -83,7 +83,7 @@ def _counts(result: SlideResult) -> dict[str, Any]:
 def _slide(result: SlideResult) -> dict[str, Any]:
     s = result.slide
     warning = None
-    if s.resample_factor > UPSAMPLE_WARN_FACTOR:
+    if s.resample_factor > UPSAMPLE_WARN:
         warning = (
             f"crops were upsampled {s.resample_factor:.2f}x: the slide ({s.mpp:.3f} µm/px) is "
             "coarser than the model's input; calls on blurred crops are less reliable"
@@ -107,7 +107,7 @@ def _slide(result: SlideResult) -> dict[str, Any]:
         ),
         "crop_level": s.crop_level,
         "resample_factor": s.resample_factor,
-        "upsampled": bool(s.upsampled or s.resample_factor > UPSAMPLE_WARN_FACTOR),
+        "upsampled": bool(s.upsampled or s.resample_factor > UPSAMPLE_WARN),
         "upsample_warning": warning,
     }
 
