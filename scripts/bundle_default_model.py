@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_atm.files import sha256_file
 from wsi_atm.models.card import read_card
 from wsi_atm.models.schema import dump
-from wsi_atm.models.weight_files import sha256_file
 from wsi_atm.train.fraction_study import Predictions, card_fraction
 from wsi_atm.train.metrics import best_threshold, binary_metrics
 

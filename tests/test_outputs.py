@@ -15,7 +15,7 @@ from PIL import Image
 from wsi_atm.batch.cohort import cohort_row
 from wsi_atm.batch.plan import Job, Outcome
 from wsi_atm.detections import Candidates, ReadReport
-from wsi_atm.outputs.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from wsi_atm.files import atomic_path, atomic_write_bytes, atomic_write_text
 from wsi_atm.outputs.figures import _header_lines, pick_gallery, write_review_png
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB, feature_collection, write_geojson
 from wsi_atm.outputs.summary import build_summary, write_summary

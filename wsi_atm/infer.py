@@ -21,10 +21,10 @@ from torch import nn
 
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.faults import inject
+from wsi_atm.files import sha256_file
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.loading import build_from_checkpoint, p_atypical_from_logits
 from wsi_atm.models.preprocess import BatchTransform
-from wsi_atm.models.weight_files import sha256_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,9 +18,9 @@ from wsi_atm.crops import CropPlan, plan_crops, read_crop, stream_crops
 from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_detections
 from wsi_atm.detections.records import CandidateStatus
 from wsi_atm.faults import inject
+from wsi_atm.files import sha256_file
 from wsi_atm.infer import Classifier, prefetch
 from wsi_atm.models.card import ModelCard
-from wsi_atm.models.weight_files import sha256_file
 from wsi_atm.outputs.geojson import Shape
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
@@ -188,7 +188,7 @@ def write_outputs(
     slide: Slide, plan: CropPlan, result: SlideResult, out_dir: Path, options: SlideOptions
 ) -> dict[str, Path]:
     """Write the four outputs; the summary goes last so its presence means all are complete."""
-    from wsi_atm.outputs.atomic import remove_temps
+    from wsi_atm.files import remove_temps
     from wsi_atm.outputs.figures import pick_gallery, write_review_png
     from wsi_atm.outputs.geojson import write_geojson
     from wsi_atm.outputs.summary import write_summary

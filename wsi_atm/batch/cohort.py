@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_atm.batch.plan import SlideStatus
-from wsi_atm.outputs.atomic import atomic_path, atomic_write_text
+from wsi_atm.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from wsi_atm.batch.plan import Outcome

@@ -7,7 +7,6 @@ import fcntl
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
-from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -16,24 +15,14 @@ import torch
 from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
 from wsi_atm.errors import BadInputError, ModelError
+from wsi_atm.files import file_sha256, remove_temps
 from wsi_atm.infer import pick_device, verify_weights
 from wsi_atm.models.card import ModelCard
-from wsi_atm.models.weight_files import sha256_file
-from wsi_atm.outputs.atomic import remove_temps
 from wsi_atm.pipeline import output_paths
 
 STATE_DIR = ".wsi-atm"
 
 
-@lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(Path(path))
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in this process."""
-    st = path.stat()
-    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def model_fingerprint(card: ModelCard) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from wsi_atm.batch.resume import (
     completion_key,
     engine_key,
     exclusive,
-    file_sha256,
     model_fingerprint,
     record_path,
     remove_leftovers,
@@ -28,8 +27,8 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.crops import CropPlan, plan_crops
 from wsi_atm.errors import BadInputError, WsiAtmError
+from wsi_atm.files import atomic_write_text, file_sha256
 from wsi_atm.infer import Classifier, set_cpu_threads
-from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import SlideResult

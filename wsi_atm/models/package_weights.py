@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from wsi_atm.errors import ModelError
-from wsi_atm.models.weight_files import sha256_file
+from wsi_atm.files import sha256_file
 
 PREFIX = "package:"
 # Classifier tensors are replaced by the task's one-logit head; BN counters carry no weights.

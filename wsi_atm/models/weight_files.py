@@ -5,9 +5,6 @@ Nothing here ever unpickles arbitrary objects: a checkpoint that needs it is ref
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from wsi_atm.errors import ModelError
+from wsi_atm.files import atomic_path
 
 
 def trainable_state(net: nn.Module, full: bool) -> dict[str, torch.Tensor]:
@@ -34,15 +32,8 @@ def save_safetensors(
         k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
         for k, v in state.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -86,9 +77,3 @@ def load_into(net: nn.Module, state: dict[str, torch.Tensor], strict: bool = Tru
         raise ModelError(f"weights do not fit the model: {summary}") from None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from wsi_atm.files import atomic_path
 from wsi_atm.fraction.stats import wilson_interval
-from wsi_atm.outputs.atomic import atomic_path
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB
 from wsi_atm.outputs.summary import corrected_estimate
 from wsi_atm.slide_result import SlideResult

@@ -15,7 +15,7 @@ import os
 import uuid
 from typing import Any, Literal
 
-from wsi_atm.outputs.atomic import atomic_write_text
+from wsi_atm.files import atomic_write_text
 from wsi_atm.slide_result import SlideResult
 
 Shape = Literal["point", "circle"]

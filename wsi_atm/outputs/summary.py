@@ -14,9 +14,9 @@ import numpy as np
 
 from wsi_atm import __version__
 from wsi_atm.crops import UPSAMPLE_WARN
+from wsi_atm.files import atomic_write_text
 from wsi_atm.fraction.estimators import Estimate, FractionModel, estimate
 from wsi_atm.fraction.stats import wilson_interval
-from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.slide_result import SlideResult
 
 SUMMARY_VERSION = 1

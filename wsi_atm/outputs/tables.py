@@ -14,7 +14,7 @@ import io
 import math
 import os
 
-from wsi_atm.outputs.atomic import atomic_write_text
+from wsi_atm.files import atomic_write_text
 from wsi_atm.slide_result import SlideResult
 
 CSV_COLUMNS: tuple[str, ...] = (

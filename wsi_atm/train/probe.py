@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wsi_atm.files import atomic_path
 from wsi_atm.models.adapters import LinearProbe
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.nets import build_net
@@ -61,8 +62,8 @@ def train_probe_folds(
         pre = card.preprocess_for("linear-probe")
         assert isinstance(probe, LinearProbe)  # build_net's linear-probe mode
         features = compute_features(probe, data, BatchTransform(pre, False), quiet=quiet)
-        torch.save(features, out / "features.pt.tmp")
-        (out / "features.pt.tmp").replace(cache)
+        with atomic_path(cache) as tmp:
+            torch.save(features, tmp)
     feat_data = CropDataset(images=features, labels=data.labels, groups=data.groups,
                             names=data.names, root=data.root)
     results = []

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from wsi_atm.errors import OptionError
+from wsi_atm.files import atomic_path, atomic_write_text
 from wsi_atm.models.adapters import save_lora
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.nets import build_net
@@ -168,9 +169,8 @@ class FoldTrainer:
             "ema": self.ema.net.state_dict() if self.ema else {},
             "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
         }
-        tmp = self.dir / "state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.dir / "state.pt")
+        with atomic_path(self.dir / "state.pt") as tmp:
+            torch.save(state, tmp)
 
     def load_state(self) -> bool:
         path = self.dir / "state.pt"
@@ -291,7 +291,5 @@ class FoldTrainer:
                             "labels": self.data.labels[self.plan.report].tolist(),
                             "p_atypical": [round(float(p), 6) for p in probs]},
         }
-        tmp = self.dir / "result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(self.dir / "result.json")
+        atomic_write_text(self.dir / "result.json", json.dumps(result, indent=1))
         return result

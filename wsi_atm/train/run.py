@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from wsi_atm.errors import OptionError
+from wsi_atm.files import atomic_path, atomic_write_text, sha256_file
 from wsi_atm.models.card import ModelCard, read_card
 from wsi_atm.models.schema import dump, leading_comment
-from wsi_atm.models.weight_files import sha256_file
-from wsi_atm.outputs.atomic import atomic_write_text
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset, load_dataset
 from wsi_atm.train.metrics import binary_metrics, mean_std
@@ -37,9 +36,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig) -> TrainConfig:
                 f"{out} holds a run with a different configuration; resume it with the same "
                 "options or choose another --out")
         return replace(previous, only_folds=cfg.only_folds, threads=cfg.threads)
-    tmp = out / "config.json.tmp"
-    tmp.write_text(cfg.to_json())
-    tmp.replace(saved)
+    atomic_write_text(saved, cfg.to_json())
     return cfg
 
 
@@ -47,7 +44,8 @@ def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
     role = {}
     for p in plans:
         role.update({int(i): (p.fold, "validation") for i in p.report})
-    with open(out / "folds.csv", "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(out / "folds.csv") as tmp, open(tmp, "w", newline="",
+                                                         encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["name", "group", "label", "fold", "held_out"])
         names = {p.fold: p.held_out for p in plans}
@@ -78,7 +76,7 @@ def train_run(
         ]
     summary = summarise(results)
     summary["cv"] = {"kind": cfg.cv, "group": cfg.group if cfg.cv == "leave-group-out" else "slide"}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     write_run_card(card, cfg, out, results, summary)
     return summary
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed or failing run never leaves a half-written output behind.
+"""File safety, in one place: atomic writes (a killed or failing run never leaves a half-written
+file behind) and sha256 digests (cached per path, size and mtime in this process).
 
 Data goes to a hidden temp file in the destination's directory (same file system, so the
 rename is atomic), is fsynced, then ``os.replace``d onto the destination. On any exception the
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -69,3 +72,23 @@ def remove_temps(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     for tmp in target.parent.glob(glob.escape(f".{target.name}.") + "*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in this process."""
+    st = path.stat()
+    return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
