@@ -62,7 +62,7 @@ def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
         mpp_x=slide.mpp_xy.x, mpp_y=slide.mpp_xy.y, mpp_source=slide.mpp_source,
         bounds_offset=slide.bounds_offset,
         crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
-        detections_mpp=slide.declared_mpp if slide.declared_mpp is not None else slide.mpp,
+        detections_mpp=slide.detections_mpp_xy.value,
     )
 
 
@@ -123,7 +123,7 @@ def prepare_slide(
     slide = open_slide(slide_path, backend=backend, mpp=mpp)
     try:
         timings = {"open_s": round(time.perf_counter() - t0, 3)}
-        detector = slide.declared_mpp_xy or slide.mpp_xy
+        detector = slide.detections_mpp_xy
         frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
                            height=slide.dimensions[1], mpp=slide.mpp,
                            bounds_offset=slide.bounds_offset,

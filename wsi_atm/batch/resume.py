@@ -97,11 +97,6 @@ def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
     return None
 
 
-def is_up_to_date(out_dir: Path, job: Job, key: dict[str, Any]) -> bool:
-    """Whether the slide's record matches ``key`` and all its outputs are there."""
-    return why_rerun(out_dir, job, key) is None
-
-
 def remove_leftovers(out_dir: Path, job: Job) -> None:
     """The completion record and temp files a killed run may have left, before rewriting."""
     record = record_path(out_dir, job)

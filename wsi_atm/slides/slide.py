@@ -88,6 +88,12 @@ class Slide:
         return self._declared
 
     @property
+    def detections_mpp_xy(self) -> Mpp:
+        """The spacing a detector's µm/mm refer to: what the file declares (what the detector
+        saw), else the override (a file that declares none)."""
+        return self._declared or self.mpp_xy
+
+    @property
     def mpp_source(self) -> str:
         return self._mpp.source if self._mpp is not None else "unknown"
 
