@@ -62,4 +62,4 @@ def features(path: Path) -> list[tuple]:
     return sorted((f["id"], tuple(f["geometry"]["coordinates"]),
                    f["properties"]["classification"]["name"],
                    round(f["properties"]["measurements"]["p_atypical"], 6))
-                  for f in geo["features"])
+                  for f in geo["features"] if f["properties"]["objectType"] == "detection")

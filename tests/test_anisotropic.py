@@ -20,6 +20,7 @@ from tests.slide_factory import tissue_image, write_pyramid_tiff
 from wsi_atm.crops import plan_crops, read_crop
 from wsi_atm.detections import CandidateOptions
 from wsi_atm.models.registry import find_card
+from wsi_atm.options import OpenOptions
 from wsi_atm.pipeline import prepare_slide
 from wsi_atm.slides import open_slide
 
@@ -62,7 +63,7 @@ def test_points_in_mm_convert_each_axis(slide_path: Path, tmp_path: Path) -> Non
     points = write_points(tmp_path / "points.json")
     card = find_card("wsi-atm-default")
     for mpp in (None, 0.3):  # the detector's spacing is the declared one, override or not
-        prepared = prepare_slide(slide_path, points, card, CandidateOptions(), mpp=mpp)
+        prepared = prepare_slide(slide_path, points, card, CandidateOptions(), OpenOptions(mpp=mpp))
         try:
             x, y = prepared.candidates.x[0], prepared.candidates.y[0]
         finally:

@@ -278,7 +278,7 @@ def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, mo
     monkeypatch.setattr(run, "load_classifier", lambda settings: object())
     jobs = [Job(tmp_path / f"s{i}.tif", tmp_path / f"s{i}.csv") for i in range(3)]
     written = []
-    outcomes = list(run.run_local(jobs, None, lambda s, p, r, job: written.append(job)))
+    outcomes = list(run.run_local(jobs, None, lambda r, job: written.append(job)))
     assert [o.status for o in outcomes] == ["ok"] * 3 and written == jobs
     at = {(kind, name): t for kind, name, t in events}
     for i in (1, 2):  # slide i was opened before slide i-1 finished classifying

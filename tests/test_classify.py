@@ -72,6 +72,11 @@ def load_outputs(out: Path, stem: str) -> tuple[dict, list[dict], dict]:
     return geo, rows, summary
 
 
+def detections_in(geo: dict) -> list[dict]:
+    """The candidate features of a wsi-atm GeoJSON (the hotspot is an annotation)."""
+    return [f for f in geo["features"] if f["properties"]["objectType"] == "detection"]
+
+
 def p_by_id(rows: list[dict]) -> dict[str, float]:
     return {r["id"]: float(r["p_atypical"]) for r in rows if r["p_atypical"]}
 
@@ -94,9 +99,9 @@ def test_outputs_are_consistent_and_qupath_valid(crop_slide, card_path, tmp_path
     jsonschema.validate(geo, SCHEMA)
     counts = summary["counts"]
     assert counts["candidates"] == len(rows) == 13
-    assert counts["classified"] == len(geo["features"]) == 12
+    assert counts["classified"] == len(detections_in(geo)) == 12
     assert counts["skipped"] == {"outside_slide": 1}
-    names = [f["properties"]["classification"]["name"] for f in geo["features"]]
+    names = [f["properties"]["classification"]["name"] for f in detections_in(geo)]
     assert names.count("Atypical mitosis") == counts["atypical"]
     assert names.count("Normal mitosis") == counts["normal"]
     assert sum(r["label"] == "atypical" for r in rows) == counts["atypical"]
@@ -130,7 +135,7 @@ def test_bounds_offset_moves_features_into_qupaths_frame(crop_slide, card_path, 
     assert classify(crop_slide["lossless"], crop_slide["detections"], out, card_path) == 0
     geo, _, summary = load_outputs(out, "crops_zlib")
     assert summary["slide"]["bounds_offset"] == [100, 40]
-    pts = sorted(tuple(f["geometry"]["coordinates"]) for f in geo["features"])
+    pts = sorted(tuple(f["geometry"]["coordinates"]) for f in detections_in(geo))
     assert np.allclose(pts, sorted((x - 100, y - 40) for x, y in crop_slide["centers"]))
 
 
@@ -140,12 +145,12 @@ def test_returned_result_and_summary_agree_on_elapsed_time(crop_slide, card_path
     from wsi_atm.detections import CandidateOptions
     from wsi_atm.infer import Classifier
     from wsi_atm.models.card import load_card
-    from wsi_atm.pipeline import SlideOptions, run_slide
+    from wsi_atm.pipeline import run_slide
 
     clf = Classifier(load_card(card_path), device="cpu")
     out = tmp_path / "out"
     result = run_slide(crop_slide["lossless"], crop_slide["detections"], clf, CandidateOptions(),
-                       SlideOptions(), out_dir=out)
+                       out_dir=out)
     _, _, summary = load_outputs(out, "crops_zlib")
     assert summary["elapsed_s"] == result.elapsed_s > 0
 
@@ -240,13 +245,14 @@ def test_mpp_override_does_not_move_points_given_in_mm(tmp_path):
     # wrote its mm with the spacing the file declares; the override only changes cropping.
     from wsi_atm.detections import CandidateOptions
     from wsi_atm.models.registry import find_card
+    from wsi_atm.options import OpenOptions
     from wsi_atm.pipeline import prepare_slide
 
     svs = REPO / "sample_slides" / "cmu_small_region.svs"
     points = REPO / "sample_slides" / "cmu_small_region.points.json"
     card = find_card(None)
     plain = prepare_slide(svs, points, card, CandidateOptions())
-    forced = prepare_slide(svs, points, card, CandidateOptions(), mpp=0.45)
+    forced = prepare_slide(svs, points, card, CandidateOptions(), OpenOptions(mpp=0.45))
     try:
         assert len(plain.candidates) == len(forced.candidates) > 0
         np.testing.assert_allclose(forced.candidates.x, plain.candidates.x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import Counter
@@ -16,7 +17,7 @@ from wsi_atm.batch.cohort import cohort_row
 from wsi_atm.batch.plan import Job, Outcome
 from wsi_atm.detections import Candidates, ReadReport
 from wsi_atm.files import atomic_path, atomic_write_bytes, atomic_write_text
-from wsi_atm.outputs.figures import _header_lines, pick_gallery, write_review_png
+from wsi_atm.outputs.figures import _header_lines, pick_gallery, review_png
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB, feature_collection, write_geojson
 from wsi_atm.outputs.summary import build_summary, write_summary
 from wsi_atm.outputs.tables import CSV_COLUMNS, write_candidates_csv
@@ -479,17 +480,9 @@ def test_review_png_marks_candidates_in_call_colours(tmp_path: Path) -> None:
         (_synthetic_crop(rng, result.atypical[i]), float(result.p_atypical[i]), ROWS[i][0])
         for i in confident + uncertain
     ]
-    path = tmp_path / "review.png"
-    write_review_png(
-        path,
-        thumbnail,
-        thumb_scale,
-        result,
-        gallery,
-        sections=[("Most confident atypical", 2), ("Most uncertain", 2)],
-    )
-    assert [p.name for p in tmp_path.iterdir()] == ["review.png"]
-    with Image.open(path) as im:
+    data = review_png(thumbnail, thumb_scale, result, gallery,
+                      sections=[("Most confident atypical", 2), ("Most uncertain", 2)])
+    with Image.open(io.BytesIO(data)) as im:
         assert im.format == "PNG"
         assert 800 <= im.width <= 4000 and 600 <= im.height <= 4000
         pixels = np.asarray(im.convert("RGB"))
@@ -506,8 +499,8 @@ def test_review_png_marks_candidates_in_call_colours(tmp_path: Path) -> None:
 
 def test_review_png_without_candidates_or_gallery(tmp_path: Path) -> None:
     thumbnail = np.full((300, 400, 4), 255, dtype=np.uint8)
-    write_review_png(tmp_path / "empty.png", thumbnail, 0.08, make_result([]))
-    with Image.open(tmp_path / "empty.png") as im:
+    data = review_png(thumbnail, 0.08, make_result([]))
+    with Image.open(io.BytesIO(data)) as im:
         assert im.width > 400 and im.height > 300
 
 

@@ -1,7 +1,8 @@
 """One slide through the whole pipeline: the function ``classify`` and ``batch`` share.
 
 slide + detections → candidates → crops (streamed, prefetched) → P(atypical) → SlideResult →
-GeoJSON / CSV / summary JSON / review PNG, each written atomically.
+hotspot, tissue, review flags, review picture → GeoJSON / CSV / summary JSON / PNG
+(/ points JSON), each written atomically from the result alone.
 """
 
 from __future__ import annotations
@@ -19,24 +20,15 @@ from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_de
 from wsi_atm.detections.records import CandidateStatus
 from wsi_atm.faults import inject
 from wsi_atm.files import sha256_file
+from wsi_atm.findings import add_findings
 from wsi_atm.infer import Classifier, prefetch
 from wsi_atm.models.card import ModelCard
-from wsi_atm.outputs.geojson import Shape
+from wsi_atm.options import CallOptions, OpenOptions, OutputOptions
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
 
-
-@dataclass(frozen=True)
-class SlideOptions:
-    """How to open the slide and present the result (not what the model is)."""
-
-    backend: str = "auto"
-    mpp: float | None = None
-    threshold: float | None = None
-    shape: Shape = "point"
-    quiet: bool = False
-    figure: bool = True
+THUMBNAIL_PX = 1600  # longest side of the thumbnail behind tissue area and the review picture
 
 
 def model_meta(classifier: Classifier, threshold: float | None) -> ModelMeta:
@@ -63,16 +55,27 @@ def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
         bounds_offset=slide.bounds_offset,
         crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
         detections_mpp=slide.detections_mpp_xy.value,
+        detections_mpp_xy=(slide.detections_mpp_xy.x, slide.detections_mpp_xy.y),
     )
+
+
+@dataclass
+class Calls:
+    """The classifier's output for one slide's candidates (outside ones keep their status)."""
+
+    p: np.ndarray  # P(atypical), NaN where not classified
+    fold_std: np.ndarray  # std of p over the fold models, NaN where not classified
+    status: np.ndarray
+    at_border: np.ndarray
+    timings: dict[str, float]
 
 
 def classify_candidates(
     slide: Slide, cands: Candidates, plan: CropPlan, classifier: Classifier, quiet: bool,
-    timings: dict[str, float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """P(atypical), status and at_border per candidate; outside ones keep their status."""
+) -> Calls:
+    """P(atypical), its spread over fold models, status and at_border per candidate."""
     n = len(cands)
-    p = np.full(n, np.nan)
+    p, spread = np.full(n, np.nan), np.full(n, np.nan)
     status = cands.status.astype(object).copy()
     at_border = np.zeros(n, dtype=bool)
     inside = np.flatnonzero(cands.inside())
@@ -88,15 +91,16 @@ def classify_candidates(
             t_wait += time.perf_counter() - t
             t = time.perf_counter()
             idx = inside[batch.indices]
-            p[idx] = classifier.predict(batch.images)
+            folds = classifier.predict_folds(batch.images)
+            p[idx], spread[idx] = folds.mean(axis=0), folds.std(axis=0)
             at_border[idx] = batch.at_border
             status[idx] = CandidateStatus.CLASSIFIED.value
             t_infer += time.perf_counter() - t
             bar.update(len(idx))
             t = time.perf_counter()
     bar.close()
-    timings["crop_wait_s"], timings["inference_s"] = round(t_wait, 3), round(t_infer, 3)
-    return p, status, at_border
+    timings = {"crop_wait_s": round(t_wait, 3), "inference_s": round(t_infer, 3)}
+    return Calls(p, spread, status, at_border, timings)
 
 
 @dataclass
@@ -116,11 +120,12 @@ class PreparedSlide:
 
 def prepare_slide(
     slide_path: str | Path, detections_path: str | Path, card: ModelCard,
-    cand_options: CandidateOptions, backend: str = "auto", mpp: float | None = None,
+    cand_options: CandidateOptions, opening: OpenOptions | None = None,
 ) -> PreparedSlide:
     """Open the slide, read its detections and plan its crops (closing the slide on error)."""
+    opening = opening or OpenOptions()
     t0 = time.perf_counter()
-    slide = open_slide(slide_path, backend=backend, mpp=mpp)
+    slide = open_slide(slide_path, backend=opening.backend, mpp=opening.mpp)
     try:
         timings = {"open_s": round(time.perf_counter() - t0, 3)}
         detector = slide.detections_mpp_xy
@@ -140,84 +145,123 @@ def prepare_slide(
 
 def classify_prepared(
     prep: PreparedSlide, classifier: Classifier, cand_options: CandidateOptions,
-    threshold: float | None = None, quiet: bool = True,
+    calls: CallOptions, figure: bool = True, quiet: bool = True,
 ) -> SlideResult:
-    """P(atypical) of every candidate of a prepared slide, with its provenance."""
-    p, status, at_border = classify_candidates(
-        prep.slide, prep.candidates, prep.plan, classifier, quiet, prep.timings)
+    """Everything the outputs need, while the slide is open: calls with their provenance, the
+    hotspot, tissue area, review flags and (with ``figure``) the review picture."""
+    out = classify_candidates(prep.slide, prep.candidates, prep.plan, classifier, quiet)
+    timings = {**prep.timings, **out.timings}
     result = SlideResult(
-        slide=slide_meta(prep.slide, prep.plan), model=model_meta(classifier, threshold),
-        candidates=prep.candidates, p_atypical=p, status=status, at_border=at_border,
-        detections_path=str(prep.detections_path),
+        slide=slide_meta(prep.slide, prep.plan), model=model_meta(classifier, calls.threshold),
+        candidates=prep.candidates, p_atypical=out.p, status=out.status,
+        at_border=out.at_border, detections_path=str(prep.detections_path),
         detections_sha256=sha256_file(prep.detections_path),
-        candidate_options=asdict(cand_options), timings=prep.timings,
-        package_version=__version__,
+        candidate_options=asdict(cand_options), timings=timings,
+        package_version=__version__, fold_std=out.fold_std,
     )
+    t = time.perf_counter()
+    thumbnail = prep.slide.get_thumbnail(THUMBNAIL_PX)
+    timings["thumbnail_s"] = round(time.perf_counter() - t, 3)
+    add_findings(result, calls, folds=len(classifier.nets), thumbnail=thumbnail)
+    if figure:
+        t = time.perf_counter()
+        result.review_png = render_review_png(prep, result, thumbnail)
+        timings["review_png_s"] = round(time.perf_counter() - t, 3)
     result.elapsed_s = round(time.perf_counter() - prep.started, 3)
     return result
 
 
+def render_review_png(prep: PreparedSlide, result: SlideResult, thumbnail: np.ndarray) -> bytes:
+    """The review picture: the thumbnail with calls and hotspot, and the gallery's crops."""
+    from wsi_atm.outputs.figures import pick_gallery, review_png
+
+    scale = thumbnail.shape[1] / prep.slide.dimensions[0]
+    confident, flagged = pick_gallery(result)
+    gallery = []
+    for i in [*confident, *flagged]:
+        x, y = float(result.candidates.x[i]), float(result.candidates.y[i])
+        crop, _ = read_crop(prep.slide, x, y, prep.plan)
+        gallery.append((crop, float(result.p_atypical[i]), str(result.candidates.ids[i])))
+    n_flagged = int(np.count_nonzero(result.review))
+    sections = [("Most confident atypical", len(confident)),
+                (f"Flagged for review ({len(flagged)} of {n_flagged}, nearest the threshold)",
+                 len(flagged))]
+    return review_png(thumbnail, scale, result, gallery, sections=sections)
+
+
 def run_slide(
     slide_path: str | Path, detections_path: str | Path, classifier: Classifier,
-    cand_options: CandidateOptions, options: SlideOptions, out_dir: Path | None = None,
+    cand_options: CandidateOptions, opening: OpenOptions | None = None,
+    calls: CallOptions | None = None, outputs: OutputOptions | None = None,
+    out_dir: Path | None = None, quiet: bool = True,
 ) -> SlideResult:
     """Classify every candidate of one slide; with ``out_dir``, write all outputs there."""
-    prep = prepare_slide(slide_path, detections_path, classifier.card, cand_options,
-                         backend=options.backend, mpp=options.mpp)
+    opening, calls = opening or OpenOptions(), calls or CallOptions()
+    outputs = outputs or OutputOptions()
+    prep = prepare_slide(slide_path, detections_path, classifier.card, cand_options, opening)
     try:
-        result = classify_prepared(prep, classifier, cand_options, options.threshold,
-                                   options.quiet)
-        if out_dir is not None:
-            write_outputs(prep.slide, prep.plan, result, out_dir, options)
+        result = classify_prepared(prep, classifier, cand_options, calls,
+                                   figure=outputs.figure and out_dir is not None, quiet=quiet)
     finally:
         prep.close()
+    if out_dir is not None:
+        write_outputs(result, out_dir, outputs)
     return result  # elapsed_s as the summary states it (open to classified, before writing)
 
 
 def output_paths(slide_name: str, out_dir: Path) -> dict[str, Path]:
+    """Every file a slide can have; which are written depends on :class:`OutputOptions`."""
     stem = Path(slide_name).stem
     return {
         "geojson": out_dir / f"{stem}.geojson",
         "csv": out_dir / f"{stem}.csv",
         "summary": out_dir / f"{stem}.summary.json",
         "png": out_dir / f"{stem}.png",
+        "points": out_dir / f"{stem}.points.json",
     }
 
 
-def write_outputs(
-    slide: Slide, plan: CropPlan, result: SlideResult, out_dir: Path, options: SlideOptions
-) -> dict[str, Path]:
-    """Write the four outputs; the summary goes last so its presence means all are complete."""
-    from wsi_atm.files import remove_temps
-    from wsi_atm.outputs.figures import pick_gallery, write_review_png
+def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
+    """The files a run with ``outputs`` writes for a slide (the summary among them)."""
+    paths = output_paths(slide_name, out_dir)
+    if not outputs.figure:
+        paths.pop("png")
+    if not outputs.points_json:
+        paths.pop("points")
+    return paths
+
+
+def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
+    """Write the slide's outputs from its result alone; the summary goes last, so its presence
+    means all are complete."""
+    from wsi_atm.files import atomic_write_bytes, remove_temps
     from wsi_atm.outputs.geojson import write_geojson
+    from wsi_atm.outputs.points import write_points_json
     from wsi_atm.outputs.summary import write_summary
     from wsi_atm.outputs.tables import write_candidates_csv
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(result.slide.name, out_dir)
-    # One unit: no summary of an earlier run may vouch for files this run is replacing, and a
+    every = output_paths(result.slide.name, out_dir)
+    paths = wanted_outputs(result.slide.name, out_dir, outputs)
+    # One unit: no summary of an earlier run may vouch for files this run is replacing, a file
+    # this run does not write (an earlier --points-json) must not pass for current, and a
     # killed run's temp files go; the new summary is written last.
-    paths["summary"].unlink(missing_ok=True)
-    for path in paths.values():
+    every["summary"].unlink(missing_ok=True)
+    for key, path in every.items():
         remove_temps(path)
-    write_geojson(result, paths["geojson"], shape=options.shape)
+        if key not in paths:
+            path.unlink(missing_ok=True)
+    write_geojson(result, paths["geojson"], shape=outputs.shape,
+                  review_class=outputs.review_class)
     inject("write")
     write_candidates_csv(result, paths["csv"])
-    if options.figure:
-        thumb_max = 1600
-        thumbnail = slide.get_thumbnail(thumb_max)
-        scale = thumbnail.shape[1] / slide.dimensions[0]
-        confident, uncertain = pick_gallery(result)
-        gallery = []
-        for i in [*confident, *uncertain]:
-            x, y = float(result.candidates.x[i]), float(result.candidates.y[i])
-            crop, _ = read_crop(slide, x, y, plan)
-            gallery.append((crop, float(result.p_atypical[i]), str(result.candidates.ids[i])))
-        sections = [("Most confident atypical", len(confident)),
-                    ("Most uncertain (p near threshold)", len(uncertain))]
-        write_review_png(paths["png"], thumbnail, scale, result, gallery, sections=sections)
-    result.timings["write_s"] = round(time.perf_counter() - t0, 3)
-    write_summary(result, paths["summary"])
+    if "points" in paths:
+        write_points_json(result, paths["points"])
+    if "png" in paths:
+        if result.review_png is None:
+            raise ValueError("the review picture was not rendered for this result")
+        atomic_write_bytes(paths["png"], result.review_png)
+    timings = {**result.timings, "write_s": round(time.perf_counter() - t0, 3)}
+    write_summary(result, paths["summary"], timings=timings)
     return paths

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_atm.density import Tissue
 from wsi_atm.detections import Candidates
 from wsi_atm.detections.records import CandidateStatus
 
@@ -31,6 +32,7 @@ class SlideMeta:
     detections_mpp: float | None = None
     mpp_x: float | None = None  # None: square pixels of ``mpp`` (records built without them)
     mpp_y: float | None = None
+    detections_mpp_xy: tuple[float, float] | None = None  # the same, x and y apart
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,27 @@ class ModelMeta:
     fraction: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReviewRule:
+    """When a call is flagged for review (see :class:`wsi_atm.options.CallOptions`)."""
+
+    band: float  # |p - threshold| at most this
+    fold_std: float  # or the fold models' std of p at least this (only with folds > 1)
+    folds: int  # fold models behind each p
+
+
+@dataclass(frozen=True)
+class HotspotMeta:
+    """The circular field of ``area_mm2`` holding the most classified mitoses."""
+
+    area_mm2: float
+    radius_um: float
+    center_px: tuple[float, float]  # level-0 px, OpenSlide's frame
+    radius_px: tuple[float, float]  # along x and y (differ when pixels are not square)
+    mitoses: int
+    atypical: int
+
+
 @dataclass
 class SlideResult:
     """Candidates of one slide with their probabilities, calls and provenance."""
@@ -68,6 +91,12 @@ class SlideResult:
     elapsed_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     package_version: str = ""
+    fold_std: np.ndarray | None = None  # float64 per candidate: std of p over fold models
+    review_rule: ReviewRule | None = None
+    hotspot: HotspotMeta | None = None  # None: no classified mitoses
+    in_hotspot: np.ndarray | None = None  # bool per candidate
+    tissue: Tissue | None = None
+    review_png: bytes | None = None  # the review picture, rendered where the slide was open
 
     @property
     def classified(self) -> np.ndarray:
@@ -82,3 +111,22 @@ class SlideResult:
     @property
     def normal(self) -> np.ndarray:
         return np.asarray(self.classified & ~self.atypical)
+
+    @property
+    def review(self) -> np.ndarray:
+        """Boolean mask of classified calls flagged for review (see :class:`ReviewRule`)."""
+        rule = self.review_rule
+        if rule is None:
+            return np.zeros(len(self.candidates), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            near = np.abs(self.p_atypical - self.model.threshold) <= rule.band
+            spread = np.zeros(len(near), dtype=bool)
+            if rule.folds > 1 and self.fold_std is not None:
+                spread = self.fold_std >= rule.fold_std
+        return np.asarray(self.classified & (near | spread))
+
+    @property
+    def hotspot_mask(self) -> np.ndarray:
+        if self.in_hotspot is None:
+            return np.zeros(len(self.candidates), dtype=bool)
+        return np.asarray(self.in_hotspot, dtype=bool)

@@ -16,7 +16,8 @@ from wsi_atm.detections import CandidateOptions, detect_format, list_images
 from wsi_atm.detections.records import MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError
 from wsi_atm.models.card import ModelCard
-from wsi_atm.pipeline import SlideOptions, output_paths
+from wsi_atm.options import CallOptions, OpenOptions, OutputOptions
+from wsi_atm.pipeline import output_paths
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
                     ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
@@ -57,7 +58,9 @@ class Outcome:
 class BatchSettings:
     model: ModelCard
     candidate_options: CandidateOptions
-    slide_options: SlideOptions
+    opening: OpenOptions = field(default_factory=OpenOptions)  # mpp: per job instead
+    calls: CallOptions = field(default_factory=CallOptions)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
     device: str = "auto"
     batch_size: int | None = None
     tta: bool = False

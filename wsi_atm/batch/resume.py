@@ -18,11 +18,10 @@ from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
 from wsi_atm.infer import pick_device, verify_weights
 from wsi_atm.models.card import ModelCard
-from wsi_atm.pipeline import output_paths
+from wsi_atm.options import OutputOptions
+from wsi_atm.pipeline import output_paths, wanted_outputs
 
 STATE_DIR = ".wsi-atm"
-
-
 
 
 def model_fingerprint(card: ModelCard) -> dict[str, Any]:
@@ -61,15 +60,22 @@ def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> 
     """Everything a slide's outputs depend on (timings aside); ``model`` holds the model's
     fingerprint and the :func:`engine_key`."""
     assert job.detections is not None
-    st, opts = job.slide.stat(), settings.slide_options
-    threshold = settings.model.threshold if opts.threshold is None else opts.threshold
+    st, calls, outputs = job.slide.stat(), settings.calls, settings.outputs
+    threshold = settings.model.threshold if calls.threshold is None else calls.threshold
     return {
         "slide": str(job.slide.resolve()), "slide_size": st.st_size,
         "slide_mtime_ns": st.st_mtime_ns, "detections": str(job.detections.resolve()),
         "detections_sha256": file_sha256(job.detections), **model, "threshold": threshold,
+        "review_band": calls.review_band, "review_fold_std": calls.review_fold_std,
+        "hotspot_area_mm2": calls.hotspot_area_mm2,
         "candidate_options": asdict(settings.candidate_options), "mpp": job.mpp,
-        "backend": opts.backend, "shape": opts.shape, "figure": opts.figure, "tta": settings.tta,
+        "backend": settings.opening.backend, "outputs": asdict(outputs), "tta": settings.tta,
     }
+
+
+def outputs_of(key: dict[str, Any]) -> OutputOptions:
+    saved = key.get("outputs")
+    return OutputOptions(**saved) if isinstance(saved, dict) else OutputOptions()
 
 
 def record_path(out_dir: Path, job: Job) -> Path:
@@ -88,10 +94,8 @@ def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
     changed = sorted(k for k in key.keys() | saved.keys() if saved.get(k) != key.get(k))
     if changed:
         return "changed since its last run: " + ", ".join(changed)
-    outputs = output_paths(job.slide.name, out_dir)
-    if not key.get("figure", True):
-        outputs.pop("png")
-    missing = [p.name for p in outputs.values() if not p.is_file()]
+    wanted = wanted_outputs(job.slide.name, out_dir, outputs_of(key))
+    missing = [p.name for p in wanted.values() if not p.is_file()]
     if missing:
         return "output missing: " + ", ".join(missing)
     return None

@@ -25,14 +25,13 @@ from wsi_atm.batch.resume import (
     remove_leftovers,
     why_rerun,
 )
-from wsi_atm.crops import CropPlan, plan_crops
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
 from wsi_atm.infer import Classifier, set_cpu_threads
+from wsi_atm.options import OpenOptions
 from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import SlideResult
-from wsi_atm.slides import Slide, open_slide
 
 
 @dataclass
@@ -44,15 +43,16 @@ class Prepared(PreparedSlide):
 
 def prepare(job: Job, settings: BatchSettings) -> Prepared:
     assert job.detections is not None
+    opening = OpenOptions(backend=settings.opening.backend, mpp=job.mpp)
     prep = prepare_slide(job.slide, job.detections, settings.model, settings.candidate_options,
-                         backend=settings.slide_options.backend, mpp=job.mpp)
+                         opening)
     return Prepared(**{f.name: getattr(prep, f.name) for f in fields(prep)}, job=job)
 
 
 def classify_job(prep: Prepared, classifier: Classifier,
                       settings: BatchSettings) -> SlideResult:
     return pipeline.classify_prepared(prep, classifier, settings.candidate_options,
-                                      settings.slide_options.threshold, quiet=True)
+                                      settings.calls, figure=settings.outputs.figure)
 
 
 def load_classifier(settings: BatchSettings) -> Classifier:
@@ -80,7 +80,8 @@ def resident_classifier(settings: BatchSettings) -> Classifier:
 
 
 def classify_on_worker(job: Job, settings: BatchSettings) -> SlideResult:
-    """A dask task: classify one slide, write nothing, send the result back."""
+    """A dask task: classify one slide and render its review picture, write nothing, send the
+    result back (the client writes it without opening the slide)."""
     prep = prepare(job, settings)
     try:
         return classify_job(prep, resident_classifier(settings), settings)
@@ -94,7 +95,7 @@ def one_line(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------ runners
-Write = Callable[[Slide, CropPlan, SlideResult, Job], None]
+Write = Callable[[SlideResult, Job], None]
 
 
 def run_local(jobs: list[Job], settings: BatchSettings, write: Write) -> Iterator[Outcome]:
@@ -127,12 +128,16 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: Classifier,
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
     try:
         result = classify_job(prep, classifier, settings)
-        write(prep.slide, prep.plan, result, job)
+    except Exception as exc:
+        prep.close()
+        elapsed = round(time.perf_counter() - prep.started, 3)
+        return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
+    prep.close()  # the result holds all the outputs need
+    try:
+        write(result, job)
     except Exception as exc:
         elapsed = round(time.perf_counter() - prep.started, 3)
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
-    finally:
-        prep.close()
     return Outcome(job, SlideStatus.OK, elapsed_s=round(time.perf_counter() - prep.started, 3))
 
 
@@ -186,9 +191,7 @@ def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write)
     t0 = time.perf_counter()
     try:
         result: SlideResult = future.result()
-        with open_slide(job.slide, backend=settings.slide_options.backend, mpp=job.mpp) as slide:
-            plan = plan_crops(slide, size=settings.model.crop_size, target_mpp=settings.model.mpp)
-            write(slide, plan, result, job)
+        write(result, job)
     except Exception as exc:
         elapsed = round(time.perf_counter() - t0, 3)
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
@@ -233,9 +236,9 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
     with exclusive(out_dir):
         outcomes, pending, keys = _triage(jobs, settings, out_dir, model, quiet)
 
-        def write(slide: Slide, plan: CropPlan, result: SlideResult, job: Job) -> None:
+        def write(result: SlideResult, job: Job) -> None:
             remove_leftovers(out_dir, job)
-            write_outputs(slide, plan, result, out_dir, settings.slide_options)
+            write_outputs(result, out_dir, settings.outputs)
             atomic_write_text(record_path(out_dir, job), json.dumps(keys[job.slide], indent=1))
 
         runner = (run_dask(pending, settings, write, scheduler, workers)

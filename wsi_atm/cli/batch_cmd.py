@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import cast
 
 import click
 
 from wsi_atm.cli.options import (
+    call_options,
     candidate_options,
+    make_call_options,
     make_candidate_options,
+    make_output_options,
     model_options,
+    output_options,
     slide_options,
 )
 
@@ -24,7 +27,8 @@ with columns slide,detections[,mpp] (paths relative to the manifest's folder).
 \b
 Resume: OUT/.wsi-atm/<stem>.done.json is written after a slide's four outputs; a rerun skips
 a slide only when it matches (slide path, size and mtime; detections sha256; model card and
-weight sha256s; threshold, candidate options, mpp, backend, shape, tta).
+weight sha256s; wsi-atm version, device, precision; threshold, review band, hotspot area,
+candidate options, mpp, backend, outputs asked for, tta).
 
 \b
 Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any work
@@ -51,22 +55,22 @@ Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any 
               help="start a local dask cluster of N worker processes")
 @model_options
 @slide_options
-@click.option("--shape", type=click.Choice(["point", "circle"]), default="point",
-              show_default=True, help="GeoJSON geometry: a point, or a 50-px circle polygon")
+@call_options
+@output_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @candidate_options
 def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           detections: Path | None, detections_dir: Path | None, patterns: tuple[str, ...],
           scheduler: str | None, workers: int | None, model: str | None,
           threshold: float | None, device: str, batch_size: int | None, tta: bool,
-          compile_model: bool,
-          mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
+          compile_model: bool, mpp: float | None, backend: str, hotspot_area: float,
+          review_band: float, review_fold_std: float, shape: str, review_class: bool,
+          points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
     from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
     from wsi_atm.errors import OptionError
     from wsi_atm.models.registry import find_card
-    from wsi_atm.outputs.geojson import Shape
-    from wsi_atm.pipeline import SlideOptions
+    from wsi_atm.options import OpenOptions
 
     if cand.get("image"):
         raise OptionError("--image picks one image of a multi-slide file; in a batch each "
@@ -75,8 +79,9 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
         raise OptionError("give --scheduler (an existing cluster) or --workers (a local one)")
     settings = BatchSettings(
         model=find_card(model), candidate_options=make_candidate_options(**cand),  # type: ignore[arg-type]
-        slide_options=SlideOptions(backend=backend, threshold=threshold,
-                                   shape=cast(Shape, shape), quiet=True),
+        opening=OpenOptions(backend=backend),
+        calls=make_call_options(threshold, hotspot_area, review_band, review_fold_std),
+        outputs=make_output_options(shape, review_class, points_json),
         device=device, batch_size=batch_size, tta=tta, compile=compile_model,
         threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import click
 
 from wsi_atm.cli.options import (
+    call_options,
     candidate_options,
+    make_call_options,
     make_candidate_options,
+    make_output_options,
     model_options,
+    output_options,
     slide_options,
 )
 
@@ -25,27 +29,29 @@ if TYPE_CHECKING:
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True)
 @model_options
 @slide_options
-@click.option("--shape", type=click.Choice(["point", "circle"]), default="point",
-              show_default=True, help="GeoJSON geometry: a point, or a 50-px circle polygon")
+@call_options
+@output_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @candidate_options
 def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              threshold: float | None, device: str, batch_size: int | None, tta: bool,
-             compile_model: bool,
-             mpp: float | None, backend: str, shape: str, quiet: bool, **cand: object) -> None:
+             compile_model: bool, mpp: float | None, backend: str, hotspot_area: float,
+             review_band: float, review_fold_std: float, shape: str, review_class: bool,
+             points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
     from wsi_atm.infer import Classifier, set_cpu_threads
     from wsi_atm.models.registry import find_card
-    from wsi_atm.outputs.geojson import Shape
-    from wsi_atm.pipeline import SlideOptions, output_paths, run_slide
+    from wsi_atm.options import OpenOptions
+    from wsi_atm.pipeline import output_paths, run_slide
 
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
+    calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
+    outputs = make_output_options(shape, review_class, points_json)
     set_cpu_threads()
     classifier = Classifier(find_card(model), device=device, batch_size=batch_size, tta=tta,
                             compile=compile_model)
-    options = SlideOptions(backend=backend, mpp=mpp, threshold=threshold, shape=cast(Shape, shape),
-                           quiet=quiet)
-    result = run_slide(slide, detections, classifier, cand_options, options, out_dir=out_dir)
+    result = run_slide(slide, detections, classifier, cand_options, OpenOptions(backend, mpp),
+                       calls, outputs, out_dir=out_dir, quiet=quiet)
     n_aty, n_norm = int(result.atypical.sum()), int(result.normal.sum())
     skipped = len(result.candidates) - n_aty - n_norm
     ratio = f"{n_aty / n_norm:.3f}" if n_norm else "n/a (no normal mitoses)"
@@ -53,7 +59,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     click.echo(
         f"{result.slide.name}: {len(result.candidates)} candidates, {n_aty} atypical, "
         f"{n_norm} normal, {skipped} skipped; atypical fraction {frac}, "
-        f"atypical:normal {ratio}{_headline(result)} → "
+        f"atypical:normal {ratio}{_headline(result)}{_hotspot(result)} → "
         f"{output_paths(result.slide.name, out_dir)['summary']}"
     )
 
@@ -67,3 +73,12 @@ def _headline(result: SlideResult) -> str:
         return ""
     text = f"; estimated true atypical share {est.value:.1%} [{est.ci95[0]:.1%}, {est.ci95[1]:.1%}]"
     return text + (" (card's rates contradicted: see summary warning)" if est.warning else "")
+
+
+def _hotspot(result: SlideResult) -> str:
+    h = result.hotspot
+    if h is None:
+        return ""
+    flagged = int(result.review.sum())
+    return (f"; hotspot ({h.area_mm2:g} mm²) {h.mitoses} mitoses, {h.atypical} atypical; "
+            f"{flagged} calls flagged for review")

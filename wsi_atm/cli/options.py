@@ -72,3 +72,55 @@ def model_options(func: F) -> F:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def call_options(func: F) -> F:
+    """--hotspot-area, --review-band, --review-fold-std."""
+    from wsi_atm.options import HOTSPOT_AREA_MM2, REVIEW_BAND, REVIEW_FOLD_STD
+
+    opts = [
+        click.option("--hotspot-area", type=float, default=HOTSPOT_AREA_MM2, show_default=True,
+                     help="area in mm² of the mitotic hotspot: the circular field holding the "
+                          "most mitoses (2 mm² ≈ 10 high-power fields)"),
+        click.option("--review-band", type=float, default=REVIEW_BAND, show_default=True,
+                     help="flag a call for review when |p_atypical - threshold| is at most this"),
+        click.option("--review-fold-std", type=float, default=REVIEW_FOLD_STD,
+                     show_default=True,
+                     help="also flag it when the fold models' std of p reaches this "
+                          "(models with several folds)"),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def output_options(func: F) -> F:
+    """--shape, --review-class, --points-json."""
+    opts = [
+        click.option("--shape", type=click.Choice(["point", "circle"]), default="point",
+                     show_default=True,
+                     help="GeoJSON geometry: a point, or a 50-px circle polygon"),
+        click.option("--review-class", is_flag=True,
+                     help="give calls flagged for review their own QuPath class "
+                          "('Mitosis to review')"),
+        click.option("--points-json", is_flag=True,
+                     help="also write NAME.points.json: the calls as grand-challenge points (mm)"),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def make_call_options(threshold: float | None, hotspot_area: float, review_band: float,
+                      review_fold_std: float) -> Any:
+    from wsi_atm.options import CallOptions
+
+    return CallOptions(threshold=threshold, review_band=review_band,
+                       review_fold_std=review_fold_std, hotspot_area_mm2=hotspot_area)
+
+
+def make_output_options(shape: str, review_class: bool, points_json: bool) -> Any:
+    from wsi_atm.options import OutputOptions
+
+    return OutputOptions(shape=shape, review_class=review_class,  # type: ignore[arg-type]
+                         points_json=points_json)

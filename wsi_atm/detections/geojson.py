@@ -11,6 +11,8 @@ from shapely.geometry import shape
 from wsi_atm.detections.records import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
+# wsi-atm's own annotation in its GeoJSON output: an area, not a candidate, when read back.
+HOTSPOT_CLASS = "Mitotic hotspot"
 SCORE_KEYS = ("score", "probability", "detector_score", "confidence", "prob")
 _AREAS = ("Polygon", "MultiPolygon")
 
@@ -83,6 +85,8 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
         props = feature.get("properties") or {}
         if not isinstance(props, dict):
             props = {}
+        if _label(props) == HOTSPOT_CLASS:
+            continue
         points = _points(geom, where, name) if isinstance(geom, dict) else None
         if not points:
             kind = str(geom.get("type")) if isinstance(geom, dict) else "no geometry"

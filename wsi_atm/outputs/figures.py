@@ -1,22 +1,22 @@
 """Review picture for a pathologist: the slide with its calls, and a gallery of crops.
 
-Rendered with Pillow only. Layout: a header (slide, counts, atypical share and ratio), the
-slide thumbnail with every classified candidate marked (atypical red, normal green; candidates
-that were not classified are not drawn) and a legend below it, and to its right a grid of crops,
-each framed in its call's colour and captioned with its probability.
+Rendered with Pillow only. Layout: a header (slide, counts, atypical share and ratio, hotspot,
+tissue, calls flagged for review), the slide thumbnail with every classified candidate marked
+(atypical red, normal green; candidates that were not classified are not drawn), the mitotic
+hotspot outlined in blue, and a legend below it, and to its right a grid of crops, each framed
+in its call's colour and captioned with its probability.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsi_atm.files import atomic_path
 from wsi_atm.fraction.stats import wilson_interval
-from wsi_atm.outputs.geojson import ATYPICAL_RGB, NORMAL_RGB
+from wsi_atm.outputs.geojson import ATYPICAL_RGB, HOTSPOT_RGB, NORMAL_RGB
 from wsi_atm.outputs.summary import corrected_estimate
 from wsi_atm.slide_result import SlideResult
 
@@ -63,18 +63,26 @@ def _to_image(array: np.ndarray) -> Image.Image:
 def pick_gallery(
     result: SlideResult, n_atypical: int = 8, n_uncertain: int = 8
 ) -> tuple[list[int], list[int]]:
-    """Candidate indices of the most confident atypical calls and of the most uncertain calls.
+    """Candidate indices of the most confident atypical calls and of the calls to review.
 
-    Confident: called atypical, highest ``p_atypical`` first. Uncertain: classified, ``p``
-    closest to the model's threshold first, excluding those already picked as confident.
+    Confident: called atypical and not flagged, highest ``p_atypical`` first. To review: the
+    calls flagged for review (all classified calls when the result has no review rule), ``p``
+    closest to the model's threshold first, then the widest fold disagreement.
     """
     p = result.p_atypical
-    atypical = np.flatnonzero(result.atypical)
+    ruled = result.review_rule is not None
+    review = result.review if ruled else np.zeros(len(p), dtype=bool)
+    atypical = np.flatnonzero(result.atypical & ~review)
     confident = atypical[np.argsort(-p[atypical], kind="stable")][:n_atypical]
-    taken = set(confident.tolist())
-    classified = np.array([i for i in np.flatnonzero(result.classified) if i not in taken], int)
-    distance = np.abs(p[classified] - result.model.threshold)
-    uncertain = classified[np.argsort(distance, kind="stable")][:n_uncertain]
+    if ruled:
+        flagged = np.flatnonzero(review)
+    else:
+        taken = set(confident.tolist())
+        flagged = np.array([i for i in np.flatnonzero(result.classified) if i not in taken], int)
+    distance = np.abs(p[flagged] - result.model.threshold)
+    spread = (np.nan_to_num(result.fold_std[flagged]) if result.fold_std is not None
+              else np.zeros(len(flagged)))
+    uncertain = flagged[np.lexsort((-spread, distance))][:n_uncertain]
     return [int(i) for i in confident], [int(i) for i in uncertain]
 
 
@@ -107,7 +115,25 @@ def _header_lines(result: SlideResult) -> tuple[str, list[str]]:
     corrected = _corrected_line(result)
     if corrected:
         lines.append(corrected)
+    findings = _findings_line(result)
+    if findings:
+        lines.append(findings)
     return result.slide.name, [*lines, info]
+
+
+def _findings_line(result: SlideResult) -> str | None:
+    parts = []
+    h = result.hotspot
+    if h is not None:
+        parts.append(f"Hotspot ({h.area_mm2:g} mm2, blue): {h.mitoses} mitoses, "
+                     f"{h.atypical} atypical")
+    t = result.tissue
+    if t is not None and t.area_mm2 > 0:
+        n = int(np.count_nonzero(result.classified))
+        parts.append(f"tissue {t.area_mm2:.1f} mm2, {n / t.area_mm2:.2f} mitoses/mm2")
+    if result.review_rule is not None:
+        parts.append(f"{int(np.count_nonzero(result.review))} calls flagged for review")
+    return "; ".join(parts) or None
 
 
 def _corrected_line(result: SlideResult) -> str | None:
@@ -139,6 +165,11 @@ def _thumbnail_panel(thumbnail: np.ndarray, thumb_scale: float, result: SlideRes
             draw.ellipse(
                 box, fill=rgb, outline=(255, 255, 255), width=2 if kind == "atypical" else 1
             )
+    h = result.hotspot
+    if h is not None:
+        cx, cy = h.center_px[0] * scale, h.center_px[1] * scale
+        rx, ry = max(h.radius_px[0] * scale, 3.0), max(h.radius_px[1] * scale, 3.0)
+        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), outline=HOTSPOT_RGB, width=3)
     return image
 
 
@@ -269,24 +300,25 @@ def render_review(
     return canvas
 
 
-def write_review_png(
-    path: str | os.PathLike[str],
+def review_png(
     thumbnail: np.ndarray,
     thumb_scale: float,
     result: SlideResult,
     gallery: Sequence[GalleryItem] = (),
     sections: Sequence[tuple[str, int]] = (),
-) -> None:
-    """Write the review PNG atomically.
+) -> bytes:
+    """The review picture as PNG bytes.
 
     ``thumbnail`` is the whole slide in OpenSlide's frame (its (0, 0) is level-0 (0, 0));
     ``thumb_scale`` is thumbnail px per level-0 px. ``gallery`` holds ``(crop, p_atypical,
     caption)`` items; ``sections`` optionally splits it, in order, into titled groups of the
-    given sizes, e.g. ``[("Most confident atypical", 8), ("Most uncertain", 8)]`` to match
-    :func:`pick_gallery`.
+    given sizes, e.g. ``[("Most confident atypical", 8), ("Flagged for review", 8)]`` to
+    match :func:`pick_gallery`.
     """
     if not (thumb_scale > 0):
         raise ValueError(f"thumb_scale must be positive, got {thumb_scale!r}")
     image = render_review(thumbnail, thumb_scale, result, gallery, sections)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", optimize=True)
+    buffer = io.BytesIO()
+    # compress_level 3: a third of the default's time for a few per cent more bytes
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()

@@ -4,7 +4,9 @@ What QuPath reads is summarised in docs/qupath-geojson.md. In short: ``objectTyp
 ``properties``, a classification object needs both ``name`` and ``color``, ``id`` must be a UUID,
 and coordinates are in the frame QuPath shows: OpenSlide's level-0 px minus the slide's bounds
 offset. Candidates that were not classified (outside the slide, failed reads) are left out;
-the CSV keeps them.
+the CSV keeps them. The mitotic hotspot is one ``annotation`` (a 128-gon of the field's area)
+with its counts as measurements; with ``review_class`` flagged calls are classed
+"Mitosis to review" (their call stays in the metadata and in ``p_atypical``).
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ import json
 import math
 import os
 import uuid
-from typing import Any, Literal
+from typing import Any
 
+from wsi_atm.detections.geojson import HOTSPOT_CLASS
 from wsi_atm.files import atomic_write_text
+from wsi_atm.options import SHAPES, Shape
 from wsi_atm.slide_result import SlideResult
-
-Shape = Literal["point", "circle"]
-SHAPES: tuple[str, ...] = ("point", "circle")
 
 ATYPICAL_NAME = "Atypical mitosis"
 NORMAL_NAME = "Normal mitosis"
+REVIEW_NAME = "Mitosis to review"  # --review-class: flagged calls, whatever their call
+HOTSPOT_NAME = HOTSPOT_CLASS  # an annotation; wsi-atm's GeoJSON reader skips it
 ATYPICAL_RGB: tuple[int, int, int] = (220, 20, 60)
 NORMAL_RGB: tuple[int, int, int] = (34, 139, 34)
+REVIEW_RGB: tuple[int, int, int] = (255, 140, 0)
+HOTSPOT_RGB: tuple[int, int, int] = (30, 110, 230)
+HOTSPOT_VERTICES = 128
 
 CIRCLE_VERTICES = 32
 COORD_DECIMALS = 3
@@ -66,8 +72,46 @@ def _geometry(x: float, y: float, shape: str, diameter: float) -> dict[str, Any]
     return {"type": "Polygon", "coordinates": [circle_ring(x, y, diameter)]}
 
 
+def hotspot_feature(result: SlideResult) -> dict[str, Any] | None:
+    """The hotspot as a QuPath annotation (an ellipse in px when pixels are not square)."""
+    h = result.hotspot
+    if h is None:
+        return None
+    dx, dy = result.slide.bounds_offset
+    cx, cy = h.center_px[0] - dx, h.center_px[1] - dy
+    rx, ry = h.radius_px
+    ring = [[round(cx + rx * math.cos(2 * math.pi * i / HOTSPOT_VERTICES), COORD_DECIMALS),
+             round(cy + ry * math.sin(2 * math.pi * i / HOTSPOT_VERTICES), COORD_DECIMALS)]
+            for i in range(HOTSPOT_VERTICES)]
+    ring.append(list(ring[0]))
+    measurements: dict[str, float] = {
+        "area_mm2": h.area_mm2, "mitoses": float(h.mitoses), "atypical": float(h.atypical),
+        "normal": float(h.mitoses - h.atypical)}
+    if h.mitoses:
+        measurements["atypical_fraction"] = h.atypical / h.mitoses
+    return {
+        "type": "Feature",
+        "id": feature_id(result.slide.name, "\nhotspot"),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": "annotation",
+            "name": f"Mitotic hotspot ({h.area_mm2:g} mm²)",
+            "classification": {"name": HOTSPOT_NAME, "color": list(HOTSPOT_RGB)},
+            "measurements": measurements,
+            "metadata": {"model": result.model.name},
+        },
+    }
+
+
+def _class(atypical: bool, review: bool, review_class: bool) -> tuple[str, tuple[int, int, int]]:
+    if review and review_class:
+        return REVIEW_NAME, REVIEW_RGB
+    return (ATYPICAL_NAME, ATYPICAL_RGB) if atypical else (NORMAL_NAME, NORMAL_RGB)
+
+
 def feature_collection(
-    result: SlideResult, shape: Shape = "point", circle_diameter_px: float = 50.0
+    result: SlideResult, shape: Shape = "point", circle_diameter_px: float = 50.0,
+    review_class: bool = False,
 ) -> dict[str, Any]:
     """The FeatureCollection of ``result``'s classified candidates, in QuPath's pixel frame."""
     if shape not in SHAPES:
@@ -78,6 +122,8 @@ def feature_collection(
     dx, dy = result.slide.bounds_offset
     atypical = result.atypical
     classified = result.classified
+    review, hot = result.review, result.hotspot_mask
+    folds = result.review_rule.folds if result.review_rule else 1
     seen: dict[str, int] = {}
     features: list[dict[str, Any]] = []
     for i in range(len(cands)):
@@ -86,8 +132,12 @@ def feature_collection(
         seen[cid] = occurrence + 1
         if not classified[i]:
             continue
-        name, rgb = (ATYPICAL_NAME, ATYPICAL_RGB) if atypical[i] else (NORMAL_NAME, NORMAL_RGB)
+        name, rgb = _class(bool(atypical[i]), bool(review[i]), review_class)
         measurements: dict[str, float] = {"p_atypical": float(result.p_atypical[i])}
+        if result.fold_std is not None and folds > 1:
+            measurements["fold_std"] = float(result.fold_std[i])
+        measurements["review"] = 1.0 if review[i] else 0.0
+        measurements["in_hotspot"] = 1.0 if hot[i] else 0.0
         score = float(cands.score[i])
         if math.isfinite(score):
             measurements["detector_score"] = score
@@ -105,6 +155,7 @@ def feature_collection(
                     "measurements": measurements,
                     "metadata": {
                         "candidate_id": cid,
+                        "call": "atypical" if atypical[i] else "normal",
                         "detector_label": str(cands.label[i]),
                         "model": result.model.name,
                         "source": str(cands.source),
@@ -112,6 +163,9 @@ def feature_collection(
                 },
             }
         )
+    hotspot = hotspot_feature(result)
+    if hotspot is not None:
+        features.append(hotspot)
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -120,7 +174,8 @@ def write_geojson(
     path: str | os.PathLike[str],
     shape: Shape = "point",
     circle_diameter_px: float = 50.0,
+    review_class: bool = False,
 ) -> None:
     """Write :func:`feature_collection` to ``path`` atomically (strict JSON: no NaN)."""
-    collection = feature_collection(result, shape, circle_diameter_px)
+    collection = feature_collection(result, shape, circle_diameter_px, review_class)
     atomic_write_text(path, json.dumps(collection, allow_nan=False, ensure_ascii=False) + "\n")

@@ -39,6 +39,20 @@ NOTES = {
         "operating point (--threshold for Rogan-Gladen, --tta for both) is not the card's."
     ),
     "atypical_to_normal_ratio": "atypical / normal calls; null when there are no normal calls.",
+    "hotspot": (
+        "the circular field of area_mm2 (centred anywhere) holding the most classified "
+        "mitoses, then the most atypical ones; exact maximum over all centres. center_px is "
+        "OpenSlide's frame, center_qupath_px QuPath's. ci95 of its fraction: Wilson."
+    ),
+    "tissue": (
+        "tissue area from the whole-slide thumbnail: HSV saturation above Otsu's cut "
+        "(never below 20/255); pen marks and folds count as tissue. Densities are classified "
+        "mitoses (and atypical calls) per mm² of that area."
+    ),
+    "review": (
+        "a classified call is flagged when |p_atypical - threshold| <= band or, with more "
+        "than one fold model, the fold models' standard deviation of p >= fold_std"
+    ),
     "coordinates": (
         "CSV x/y are level-0 px in OpenSlide's frame; GeoJSON coordinates have the slide's "
         "bounds_offset subtracted (the frame QuPath shows)."
@@ -77,7 +91,52 @@ def _counts(result: SlideResult) -> dict[str, Any]:
         "atypical": int(np.count_nonzero(result.atypical)),
         "normal": int(np.count_nonzero(result.normal)),
         "at_border": int(np.count_nonzero(classified & result.at_border.astype(bool))),
+        "review": int(np.count_nonzero(result.review)),
     }
+
+
+def _hotspot(result: SlideResult) -> dict[str, Any] | None:
+    h = result.hotspot
+    if h is None:
+        return None
+    dx, dy = result.slide.bounds_offset
+    fraction = _fraction(h.atypical, h.mitoses - h.atypical)
+    return {
+        "area_mm2": h.area_mm2,
+        "radius_um": h.radius_um,
+        "mitoses": h.mitoses,
+        "atypical": h.atypical,
+        "normal": h.mitoses - h.atypical,
+        "atypical_fraction": fraction,
+        "center_px": [h.center_px[0], h.center_px[1]],
+        "center_qupath_px": [h.center_px[0] - dx, h.center_px[1] - dy],
+    }
+
+
+def _per_mm2(count: int, area: float) -> float | None:
+    return count / area if area > 0 else None
+
+
+def _tissue(result: SlideResult, counts: dict[str, Any]) -> dict[str, Any] | None:
+    t = result.tissue
+    if t is None:
+        return None
+    return {
+        "area_mm2": t.area_mm2,
+        "fraction_of_slide": t.fraction,
+        "saturation_cut": t.saturation_cut,
+        "thumbnail_px": list(t.thumbnail_size),
+        "mitoses_per_mm2": _per_mm2(counts["classified"], t.area_mm2),
+        "atypical_per_mm2": _per_mm2(counts["atypical"], t.area_mm2),
+    }
+
+
+def _review(result: SlideResult) -> dict[str, Any] | None:
+    rule = result.review_rule
+    if rule is None:
+        return None
+    return {"flagged": int(np.count_nonzero(result.review)), "band": rule.band,
+            "fold_std": rule.fold_std if rule.folds > 1 else None, "folds": rule.folds}
 
 
 def _slide(result: SlideResult) -> dict[str, Any]:
@@ -206,7 +265,8 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
     return out
 
 
-def build_summary(result: SlideResult) -> dict[str, Any]:
+def build_summary(result: SlideResult,
+                  timings: dict[str, float] | None = None) -> dict[str, Any]:
     """The summary of one slide as plain JSON types (safe for ``allow_nan=False``)."""
     counts = _counts(result)
     atypical, normal = counts["atypical"], counts["normal"]
@@ -223,18 +283,22 @@ def build_summary(result: SlideResult) -> dict[str, Any]:
         "atypical_fraction": _fraction(atypical, normal),
         "atypical_fraction_corrected": _corrected(result),
         "atypical_to_normal_ratio": atypical / normal if normal else None,
+        "hotspot": _hotspot(result),
+        "tissue": _tissue(result, counts),
+        "review": _review(result),
         "notes": NOTES,
         "warnings": warnings,
         "elapsed_s": result.elapsed_s,
-        "timings_s": result.timings,
+        "timings_s": result.timings if timings is None else timings,
     }
     out: dict[str, Any] = _jsonable(summary)
     return out
 
 
-def write_summary(result: SlideResult, path: str | os.PathLike[str]) -> dict[str, Any]:
+def write_summary(result: SlideResult, path: str | os.PathLike[str],
+                  timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Write :func:`build_summary` to ``path`` atomically; returns the summary written."""
-    summary = build_summary(result)
+    summary = build_summary(result, timings)
     text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     atomic_write_text(path, text)
     return summary

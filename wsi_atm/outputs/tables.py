@@ -1,10 +1,13 @@
 """Per-candidate CSV: every candidate, classified or not, one row each.
 
-Columns: ``id,x,y,p_atypical,label,detector_score,at_border,status``. ``x``/``y`` are level-0
+Columns: ``id,x,y,p_atypical,label,detector_score,at_border,status,fold_std,review,
+in_hotspot``. ``x``/``y`` are level-0
 pixels in **OpenSlide's frame** (no bounds offset subtracted, unlike the GeoJSON), so the file
 reads back as a detections CSV for the same slide. ``p_atypical``, ``label`` and ``at_border``
 are empty for candidates that were not classified; ``detector_score`` is empty when the
-detector gave none.
+detector gave none. ``fold_std`` is the fold models' standard deviation of p (empty with a
+single network), ``review`` whether the call is flagged for review, ``in_hotspot`` whether the
+candidate lies in the mitotic hotspot (both empty when not classified).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ CSV_COLUMNS: tuple[str, ...] = (
     "detector_score",
     "at_border",
     "status",
+    "fold_std",
+    "review",
+    "in_hotspot",
 )
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def _number(value: float, decimals: int) -> str:
@@ -38,6 +48,9 @@ def candidate_rows(result: SlideResult) -> list[list[str]]:
     cands = result.candidates
     classified = result.classified
     atypical = result.atypical
+    review, hot = result.review, result.hotspot_mask
+    folds = result.review_rule.folds if result.review_rule else 1
+    spread = result.fold_std if result.fold_std is not None and folds > 1 else None
     rows = []
     for i in range(len(cands)):
         done = bool(classified[i])
@@ -50,8 +63,11 @@ def candidate_rows(result: SlideResult) -> list[list[str]]:
                 _number(float(result.p_atypical[i]), 6) if done else "",
                 label,
                 _number(float(cands.score[i]), 6),
-                ("true" if result.at_border[i] else "false") if done else "",
+                _flag(bool(result.at_border[i])) if done else "",
                 str(result.status[i]),
+                _number(float(spread[i]), 6) if done and spread is not None else "",
+                _flag(bool(review[i])) if done else "",
+                _flag(bool(hot[i])) if done else "",
             ]
         )
     return rows

@@ -1,0 +1,64 @@
+"""What a run was asked to do, in three parts shared by ``classify`` and ``batch``.
+
+``OpenOptions``: how to open a slide. ``CallOptions``: how probabilities become calls, flags
+and the hotspot (they change numbers in every output). ``OutputOptions``: which files and how
+they look. The batch completion key holds all three.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from wsi_atm.errors import OptionError
+
+Shape = Literal["point", "circle"]
+SHAPES: tuple[str, ...] = ("point", "circle")
+
+REVIEW_BAND = 0.10
+REVIEW_FOLD_STD = 0.15
+HOTSPOT_AREA_MM2 = 2.0
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    """How to open a slide: the reading library and a µm/px override."""
+
+    backend: str = "auto"
+    mpp: float | None = None
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """How probabilities become calls, review flags and the hotspot.
+
+    A classified candidate is flagged for review when ``|p - threshold| <= review_band`` or,
+    with more than one fold model, when the fold models' standard deviation of p reaches
+    ``review_fold_std``.
+    """
+
+    threshold: float | None = None  # None: the card's
+    review_band: float = REVIEW_BAND
+    review_fold_std: float = REVIEW_FOLD_STD
+    hotspot_area_mm2: float = HOTSPOT_AREA_MM2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.review_band <= 0.5:
+            raise OptionError(f"--review-band must be between 0 and 0.5, not {self.review_band}")
+        if not 0 < self.review_fold_std <= 0.5:
+            raise OptionError("--review-fold-std must be above 0 and at most 0.5 (the largest "
+                              f"spread of probabilities), not {self.review_fold_std}")
+        area = self.hotspot_area_mm2
+        if not (math.isfinite(area) and 0 < area <= 1000):
+            raise OptionError(f"--hotspot-area must be a positive area in mm², not {area}")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which outputs to write beside the GeoJSON, CSV and summary, and how they look."""
+
+    shape: Shape = "point"
+    figure: bool = True  # the review PNG
+    review_class: bool = False  # flagged calls get their own QuPath class
+    points_json: bool = False  # <stem>.points.json (grand-challenge points, mm)
