@@ -1,4 +1,5 @@
-"""Cohort outputs of a batch: ``cohort.csv`` (one row per slide) and ``cohort.png``."""
+"""Cohort outputs of a batch: ``cohort.csv`` (one row per slide), ``cohort.png`` and
+``report.html`` (see :mod:`wsi_atm.batch.report`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_atm.batch.plan import SlideStatus
+from wsi_atm.batch.report import write_report
 from wsi_atm.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -19,8 +21,10 @@ if TYPE_CHECKING:
 COLUMNS = ("slide", "detections", "status", "candidates", "classified", "atypical", "normal",
            "atypical_fraction", "fraction_ci95_low", "fraction_ci95_high",
            "atypical_fraction_corrected", "corrected_ci95_low", "corrected_ci95_high",
-           "corrected_method", "corrected_warning", "atypical_to_normal_ratio", "elapsed_s",
-           "error")
+           "corrected_method", "corrected_warning", "atypical_to_normal_ratio",
+           "hotspot_area_mm2", "hotspot_mitoses", "hotspot_atypical", "hotspot_atypical_fraction",
+           "hotspot_center_x", "hotspot_center_y", "tissue_mm2", "mitoses_per_mm2",
+           "atypical_per_mm2", "review_flagged", "elapsed_s", "error")
 
 
 def _fmt(value: Any) -> str:
@@ -34,6 +38,9 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     counts = s.get("counts", {})
     frac = s.get("atypical_fraction") or {}
     corrected = s.get("atypical_fraction_corrected") or {}
+    hot = s.get("hotspot") or {}
+    tissue = s.get("tissue") or {}
+    center = hot.get("center_px") or [None, None]
     ci = frac.get("ci95") or [None, None]
     cci = corrected.get("ci95") or [None, None]
     # skipped: the time of the run that made the outputs; not run: blank
@@ -47,6 +54,13 @@ def cohort_row(o: Outcome) -> dict[str, str]:
         "corrected_ci95_low": cci[0], "corrected_ci95_high": cci[1],
         "corrected_method": corrected.get("method"), "corrected_warning": corrected.get("warning"),
         "atypical_to_normal_ratio": s.get("atypical_to_normal_ratio"),
+        "hotspot_area_mm2": hot.get("area_mm2"), "hotspot_mitoses": hot.get("mitoses"),
+        "hotspot_atypical": hot.get("atypical"),
+        "hotspot_atypical_fraction": (hot.get("atypical_fraction") or {}).get("value"),
+        "hotspot_center_x": center[0], "hotspot_center_y": center[1],
+        "tissue_mm2": tissue.get("area_mm2"), "mitoses_per_mm2": tissue.get("mitoses_per_mm2"),
+        "atypical_per_mm2": tissue.get("atypical_per_mm2"),
+        "review_flagged": counts.get("review"),
         "elapsed_s": round(elapsed, 3) if isinstance(elapsed, float) else elapsed,
         "error": o.error,
     }
@@ -70,6 +84,7 @@ def write_cohort(outcomes: list[Outcome], out_dir: Path) -> None:
     with atomic_path(out_dir / "cohort.png") as tmp:
         draw_histogram(headline if use_headline else raw, len(outcomes), label=label).save(
             tmp, format="PNG")
+    write_report(outcomes, out_dir)  # last: it links the histogram and each slide's files
 
 
 def draw_histogram(fractions: list[float], n_slides: int, bins: int = 20,
