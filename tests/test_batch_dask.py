@@ -57,12 +57,26 @@ def test_dask_cluster_matches_single_process(tmp_path):
     assert [r["status"] for r in cohort_rows(dask)] == ["failed"] + ["skipped"] * 4
 
 
-def test_workers_option_starts_a_local_cluster(tmp_path):
+def test_workers_option_starts_a_local_cluster(tmp_path, monkeypatch):
     card = card_128(tmp_path / "card")
     slides = tmp_path / "slides"
     make_cohort(slides, n=1)
     out = tmp_path / "out"
+    # Regression: the client reopened every slide to draw its review picture after a worker
+    # had read it. Workers are spawned processes; this only stops the client from opening.
+    from wsi_atm import pipeline
+    from wsi_atm import slides as slides_pkg
+    from wsi_atm.batch import run
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the dask client opened a slide")
+
+    monkeypatch.setattr(pipeline, "open_slide", no_open)
+    monkeypatch.setattr(slides_pkg, "open_slide", no_open)
+    monkeypatch.setattr(run, "open_slide", no_open, raising=False)  # where it was imported
     assert run_cli(["batch", str(slides), "--out-dir", str(out), "--workers", "1",
                     "--model", str(card), "--device", "cpu", "--quiet"]) == 0
     assert [r["status"] for r in cohort_rows(out)] == ["ok"]
     assert (out / "case0.geojson").is_file()
+    with open(out / "case0.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

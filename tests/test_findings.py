@@ -218,3 +218,18 @@ def test_bad_finding_options_are_one_line_exit_2(mosaic: dict, tmp_path: Path, b
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("wsi-atm: ")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_hotspot_larger_than_the_tissue_is_flagged(mosaic: dict, tmp_path: Path) -> None:
+    assert run_cli(["classify", str(mosaic["slide"]), "--detections", str(mosaic["detections"]),
+                    "--out-dir", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
+    _, _, summary = load(tmp_path)  # 2 mm² field, 0.98 mm² of tissue
+    assert summary["hotspot"]["mitoses"] == len(CLUSTER) + len(SPARSE)
+    assert any("larger than the tissue" in w for w in summary["warnings"])
+    _, _, small = load_run(mosaic, tmp_path / "small")
+    assert not any("larger than the tissue" in w for w in small["warnings"])
+
+
+def load_run(mosaic: dict, out: Path) -> tuple[dict, list[dict], dict]:
+    assert classify(mosaic, out) == 0
+    return load(out)

@@ -273,6 +273,11 @@ def build_summary(result: SlideResult,
     slide = _slide(result)
     warnings = [slide["upsample_warning"]] if slide["upsample_warning"] else []
     warnings += list(result.candidates.report.warnings)
+    h, t = result.hotspot, result.tissue
+    if h is not None and t is not None and h.area_mm2 > t.area_mm2:
+        warnings.append(
+            f"the hotspot field ({h.area_mm2:g} mm²) is larger than the tissue found "
+            f"({t.area_mm2:.2f} mm²): its count is close to the whole slide's, not a hotspot")
     summary = {
         "summary_version": SUMMARY_VERSION,
         "package_version": result.package_version or __version__,
