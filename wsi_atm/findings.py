@@ -13,14 +13,9 @@ from wsi_atm.options import CallOptions
 from wsi_atm.slide_result import HotspotMeta, ReviewRule, SlideResult
 
 
-def slide_mpp_xy(result: SlideResult) -> tuple[float, float]:
-    s = result.slide
-    return (s.mpp if s.mpp_x is None else s.mpp_x, s.mpp if s.mpp_y is None else s.mpp_y)
-
-
 def add_hotspot(result: SlideResult, area_mm2: float) -> None:
     """The field of ``area_mm2`` holding the most classified mitoses (µm, so a true circle)."""
-    mx, my = slide_mpp_xy(result)
+    mx, my = result.slide.mpp_xy
     idx = np.flatnonzero(result.classified)
     r = hotspot_radius_um(area_mm2)
     cands = result.candidates
@@ -37,7 +32,7 @@ def add_hotspot(result: SlideResult, area_mm2: float) -> None:
 
 
 def add_tissue(result: SlideResult, thumbnail: np.ndarray) -> None:
-    mx, my = slide_mpp_xy(result)
+    mx, my = result.slide.mpp_xy
     result.tissue = tissue_area(thumbnail, (result.slide.width * mx, result.slide.height * my))
 
 

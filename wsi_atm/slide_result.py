@@ -34,6 +34,12 @@ class SlideMeta:
     mpp_y: float | None = None
     detections_mpp_xy: tuple[float, float] | None = None  # the same, x and y apart
 
+    @property
+    def mpp_xy(self) -> tuple[float, float]:
+        """µm/px along x and y (``mpp`` for both in records built without them)."""
+        return (self.mpp if self.mpp_x is None else self.mpp_x,
+                self.mpp if self.mpp_y is None else self.mpp_y)
+
 
 @dataclass(frozen=True)
 class ModelMeta:

@@ -129,10 +129,10 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: Classifier,
     try:
         result = classify_job(prep, classifier, settings)
     except Exception as exc:
-        prep.close()
         elapsed = round(time.perf_counter() - prep.started, 3)
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
-    prep.close()  # the result holds all the outputs need
+    finally:
+        prep.close()  # the result holds all the outputs need
     try:
         write(result, job)
     except Exception as exc:

@@ -47,20 +47,26 @@ def feature_id(slide_name: str, candidate_id: str, occurrence: int = 0) -> str:
     return str(uuid.uuid5(FEATURE_NAMESPACE, key))
 
 
-def circle_ring(
-    x: float, y: float, diameter: float, vertices: int = CIRCLE_VERTICES
+def ellipse_ring(
+    x: float, y: float, rx: float, ry: float, vertices: int = CIRCLE_VERTICES
 ) -> list[list[float]]:
-    """A closed ring (first vertex repeated last) approximating a circle around (x, y)."""
-    r = diameter / 2.0
+    """A closed ring (first vertex repeated last) approximating an axis-aligned ellipse."""
     ring = [
         [
-            round(x + r * math.cos(2 * math.pi * i / vertices), COORD_DECIMALS),
-            round(y + r * math.sin(2 * math.pi * i / vertices), COORD_DECIMALS),
+            round(x + rx * math.cos(2 * math.pi * i / vertices), COORD_DECIMALS),
+            round(y + ry * math.sin(2 * math.pi * i / vertices), COORD_DECIMALS),
         ]
         for i in range(vertices)
     ]
     ring.append(list(ring[0]))
     return ring
+
+
+def circle_ring(
+    x: float, y: float, diameter: float, vertices: int = CIRCLE_VERTICES
+) -> list[list[float]]:
+    """A closed ring (first vertex repeated last) approximating a circle around (x, y)."""
+    return ellipse_ring(x, y, diameter / 2.0, diameter / 2.0, vertices)
 
 
 def _geometry(x: float, y: float, shape: str, diameter: float) -> dict[str, Any]:
@@ -79,11 +85,7 @@ def hotspot_feature(result: SlideResult) -> dict[str, Any] | None:
         return None
     dx, dy = result.slide.bounds_offset
     cx, cy = h.center_px[0] - dx, h.center_px[1] - dy
-    rx, ry = h.radius_px
-    ring = [[round(cx + rx * math.cos(2 * math.pi * i / HOTSPOT_VERTICES), COORD_DECIMALS),
-             round(cy + ry * math.sin(2 * math.pi * i / HOTSPOT_VERTICES), COORD_DECIMALS)]
-            for i in range(HOTSPOT_VERTICES)]
-    ring.append(list(ring[0]))
+    ring = ellipse_ring(cx, cy, *h.radius_px, vertices=HOTSPOT_VERTICES)
     measurements: dict[str, float] = {
         "area_mm2": h.area_mm2, "mitoses": float(h.mitoses), "atypical": float(h.atypical),
         "normal": float(h.mitoses - h.atypical)}

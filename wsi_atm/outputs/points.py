@@ -21,7 +21,7 @@ MM_DECIMALS = 9
 
 def points_document(result: SlideResult) -> dict[str, Any]:
     s = result.slide
-    mx, my = s.detections_mpp_xy or (s.mpp_x or s.mpp, s.mpp_y or s.mpp)
+    mx, my = s.detections_mpp_xy or s.mpp_xy
     cands = result.candidates
     atypical = result.atypical
     points = []

@@ -152,8 +152,8 @@ def _slide(result: SlideResult) -> dict[str, Any]:
         "name": s.name,
         "backend": s.backend,
         "mpp": s.mpp,
-        "mpp_x": s.mpp if s.mpp_x is None else s.mpp_x,
-        "mpp_y": s.mpp if s.mpp_y is None else s.mpp_y,
+        "mpp_x": s.mpp_xy[0],
+        "mpp_y": s.mpp_xy[1],
         "mpp_source": s.mpp_source,
         "detections_mpp": s.detections_mpp,
         "detections_mpp_note": "µm/px used to convert detections given in µm or mm: the "
