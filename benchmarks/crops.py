@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests.slide_factory when run from a checkout
+sys.path.insert(0, str(HERE.parent))  # a checkout runs without installing wsi_atm
 
 import openslide  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.slide_factory import tissue_region, write_svs_strips  # noqa: E402
 from wsi_atm.crops import plan_crops, stream_crops  # noqa: E402
 from wsi_atm.slides import open_slide  # noqa: E402
+from wsi_atm.synthetic import tissue_region, write_svs_strips  # noqa: E402
 
 MPP = 0.25
 TILE = 256

@@ -4,7 +4,7 @@
 
 The slide is a tiled (256 px) JPEG TIFF at 0.25 µm/px (X/YResolution in centimetres), with a
 pyramid of downsamples 1, 4 and 16 in the main IFD chain (OpenSlide's generic-tiff driver reads
-all three levels). Its pixels come from ``tests/slide_factory.py``: a seeded, tissue-like canvas
+all three levels). Its pixels come from ``wsi_atm/synthetic.py``: a seeded, tissue-like canvas
 (pink stroma, pale gaps, purple elliptical "nuclei"), identical for the same seed.
 
 ``synthetic_025mpp.candidates.csv`` lists the centres (x, y level-0 px) of the 24 darkest large
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # for tests.slide_factory when run as a script
+sys.path.insert(0, str(HERE.parent))  # a checkout runs without installing wsi_atm
 
-from tests.slide_factory import nuclei, tissue_image, write_pyramid_tiff  # noqa: E402
+from wsi_atm.synthetic import nuclei, tissue_image, write_pyramid_tiff  # noqa: E402
 
 MPP = 0.25
 N_CANDIDATES = 24

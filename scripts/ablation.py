@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,13 @@ import numpy as np
 from wsi_atm.fraction.estimators import FractionModel
 from wsi_atm.train.fraction_study import load_predictions, study
 from wsi_atm.train.metrics import binary_metrics
+from wsi_atm.train.results import FoldResult
 
 TODAY = "rogan-gladen (in-domain rates)"
 
 
-def fold_results(run: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(run.glob("fold_*/result.json"))]
+def fold_results(run: Path) -> list[FoldResult]:
+    return [FoldResult.read(p) for p in sorted(run.glob("fold_*/result.json"))]
 
 
 def export(run: Path, dest: Path) -> None:
@@ -37,16 +37,16 @@ def export(run: Path, dest: Path) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["name", "held_out", "label", "p_atypical"])
         for r in fold_results(run):
-            pred = r["predictions"]
-            for n, y, p in zip(pred["names"], pred["labels"], pred["p_atypical"], strict=True):
-                w.writerow([n, r["held_out"], int(y), f"{p:.5f}"])
+            pred = r.predictions
+            for n, y, p in zip(pred.names, pred.labels, pred.p_atypical, strict=True):
+                w.writerow([n, r.held_out, int(y), f"{p:.5f}"])
 
 
 def row(run: Path, fixed: dict[str, FractionModel], reps: int) -> tuple[list[str], list[str]]:
     folds = fold_results(run)
-    groups = [r["held_out"] for r in folds]
-    ba = [r["metrics"]["balanced_accuracy"] for r in folds]
-    auc = [r["metrics"]["auroc"] for r in folds]
+    groups = [r.group_name for r in folds]
+    ba = [r.metrics["balanced_accuracy"] for r in folds]
+    auc = [r.metrics["auroc"] for r in folds]
     pred = load_predictions(run)
     pooled = binary_metrics(pred.labels, pred.p, 0.5)
     frac = study(pred, reps=reps, fixed=fixed)

@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from tests.slide_factory import tissue_image, write_pyramid_tiff
 from tests.test_infer import make_trained_card
+from wsi_atm.synthetic import tissue_image, write_pyramid_tiff
 
 
 def card_128(folder: Path) -> Path:

@@ -20,16 +20,16 @@ from wsi_atm.models.adapters import (
     LoraNet,
     MergedLoraNet,
     build_linear_probe,
-    load_lora,
-    load_lora_state,
     lora_state,
     merge_for_inference,
     read_lora_metadata,
     save_lora,
 )
 from wsi_atm.models.card import EmbeddingSpec
+from wsi_atm.models.loading import load_checkpoint
 from wsi_atm.models.nets import build_net
 from wsi_atm.models.registry import find_card
+from wsi_atm.models.weight_files import save_safetensors
 
 R = 8
 # card -> (size overrides, image size, patch, fc1 out, fc2 in, prefix tokens, embedding factor)
@@ -230,7 +230,8 @@ def test_lora_state_holds_only_adapters_and_head_and_round_trips(tmp_path):
     assert meta["base_revision"] == ""  # not cached here, and the card pins none
     assert (meta["r"], meta["head"], meta["output"]) == ("8", "token0", "p_normal")
 
-    fresh = load_lora(card, path, pretrained=False, **P14)
+    fresh = build_net(card, "lora", pretrained=False, **P14)
+    assert load_checkpoint(fresh, path, card) is False  # adapters and head only
     # the frozen base is random here: copy it, so the comparison tests adapters and head only
     base = {k: v for k, v in net.state_dict().items() if k not in state}
     fresh.load_state_dict(base, strict=False)
@@ -239,29 +240,32 @@ def test_lora_state_holds_only_adapters_and_head_and_round_trips(tmp_path):
         assert torch.allclose(net.eval()(x), fresh.eval()(x))
 
 
-def test_load_lora_refuses_adapters_of_another_base_model(tmp_path):
+def test_lora_checkpoint_of_another_base_model_is_refused(tmp_path):
     card, net, _ = _small("virchow2", "lora")
     path = tmp_path / "lora.safetensors"
     save_lora(net, card, path)
     other = find_card("virchow")
     with pytest.raises(ModelError, match="paige-ai/Virchow2"):
-        load_lora(other, path, pretrained=False, **P14)
+        load_checkpoint(build_net(other, "lora", pretrained=False, **P14), path, other)
     pinned = dataclasses.replace(card, hub_revision="0" * 40)
     save_lora(net, dataclasses.replace(card, hub_revision="1" * 40), path)
     with pytest.raises(ModelError, match="revision"):
-        load_lora(pinned, path, pretrained=False, **P14)
+        load_checkpoint(build_net(pinned, "lora", pretrained=False, **P14), path, pinned)
 
 
-def test_load_lora_state_refuses_an_incomplete_state():
+def test_lora_checkpoint_missing_or_foreign_adapters_is_refused(tmp_path):
     _, net, _ = _small("uni", "lora")
+    path = tmp_path / "lora.safetensors"
     state = lora_state(net)
     state.pop(next(k for k in state if "lora_B" in k))
-    with pytest.raises(ModelError, match="1 adapter tensors missing"):
-        load_lora_state(net, state)
+    save_safetensors(state, path)
+    with pytest.raises(ModelError, match="1 required tensors missing"):
+        load_checkpoint(net, path)
     state = lora_state(net)
     state["model.base_model.model.blocks.9.attn.qkv.lora_A.default.weight"] = torch.zeros(1)
-    with pytest.raises(ModelError, match="unexpected"):
-        load_lora_state(net, state)
+    save_safetensors(state, path)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_checkpoint(net, path)
 
 
 # -------------------------------------------------------------------- end-to-end baselines

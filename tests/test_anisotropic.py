@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 
 from tests.cli_helpers import run_cli
-from tests.slide_factory import tissue_image, write_pyramid_tiff
 from wsi_atm.crops import plan_crops, read_crop
 from wsi_atm.detections import CandidateOptions
 from wsi_atm.models.registry import find_card
 from wsi_atm.options import OpenOptions
 from wsi_atm.pipeline import prepare_slide
 from wsi_atm.slides import open_slide
+from wsi_atm.synthetic import tissue_image, write_pyramid_tiff
 
 MPP_X, MPP_Y = 0.25, 0.26
 BACKENDS = ("openslide", "tiffslide")

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from tests.cli_helpers import run_cli
-from tests.slide_factory import place_crops, tissue_image, write_pyramid_tiff
 from tests.test_infer import make_trained_card
 from wsi_atm.detections import SlideFrame, read_detections
 from wsi_atm.infer import Classifier
 from wsi_atm.models.card import load_card
 from wsi_atm.models.registry import find_card
+from wsi_atm.synthetic import place_crops, tissue_image, write_pyramid_tiff
 
 SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "qupath_geojson.schema.json").read_text())
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.cli_helpers import run_cli
-from tests.slide_factory import tissue_image, write_pyramid_tiff
+from wsi_atm.synthetic import tissue_image, write_pyramid_tiff
 
 REPO = Path(__file__).resolve().parents[1]
 SVS = REPO / "sample_slides" / "cmu_small_region.svs"

@@ -3,7 +3,6 @@ antialiased, borders are white, and streaming returns every candidate once in bo
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import warnings
@@ -14,13 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.slide_factory import (
-    place_crops,
-    tissue_image,
-    write_pyramid_tiff,
-    write_single_level_tiff,
-    write_svs,
-)
 from wsi_atm.crops import (
     CropBatch,
     CropPlan,
@@ -32,6 +24,13 @@ from wsi_atm.crops import (
 )
 from wsi_atm.errors import OptionError
 from wsi_atm.slides import Slide, open_slide
+from wsi_atm.synthetic import (
+    place_crops,
+    tissue_image,
+    write_pyramid_tiff,
+    write_single_level_tiff,
+    write_svs,
+)
 
 BACKENDS = ("openslide", "tiffslide")
 CENTERS = [(200.0, 150.0), (300.4, 640.6), (777.5, 333.5), (1000.49, 1100.51), (64.0, 64.0)]
@@ -326,7 +325,6 @@ def test_custom_size_and_target(planted: Path) -> None:
         assert (plan.level, plan.read_size, plan.native, plan.crop_size) == (1, 96, True, 96)
         batch = next(stream_crops(slide, [640.0], [600.0], plan=plan))
         assert batch.images.shape == (1, 96, 96, 3)
-        json.dumps(plan.to_dict())
         assert isinstance(plan, CropPlan)
         assert isinstance(slide, Slide)
 

@@ -105,7 +105,8 @@ def _write_run(run, pred: Predictions) -> None:
         metrics = {"balanced_accuracy": 0.7 + k / 100, "auroc": 0.8}
         (run / f"fold_{k}").mkdir()
         (run / f"fold_{k}" / "result.json").write_text(json.dumps({
-            "fold": k, "held_out": g, "metrics": metrics,
+            "fold": k, "held_out": g, "best_epoch": 3, "epochs_run": 4, "threshold": 0.5,
+            "metrics": metrics, "metrics_at_0.5": metrics,
             "predictions": {"names": [names[i] for i in idx], "labels": y.tolist(),
                             "p_atypical": p.tolist()}}))
 

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from tests.cli_helpers import run_cli
-from tests.slide_factory import place_crops, write_pyramid_tiff
 from wsi_atm.density import hotspot_radius_um
 from wsi_atm.detections import SlideFrame, read_detections
 from wsi_atm.outputs.geojson import HOTSPOT_NAME, HOTSPOT_RGB, REVIEW_NAME
+from wsi_atm.synthetic import place_crops, write_pyramid_tiff
 
 MPP = 0.25
 SIZE = (6000, 4000)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,11 +19,14 @@ from safetensors.torch import load_file, save_file
 from timm.layers import SwiGLUPacked
 from torch import nn
 
+from tests.cli_helpers import run_cli
 from wsi_atm.errors import ModelError
-from wsi_atm.models import hub
+from wsi_atm.models import hub, sources
 from wsi_atm.models.adapters import LinearProbe, LoraNet, lora_metadata
+from wsi_atm.models.backbone import preprocess_differences, timm_name
 from wsi_atm.models.card import load_card
 from wsi_atm.models.nets import build_net
+from wsi_atm.models.registry import find_card
 
 REPO = "wsi-atm-test/tiny-virchow2"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -175,6 +179,24 @@ def test_timm_eval_preprocess_reads_the_pretrained_cfg(hf_home):
     assert pre.mean == (0.485, 0.456, 0.406) and pre.train == pre.eval
 
 
+def test_check_preprocess_compares_a_card_with_the_hub_config(hf_home, tmp_path, capsys):
+    write_hub_model(hf_home)
+    agreeing = CARD + """
+[preprocess.linear-probe]
+eval = [{ op = "resize", size = 56, interpolation = "bicubic" }, { op = "center_crop", size = 56 }]
+"""
+    path = tmp_path / "agree.toml"
+    path.write_text(agreeing, encoding="utf-8")
+    assert preprocess_differences(load_card(path)) == []
+    assert run_cli(["models", "--check-preprocess", str(path)]) == 0
+    assert "matches" in capsys.readouterr().out
+    path.write_text(agreeing.replace('"bicubic"', '"bilinear"'), encoding="utf-8")
+    diffs = preprocess_differences(load_card(path))
+    assert len(diffs) == 1 and "bilinear" in diffs[0] and "bicubic" in diffs[0]
+    assert run_cli(["models", "--check-preprocess", str(path)]) == 1
+    assert "eval ops" in capsys.readouterr().out
+
+
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     text = str(exc.value)
     assert "\n" not in text
@@ -234,11 +256,20 @@ def test_other_errors_are_not_disguised_as_hub_errors(hf_home, monkeypatch):
 
 
 def test_hub_ids():
-    assert hub.split_hub_id("hf_hub:org/name@abc") == ("org/name", "abc")
-    assert hub.split_hub_id("hf-hub:org/name") == ("org/name", "")
-    assert hub.normalise_hub_id("hf_hub:prov-gigapath/prov-gigapath") == \
+    assert sources.split_hub_id("hf_hub:org/name@abc") == ("org/name", "abc")
+    assert sources.split_hub_id("hf-hub:org/name") == ("org/name", "")
+    assert sources.normalise_hub_id("hf_hub:prov-gigapath/prov-gigapath") == \
         "hf-hub:prov-gigapath/prov-gigapath"
-    assert hub.is_hub_id("hf_hub:a/b") and not hub.is_hub_id("vit_large_patch16_224")
+    assert sources.is_hub_id("hf_hub:a/b") and not sources.is_hub_id("vit_large_patch16_224")
+
+
+def test_cards_name_hub_models_to_timm_one_way():
+    gigapath = find_card("prov-gigapath")  # written hf_hub: in its card
+    assert gigapath.is_hub and timm_name(gigapath) == "hf-hub:prov-gigapath/prov-gigapath"
+    pinned = dataclasses.replace(gigapath, architecture="hf_hub:org/name@abc")
+    assert timm_name(pinned) == "hf-hub:org/name@abc"
+    plain = find_card("vit-l")
+    assert not plain.is_hub and timm_name(plain) == plain.architecture
 
 
 SCRIPT = """

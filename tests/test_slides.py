@@ -12,15 +12,15 @@ import openslide
 import pytest
 from PIL import Image
 
-from tests.slide_factory import (
+from wsi_atm.errors import MppUnknownError, OptionError, SlideError
+from wsi_atm.slides import Slide, open_slide
+from wsi_atm.synthetic import (
     place_crops,
     tissue_image,
     write_pyramid_tiff,
     write_single_level_tiff,
     write_svs,
 )
-from wsi_atm.errors import MppUnknownError, OptionError, SlideError
-from wsi_atm.slides import Slide, open_slide
 
 W, H = 1024, 768
 BACKENDS = ("openslide", "tiffslide")

@@ -28,7 +28,7 @@ import warnings
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,9 +78,6 @@ class CropPlan:
     def effective_mpp(self) -> float:
         """µm/px of the crops as produced (the target, up to rounding of ``read_size``)."""
         return self.level_mpp / self.scale if self.level_mpp else self.target_mpp
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "effective_mpp": self.effective_mpp}
 
 
 @dataclass

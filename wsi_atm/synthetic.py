@@ -1,8 +1,9 @@
 """Write real-format synthetic slides (tiled pyramidal TIFF, Aperio SVS) with tifffile.
 
-Plain functions, not fixtures, so any test module (and the benchmark) can import them::
+Plain functions, not fixtures, so the tests, the benchmarks and sample_slides/make_synthetic.py
+import them from the installed package::
 
-    from tests.slide_factory import tissue_image, write_pyramid_tiff, write_svs
+    from wsi_atm.synthetic import tissue_image, write_pyramid_tiff, write_svs
 
 The images are tissue-like (pink stroma, pale gaps, purple nuclei), deterministic from a seed,
 and defined on an infinite canvas: ``tissue_region(x0, y0, w, h, seed)`` gives the same pixels
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -157,7 +159,7 @@ def _resolution(
     return (per_unit / mpp, per_unit / mpp), name
 
 
-def _write_options(compression: str | None, quality: int) -> dict[str, object]:
+def _write_options(compression: str | None, quality: int) -> dict[str, Any]:
     if compression is None:
         return {}
     if compression == "jpeg":
@@ -193,11 +195,11 @@ def write_pyramid_tiff(
     res, unit = _resolution(mpp, resolution_unit)
     if resolution is not None:
         res, unit = resolution, RESOLUTION_UNITS[resolution_unit][1] if resolution_unit else "NONE"
-    common: dict[str, object] = {"photometric": "rgb", **_write_options(compression, quality)}
+    common: dict[str, Any] = {"photometric": "rgb", **_write_options(compression, quality)}
     if tile is not None:
         common["tile"] = (tile, tile)
     with tifffile.TiffWriter(path, bigtiff=image.nbytes > 2**31) as tif:
-        first: dict[str, object] = dict(common, metadata=None, description=description)
+        first: dict[str, Any] = dict(common, metadata=None, description=description)
         if res is not None:
             first.update(resolution=res, resolutionunit=unit)
         elif unit is not None:
@@ -207,7 +209,7 @@ def write_pyramid_tiff(
         tif.write(image, **first)
         for factor in levels[1:]:
             level_res = None if res is None else (res[0] / factor, res[1] / factor)
-            extra: dict[str, object] = {"subfiletype": 1}
+            extra: dict[str, Any] = {"subfiletype": 1}
             if level_res is not None:
                 extra.update(resolution=level_res, resolutionunit=unit)
             tif.write(_downsample(image, factor), **common, **extra)
@@ -277,7 +279,7 @@ def write_svs(
     h, w = image.shape[:2]
     if levels[0] != 1:
         raise ValueError("the first level must have downsample 1")
-    opts: dict[str, object] = {
+    opts: dict[str, Any] = {
         "photometric": "rgb", "tile": (tile, tile), **_write_options(compression, quality)
     }  # fmt: skip
     with tifffile.TiffWriter(path, bigtiff=image.nbytes > 2**31) as tif:
@@ -327,7 +329,7 @@ def write_svs_strips(
                 block[: part.shape[0], : part.shape[1]] = part
                 yield block
 
-    opts: dict[str, object] = {
+    opts: dict[str, Any] = {
         "photometric": "rgb", "tile": (tile, tile), "compression": "jpeg",
         "compressionargs": {"level": quality},
     }  # fmt: skip

@@ -42,9 +42,24 @@ def slide_info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> N
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def models(as_json: bool) -> None:
+@click.option("--check-preprocess", "check", metavar="CARD", default=None,
+              help="compare a hub card's linear-probe eval preprocessing with the model's own "
+                   "pretrained_cfg (reads the cached hub config; exit 1 when they differ)")
+def models(as_json: bool, check: str | None) -> None:
     """List the bundled model cards: name, kind, parameters, weights and where they come from."""
-    from wsi_atm.models.registry import describe_cards
+    from wsi_atm.models.registry import describe_cards, find_card
+
+    if check is not None:
+        from wsi_atm.models.backbone import preprocess_differences
+
+        card = find_card(check)
+        diffs = preprocess_differences(card)
+        for line in diffs:
+            click.echo(f"{card.name}: {line}")
+        if diffs:
+            raise SystemExit(1)
+        click.echo(f"{card.name}: eval preprocessing matches the model's pretrained_cfg")
+        return
 
     rows = describe_cards()
     if as_json:

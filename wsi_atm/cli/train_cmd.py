@@ -67,9 +67,9 @@ def train(data_dir: Path, model: str, mode: str, out: Path | None, config_file: 
     cfg = TrainConfig.from_mapping(values)
     out = out or Path("runs") / f"{card.name}-{mode}"
     summary = train_run(card, data_dir, out, cfg, quiet=quiet)
-    ba, auc = summary["balanced_accuracy"], summary["auroc"]
+    ba, auc = summary.fold_stats["balanced_accuracy"], summary.fold_stats["auroc"]
     click.echo(
-        f"{card.name} {mode}: balanced accuracy {ba['mean']:.4f} ± {ba['std']:.4f}, "
-        f"AUROC {auc['mean']:.4f} ± {auc['std']:.4f} over {len(summary['folds'])} folds; "
+        f"{card.name} {mode}: balanced accuracy {ba.mean:.4f} ± {ba.std:.4f}, "
+        f"AUROC {auc.mean:.4f} ± {auc.std:.4f} over {len(summary.folds)} folds; "
         f"card: {out / 'card.toml'}"
     )

@@ -172,19 +172,6 @@ class Candidates:
     def inside(self) -> np.ndarray:
         return np.asarray(self.status == CandidateStatus.OK, dtype=bool)
 
-    def to_rows(self) -> list[dict[str, object]]:
-        return [
-            {
-                "id": str(self.ids[i]),
-                "x": float(self.x[i]),
-                "y": float(self.y[i]),
-                "score": None if math.isnan(self.score[i]) else float(self.score[i]),
-                "label": str(self.label[i]),
-                "status": str(self.status[i]),
-            }
-            for i in range(len(self))
-        ]
-
 
 @dataclass
 class RawDetections:

@@ -21,8 +21,9 @@ upstream did); ``adapt_patch_embed = false`` excludes it. The one-logit head att
 - ``"replace"`` (H-optimus-0/-1): built with ``num_classes=0``, then ``head = Linear(D, 1)``.
 
 A LoRA checkpoint holds only adapters and the head (:func:`lora_state`, :func:`save_lora`); its
-safetensors metadata records the base model's hub id and revision, which :func:`load_lora`
-checks. :func:`merge_for_inference` folds the adapters into the base weights.
+safetensors metadata records the base model's hub id and revision, which loading checks
+(``wsi_atm.models.loading.load_checkpoint``). :func:`merge_for_inference` folds the adapters
+into the base weights.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from torch import nn
 from wsi_atm.errors import ModelError
 from wsi_atm.models.backbone import create_backbone
 from wsi_atm.models.card import ModelCard
-from wsi_atm.models.hub import cached_revision, is_hub_id, normalise_hub_id
-from wsi_atm.models.weight_files import load_into, load_weights, save_safetensors
+from wsi_atm.models.hub import cached_revision
+from wsi_atm.models.sources import is_hub_id, normalise_hub_id
+from wsi_atm.models.weight_files import save_safetensors
 
 EMBEDDINGS = ("cls", "cls+mean")
 LORA_HEADS = ("token0", "pooled", "replace")
@@ -173,26 +175,14 @@ def merge_for_inference(net: nn.Module) -> nn.Module:
     return merged.train(net.training)
 
 
-def _is_adapter_key(key: str) -> bool:
+def is_adapter_key(key: str) -> bool:
+    """A LoRA adapter or the trained head copy peft keeps (``modules_to_save``)."""
     return ".lora_" in key or ".modules_to_save." in key
 
 
 def lora_state(net: nn.Module) -> dict[str, torch.Tensor]:
     """Only the LoRA adapters and the trained head copy (megabytes, not the 2.5 GB backbone)."""
-    return {k: v.detach() for k, v in net.state_dict().items() if _is_adapter_key(k)}
-
-
-def load_lora_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load adapters + head into a freshly built LoRA net; every adapter key must be there."""
-    own = {k for k in net.state_dict() if _is_adapter_key(k)}
-    missing = sorted(own - set(state))
-    unexpected = sorted(set(state) - own)
-    if missing or unexpected:
-        raise ModelError(
-            f"LoRA state does not fit the model: {len(missing)} adapter tensors missing"
-            f"{' (e.g. ' + missing[0] + ')' if missing else ''}, {len(unexpected)} unexpected"
-            f"{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}")
-    load_into(net, state, strict=False)
+    return {k: v.detach() for k, v in net.state_dict().items() if is_adapter_key(k)}
 
 
 def base_model_id(card: ModelCard) -> str:
@@ -259,15 +249,3 @@ def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str 
         if key in meta and meta[key] != value:
             raise ModelError(f"{where}LoRA {key} = {meta[key]} in the checkpoint, "
                              f"{value} in card {card.name}")
-
-
-def load_lora(card: ModelCard, path: Path, pretrained: bool = True, **overrides: Any) -> LoraNet:
-    """A fresh LoRA net for ``card`` (backbone from its pretrained source) with the adapters and
-    head of a checkpoint written by :func:`save_lora`."""
-    path = Path(path)
-    state = load_weights(path)
-    if path.suffix == ".safetensors":
-        check_lora_metadata(read_lora_metadata(path), card, path)
-    net = build_lora(card, pretrained, **overrides)
-    load_lora_state(net, state)
-    return net

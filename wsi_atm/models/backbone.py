@@ -10,14 +10,14 @@ from torch import nn
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import ModelCard
-from wsi_atm.models.hub import create_hub_backbone
+from wsi_atm.models.hub import create_hub_backbone, timm_eval_preprocess
 from wsi_atm.models.package_weights import is_package_source, load_package_weights
+from wsi_atm.models.sources import split_hub_id, timm_hub_name
 
 
 def timm_name(card: ModelCard) -> str:
-    """timm accepts ``hf-hub:`` and ``hf_hub:``; normalise to the former."""
-    arch = card.architecture
-    return "hf-hub:" + arch[len("hf_hub:"):] if arch.startswith("hf_hub:") else arch
+    """The card's architecture as timm names it (a hub id with the ``hf-hub:`` prefix)."""
+    return timm_hub_name(*split_hub_id(card.architecture)) if card.is_hub else card.architecture
 
 
 # Any, not nn.Module: timm networks carry architecture-specific members (num_features,
@@ -49,3 +49,19 @@ def _resolve_layer_names(kwargs: dict[str, Any]) -> None:
             if kwargs[key] not in named:
                 raise ModelError(f"unknown {key} {kwargs[key]!r}")
             kwargs[key] = named[kwargs[key]]
+
+
+def preprocess_differences(card: ModelCard) -> list[str]:
+    """Where the card's eval preprocessing differs from the hub model's own pretrained_cfg
+    (random weights: only the hub config is read). Empty when they agree."""
+    if not card.is_hub:
+        raise ModelError(f"{card.name}: not a hub model; its preprocessing is the card's own")
+    theirs = timm_eval_preprocess(create_backbone(card, pretrained=False))
+    mine = card.preprocess_for("linear-probe")
+    out = []
+    if tuple(mine.eval) != tuple(theirs.eval):
+        out.append(f"eval ops: card {list(mine.eval)}, timm {list(theirs.eval)}")
+    for what, a, b in (("mean", mine.mean, theirs.mean), ("std", mine.std, theirs.std)):
+        if any(abs(x - y) > 1e-6 for x, y in zip(a, b, strict=True)):
+            out.append(f"{what}: card {tuple(a)}, timm {tuple(b)}")
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.schema import validate
+from wsi_atm.models.sources import is_hub_id
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,7 +91,7 @@ class ModelCard:
 
     @property
     def is_hub(self) -> bool:
-        return self.architecture.startswith(("hf-hub:", "hf_hub:"))
+        return is_hub_id(self.architecture)
 
     def weight_paths(self) -> list[Path]:
         return [self.resolve(w.file) for w in self.weights]

@@ -33,28 +33,9 @@ from torch import nn
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import ModelCard, Preprocess
+from wsi_atm.models.sources import split_hub_id, timm_hub_name
 
-HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
-
-
-def is_hub_id(name: str) -> bool:
-    return name.startswith(HUB_PREFIXES)
-
-
-def split_hub_id(name: str) -> tuple[str, str]:
-    """``hf_hub:org/name@rev`` → (``org/name``, ``rev``); the revision is ``""`` when absent."""
-    for prefix in HUB_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    repo, _, revision = name.partition("@")
-    return repo, revision
-
-
-def normalise_hub_id(name: str) -> str:
-    """The canonical ``hf-hub:org/name`` (no revision) of a hub id written either way."""
-    return "hf-hub:" + split_hub_id(name)[0]
 
 
 def hub_offline() -> bool:
@@ -117,7 +98,7 @@ def create_model(
     taken from the environment now, and every Hub failure turned into a one-line ModelError."""
     repo, rev = split_hub_id(model_id)
     rev = revision or rev
-    name = f"hf-hub:{repo}" + (f"@{rev}" if rev else "")
+    name = timm_hub_name(repo, rev)
     cache = hub_cache_dir()
     offline = hub_offline()
     if offline and cached_file(repo, "config.json", rev) is None:
@@ -216,8 +197,8 @@ def create_hub_backbone(card: ModelCard, pretrained: bool = False, **kwargs: Any
 def timm_eval_preprocess(model: nn.Module) -> Preprocess:
     """timm's eval transform for a model (``resolve_data_config`` + ``create_transform``, as the
     benchmark's linear probes use it) written as card ops: Resize(floor(size / crop_pct)) with
-    the model's interpolation, CenterCrop(size), the model's mean/std. Use it to check a card
-    against the real pretrained_cfg once the model is cached."""
+    the model's interpolation, CenterCrop(size), the model's mean/std. ``wsi-atm models
+    --check-preprocess CARD`` compares a card with it once the model is cached."""
     from timm.data import resolve_data_config  # type: ignore[attr-defined]  # not in __all__
 
     cfg = resolve_data_config(dict(getattr(model, "pretrained_cfg", {})), model=model)
@@ -233,3 +214,4 @@ def timm_eval_preprocess(model: nn.Module) -> Preprocess:
         {"op": "center_crop", "size": height},
     )
     return Preprocess(train=ops, eval=ops, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+

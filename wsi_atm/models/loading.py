@@ -36,6 +36,7 @@ from wsi_atm.models.adapters import (
     LoraNet,
     MergedLoraNet,
     check_lora_metadata,
+    is_adapter_key,
     merge_for_inference,
     read_lora_metadata,
 )
@@ -125,14 +126,14 @@ def _required(net: nn.Module, key: str) -> bool:
     """Keys a checkpoint must hold: adapters + head for LoRA, the head for a linear probe,
     everything for an end-to-end net (the rest may come from the pretrained backbone)."""
     if isinstance(net, LoraNet) and not isinstance(net, MergedLoraNet):
-        return ".lora_" in key or ".modules_to_save." in key
+        return is_adapter_key(key)
     if isinstance(net, LinearProbe):
         return key.startswith("head.")
     return True
 
 
 def _head_or_adapter_key(key: str) -> bool:
-    return (".lora_" in key or ".modules_to_save." in key or ".original_module." in key
+    return (is_adapter_key(key) or ".original_module." in key
             or key.startswith(("classifier.", "head.")))
 
 

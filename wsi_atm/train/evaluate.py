@@ -13,8 +13,7 @@ from wsi_atm.progress import progress_bar
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.metrics import binary_metrics, mean_std
-
-KEYS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
+from wsi_atm.train.results import SUMMARY_KEYS, metric
 
 
 def evaluate(
@@ -47,8 +46,8 @@ def evaluate(
         "n_atypical": int(data.labels.sum()), "n_normal": int((1 - data.labels).sum()),
         "threshold": card.threshold, "tta": tta, "folds": folds, "ensemble": ensemble,
     }
-    for key in KEYS:
-        mean, std = mean_std([f[key] for f in folds])
+    for key in SUMMARY_KEYS:
+        mean, std = mean_std([metric(f, key) for f in folds])
         report[f"fold_{key}"] = {"mean": mean, "std": std}
     if group_of is not None:
         mean_p = per_fold.mean(axis=0)

@@ -10,7 +10,6 @@ judged on the held-out group: pooled as one slide, on pseudo-slides resampled fr
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from wsi_atm.fraction.estimators import METHODS, FractionModel, estimate, fit_platt
 from wsi_atm.train.metrics import best_threshold, binary_metrics
+from wsi_atm.train.results import FoldResult
 
 SIZES = (100, 300, 1000, 2000)
 PREVALENCES = (0.05, 0.10, 0.20, 0.35)
@@ -44,12 +44,11 @@ def load_predictions(run: Path) -> Predictions:
         slide_of = {r["name"]: r["group"] for r in csv.DictReader(fh)}
     p, labels, group, slide = [], [], [], []
     for path in sorted(run.glob("fold_*/result.json")):
-        r = json.loads(path.read_text())
-        pred = r["predictions"]
-        p += pred["p_atypical"]
-        labels += pred["labels"]
-        group += [r.get("held_out") or f"fold {r['fold']}"] * len(pred["labels"])
-        slide += [slide_of[n] for n in pred["names"]]
+        r = FoldResult.read(path)
+        p += r.predictions.p_atypical
+        labels += r.predictions.labels
+        group += [r.group_name] * len(r.predictions.labels)
+        slide += [slide_of[n] for n in r.predictions.names]
     return Predictions(np.array(p), np.array(labels), np.array(group), np.array(slide))
 
 

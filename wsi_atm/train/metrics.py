@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+
+class BinaryMetrics(TypedDict):
+    balanced_accuracy: float
+    auroc: float
+    sensitivity: float
+    specificity: float
+    threshold: float
+    n: int
+    n_atypical: int
+    n_normal: int
 
 
 def confusion(labels: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[int, ...]:
@@ -19,7 +30,7 @@ def confusion(labels: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[i
     )
 
 
-def binary_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def binary_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> BinaryMetrics:
     """Balanced accuracy, AUROC, sensitivity and specificity (atypical = positive)."""
     tp, tn, fp, fn = confusion(labels, prob, threshold)
     sens = tp / (tp + fn) if tp + fn else float("nan")

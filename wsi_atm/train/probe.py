@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
 from wsi_atm.train.protocol import FoldData, FoldTrainer
+from wsi_atm.train.results import FoldResult
 
 
 class ProbeHead(nn.Module):
@@ -53,7 +53,7 @@ def compute_features(
 def train_probe_folds(
     card: ModelCard, data: CropDataset, plans: list[FoldData], cfg: TrainConfig, out: Path,
     quiet: bool,
-) -> list[dict[str, Any]]:
+) -> list[FoldResult]:
     cache = out / "features.pt"
     probe = build_net(card, "linear-probe", pretrained=cfg.pretrained and card.pretrained != "none")
     if cache.is_file():
@@ -66,7 +66,7 @@ def train_probe_folds(
             torch.save(features, tmp)
     feat_data = CropDataset(images=features, labels=data.labels, groups=data.groups,
                             names=data.names, root=data.root)
-    results = []
+    results: list[FoldResult] = []
     for k in cfg.fold_list:
         torch.manual_seed(cfg.seed + k)
         head = ProbeHead(nn.Linear(features.shape[1], 1))

@@ -33,6 +33,7 @@ from wsi_atm.train.data import CropDataset
 from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.folds import fold_splits, inner_split
 from wsi_atm.train.metrics import best_threshold, binary_metrics
+from wsi_atm.train.results import FoldResult, fold_result
 
 
 @dataclass
@@ -234,16 +235,17 @@ class FoldTrainer:
         p = predict(self.eval_net, self.data.images[torch.as_tensor(idx)], self.eval_tf)
         return 1.0 - p if self.card.output == "p_normal" else p
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> FoldResult:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.load_state()
         while self.epoch < self.cfg.epochs and self.bad < self.cfg.early_stop:
             t0 = time.time()
             loss = self.train_epoch()
             select = self.plan.select
+            sel: dict[str, Any]
             if len(select):
-                sel = binary_metrics(self.data.labels[select], self.p_atypical(select))
-                score = sel[self.cfg.select_metric]
+                sel = dict(binary_metrics(self.data.labels[select], self.p_atypical(select)))
+                score = float(sel[self.cfg.select_metric])
             else:  # nothing held out (--cv none): the schedule's last epoch is the model
                 sel, score = {"balanced_accuracy": float(self.epoch)}, float(self.epoch)
             if self.cfg.scheduler == "plateau":
@@ -271,7 +273,7 @@ class FoldTrainer:
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> FoldResult:
         best = load_weights(self.dir / "best.safetensors")
         self.eval_net.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in best.items()},
@@ -280,16 +282,10 @@ class FoldTrainer:
         if self.cfg.threshold == "inner":
             sel = self.plan.select
             threshold = best_threshold(self.data.labels[sel], self.p_atypical(sel))
-        probs = self.p_atypical(self.plan.report)
-        result = {
-            "fold": self.plan.fold, "held_out": self.plan.held_out,
-            "best_epoch": self.best_epoch, "epochs_run": self.epoch,
-            "threshold": threshold,
-            "metrics": binary_metrics(self.data.labels[self.plan.report], probs, threshold),
-            "metrics_at_0.5": binary_metrics(self.data.labels[self.plan.report], probs, 0.5),
-            "predictions": {"names": [self.data.names[i] for i in self.plan.report],
-                            "labels": self.data.labels[self.plan.report].tolist(),
-                            "p_atypical": [round(float(p), 6) for p in probs]},
-        }
-        atomic_write_text(self.dir / "result.json", json.dumps(result, indent=1))
+        report = self.plan.report
+        probs = self.p_atypical(report)
+        result = fold_result(self.plan.fold, self.plan.held_out, self.best_epoch, self.epoch,
+                             threshold, [self.data.names[i] for i in report],
+                             self.data.labels[report], probs)
+        atomic_write_text(self.dir / "result.json", json.dumps(result.to_json(), indent=1))
         return result

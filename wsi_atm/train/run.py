@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from wsi_atm.errors import OptionError
@@ -18,10 +17,8 @@ from wsi_atm.models.card import ModelCard, read_card
 from wsi_atm.models.schema import dump, leading_comment
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset, load_dataset
-from wsi_atm.train.metrics import binary_metrics, mean_std
 from wsi_atm.train.protocol import FoldData, FoldTrainer, plan_folds
-
-SUMMARY_KEYS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
+from wsi_atm.train.results import SUMMARY_KEYS, FoldResult, RunSummary, summarise
 
 
 def prepare_run_dir(out: Path, cfg: TrainConfig) -> TrainConfig:
@@ -58,7 +55,7 @@ def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
 
 def train_run(
     card: ModelCard, data_dir: Path, out: Path, cfg: TrainConfig, quiet: bool = False
-) -> dict[str, Any]:
+) -> RunSummary:
     cfg = prepare_run_dir(out, cfg)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
@@ -74,60 +71,43 @@ def train_run(
             FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
             for p in plans if p.fold in wanted
         ]
-    summary = summarise(results)
-    summary["cv"] = {"kind": cfg.cv, "group": cfg.group if cfg.cv == "leave-group-out" else "slide"}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    summary = summarise(results, cfg.cv, cfg.group if cfg.cv == "leave-group-out" else "slide")
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=2))
     write_run_card(card, cfg, out, results, summary)
     return summary
 
 
-def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"folds": [r["metrics"] for r in results]}
-    for key in SUMMARY_KEYS:
-        mean, std = mean_std([r["metrics"][key] for r in results])
-        summary[key] = {"mean": mean, "std": std}
-        m05, s05 = mean_std([r["metrics_at_0.5"][key] for r in results])
-        summary[f"{key}_at_0.5"] = {"mean": m05, "std": s05}
-    labels = np.concatenate([r["predictions"]["labels"] for r in results])
-    probs = np.concatenate([r["predictions"]["p_atypical"] for r in results])
-    thresholds = [r["threshold"] for r in results]
-    summary["threshold"] = float(np.mean(thresholds))
-    summary["out_of_fold"] = binary_metrics(labels, probs, summary["threshold"])
-    summary["held_out"] = {r.get("held_out") or f"fold {r['fold']}": r["metrics"] for r in results}
-    return summary
-
-
 def write_run_card(
-    card: ModelCard, cfg: TrainConfig, out: Path, results: list[dict[str, Any]],
-    summary: dict[str, Any],
+    card: ModelCard, cfg: TrainConfig, out: Path, results: list[FoldResult],
+    summary: RunSummary,
 ) -> Path:
     """A card for the trained fold ensemble, next to the weights it names."""
     raw = {k: v for k, v in read_card(card.path).items()
            if k not in ("decision", "metrics", "training", "weights")}
     raw |= {"status": "trained", "trained_mode": cfg.mode}
-    raw["decision"] = {"threshold": round(summary["threshold"], 6)}
+    raw["decision"] = {"threshold": round(summary.threshold, 6)}
     raw["metrics"] = run_metrics(summary)
     raw["training"] = json.loads(cfg.to_json())
     raw["weights"] = [
-        {"file": f"fold_{r['fold']}/best.safetensors",
-         "sha256": sha256_file(out / f"fold_{r['fold']}" / "best.safetensors"), "fold": r["fold"]}
+        {"file": f"fold_{r.fold}/best.safetensors",
+         "sha256": sha256_file(out / f"fold_{r.fold}" / "best.safetensors"), "fold": r.fold}
         for r in results]
     card_path = out / "card.toml"
     atomic_write_text(card_path, dump(raw, comment=leading_comment(card.path)))
     return card_path
 
 
-def run_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+def run_metrics(summary: RunSummary) -> dict[str, Any]:
     """The card's ``[metrics]`` from a run summary: fold means, out-of-fold rates, per group."""
-    cv = summary.get("cv", {"kind": "kfold", "group": "slide"})
     source = ("leave-one-group-out: each fold model on the group it never saw"
-              if cv["kind"] == "leave-group-out"
+              if summary.cv_kind == "leave-group-out"
               else "cross-validation (each fold model on its validation fold)")
-    metrics: dict[str, Any] = {"source": source, "cv": cv["kind"], "cv_group": cv["group"]}
+    metrics: dict[str, Any] = {"source": source, "cv": summary.cv_kind,
+                               "cv_group": summary.cv_group}
     for key in SUMMARY_KEYS:
-        metrics[f"cv_{key}_mean"] = round(summary[key]["mean"], 6)
-        metrics[f"cv_{key}_std"] = round(summary[key]["std"], 6)
-    oof = summary["out_of_fold"]
+        metrics[f"cv_{key}_mean"] = round(summary.fold_stats[key].mean, 6)
+        metrics[f"cv_{key}_std"] = round(summary.fold_stats[key].std, 6)
+    oof = summary.out_of_fold
     # The operating point classify uses: out-of-fold predictions at the card's threshold.
     metrics |= {"cv_n_atypical": oof["n_atypical"], "cv_n_normal": oof["n_normal"],
                 "sensitivity": round(oof["sensitivity"], 6),
@@ -135,7 +115,7 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, Any]:
                 "cv_out_of_fold_balanced_accuracy": round(oof["balanced_accuracy"], 6)}
     held = {name: {"balanced_accuracy": round(m["balanced_accuracy"], 6),
                    "auroc": round(m["auroc"], 6), "n": m["n_atypical"] + m["n_normal"]}
-            for name, m in summary.get("held_out", {}).items()}
+            for name, m in summary.held_out.items()}
     if held:
         metrics["held_out"] = held
     return metrics
