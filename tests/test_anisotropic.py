@@ -25,7 +25,7 @@ from wsi_atm.slides import open_slide
 from wsi_atm.synthetic import tissue_image, write_pyramid_tiff
 
 MPP_X, MPP_Y = 0.25, 0.26
-BACKENDS = ("openslide", "tiffslide")
+BACKENDS = ("openslide", "tiffslide", "tiles")
 
 
 @pytest.fixture(scope="module")

@@ -164,6 +164,8 @@ def test_sample_slide_at_half_micron_is_upsampled_and_recorded(card_path, tmp_pa
     assert summary["slide"]["mpp"] == pytest.approx(0.499)
     assert summary["slide"]["resample_factor"] == pytest.approx(2.0, rel=0.01)
     assert summary["slide"]["upsampled"] is True
+    # auto: OpenSlide opens the SVS, wsi-atm decodes its JPEG tiles itself
+    assert (summary["slide"]["backend"], summary["slide"]["pixel_reader"]) == ("openslide", "tiles")
     assert summary["counts"]["classified"] == 2
     ring = geo["features"][0]["geometry"]["coordinates"][0]
     assert geo["features"][0]["geometry"]["type"] == "Polygon" and ring[0] == ring[-1]

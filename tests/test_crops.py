@@ -32,7 +32,7 @@ from wsi_atm.synthetic import (
     write_svs,
 )
 
-BACKENDS = ("openslide", "tiffslide")
+BACKENDS = ("openslide", "tiffslide", "tiles")
 CENTERS = [(200.0, 150.0), (300.4, 640.6), (777.5, 333.5), (1000.49, 1100.51), (64.0, 64.0)]
 
 

@@ -33,6 +33,7 @@ class SlideMeta:
     mpp_x: float | None = None  # None: square pixels of ``mpp`` (records built without them)
     mpp_y: float | None = None
     detections_mpp_xy: tuple[float, float] | None = None  # the same, x and y apart
+    pixel_reader: str = ""  # "tiles" (wsi-atm decoded the crop level's tiles) or the backend
 
     @property
     def mpp_xy(self) -> tuple[float, float]:

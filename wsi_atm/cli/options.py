@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from wsi_atm.detections import CandidateOptions
+from wsi_atm.slides import BACKENDS
 
 F = Callable[..., Any]
 
@@ -46,8 +47,11 @@ def slide_options(func: F) -> F:
     opts = [
         click.option("--mpp", type=float, default=None,
                      help="level-0 µm/px, overriding what the slide declares"),
-        click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide"]),
-                     default="auto", show_default=True, help="slide reading library"),
+        click.option("--backend", type=click.Choice(list(BACKENDS)),
+                     default="auto", show_default=True,
+                     help="slide reader: auto (OpenSlide or tiffslide, tiled TIFF levels "
+                          "decoded directly), tiles (require the direct path), openslide or "
+                          "tiffslide (that library only)"),
     ]
     for opt in reversed(opts):
         func = opt(func)

@@ -151,6 +151,7 @@ def _slide(result: SlideResult) -> dict[str, Any]:
         "path": s.path,
         "name": s.name,
         "backend": s.backend,
+        "pixel_reader": s.pixel_reader or s.backend,
         "mpp": s.mpp,
         "mpp_x": s.mpp_xy[0],
         "mpp_y": s.mpp_xy[1],

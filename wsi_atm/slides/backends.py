@@ -45,7 +45,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def _to_rgb(array: np.ndarray) -> np.ndarray:
+def to_rgb(array: np.ndarray) -> np.ndarray:
     """Any backend array (H×W, H×W×1/3/4, uint8/uint16) → H×W×3 uint8 RGB on white."""
     if array.dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
@@ -153,7 +153,7 @@ class _TiffSlideBackend:
         location = (_level0_for(cx0, ds), _level0_for(cy0, ds))
         with self._handle() as handle:
             arr = handle.read_region(location, level, (cx1 - cx0, cy1 - cy0), as_array=True)
-        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = _to_rgb(np.asarray(arr))
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = to_rgb(np.asarray(arr))
         return out
 
     def close(self) -> None:

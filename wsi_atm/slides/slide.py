@@ -21,8 +21,11 @@ from wsi_atm.errors import MppUnknownError, OptionError, SlideError
 from wsi_atm.faults import inject
 from wsi_atm.slides.backends import Backend, inspect_tiff, open_auto, open_backend, short_error
 from wsi_atm.slides.mpp import Mpp, parse_float, resolve_mpp, unknown_mpp_message
+from wsi_atm.slides.tiles import TileReader
 
-BACKENDS = ("auto", "openslide", "tiffslide")
+# auto: OpenSlide or tiffslide for the slide, its tiled TIFF levels decoded directly (tiles.py);
+# tiles: the same, refusing a slide without such levels; openslide / tiffslide: that library only.
+BACKENDS = ("auto", "openslide", "tiffslide", "tiles")
 
 
 class Slide:
@@ -32,12 +35,17 @@ class Slide:
     """
 
     def __init__(self, path: Path, backend: Backend, mpp: Mpp | None,
-                 declared: Mpp | None = None) -> None:
+                 declared: Mpp | None = None, tiles: TileReader | None = None) -> None:
         self.path = path
         self._backend = backend
+        self._tiles = tiles
         self._mpp = mpp
         self._declared = declared if declared is not None else mpp
-        self.backend: str = backend.name
+        self.backend: str = backend.name  # the library that opened the slide
+        # who decodes the pixels: "tiles" (wsi-atm, straight from the TIFF's tiles, for the
+        # levels in tile_levels; the backend for any other) or the backend itself
+        self.pixel_reader: str = "tiles" if tiles is not None else backend.name
+        self.tile_levels: tuple[int, ...] = tiles.levels if tiles is not None else ()
         self.level_dimensions: tuple[tuple[int, int], ...] = backend.level_dimensions
         self.level_downsamples: tuple[float, ...] = backend.level_downsamples
         self.properties: dict[str, str] = dict(backend.properties)
@@ -125,6 +133,8 @@ class Slide:
             raise SlideError(f"{self.path}: region size must be positive, got {size}")
         xy = (int(origin[0]), int(origin[1]))
         try:
+            if self._tiles is not None and self._tiles.has_level(level):
+                return self._tiles.read(xy, level, (width, height))
             return self._backend.read(xy, level, (width, height))
         except SlideError:
             raise
@@ -177,6 +187,8 @@ class Slide:
         return {
             "path": str(self.path),
             "backend": self.backend,
+            "pixel_reader": self.pixel_reader,
+            "tile_levels": list(self.tile_levels),
             "vendor": self.vendor,
             "dimensions": list(self.dimensions),
             "level_count": self.level_count,
@@ -203,6 +215,8 @@ class Slide:
             self._closed = True
             with contextlib.suppress(Exception):
                 self._backend.close()
+            if self._tiles is not None:
+                self._tiles.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -228,7 +242,7 @@ def open_slide(
     *,
     require_mpp: bool = True,
 ) -> Slide:
-    """Open a whole-slide image with ``backend`` ("auto", "openslide" or "tiffslide").
+    """Open a whole-slide image with ``backend`` (see :data:`BACKENDS`).
 
     ``mpp`` (µm/px at level 0, > 0) overrides what the slide declares. Without it, a slide
     that declares none raises :class:`MppUnknownError`, unless ``require_mpp=False`` (for
@@ -244,14 +258,22 @@ def open_slide(
     if path.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
     inject("open")
-    handle = open_auto(path) if backend == "auto" else open_backend(path, backend)
+    direct = backend in ("auto", "tiles")
+    handle = open_auto(path) if direct else open_backend(path, backend)
     tiff = inspect_tiff(path)
     if tiff.truncated:
         handle.close()
         raise SlideError(f"{path}: {tiff.truncated}")
+    tiles = TileReader.open(path, handle.level_dimensions) if direct else None
+    if backend == "tiles" and tiles is None:
+        handle.close()
+        raise SlideError(f"{path}: --backend tiles needs tiled TIFF levels (JPEG, JPEG 2000, "
+                         "LZW, deflate or uncompressed) and this slide has none")
     declared = resolve_mpp(handle.properties, tiff.mpp, None)
     found = resolve_mpp(handle.properties, tiff.mpp, mpp)
     if found is None and require_mpp:
         handle.close()
+        if tiles is not None:
+            tiles.close()
         raise MppUnknownError(unknown_mpp_message(path))
-    return Slide(path, handle, found, declared)
+    return Slide(path, handle, found, declared, tiles)

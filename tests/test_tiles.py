@@ -1,0 +1,157 @@
+"""The direct tile path (slides/tiles.py) gives OpenSlide's pixels, at edges too, from many
+threads, with a bounded cache; and the backend choice it adds (auto, tiles) behaves."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.cli_helpers import run_cli
+from wsi_atm.crops import plan_crops, stream_crops
+from wsi_atm.errors import SlideError
+from wsi_atm.slides import open_slide
+from wsi_atm.slides.tiles import TileReader
+from wsi_atm.synthetic import tissue_image, write_pyramid_tiff, write_single_level_tiff, write_svs
+
+# Not multiples of the 256-px tile, so the right and bottom tiles are padded in the file.
+W, H = 1000, 700
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return tissue_image(W, H, seed=11)
+
+
+@pytest.fixture(scope="module")
+def tiffs(tmp_path_factory: pytest.TempPathFactory, image: np.ndarray) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tiles")
+    return {
+        "jpeg": write_pyramid_tiff(d / "jpeg.tif", image, 0.25, (1, 2, 4)),
+        "lzw": write_pyramid_tiff(d / "lzw.tif", image, 0.25, (1, 2), compression="lzw"),
+        "zlib": write_pyramid_tiff(d / "zlib.tif", image, 0.25, (1, 2), compression="zlib"),
+        "raw": write_pyramid_tiff(d / "raw.tif", image, 0.25, (1, 2), compression=None),
+        "svs": write_svs(d / "s.svs", image, mpp=0.25),
+    }
+
+
+def windows(level_w: int, level_h: int, n: int, seed: int) -> list[tuple[int, int, int, int]]:
+    """Random windows, many of them over an edge or partly outside the level."""
+    rng = np.random.default_rng(seed)
+    out = [(-5, -5, 40, 30), (level_w - 20, level_h - 10, 64, 64), (level_w + 3, 0, 8, 8)]
+    for _ in range(n):
+        out.append((int(rng.integers(-80, level_w)), int(rng.integers(-80, level_h)),
+                    int(rng.integers(1, 300)), int(rng.integers(1, 300))))
+    return out
+
+
+def page_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A level's pixels decoded whole by tifffile (padded with white for windows outside)."""
+    with tifffile.TiffFile(path) as tif:
+        page = next(p for p in tif.pages if p.is_tiled and (p.imagewidth, p.imagelength) == size)
+        return np.pad(page.asarray(), ((400, 400), (400, 400), (0, 0)), constant_values=255)
+
+
+def assert_same_as_openslide(path: Path, n: int = 60) -> None:
+    """Every level with an integer downsample against OpenSlide; the others (OpenSlide moves
+    their windows by a fraction of a pixel) against the page decoded whole."""
+    with open_slide(path, backend="openslide") as ref, open_slide(path, backend="tiles") as fast:
+        assert (fast.backend, fast.pixel_reader) == ("openslide", "tiles")
+        assert (ref.pixel_reader, ref.tile_levels) == ("openslide", ())
+        assert fast.tile_levels == tuple(range(ref.level_count))
+        for level in range(ref.level_count):
+            lw, lh = ref.level_dimensions[level]
+            exact = float(ref.level_downsamples[level]).is_integer()
+            whole = None if exact else page_pixels(path, (lw, lh))
+            for x, y, w, h in windows(lw, lh, n, seed=level):
+                b = fast.read_level_region((x, y), level, (w, h))
+                a = ref.read_level_region((x, y), level, (w, h)) if whole is None else \
+                    whole[y + 400 : y + 400 + h, x + 400 : x + 400 + w]
+                assert a.shape == b.shape == (h, w, 3)
+                # the two libjpeg builds may round an IDCT differently: at most one grey level
+                diff = np.abs(a.astype(int) - b.astype(int)).max()
+                assert diff <= 1, (path.name, level, x, y, w, h, diff)
+
+
+def test_real_svs_equals_openslide(cmu_svs: Path) -> None:
+    assert_same_as_openslide(cmu_svs, n=150)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "lzw", "zlib", "raw", "svs"])
+def test_synthetic_slides_equal_openslide(tiffs: dict[str, Path], kind: str) -> None:
+    assert_same_as_openslide(tiffs[kind])
+
+
+def test_lossless_tiles_equal_the_written_image(tiffs: dict[str, Path], image: np.ndarray) -> None:
+    for kind in ("lzw", "zlib", "raw"):
+        with open_slide(tiffs[kind], backend="tiles") as s:
+            assert np.array_equal(s.read_level_region((0, 0), 0, (W, H)), image)
+
+
+def test_crops_are_the_same_through_either_path(cmu_svs: Path) -> None:
+    rng = np.random.default_rng(3)
+    xs, ys = rng.uniform(-50, 2270, 300), rng.uniform(-50, 3000, 300)
+    crops = {}
+    for backend in ("openslide", "auto"):
+        with open_slide(cmu_svs, backend=backend, mpp=0.25) as s:
+            plan = plan_crops(s)
+            assert plan.native
+            out = np.empty((300, 128, 128, 3), np.uint8)
+            for batch in stream_crops(s, xs, ys, plan=plan, workers=4, batch_size=32):
+                out[batch.indices] = batch.images
+            crops[backend] = out
+    assert np.array_equal(crops["openslide"], crops["auto"])
+
+
+def test_threads_share_one_decode_per_tile(tiffs: dict[str, Path]) -> None:
+    with open_slide(tiffs["jpeg"], backend="tiles") as s:
+        ref = s.read_level_region((0, 0), 0, (W, H))
+    reader = TileReader.open(tiffs["jpeg"], ((W, H), (W // 2, H // 2), (W // 4, H // 4)))
+    assert reader is not None and reader.levels == (0, 1, 2)
+    rng = np.random.default_rng(5)
+    boxes = [(int(rng.integers(0, W - 128)), int(rng.integers(0, H - 128))) for _ in range(400)]
+
+    def read(box: tuple[int, int]) -> bool:
+        x, y = box
+        return bool(np.array_equal(reader.read((x, y), 0, (128, 128)),
+                                   ref[y : y + 128, x : x + 128]))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, boxes))
+    assert reader.decoded == 4 * 3  # every level-0 tile once (1000 x 700 px = 4 x 3 tiles)
+    reader.close()
+
+
+def test_cache_stays_within_its_budget(tiffs: dict[str, Path]) -> None:
+    tile_bytes = 256 * 256 * 3
+    reader = TileReader.open(tiffs["raw"], ((W, H), (W // 2, H // 2)), cache_bytes=2 * tile_bytes)
+    assert reader is not None
+    with open_slide(tiffs["raw"], backend="openslide") as ref:
+        for x in range(0, W, 100):
+            for y in range(0, H, 100):
+                got = reader.read((x, y), 0, (120, 120))
+                assert np.array_equal(got, ref.read_level_region((x, y), 0, (120, 120)))
+                assert reader._used <= 2 * tile_bytes
+    assert reader.decoded > 12  # evicted tiles were decoded again
+    reader.close()
+
+
+def test_auto_falls_back_where_there_are_no_tiled_levels(tmp_path: Path,
+                                                          image: np.ndarray) -> None:
+    strips = write_single_level_tiff(tmp_path / "strips.tif", image, 0.25, tile=None)
+    with open_slide(strips) as s:
+        # OpenSlide refuses stripped TIFF; tiffslide reads it, with no tile path
+        assert (s.backend, s.pixel_reader) == ("tiffslide", "tiffslide")
+        assert s.read_level_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)
+    with pytest.raises(SlideError, match="--backend tiles needs tiled TIFF levels"):
+        open_slide(strips, backend="tiles")
+    assert run_cli(["slide-info", str(strips), "--backend", "tiles"]) == 2
+
+
+def test_forced_library_backends_do_not_use_tiles(tiffs: dict[str, Path]) -> None:
+    for backend in ("openslide", "tiffslide"):
+        with open_slide(tiffs["jpeg"], backend=backend) as s:
+            assert s.backend == s.pixel_reader == backend
