@@ -9,7 +9,7 @@ import torch
 from tests.train_helpers import write_synthetic_crops, write_tiny_card
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import load_card
-from wsi_atm.models.preprocess import HedJitter, _op, build
+from wsi_atm.models.preprocess import HedJitter, _op, build, reinhard_stats
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.protocol import FoldTrainer, plan_folds
@@ -79,3 +79,30 @@ def test_soft_labels_train_on_the_expert_share(tmp_path):
         cfg = TrainConfig(folds=2, epochs=1, soft_labels=soft)
         trainer = FoldTrainer(card, data, plan_folds(data, cfg)[0], cfg, tmp_path / "f")
         assert torch.allclose(trainer.target(idx), torch.as_tensor(expected, dtype=torch.float32))
+
+
+def test_reinhard_moves_each_image_to_the_target_statistics():
+    # two differently stained versions of one patch: pale and dark
+    base = _tissue(1).float()
+    pale = (255 - (255 - base) * 0.6).round().to(torch.uint8)
+    dark = (base * 0.8).round().to(torch.uint8)
+    batch = torch.stack([pale, dark])
+    mean, std = reinhard_stats(torch.stack([base.to(torch.uint8)]))
+    out = _op({"op": "reinhard", "mean": mean, "std": std})(batch)
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    got_mean, got_std = reinhard_stats(out)
+    assert np.allclose(got_mean, mean, atol=0.02) and np.allclose(got_std, std, rtol=0.1)
+    # the two stainings end up close to each other (they started 30+ grey levels apart)
+    before = (pale.float() - dark.float()).abs().mean()
+    after = (out[0].float() - out[1].float()).abs().mean()
+    assert before > 30 and after < 6
+    # deterministic, and one image alone is normalised as within a batch
+    single = _op({"op": "reinhard", "mean": mean, "std": std})(pale)
+    assert torch.equal(single, out[0])
+
+
+def test_reinhard_needs_its_targets():
+    with pytest.raises(ModelError, match="reinhard"):
+        _op({"op": "reinhard", "mean": [0.1, 0.2], "std": [0.1, 0.1, 0.1]})
+    with pytest.raises(ModelError, match="reinhard"):
+        _op({"op": "reinhard"})

@@ -78,6 +78,57 @@ class HedJitter(torch.nn.Module):
         return (torch.exp(-od) * 255.0).clamp(0, 255).round().to(torch.uint8)
 
 
+# Reinhard et al. 2001: RGB -> LMS cone space, then log10 and a decorrelating rotation (lαβ).
+_LMS_FROM_RGB = torch.tensor([
+    [0.3811, 0.5783, 0.0402],
+    [0.1967, 0.7244, 0.0782],
+    [0.0241, 0.1288, 0.8444],
+])
+_LAB_FROM_LOGLMS = torch.diag(torch.tensor([3 ** -0.5, 6 ** -0.5, 2 ** -0.5])) @ torch.tensor([
+    [1.0, 1.0, 1.0],
+    [1.0, 1.0, -2.0],
+    [1.0, -1.0, 0.0],
+])
+_RGB_FROM_LMS = torch.linalg.inv(_LMS_FROM_RGB)
+_LOGLMS_FROM_LAB = torch.linalg.inv(_LAB_FROM_LOGLMS)
+
+
+class ReinhardNormalise(torch.nn.Module):
+    """Stain normalisation: move each image's lαβ mean and spread to fixed targets.
+
+    Deterministic, so it serves as a card-level eval op too (one image CHW or a batch NCHW).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ModelError("reinhard needs mean and std of three values each, std > 0")
+        self.mean = torch.tensor([float(v) for v in mean]).view(3, 1, 1)
+        self.std = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        rgb = img.float().clamp(min=1.0) / 255.0
+        lms = torch.einsum("...chw,dc->...dhw", rgb, _LMS_FROM_RGB.to(rgb.device))
+        lab = torch.einsum("...chw,dc->...dhw", torch.log10(lms.clamp(min=1e-6)),
+                           _LAB_FROM_LOGLMS.to(rgb.device))
+        m = lab.mean(dim=(-2, -1), keepdim=True)
+        s = lab.std(dim=(-2, -1), keepdim=True).clamp(min=1e-4)
+        lab = (lab - m) / s * self.std.to(rgb.device) + self.mean.to(rgb.device)
+        lms = 10 ** torch.einsum("...chw,dc->...dhw", lab, _LOGLMS_FROM_LAB.to(rgb.device))
+        out = torch.einsum("...chw,dc->...dhw", lms, _RGB_FROM_LMS.to(rgb.device)) * 255.0
+        return out.clamp(0, 255).round().to(torch.uint8)
+
+
+def reinhard_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Mean over images of each image's lαβ mean and spread (the targets a card records)."""
+    rgb = images.float().clamp(min=1.0) / 255.0
+    lms = torch.einsum("nchw,dc->ndhw", rgb, _LMS_FROM_RGB)
+    lab = torch.einsum("nchw,dc->ndhw", torch.log10(lms.clamp(min=1e-6)), _LAB_FROM_LOGLMS)
+    mean = lab.mean(dim=(-2, -1)).mean(dim=0)
+    std = lab.std(dim=(-2, -1)).mean(dim=0)
+    return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
 class JpegRecompress(torch.nn.Module):
     """Re-encode as JPEG at a random quality: the compression artefacts of other scanners."""
 
@@ -122,6 +173,7 @@ def _op(spec: dict[str, Any]) -> torch.nn.Module:
             spec.get("kernel", 5), sigma=tuple(spec.get("sigma", (0.1, 1.0)))),
         "sharpness": lambda: T.RandomAdjustSharpness(spec.get("factor", 2.0), p=1.0),
         "jpeg": lambda: JpegRecompress(tuple(spec.get("quality", (50, 95)))),
+        "reinhard": lambda: ReinhardNormalise(spec.get("mean", ()), spec.get("std", ())),
     }
     if kind not in builders:
         raise ModelError(f"unknown preprocessing op {kind!r}; known: {', '.join(builders)}")
