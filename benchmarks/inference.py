@@ -2,8 +2,9 @@
 
     python benchmarks/inference.py [--model NAME] [--n 512] [--gpu-batches 64,128,256,512]
 
-CPU: img/s of the bundled default model's fold ensemble (what `classify` runs), against a naive
-baseline (one fold model at a time, batch 1, float32, no inference_mode), in one run.
+CPU: img/s of the bundled default model's fold ensemble (what `classify` runs) on both engines
+(ONNX Runtime and PyTorch) with their largest probability difference, against a naive baseline
+(one fold model at a time, batch 1, float32, no inference_mode), in one run.
 GPU (when CUDA is present): the Virchow2 architecture (ViT-H/14, SwiGLU, 4 register tokens; random
 weights) at 224 px in bf16 for each batch size, with achieved TFLOP/s and MFU. FLOPs are counted
 analytically as 2 × multiply-accumulates of every matmul in the forward pass (patch embedding,
@@ -43,8 +44,11 @@ def cpu_section(model: str | None, n: int) -> list[str]:
     crops = np.random.default_rng(0).integers(0, 255, (n, card.crop_size, card.crop_size, 3),
                                               dtype=np.uint8)
     set_cpu_threads()
-    clf = Classifier(card, device="cpu")
+    clf = Classifier(card, device="cpu", engine="torch")
     engine = time_it(lambda: clf.predict(crops))
+    fast = Classifier(card, device="cpu", engine="onnx")
+    onnx_s = time_it(lambda: fast.predict(crops))
+    delta = float(np.abs(fast.predict(crops) - clf.predict(crops)).max())
 
     # The naive loop is slow: time it on a slice and scale to n.
     small = max(16, n // 8)
@@ -64,8 +68,11 @@ def cpu_section(model: str | None, n: int) -> list[str]:
     folds = len(clf.nets)
     return [
         f"| CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads) | {card.name} "
-        f"({folds} folds) | engine, batch {clf.batch_size} | {n / engine:.1f} img/s | "
-        f"{naive_s / engine:.2f}× naive |",
+        f"({folds} folds) | --engine onnx (ONNX Runtime), batch {fast.batch_size}, "
+        f"max |Δp| vs torch {delta:.1e} | {n / onnx_s:.1f} img/s | "
+        f"{naive_s / onnx_s:.2f}× naive |",
+        f"| | | --engine torch: batch {clf.batch_size}, channels-last, inference_mode "
+        f"| {n / engine:.1f} img/s | {naive_s / engine:.2f}× naive |",
         f"| | | naive: batch 1, one fold at a time | {n / naive_s:.1f} img/s | 1.00× |",
     ]
 

@@ -9,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Networks trained inside tests are new every run: exporting each one's ONNX Runtime graph
+# would cost seconds a test. The suite runs PyTorch unless a test asks for an engine
+# (tests/test_engines.py); subprocesses inherit this.
+os.environ.setdefault("WSI_ATM_ENGINE", "torch")
+
 
 def shared_data_dir() -> Path:
     """``../shared/data`` beside the checkout, or ``$WSI_ATM_SHARED_DATA``."""

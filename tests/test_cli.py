@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.cli_helpers import run_cli
 from wsi_atm.synthetic import tissue_image, write_pyramid_tiff
 
@@ -60,3 +62,38 @@ def test_python_m_and_version():
 def test_unknown_option_is_exit_2(capsys):
     assert run_cli(["classify", str(SVS), "--no-such-option"]) == 2
     assert capsys.readouterr().err.startswith("wsi-atm: error:")
+
+
+CHECK_IMPORTS = """
+import sys
+from wsi_atm.cli import main
+code = 0
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code or 0
+print("torch" in sys.modules, code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--help"], 0),
+    (["slide-info", "SVS"], 0),
+    (["classify", "/nonexistent.svs", "--detections", "DET"], 2),
+    (["classify", "SVS", "--detections", "/nonexistent.csv"], 2),
+    (["classify", "SVS", "--detections", "README"], 2),
+])
+def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_path):
+    # Regression: classify built the network (importing torch, seconds) before reading its
+    # inputs, so a misspelt path took seconds to report.
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n10,10\n")
+    readme = Path(__file__).parents[1] / "README.md"
+    args = [{"SVS": str(cmu_svs), "DET": str(det), "README": str(readme)}.get(a, a) for a in args]
+    if args[0] == "classify":
+        args += ["--out-dir", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-c", CHECK_IMPORTS, *args],
+                          capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"False {code}", proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -146,7 +146,7 @@ def test_auto_falls_back_where_there_are_no_tiled_levels(tmp_path: Path,
         # OpenSlide refuses stripped TIFF; tiffslide reads it, with no tile path
         assert (s.backend, s.pixel_reader) == ("tiffslide", "tiffslide")
         assert s.read_level_region((0, 0), 0, (8, 8)).shape == (8, 8, 3)
-    with pytest.raises(SlideError, match="--backend tiles needs tiled TIFF levels"):
+    with pytest.raises(SlideError, match="--backend tiles needs an Aperio SVS or generic TIFF"):
         open_slide(strips, backend="tiles")
     assert run_cli(["slide-info", str(strips), "--backend", "tiles"]) == 2
 
@@ -155,3 +155,16 @@ def test_forced_library_backends_do_not_use_tiles(tiffs: dict[str, Path]) -> Non
     for backend in ("openslide", "tiffslide"):
         with open_slide(tiffs["jpeg"], backend=backend) as s:
             assert s.backend == s.pixel_reader == backend
+
+
+def test_only_plain_tiff_vendors_get_the_tile_path(tiffs: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Ventana BIF or Hamamatsu NDPI is a TIFF too, but its levels are not plain tile grids
+    # (overlapping tiles, restart-marker strips): the library must read those.
+    from wsi_atm.slides import slide as slide_module
+
+    monkeypatch.setattr(slide_module, "TILE_VENDORS", ("aperio",))
+    with open_slide(tiffs["jpeg"]) as s:  # generic-tiff, now outside the list
+        assert s.pixel_reader == "openslide" and s.tile_levels == ()
+    with open_slide(tiffs["svs"]) as s:
+        assert s.pixel_reader == "tiles"

@@ -11,7 +11,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_atm.engines import MAX_DELTA_P, best_time, check_engine, onnx_nets
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.faults import inject
 from wsi_atm.files import sha256_file
@@ -81,7 +82,7 @@ class Classifier:
 
     def __init__(
         self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
-        tta: bool = False, compile: bool = False,
+        tta: bool = False, compile: bool = False, engine: str | None = None,
     ) -> None:
         self.card = card
         self.device = pick_device(device)
@@ -92,6 +93,53 @@ class Classifier:
         self.weights = verify_weights(card)
         self.nets = [self._load(w.path, compile) for w in self.weights]
         self.transform = BatchTransform(card.preprocess_for(), train=False)
+        self.runners: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.nets)
+        engine = engine or os.environ.get("WSI_ATM_ENGINE") or "auto"
+        self.engine = self._choose_engine(check_engine(engine), compile)
+        self._verify = self.engine == "onnx"  # on the first real batch
+        self.max_delta_p: float | None = None  # ONNX Runtime vs PyTorch on that batch
+
+    def _choose_engine(self, asked: str, compile: bool) -> str:
+        """torch, or ONNX Runtime on CPU when asked for or (auto) faster on a probe batch."""
+        if asked == "torch" or (asked == "auto" and (self.device.type != "cpu" or compile)):
+            return "torch"
+        if self.device.type != "cpu":
+            raise OptionError("--engine onnx runs on the CPU; use --device cpu")
+        blank = torch.zeros(1, 3, self.card.crop_size, self.card.crop_size, dtype=torch.uint8)
+        size = int(self.transform(blank).shape[-1])
+        try:
+            twins = onnx_nets(self.nets, [w.sha256 for w in self.weights], size, self.card.name)
+        except Exception as exc:
+            if asked == "onnx":
+                raise ModelError(f"{self.card.name}: no ONNX Runtime graph ({exc})") from exc
+            log.warning("%s: ONNX Runtime unavailable, using PyTorch (%s)", self.card.name, exc)
+            return "torch"
+        if asked == "auto":
+            probe = torch.rand(self.batch_size, 3, size, size)
+            with torch.inference_mode():
+                t_torch = sum(best_time(n, probe.contiguous(memory_format=torch.channels_last))
+                              for n in self.nets)
+                t_onnx = sum(best_time(n, probe) for n in twins)
+            log.info("engine probe: torch %.4f s, onnx %.4f s", t_torch, t_onnx)
+            if t_onnx >= 0.95 * t_torch:
+                return "torch"
+        self.runners = list(twins)
+        return "onnx"
+
+    def _check_against_torch(self, crops: torch.Tensor, got: torch.Tensor) -> None:
+        """ONNX Runtime must give PyTorch's probabilities (max |dp| <= 1e-3) on real crops."""
+        self._verify = False
+        runners, self.runners = self.runners, list(self.nets)
+        try:
+            ref = self._forward(crops)
+        finally:
+            self.runners = runners
+        delta = float((ref - got).abs().max()) if got.numel() else 0.0
+        self.max_delta_p = delta
+        if delta > MAX_DELTA_P:
+            log.warning("%s: ONNX Runtime differs from PyTorch by %.2g in P(atypical); using "
+                        "PyTorch", self.card.name, delta)
+            self.runners, self.engine = list(self.nets), "torch"
 
     def _load(self, path: str, compile: bool) -> nn.Module:
         # Converts upstream key layouts, checks every key, builds on the hub backbone only when
@@ -116,7 +164,7 @@ class Classifier:
         views = range(8) if self.tta else (0,)
         out = torch.zeros(len(self.nets), x.shape[0], device=self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            for f, net in enumerate(self.nets):
+            for f, net in enumerate(self.runners):
                 for k in views:
                     out[f] += p_atypical_from_logits(net(dihedral(x, k)), self.card)
         return out / len(views)
@@ -134,7 +182,12 @@ class Classifier:
         while start < len(x):
             chunk = x[start : start + self.batch_size]
             try:
-                out.append(self._forward(chunk).cpu())
+                probs_chunk = self._forward(chunk).cpu()
+                if self._verify:
+                    self._check_against_torch(chunk, probs_chunk)
+                    if self.engine == "torch":
+                        continue  # redo this chunk with PyTorch
+                out.append(probs_chunk)
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise

@@ -8,9 +8,11 @@ hotspot, tissue, review flags, review picture → GeoJSON / CSV / summary JSON /
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,12 +23,14 @@ from wsi_atm.detections.records import CandidateStatus
 from wsi_atm.faults import inject
 from wsi_atm.files import sha256_file
 from wsi_atm.findings import add_findings
-from wsi_atm.infer import Classifier, prefetch
 from wsi_atm.models.card import ModelCard
 from wsi_atm.options import CallOptions, OpenOptions, OutputOptions
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
+
+if TYPE_CHECKING:  # torch is imported only once a slide and its detections have been read
+    from wsi_atm.infer import Classifier
 
 THUMBNAIL_PX = 1600  # longest side of the thumbnail behind tissue area and the review picture
 
@@ -41,6 +45,7 @@ def model_meta(classifier: Classifier, threshold: float | None) -> ModelMeta:
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
         threshold=used, sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
         n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"), tta=classifier.tta,
+        engine=classifier.engine,
         # Platt calibration was fitted on plain (no-TTA) probabilities; it does not depend on
         # the threshold, so it survives --threshold but not --tta.
         fraction={} if classifier.tta else dict(card.fraction),
@@ -75,6 +80,8 @@ def classify_candidates(
     slide: Slide, cands: Candidates, plan: CropPlan, classifier: Classifier, quiet: bool,
 ) -> Calls:
     """P(atypical), its spread over fold models, status and at_border per candidate."""
+    from wsi_atm.infer import prefetch
+
     n = len(cands)
     p, spread = np.full(n, np.nan), np.full(n, np.nan)
     status = cands.status.astype(object).copy()
@@ -197,10 +204,22 @@ def run_slide(
     out_dir: Path | None = None, quiet: bool = True,
 ) -> SlideResult:
     """Classify every candidate of one slide; with ``out_dir``, write all outputs there."""
-    opening, calls = opening or OpenOptions(), calls or CallOptions()
-    outputs = outputs or OutputOptions()
     prep = prepare_slide(slide_path, detections_path, classifier.card, cand_options, opening)
+    return run_prepared(prep, lambda: classifier, cand_options, calls, outputs, out_dir, quiet)
+
+
+def run_prepared(
+    prep: PreparedSlide, make_classifier: Callable[[], Classifier],
+    cand_options: CandidateOptions, calls: CallOptions | None = None,
+    outputs: OutputOptions | None = None, out_dir: Path | None = None, quiet: bool = True,
+) -> SlideResult:
+    """:func:`run_slide` from a prepared slide, which it closes. The classifier is made only
+    now, so bad input (slide, detections) fails before the network is loaded."""
+    calls, outputs = calls or CallOptions(), outputs or OutputOptions()
     try:
+        t = time.perf_counter()
+        classifier = make_classifier()
+        prep.timings["model_load_s"] = round(time.perf_counter() - t, 3)
         result = classify_prepared(prep, classifier, cand_options, calls,
                                    figure=outputs.figure and out_dir is not None, quiet=quiet)
     finally:

@@ -56,6 +56,7 @@ class ModelMeta:
     n_atypical: int | None = None  # positives behind the sensitivity estimate
     n_normal: int | None = None  # negatives behind the specificity estimate
     tta: bool = False
+    engine: str = "torch"  # what ran the networks: torch, or onnx (ONNX Runtime on CPU)
     # The card's ``[fraction]`` table (how to estimate the slide's true share); empty when the
     # card has none or when it does not hold for this run (TTA changes the probabilities).
     fraction: dict[str, Any] = field(default_factory=dict)

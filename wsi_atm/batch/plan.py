@@ -65,6 +65,7 @@ class BatchSettings:
     batch_size: int | None = None
     tta: bool = False
     compile: bool = False
+    engine: str = "auto"  # torch, onnx, or auto (ONNX Runtime on CPU when faster)
     threads: int | None = None  # CPU threads per model (None: all cores)
 
 

@@ -49,7 +49,7 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
                   else pick_device(settings.device)).type
         precision = "bf16-autocast" if device == "cuda" else "float32"
     return {"wsi_atm_version": __version__, "device": device, "precision": precision,
-            "compile": settings.compile}
+            "compile": settings.compile, "engine": settings.engine}
 
 
 def _is_device(name: str) -> bool:

@@ -58,7 +58,7 @@ def classify_job(prep: Prepared, classifier: Classifier,
 def load_classifier(settings: BatchSettings) -> Classifier:
     set_cpu_threads(settings.threads)  # this process's share of the cores
     return Classifier(settings.model, device=settings.device, batch_size=settings.batch_size,
-                      tta=settings.tta, compile=settings.compile)
+                      tta=settings.tta, compile=settings.compile, engine=settings.engine)
 
 
 _RESIDENT: dict[str, Any] = {"key": None, "classifier": None, "loads": 0}
@@ -69,7 +69,7 @@ def resident_classifier(settings: BatchSettings) -> Classifier:
     """This process's Classifier, loaded on first use and kept across slides (dask workers)."""
     card = settings.model
     key = (str(card.path), file_sha256(card.path), settings.device, settings.batch_size,
-           settings.tta, settings.threads, settings.compile)
+           settings.tta, settings.threads, settings.compile, settings.engine)
     with _RESIDENT_LOCK:
         if _RESIDENT["key"] != key:
             _RESIDENT.update(key=None, classifier=None)  # one model resident at a time

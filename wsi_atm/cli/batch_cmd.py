@@ -63,7 +63,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           detections: Path | None, detections_dir: Path | None, patterns: tuple[str, ...],
           scheduler: str | None, workers: int | None, model: str | None,
           threshold: float | None, device: str, batch_size: int | None, tta: bool,
-          compile_model: bool, mpp: float | None, backend: str, hotspot_area: float,
+          compile_model: bool, engine: str, mpp: float | None, backend: str, hotspot_area: float,
           review_band: float, review_fold_std: float, shape: str, review_class: bool,
           points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
@@ -82,7 +82,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
         opening=OpenOptions(backend=backend),
         calls=make_call_options(threshold, hotspot_area, review_band, review_fold_std),
         outputs=make_output_options(shape, review_class, points_json),
-        device=device, batch_size=batch_size, tta=tta, compile=compile_model,
+        device=device, batch_size=batch_size, tta=tta, compile=compile_model, engine=engine,
         threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)
     outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,

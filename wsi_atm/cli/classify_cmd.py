@@ -19,6 +19,7 @@ from wsi_atm.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from wsi_atm.infer import Classifier
     from wsi_atm.slide_result import SlideResult
 
 
@@ -35,23 +36,30 @@ if TYPE_CHECKING:
 @candidate_options
 def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              threshold: float | None, device: str, batch_size: int | None, tta: bool,
-             compile_model: bool, mpp: float | None, backend: str, hotspot_area: float,
+             compile_model: bool, engine: str, mpp: float | None, backend: str, hotspot_area: float,
              review_band: float, review_fold_std: float, shape: str, review_class: bool,
              points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
-    from wsi_atm.infer import Classifier, set_cpu_threads
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions
-    from wsi_atm.pipeline import output_paths, run_slide
+    from wsi_atm.pipeline import output_paths, prepare_slide, run_prepared
 
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
     outputs = make_output_options(shape, review_class, points_json)
-    set_cpu_threads()
-    classifier = Classifier(find_card(model), device=device, batch_size=batch_size, tta=tta,
-                            compile=compile_model)
-    result = run_slide(slide, detections, classifier, cand_options, OpenOptions(backend, mpp),
-                       calls, outputs, out_dir=out_dir, quiet=quiet)
+    card = find_card(model)
+    # Slide and detections first: bad input fails in a fraction of a second, before torch.
+    prep = prepare_slide(slide, detections, card, cand_options, OpenOptions(backend, mpp))
+
+    def make_classifier() -> Classifier:
+        from wsi_atm.infer import Classifier, set_cpu_threads
+
+        set_cpu_threads()
+        return Classifier(card, device=device, batch_size=batch_size, tta=tta,
+                          compile=compile_model, engine=engine)
+
+    result = run_prepared(prep, make_classifier, cand_options, calls, outputs,
+                          out_dir=out_dir, quiet=quiet)
     n_aty, n_norm = int(result.atypical.sum()), int(result.normal.sum())
     skipped = len(result.candidates) - n_aty - n_norm
     ratio = f"{n_aty / n_norm:.3f}" if n_norm else "n/a (no normal mitoses)"

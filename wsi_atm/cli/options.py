@@ -59,7 +59,7 @@ def slide_options(func: F) -> F:
 
 
 def model_options(func: F) -> F:
-    """--model, --threshold, --device, --batch-size, --tta, --compile."""
+    """--model, --threshold, --device, --batch-size, --tta, --compile, --engine."""
     opts = [
         click.option("--model", default=None,
                      help="bundled model name or card path (default: the bundled default model)"),
@@ -72,6 +72,11 @@ def model_options(func: F) -> F:
                      help="torch.compile the models (CUDA; pays off on large batches)"),
         click.option("--tta", is_flag=True,
                      help="test-time augmentation: mean over the 8 flips/rotations"),
+        click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto",
+                     show_default=True, envvar="WSI_ATM_ENGINE",
+                     help="what runs the networks on CPU: auto (ONNX Runtime when faster on a "
+                          "probe batch and equal on the first real one), torch or onnx "
+                          "[env WSI_ATM_ENGINE]"),
     ]
     for opt in reversed(opts):
         func = opt(func)

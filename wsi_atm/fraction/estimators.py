@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from wsi_atm.fraction.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
 
@@ -69,6 +68,10 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def fit_platt(p: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(a, b) of ``sigmoid(a·logit(p) + b)`` by maximum likelihood (unpenalised)."""
+    # Fitting happens in training and studies only; classify merely applies (a, b), and
+    # importing scikit-learn would cost the review picture a second of start-up.
+    from sklearn.linear_model import LogisticRegression
+
     x = logit(p).reshape(-1, 1)
     y = np.asarray(labels, dtype=int)
     if len(np.unique(y)) < 2:

@@ -191,6 +191,7 @@ def _model(result: SlideResult) -> dict[str, Any]:
         "weights_sha256": list(m.weights_sha256),
         "threshold": m.threshold,
         "tta": m.tta,
+        "engine": m.engine,
         "sensitivity": m.sensitivity,
         "specificity": m.specificity,
         "n_atypical": m.n_atypical,

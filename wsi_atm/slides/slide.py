@@ -26,6 +26,7 @@ from wsi_atm.slides.tiles import TileReader
 # auto: OpenSlide or tiffslide for the slide, its tiled TIFF levels decoded directly (tiles.py);
 # tiles: the same, refusing a slide without such levels; openslide / tiffslide: that library only.
 BACKENDS = ("auto", "openslide", "tiffslide", "tiles")
+TILE_VENDORS = ("aperio", "generic-tiff", "generic")
 
 
 class Slide:
@@ -264,11 +265,17 @@ def open_slide(
     if tiff.truncated:
         handle.close()
         raise SlideError(f"{path}: {tiff.truncated}")
-    tiles = TileReader.open(path, handle.level_dimensions) if direct else None
+    vendor = handle.properties.get("openslide.vendor") or handle.properties.get(
+        "tiffslide.vendor") or "generic-tiff"
+    # Only formats whose levels are plain tiled TIFF pages: Ventana BIF tiles overlap, NDPI
+    # levels are restart-marker strips, Philips and Leica keep sparse tiles and several images.
+    tiles = (TileReader.open(path, handle.level_dimensions)
+             if direct and vendor in TILE_VENDORS else None)
     if backend == "tiles" and tiles is None:
         handle.close()
-        raise SlideError(f"{path}: --backend tiles needs tiled TIFF levels (JPEG, JPEG 2000, "
-                         "LZW, deflate or uncompressed) and this slide has none")
+        raise SlideError(f"{path}: --backend tiles needs an Aperio SVS or generic TIFF with "
+                         "tiled levels (JPEG, JPEG 2000, LZW, deflate or uncompressed); "
+                         f"this is {vendor} without such levels")
     declared = resolve_mpp(handle.properties, tiff.mpp, None)
     found = resolve_mpp(handle.properties, tiff.mpp, mpp)
     if found is None and require_mpp:
