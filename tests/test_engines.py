@@ -38,7 +38,7 @@ def test_onnx_gives_pytorchs_probabilities_on_real_crops(real_crops: np.ndarray,
     torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops)
     fast = Classifier(card, device="cpu", engine="onnx")
     assert fast.engine == "onnx"
-    graph = graph_path(fast.weight_sha256[0], 96)
+    graph = graph_path(fast.weight_sha256[0], 96, fast._network_key())
     assert graph.is_file() and graph.parent.parent == cache
     onnx_p = fast.predict(real_crops)
     assert fast.engine == "onnx" and fast.max_delta_p is not None
@@ -68,10 +68,35 @@ def test_a_graph_that_disagrees_falls_back_to_pytorch(real_crops: np.ndarray,
     assert np.allclose(got, torch_p, atol=1e-6)
 
 
+@pytest.mark.parametrize("fault", ["nan", "error"])
+def test_a_graph_that_fails_falls_back_and_is_dropped(real_crops: np.ndarray, fault: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: NaN passed the |dp| check (nan > 1e-3 is False), and a runtime error of
+    # ONNX Runtime ended the run instead of falling back.
+    card = find_card("wsi-atm-default")
+    torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:40])
+    bad = Classifier(card, device="cpu", engine="onnx")
+    graph = graph_path(bad.weight_sha256[0], 96, bad._network_key())
+    assert graph.is_file()
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        if fault == "error":
+            raise RuntimeError("ORT kernel failed")
+        return torch.full((x.shape[0],), float("nan"))
+
+    bad.runners = [broken]
+    with caplog.at_level(logging.WARNING):
+        got = bad.predict(real_crops[:40])
+    assert bad.engine == "torch" and np.allclose(got, torch_p, atol=1e-6)
+    assert not graph.exists()  # rebuilt next time rather than trusted
+
+
 def test_engine_choice_is_checked() -> None:
     card = find_card("wsi-atm-default")
     with pytest.raises(OptionError, match="--engine"):
         Classifier(card, device="cpu", engine="tensorrt")
+    with pytest.raises(OptionError, match="--compile"):
+        Classifier(card, device="cpu", engine="onnx", compile=True)
     if not torch.cuda.is_available():
         return
     with pytest.raises(OptionError, match="CPU"):

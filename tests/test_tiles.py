@@ -168,3 +168,32 @@ def test_only_plain_tiff_vendors_get_the_tile_path(tiffs: dict[str, Path],
         assert s.pixel_reader == "openslide" and s.tile_levels == ()
     with open_slide(tiffs["svs"]) as s:
         assert s.pixel_reader == "tiles"
+
+
+@pytest.mark.parametrize("photometric, compression, samples, extra, ok", [
+    (2, 7, 3, (), True), (6, 7, 3, (), True), (1, 8, 1, (), True), (2, 5, 4, (2,), True),
+    (6, 5, 3, (), False),  # YCbCr outside JPEG: tifffile would return it unconverted
+    (6, 33003, 3, (), False),  # Aperio YCbCr JPEG 2000: left to OpenSlide
+    (2, 8, 4, (1,), False),  # premultiplied alpha
+    (1, 8, 3, (), False),  # grey photometric with three samples
+])
+def test_only_layouts_decoded_to_true_rgb_take_the_tile_path(photometric: int, compression: int,
+                                                             samples: int, extra: tuple[int, ...],
+                                                             ok: bool) -> None:
+    from types import SimpleNamespace
+
+    from wsi_atm.slides.tiles import _usable
+
+    page = SimpleNamespace(is_tiled=True, planarconfig=1, bitspersample=8,
+                           compression=compression, photometric=photometric,
+                           samplesperpixel=samples, extrasamples=extra, imagedepth=1)
+    assert _usable(page) is ok
+
+
+def test_a_closed_reader_refuses_reads(tiffs: dict[str, Path]) -> None:
+    reader = TileReader.open(tiffs["raw"], ((W, H), (W // 2, H // 2)))
+    assert reader is not None
+    reader.close()
+    with pytest.raises(ValueError, match="closed"):
+        reader.read((0, 0), 0, (8, 8))
+    reader.close()  # twice is harmless

@@ -41,9 +41,10 @@ def cache_dir() -> Path:
     return Path(xdg) / "wsi-atm"
 
 
-def graph_path(weights_sha256: str, size: int) -> Path:
-    """Where the ONNX graph of one weight file at one input size is cached."""
-    key = f"{weights_sha256}|{size}|torch {torch.__version__}|opset {OPSET}"
+def graph_path(weights_sha256: str, size: int, network: str = "") -> Path:
+    """Where the ONNX graph of one weight file at one input size is cached; ``network`` names
+    whatever else shapes the graph (the card's architecture and mode, timm's version)."""
+    key = f"{weights_sha256}|{size}|{network}|torch {torch.__version__}|opset {OPSET}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return cache_dir() / "onnx" / f"{digest}.onnx"
 
@@ -78,6 +79,8 @@ class OnnxNet:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # idle workers must not spin while the crop threads decode tiles on the same cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session: Any = ort.InferenceSession(str(path), options,
                                                  providers=["CPUExecutionProvider"])
 
@@ -87,12 +90,13 @@ class OnnxNet:
         return torch.from_numpy(np.asarray(logit, dtype=np.float32))
 
 
-def onnx_nets(nets: list[nn.Module], shas: list[str], size: int, name: str) -> list[OnnxNet]:
+def onnx_nets(nets: list[nn.Module], shas: list[str], size: int, name: str,
+              network: str) -> list[OnnxNet]:
     """The ONNX Runtime twin of each network, exporting the graphs not yet cached."""
     threads = torch.get_num_threads()
     out = []
     for net, sha in zip(nets, shas, strict=True):
-        path = graph_path(sha, size)
+        path = graph_path(sha, size, network)
         if not path.is_file():
             log.warning("%s: building its ONNX Runtime graph once (cached in %s)", name,
                         path.parent)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsi_atm.engines import MAX_DELTA_P, best_time, check_engine, onnx_nets
+from wsi_atm.engines import MAX_DELTA_P, best_time, check_engine, graph_path, onnx_nets
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.faults import inject
 from wsi_atm.files import sha256_file
@@ -94,7 +94,10 @@ class Classifier:
         self.nets = [self._load(w.path, compile) for w in self.weights]
         self.transform = BatchTransform(card.preprocess_for(), train=False)
         self.runners: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.nets)
-        engine = engine or os.environ.get("WSI_ATM_ENGINE") or "auto"
+        if engine is None:  # the environment's choice is for CPU nodes; GPUs keep torch
+            engine = os.environ.get("WSI_ATM_ENGINE") or "auto"
+            if self.device.type != "cpu" and engine == "onnx":
+                engine = "auto"
         self.engine = self._choose_engine(check_engine(engine), compile)
         self._verify = self.engine == "onnx"  # on the first real batch
         self.max_delta_p: float | None = None  # ONNX Runtime vs PyTorch on that batch
@@ -105,10 +108,12 @@ class Classifier:
             return "torch"
         if self.device.type != "cpu":
             raise OptionError("--engine onnx runs on the CPU; use --device cpu")
-        blank = torch.zeros(1, 3, self.card.crop_size, self.card.crop_size, dtype=torch.uint8)
-        size = int(self.transform(blank).shape[-1])
+        if compile:
+            raise OptionError("--compile is for the torch engine; drop it or use --engine torch")
+        size = self._model_size()
         try:
-            twins = onnx_nets(self.nets, [w.sha256 for w in self.weights], size, self.card.name)
+            twins = onnx_nets(self.nets, [w.sha256 for w in self.weights], size, self.card.name,
+                              self._network_key())
         except Exception as exc:
             if asked == "onnx":
                 raise ModelError(f"{self.card.name}: no ONNX Runtime graph ({exc})") from exc
@@ -126,6 +131,24 @@ class Classifier:
         self.runners = list(twins)
         return "onnx"
 
+    def _network_key(self) -> str:
+        """What besides the weight file shapes an exported graph."""
+        import timm
+
+        c = self.card
+        return (f"{c.architecture}|{c.trained_mode}|{c.output}|{sorted(c.kwargs.items())}|"
+                f"timm {timm.__version__}")
+
+    def _use_torch(self, why: str) -> None:
+        log.warning("%s: %s; using PyTorch", self.card.name, why)
+        for w in self.weights:  # a graph that failed is not trusted next time either
+            graph_path(w.sha256, self._model_size(), self._network_key()).unlink(missing_ok=True)
+        self.runners, self.engine, self._verify = list(self.nets), "torch", False
+
+    def _model_size(self) -> int:
+        blank = torch.zeros(1, 3, self.card.crop_size, self.card.crop_size, dtype=torch.uint8)
+        return int(self.transform(blank).shape[-1])
+
     def _check_against_torch(self, crops: torch.Tensor, got: torch.Tensor) -> None:
         """ONNX Runtime must give PyTorch's probabilities (max |dp| <= 1e-3) on real crops."""
         self._verify = False
@@ -136,10 +159,8 @@ class Classifier:
             self.runners = runners
         delta = float((ref - got).abs().max()) if got.numel() else 0.0
         self.max_delta_p = delta
-        if delta > MAX_DELTA_P:
-            log.warning("%s: ONNX Runtime differs from PyTorch by %.2g in P(atypical); using "
-                        "PyTorch", self.card.name, delta)
-            self.runners, self.engine = list(self.nets), "torch"
+        if not delta <= MAX_DELTA_P:  # NaN included
+            self._use_torch(f"ONNX Runtime differs from PyTorch by {delta:.2g} in P(atypical)")
 
     def _load(self, path: str, compile: bool) -> nn.Module:
         # Converts upstream key layouts, checks every key, builds on the hub backbone only when
@@ -169,6 +190,21 @@ class Classifier:
                     out[f] += p_atypical_from_logits(net(dihedral(x, k)), self.card)
         return out / len(views)
 
+    def _run_chunk(self, chunk: torch.Tensor) -> torch.Tensor | None:
+        """P(atypical) per fold of one chunk, or None when the ONNX engine was just dropped."""
+        if self.engine != "onnx":
+            return self._forward(chunk).cpu()
+        try:
+            got = self._forward(chunk).cpu()
+        except Exception as exc:
+            self._use_torch(f"ONNX Runtime failed ({type(exc).__name__}: {exc})")
+            return None
+        if self._verify:
+            self._check_against_torch(chunk, got)
+            if self.engine == "torch":
+                return None
+        return got
+
     def predict_folds(self, crops: np.ndarray) -> np.ndarray:
         """P(atypical) of each fold model, shape (F, N), for uint8 crops (N, H, W, 3).
 
@@ -182,11 +218,9 @@ class Classifier:
         while start < len(x):
             chunk = x[start : start + self.batch_size]
             try:
-                probs_chunk = self._forward(chunk).cpu()
-                if self._verify:
-                    self._check_against_torch(chunk, probs_chunk)
-                    if self.engine == "torch":
-                        continue  # redo this chunk with PyTorch
+                probs_chunk = self._run_chunk(chunk)
+                if probs_chunk is None:
+                    continue  # ONNX Runtime was just dropped: redo this chunk with PyTorch
                 out.append(probs_chunk)
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:

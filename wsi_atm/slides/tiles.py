@@ -28,9 +28,9 @@ import numpy as np
 from wsi_atm.slides.backends import to_rgb
 
 TILE_CACHE_BYTES = 256 * 1024 * 1024
-# none, LZW, JPEG, deflate (Adobe and old), Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000
-SUPPORTED_COMPRESSION = frozenset({1, 5, 7, 8, 32946, 33003, 33005, 34712})
-_PHOTOMETRIC = frozenset({1, 2, 6})  # min-is-black, RGB, YCbCr
+# none, LZW, JPEG, deflate (Adobe and old), Aperio JPEG 2000 (RGB), JPEG 2000. Aperio's
+# YCbCr JPEG 2000 (33003) is left to OpenSlide, which converts it explicitly.
+SUPPORTED_COMPRESSION = frozenset({1, 5, 7, 8, 32946, 33005, 34712})
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,24 @@ class _Level:
     jpeg: tuple[Any, Any] | None = None
 
 
+def _colour_ok(page: Any) -> bool:
+    """Layouts decoded to the right RGB: grey; RGB; RGB + unassociated alpha; YCbCr only inside
+    JPEG (libjpeg converts it; tifffile would hand other YCbCr tiles back raw)."""
+    photometric, samples = int(page.photometric), int(page.samplesperpixel)
+    extra = tuple(int(v) for v in (page.extrasamples or ()))
+    if photometric == 1:
+        return samples == 1
+    if photometric == 6:
+        return int(page.compression) == 7 and samples == 3
+    if photometric == 2:
+        return (samples, extra) in ((3, ()), (4, (2,)))
+    return False
+
+
 def _usable(page: Any) -> bool:
     return bool(
         page.is_tiled and page.planarconfig == 1 and page.bitspersample == 8
-        and int(page.compression) in SUPPORTED_COMPRESSION
-        and int(page.photometric) in _PHOTOMETRIC and page.samplesperpixel in (1, 3, 4)
+        and int(page.compression) in SUPPORTED_COMPRESSION and _colour_ok(page)
         and getattr(page, "imagedepth", 1) == 1)
 
 
@@ -100,6 +113,7 @@ class TileReader:
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._inflight: dict[tuple[int, int], threading.Event] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self.decoded = 0  # tiles decoded so far (each needed tile once while it stays cached)
 
     @classmethod
@@ -119,7 +133,11 @@ class TileReader:
         if not levels:
             tif.close()
             return None
-        return cls(path, tif, levels, cache_bytes)
+        try:
+            return cls(path, tif, levels, cache_bytes)
+        except OSError:
+            tif.close()
+            return None
 
     def has_level(self, level: int) -> bool:
         return level in self._levels
@@ -129,6 +147,8 @@ class TileReader:
         return tuple(sorted(self._levels))
 
     def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        if self._closed:
+            raise ValueError(f"{self.path}: tile reader is closed")
         lv = self._levels[level]
         x0, y0 = origin
         w, h = size
@@ -200,8 +220,13 @@ class TileReader:
         return tile
 
     def close(self) -> None:
+        """Callers join their reader threads first (the crop stream does)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._cache.clear()
         with contextlib.suppress(OSError):
             os.close(self._fd)
         with contextlib.suppress(Exception):
             self._tif.close()
-        self._cache.clear()
