@@ -93,6 +93,14 @@ _RGB_FROM_LMS = torch.linalg.inv(_LMS_FROM_RGB)
 _LOGLMS_FROM_LAB = torch.linalg.inv(_LAB_FROM_LOGLMS)
 
 
+def _lab(img: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (CHW or NCHW) → Reinhard's lαβ, channel axis kept."""
+    rgb = img.float().clamp(min=1.0) / 255.0
+    lms = torch.einsum("...chw,dc->...dhw", rgb, _LMS_FROM_RGB.to(rgb.device))
+    return torch.einsum("...chw,dc->...dhw", torch.log10(lms.clamp(min=1e-6)),
+                        _LAB_FROM_LOGLMS.to(rgb.device))
+
+
 class ReinhardNormalise(torch.nn.Module):
     """Stain normalisation: move each image's lαβ mean and spread to fixed targets.
 
@@ -107,23 +115,19 @@ class ReinhardNormalise(torch.nn.Module):
         self.std = torch.tensor([float(v) for v in std]).view(3, 1, 1)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        rgb = img.float().clamp(min=1.0) / 255.0
-        lms = torch.einsum("...chw,dc->...dhw", rgb, _LMS_FROM_RGB.to(rgb.device))
-        lab = torch.einsum("...chw,dc->...dhw", torch.log10(lms.clamp(min=1e-6)),
-                           _LAB_FROM_LOGLMS.to(rgb.device))
+        lab = _lab(img)
         m = lab.mean(dim=(-2, -1), keepdim=True)
         s = lab.std(dim=(-2, -1), keepdim=True).clamp(min=1e-4)
-        lab = (lab - m) / s * self.std.to(rgb.device) + self.mean.to(rgb.device)
-        lms = 10 ** torch.einsum("...chw,dc->...dhw", lab, _LOGLMS_FROM_LAB.to(rgb.device))
-        out = torch.einsum("...chw,dc->...dhw", lms, _RGB_FROM_LMS.to(rgb.device)) * 255.0
+        dev = lab.device
+        lab = (lab - m) / s * self.std.to(dev) + self.mean.to(dev)
+        lms = 10 ** torch.einsum("...chw,dc->...dhw", lab, _LOGLMS_FROM_LAB.to(dev))
+        out = torch.einsum("...chw,dc->...dhw", lms, _RGB_FROM_LMS.to(dev)) * 255.0
         return out.clamp(0, 255).round().to(torch.uint8)
 
 
 def reinhard_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Mean over images of each image's lαβ mean and spread (the targets a card records)."""
-    rgb = images.float().clamp(min=1.0) / 255.0
-    lms = torch.einsum("nchw,dc->ndhw", rgb, _LMS_FROM_RGB)
-    lab = torch.einsum("nchw,dc->ndhw", torch.log10(lms.clamp(min=1e-6)), _LAB_FROM_LOGLMS)
+    lab = _lab(images)
     mean = lab.mean(dim=(-2, -1)).mean(dim=0)
     std = lab.std(dim=(-2, -1)).mean(dim=0)
     return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
