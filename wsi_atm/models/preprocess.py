@@ -7,6 +7,7 @@ uint8 CHW tensor at a time (torchvision v2), followed by conversion to float and
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,47 +90,56 @@ _LAB_FROM_LOGLMS = torch.diag(torch.tensor([3 ** -0.5, 6 ** -0.5, 2 ** -0.5])) @
     [1.0, 1.0, -2.0],
     [1.0, -1.0, 0.0],
 ])
-_RGB_FROM_LMS = torch.linalg.inv(_LMS_FROM_RGB)
-_LOGLMS_FROM_LAB = torch.linalg.inv(_LAB_FROM_LOGLMS)
+# The same maps on natural logs (log10 x = ln x / ln 10): exp and log are far cheaper than
+# powers of ten, and folding the constant into the 3×3 matrices costs nothing per pixel.
+_LAB_FROM_LNLMS = _LAB_FROM_LOGLMS / math.log(10.0)
+_LNLMS_FROM_LAB = torch.linalg.inv(_LAB_FROM_LNLMS)
+_RGB255_FROM_LMS = torch.linalg.inv(_LMS_FROM_RGB) * 255.0
+
+
+def _flat(img: torch.Tensor) -> torch.Tensor:
+    """(…, 3, H, W) → (…, 3, H·W) float, so each 3×3 colour map is one batched matmul."""
+    return img.reshape(*img.shape[:-2], img.shape[-2] * img.shape[-1]).float()
 
 
 def _lab(img: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (CHW or NCHW) → Reinhard's lαβ, channel axis kept."""
-    rgb = img.float().clamp(min=1.0) / 255.0
-    lms = torch.einsum("...chw,dc->...dhw", rgb, _LMS_FROM_RGB.to(rgb.device))
-    return torch.einsum("...chw,dc->...dhw", torch.log10(lms.clamp(min=1e-6)),
-                        _LAB_FROM_LOGLMS.to(rgb.device))
+    """uint8 RGB (CHW or NCHW) → Reinhard's lαβ as (…, 3, H·W)."""
+    rgb = _flat(img).clamp(min=1.0) / 255.0
+    lms = (_LMS_FROM_RGB.to(rgb.device) @ rgb).clamp(min=1e-6)
+    return _LAB_FROM_LNLMS.to(rgb.device) @ torch.log(lms)
 
 
 class ReinhardNormalise(torch.nn.Module):
     """Stain normalisation: move each image's lαβ mean and spread to fixed targets.
 
-    Deterministic, so it serves as a card-level eval op too (one image CHW or a batch NCHW).
+    Deterministic, so it serves as a card-level eval op too (one image CHW or a batch NCHW);
+    written with plain tensor ops so that it exports into an inference graph.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ModelError("reinhard needs mean and std of three values each, std > 0")
-        self.mean = torch.tensor([float(v) for v in mean]).view(3, 1, 1)
-        self.std = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+        self.mean = torch.tensor([float(v) for v in mean]).view(3, 1)
+        self.std = torch.tensor([float(v) for v in std]).view(3, 1)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         lab = _lab(img)
-        m = lab.mean(dim=(-2, -1), keepdim=True)
-        s = lab.std(dim=(-2, -1), keepdim=True).clamp(min=1e-4)
         dev = lab.device
-        lab = (lab - m) / s * self.std.to(dev) + self.mean.to(dev)
-        lms = 10 ** torch.einsum("...chw,dc->...dhw", lab, _LOGLMS_FROM_LAB.to(dev))
-        out = torch.einsum("...chw,dc->...dhw", lms, _RGB_FROM_LMS.to(dev)) * 255.0
-        return out.clamp(0, 255).round().to(torch.uint8)
+        m = lab.mean(dim=-1, keepdim=True)
+        d = lab - m
+        # sample spread (n - 1), as torch.std; two passes are cheaper than var_mean on CPU
+        s = ((d * d).sum(dim=-1, keepdim=True) / (d.shape[-1] - 1)).sqrt().clamp(min=1e-4)
+        lab = d * (self.std.to(dev) / s) + self.mean.to(dev)
+        out = _RGB255_FROM_LMS.to(dev) @ torch.exp(_LNLMS_FROM_LAB.to(dev) @ lab)
+        return out.clamp(0, 255).round().to(torch.uint8).reshape(img.shape)
 
 
 def reinhard_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Mean over images of each image's lαβ mean and spread (the targets a card records)."""
     lab = _lab(images)
-    mean = lab.mean(dim=(-2, -1)).mean(dim=0)
-    std = lab.std(dim=(-2, -1)).mean(dim=0)
+    mean = lab.mean(dim=-1).mean(dim=0)
+    std = lab.std(dim=-1).mean(dim=0)
     return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
 
 
