@@ -106,7 +106,8 @@ def _lab(img: torch.Tensor) -> torch.Tensor:
     """uint8 RGB (CHW or NCHW) → Reinhard's lαβ as (…, 3, H·W)."""
     rgb = _flat(img).clamp(min=1.0) / 255.0
     lms = (_LMS_FROM_RGB.to(rgb.device) @ rgb).clamp(min=1e-6)
-    return _LAB_FROM_LNLMS.to(rgb.device) @ torch.log(lms)
+    lab: torch.Tensor = _LAB_FROM_LNLMS.to(rgb.device) @ torch.log(lms)
+    return lab
 
 
 class ReinhardNormalise(torch.nn.Module):
@@ -131,7 +132,7 @@ class ReinhardNormalise(torch.nn.Module):
         # sample spread (n - 1), as torch.std; two passes are cheaper than var_mean on CPU
         s = ((d * d).sum(dim=-1, keepdim=True) / (d.shape[-1] - 1)).sqrt().clamp(min=1e-4)
         lab = d * (self.std.to(dev) / s) + self.mean.to(dev)
-        out = _RGB255_FROM_LMS.to(dev) @ torch.exp(_LNLMS_FROM_LAB.to(dev) @ lab)
+        out: torch.Tensor = _RGB255_FROM_LMS.to(dev) @ torch.exp(_LNLMS_FROM_LAB.to(dev) @ lab)
         return out.clamp(0, 255).round().to(torch.uint8).reshape(img.shape)
 
 
