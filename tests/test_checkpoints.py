@@ -12,9 +12,9 @@ from torch import nn
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.adapters import MergedLoraNet, lora_state, save_lora
+from wsi_atm.models.card import atypical_sign
 from wsi_atm.models.loading import (
     atypical_logits,
-    atypical_sign,
     build_from_checkpoint,
     convert_state,
     holds_backbone,

@@ -4,7 +4,12 @@ the two disagree."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
-from wsi_atm.engines import MAX_DELTA_P, graph_path
+from wsi_atm.classifiers import OnnxClassifier, load_classifier, onnx_only
+from wsi_atm.engines import (
+    MAX_DELTA_P,
+    graph_path,
+    machine_key,
+    network_key,
+    read_record,
+    record_path,
+    write_record,
+)
 from wsi_atm.errors import OptionError
 from wsi_atm.infer import Classifier
 from wsi_atm.models.registry import find_card
@@ -38,7 +52,7 @@ def test_onnx_gives_pytorchs_probabilities_on_real_crops(real_crops: np.ndarray,
     torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops)
     fast = Classifier(card, device="cpu", engine="onnx")
     assert fast.engine == "onnx"
-    graph = graph_path(fast.weight_sha256[0], 96, fast._network_key())
+    graph = graph_path(fast.weight_sha256[0], network_key(card))
     assert graph.is_file() and graph.parent.parent == cache
     onnx_p = fast.predict(real_crops)
     assert fast.engine == "onnx" and fast.max_delta_p is not None
@@ -60,8 +74,8 @@ def test_a_graph_that_disagrees_falls_back_to_pytorch(real_crops: np.ndarray,
     card = find_card("wsi-atm-default")
     torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops)
     bad = Classifier(card, device="cpu", engine="onnx")
-    good = bad.runners[0]
-    bad.runners = [lambda x: good(x) + 0.5]  # a broken graph: logits shifted
+    good = bad.graph_runners[0]
+    bad.graph_runners = [lambda x: good(x) + 0.5]  # type: ignore[list-item]  # logits shifted
     with caplog.at_level(logging.WARNING):
         got = bad.predict(real_crops)
     assert bad.engine == "torch" and "differs from PyTorch" in caplog.text
@@ -76,19 +90,19 @@ def test_a_graph_that_fails_falls_back_and_is_dropped(real_crops: np.ndarray, fa
     card = find_card("wsi-atm-default")
     torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:40])
     bad = Classifier(card, device="cpu", engine="onnx")
-    graph = graph_path(bad.weight_sha256[0], 96, bad._network_key())
+    graph = graph_path(bad.weight_sha256[0], network_key(card))
     assert graph.is_file()
 
-    def broken(x: torch.Tensor) -> torch.Tensor:
+    def broken(x: np.ndarray) -> np.ndarray:
         if fault == "error":
             raise RuntimeError("ORT kernel failed")
-        return torch.full((x.shape[0],), float("nan"))
+        return np.full(len(x), np.nan, dtype=np.float32)
 
-    bad.runners = [broken]
+    bad.graph_runners = [broken]  # type: ignore[list-item]
     with caplog.at_level(logging.WARNING):
         got = bad.predict(real_crops[:40])
     assert bad.engine == "torch" and np.allclose(got, torch_p, atol=1e-6)
-    assert not graph.exists()  # rebuilt next time rather than trusted
+    assert not graph.exists() and not record_path(graph).exists()  # rebuilt, not trusted
 
 
 def test_engine_choice_is_checked() -> None:
@@ -101,3 +115,100 @@ def test_engine_choice_is_checked() -> None:
         return
     with pytest.raises(OptionError, match="CPU"):
         Classifier(card, device="cuda", engine="onnx")
+
+
+# ------------------------------------------------------------------ the torch-free fast path
+def _checked(card, crops: np.ndarray) -> Path:
+    """Build the default's graph and check it on real crops, as a first run does."""
+    first = Classifier(card, device="cpu", engine="onnx")
+    first.predict(crops[:64])
+    assert first.engine == "onnx"
+    return graph_path(first.weight_sha256[0], network_key(card))
+
+
+def test_a_checked_graph_runs_without_torch(real_crops: np.ndarray, cache: Path) -> None:
+    card = find_card("wsi-atm-default")
+    assert isinstance(load_classifier(card, device="cpu", engine="onnx"), Classifier)  # unchecked
+    graph = _checked(card, real_crops)
+    record = read_record(graph)
+    assert record is not None and record.checked and record.checked_crops == 64
+    fast = load_classifier(card, device="cpu", engine="onnx")
+    assert isinstance(fast, OnnxClassifier) and fast.engine == "onnx"
+    torch_clf = Classifier(card, device="cpu", engine="torch")
+    assert np.abs(fast.predict(real_crops) - torch_clf.predict(real_crops)).max() <= MAX_DELTA_P
+    # test-time augmentation: the same 8 views as PyTorch's, on the uint8 crops
+    tta_fast = load_classifier(card, device="cpu", engine="onnx", tta=True)
+    tta_torch = Classifier(card, device="cpu", engine="torch", tta=True)
+    assert isinstance(tta_fast, OnnxClassifier)
+    assert np.abs(tta_fast.predict(real_crops[:32]) - tta_torch.predict(real_crops[:32])).max() \
+        <= MAX_DELTA_P
+
+
+def test_auto_takes_the_graph_only_where_it_was_the_faster(real_crops: np.ndarray,
+                                                           cache: Path) -> None:
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    # checked, but never timed on this machine: PyTorch's classifier probes and records
+    assert isinstance(load_classifier(card, device="cpu", engine="auto", threads=2), Classifier)
+    machine = machine_key(2, card.batch_size)
+    record = read_record(graph)
+    assert record is not None and machine in record.probes
+    for onnx_s, fast in ((0.5, True), (0.99, False)):
+        record.probes[machine] = {"torch_s": 1.0, "onnx_s": onnx_s}
+        write_record(graph, record)
+        got = load_classifier(card, device="cpu", engine="auto", threads=2)
+        assert isinstance(got, OnnxClassifier) is fast
+        # a different thread count is a different machine as far as speed goes
+        assert isinstance(load_classifier(card, device="cpu", engine="auto", threads=1),
+                          Classifier)
+    # --engine torch and --compile never take it
+    assert isinstance(load_classifier(card, device="cpu", engine="torch"), Classifier)
+
+
+def test_only_a_trustworthy_record_skips_pytorch(real_crops: np.ndarray, cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    good = read_record(graph)
+    assert good is not None
+    args = dict(device="cpu", batch_size=None, tta=False, compile=False, engine="onnx",
+                threads=2)
+    assert onnx_only(card, **args) is not None
+    for change in ({"onnxruntime": "0.0.1"}, {"max_delta_p": 0.01}, {"max_delta_p": None}):
+        write_record(graph, dataclasses.replace(good, **change))
+        assert onnx_only(card, **args) is None, change
+    record_path(graph).write_text("{not json")
+    assert onnx_only(card, **args) is None
+    write_record(graph, good)
+    # --device auto is the CPU only where no NVIDIA driver can be present
+    monkeypatch.setattr("wsi_atm.classifiers.cuda_possible", lambda: True)
+    assert onnx_only(card, **{**args, "device": "auto"}) is None
+    assert onnx_only(card, **{**args, "device": "cuda"}) is None
+
+
+CHECK_CLASSIFY = """
+import sys
+from wsi_atm.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("torch" in sys.modules, "timm" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_classify_with_checked_graphs_imports_no_torch(real_crops: np.ndarray, cache: Path,
+                                                       cmu_svs: Path, tmp_path: Path) -> None:
+    card = find_card("wsi-atm-default")
+    _checked(card, real_crops)
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n500,400\n900,700\n1500,1200\n")
+    env = {**os.environ, "WSI_ATM_CACHE": str(cache), "WSI_ATM_ENGINE": "onnx"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK_CLASSIFY, "classify", str(cmu_svs), "--detections",
+         str(det), "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.stderr.strip().splitlines()[-1] == "False False", proc.stderr
+    summary = json.loads(next((tmp_path / "out").glob("*.summary.json")).read_text())
+    assert summary["model"]["engine"] == "onnx"
+    assert summary["counts"]["classified"] == 3

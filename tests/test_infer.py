@@ -11,10 +11,11 @@ import torch
 from tests.train_helpers import TINY_CARD
 from wsi_atm.errors import ModelError
 from wsi_atm.files import sha256_file
-from wsi_atm.infer import Classifier, dihedral, prefetch
+from wsi_atm.infer import Classifier, dihedral
 from wsi_atm.models.card import load_card
 from wsi_atm.models.nets import build_net
 from wsi_atm.models.weight_files import save_safetensors
+from wsi_atm.prefetch import prefetch
 
 
 def make_trained_card(folder: Path, folds: int = 2, output: str = "p_atypical",

@@ -9,26 +9,36 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
-from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
-from typing import TypeVar, cast
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from wsi_atm.engines import MAX_DELTA_P, best_time, check_engine, graph_path, onnx_nets
+from wsi_atm.engines import (
+    FASTER,
+    MAX_DELTA_P,
+    GraphRecord,
+    OnnxNet,
+    best_time,
+    check_engine,
+    drop_graph,
+    graph_path,
+    machine_key,
+    network_key,
+    onnx_folds,
+    read_record,
+    version,
+    write_record,
+)
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.faults import inject
-from wsi_atm.files import sha256_file
-from wsi_atm.models.card import ModelCard
+from wsi_atm.models.card import ModelCard, atypical_sign, verify_weights
 from wsi_atm.models.loading import build_from_checkpoint, p_atypical_from_logits
 from wsi_atm.models.preprocess import BatchTransform
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def set_cpu_threads(threads: int | None = None) -> None:
@@ -45,30 +55,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise OptionError(f"--device must be auto, cpu or cuda, not {device!r}")
     return torch.device(device)
-
-
-@dataclass(frozen=True)
-class LoadedWeights:
-    path: str
-    sha256: str
-
-
-def verify_weights(card: ModelCard) -> list[LoadedWeights]:
-    """Check each weight file exists and matches the card's sha256 (when the card states one)."""
-    if card.status == "untrained" or not card.weights:
-        raise ModelError(
-            f"model {card.name!r} is untrained (no weights): train it with `wsi-atm train` "
-            "or choose a trained model (see `wsi-atm models`)")
-    checked = []
-    for w in card.weights:
-        path = card.resolve(w.file)
-        if not path.is_file():
-            raise ModelError(f"model {card.name!r}: weight file missing: {path}")
-        digest = sha256_file(path)
-        if w.sha256 and digest != w.sha256:
-            raise ModelError(f"model {card.name!r}: {path.name} does not match the card's sha256")
-        checked.append(LoadedWeights(str(path), digest))
-    return checked
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,7 +79,7 @@ class Classifier:
         self.weights = verify_weights(card)
         self.nets = [self._load(w.path, compile) for w in self.weights]
         self.transform = BatchTransform(card.preprocess_for(), train=False)
-        self.runners: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.nets)
+        self.graph_runners: list[OnnxNet] = []  # set when the engine is ONNX Runtime
         if engine is None:  # the environment's choice is for CPU nodes; GPUs keep torch
             engine = os.environ.get("WSI_ATM_ENGINE") or "auto"
             if self.device.type != "cpu" and engine == "onnx":
@@ -110,57 +96,94 @@ class Classifier:
             raise OptionError("--engine onnx runs on the CPU; use --device cpu")
         if compile:
             raise OptionError("--compile is for the torch engine; drop it or use --engine torch")
-        size = self._model_size()
         try:
-            twins = onnx_nets(self.nets, [w.sha256 for w in self.weights], size, self.card.name,
-                              self._network_key())
+            twins = self._graphs()
         except Exception as exc:
             if asked == "onnx":
                 raise ModelError(f"{self.card.name}: no ONNX Runtime graph ({exc})") from exc
             log.warning("%s: ONNX Runtime unavailable, using PyTorch (%s)", self.card.name, exc)
             return "torch"
-        if asked == "auto":
-            probe = torch.rand(self.batch_size, 3, size, size)
-            with torch.inference_mode():
-                t_torch = sum(best_time(n, probe.contiguous(memory_format=torch.channels_last))
-                              for n in self.nets)
-                t_onnx = sum(best_time(n, probe) for n in twins)
-            log.info("engine probe: torch %.4f s, onnx %.4f s", t_torch, t_onnx)
-            if t_onnx >= 0.95 * t_torch:
-                return "torch"
-        self.runners = list(twins)
+        if asked == "auto" and not self._probe(twins):
+            return "torch"
+        self.graph_runners = twins
         return "onnx"
 
-    def _network_key(self) -> str:
-        """What besides the weight file shapes an exported graph."""
-        import timm
+    def _graph_paths(self) -> list[Path]:
+        key = network_key(self.card)
+        return [graph_path(w.sha256, key) for w in self.weights]
 
-        c = self.card
-        return (f"{c.architecture}|{c.trained_mode}|{c.output}|{sorted(c.kwargs.items())}|"
-                f"timm {timm.__version__}")
+    def _graphs(self) -> list[OnnxNet]:
+        """The ONNX Runtime twin of each network, exporting the graphs not yet cached."""
+        from wsi_atm.graph_export import export_graph
+
+        out = []
+        for net, path in zip(self.nets, self._graph_paths(), strict=True):
+            if not path.is_file():
+                log.warning("%s: building its ONNX Runtime graph once (cached in %s)",
+                            self.card.name, path.parent)
+                drop_graph(path)  # a record left by an earlier graph no longer applies
+                export_graph(self.transform, net, self.card.crop_size, path)
+            out.append(OnnxNet(path, torch.get_num_threads()))
+        return out
+
+    def _probe(self, twins: list[OnnxNet]) -> bool:
+        """Whether ONNX Runtime is faster here (the whole path, transform included), timed
+        once per machine and remembered in the graphs' records."""
+        machine = machine_key(torch.get_num_threads(), self.batch_size)
+        first = self._graph_paths()[0]
+        record = read_record(first) or GraphRecord(onnxruntime=version("onnxruntime"))
+        known = record.faster_here(machine)
+        if known is not None:
+            return known
+        crops = torch.randint(0, 256, (self.batch_size, self.card.crop_size,
+                                       self.card.crop_size, 3), dtype=torch.uint8)
+        with torch.inference_mode():
+            t_torch = sum(best_time(self._net_on_crops(net), crops) for net in self.nets)
+        t_onnx = sum(best_time(g, crops.numpy()) for g in twins)
+        log.info("engine probe: torch %.4f s, onnx %.4f s", t_torch, t_onnx)
+        for path in self._graph_paths():
+            rec = read_record(path) or GraphRecord(onnxruntime=version("onnxruntime"))
+            rec.probes[machine] = {"torch_s": round(t_torch, 6), "onnx_s": round(t_onnx, 6)}
+            write_record(path, rec)
+        return t_onnx < FASTER * t_torch
+
+    def _net_on_crops(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(crops: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = net(self._torch_input(crops))
+            return out
+        return run
+
+    def _torch_input(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC crops → the network's normalised float input, on its device."""
+        x = self.transform(crops.permute(0, 3, 1, 2).to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _use_torch(self, why: str) -> None:
         log.warning("%s: %s; using PyTorch", self.card.name, why)
-        for w in self.weights:  # a graph that failed is not trusted next time either
-            graph_path(w.sha256, self._model_size(), self._network_key()).unlink(missing_ok=True)
-        self.runners, self.engine, self._verify = list(self.nets), "torch", False
+        for path in self._graph_paths():
+            drop_graph(path)
+        self.graph_runners, self.engine, self._verify = [], "torch", False
 
-    def _model_size(self) -> int:
-        blank = torch.zeros(1, 3, self.card.crop_size, self.card.crop_size, dtype=torch.uint8)
-        return int(self.transform(blank).shape[-1])
+    @property
+    def n_models(self) -> int:
+        return len(self.nets)
 
-    def _check_against_torch(self, crops: torch.Tensor, got: torch.Tensor) -> None:
-        """ONNX Runtime must give PyTorch's probabilities (max |dp| <= 1e-3) on real crops."""
+    def _check_against_torch(self, crops: np.ndarray, got: np.ndarray) -> None:
+        """ONNX Runtime must give PyTorch's probabilities (max |dp| <= 1e-3) on real crops; the
+        verdict is kept in each graph's record, so later runs can skip torch altogether."""
         self._verify = False
-        runners, self.runners = self.runners, list(self.nets)
-        try:
-            ref = self._forward(crops)
-        finally:
-            self.runners = runners
-        delta = float((ref - got).abs().max()) if got.numel() else 0.0
+        ref = self._forward_torch(crops)
+        delta = float(np.abs(ref - got).max()) if got.size else 0.0
         self.max_delta_p = delta
         if not delta <= MAX_DELTA_P:  # NaN included
             self._use_torch(f"ONNX Runtime differs from PyTorch by {delta:.2g} in P(atypical)")
+            return
+        for path in self._graph_paths():
+            rec = read_record(path) or GraphRecord(onnxruntime=version("onnxruntime"))
+            if rec.max_delta_p is None or rec.onnxruntime != version("onnxruntime"):
+                rec.onnxruntime, rec.max_delta_p, rec.checked_crops = (
+                    version("onnxruntime"), delta, len(crops))
+                write_record(path, rec)
 
     def _load(self, path: str, compile: bool) -> nn.Module:
         # Converts upstream key layouts, checks every key, builds on the hub backbone only when
@@ -178,24 +201,24 @@ class Classifier:
         return tuple(w.sha256 for w in self.weights)
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_torch(self, crops: np.ndarray) -> np.ndarray:
         """P(atypical) per fold model (F, N), averaged over the 8 dihedral views with TTA."""
-        x = self.transform(x.to(self.device, non_blocking=True))
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = self._torch_input(torch.from_numpy(np.ascontiguousarray(crops)))
         views = range(8) if self.tta else (0,)
         out = torch.zeros(len(self.nets), x.shape[0], device=self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            for f, net in enumerate(self.runners):
+            for f, net in enumerate(self.nets):
                 for k in views:
                     out[f] += p_atypical_from_logits(net(dihedral(x, k)), self.card)
-        return out / len(views)
+        probs: np.ndarray = (out / len(views)).cpu().double().numpy()
+        return probs
 
-    def _run_chunk(self, chunk: torch.Tensor) -> torch.Tensor | None:
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray | None:
         """P(atypical) per fold of one chunk, or None when the ONNX engine was just dropped."""
         if self.engine != "onnx":
-            return self._forward(chunk).cpu()
+            return self._forward_torch(chunk)
         try:
-            got = self._forward(chunk).cpu()
+            got = onnx_folds(self.graph_runners, chunk, atypical_sign(self.card), self.tta)
         except Exception as exc:
             self._use_torch(f"ONNX Runtime failed ({type(exc).__name__}: {exc})")
             return None
@@ -213,10 +236,9 @@ class Classifier:
         inject("inference")
         if len(crops) == 0:
             return np.zeros((len(self.nets), 0), dtype=np.float64)
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
         out, start = [], 0
-        while start < len(x):
-            chunk = x[start : start + self.batch_size]
+        while start < len(crops):
+            chunk = crops[start : start + self.batch_size]
             try:
                 probs_chunk = self._run_chunk(chunk)
                 if probs_chunk is None:
@@ -230,53 +252,9 @@ class Classifier:
                 log.warning("CUDA out of memory: batch size lowered to %d", self.batch_size)
                 continue
             start += len(chunk)
-        probs: np.ndarray = torch.cat(out, dim=1).double().numpy()
-        return probs
+        return np.concatenate(out, axis=1)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """The ensemble's P(atypical): the mean over fold models."""
         mean: np.ndarray = self.predict_folds(crops).mean(axis=0)
         return mean
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
-    """Iterate ``items`` in a background thread, ``depth`` ahead, so reading overlaps compute.
-
-    Closing this generator (or leaving it by an exception in the consumer, when it is used as
-    ``with closing(prefetch(...))``) stops the producer and closes ``items`` in the producer's
-    own thread before returning: a crop stream's reader threads have joined by then, so the
-    slide can be closed safely.
-    """
-    q: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put(item)
-        except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
-            return
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # a generator's finally (e.g. joining its reader pool) runs here
-        q.put(done)
-
-    thread = threading.Thread(target=produce, daemon=True, name="wsi-atm-prefetch")
-    try:
-        thread.start()  # inside the try: a Ctrl-C right after the start still joins the thread
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield cast(T, item)
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)

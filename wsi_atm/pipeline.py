@@ -29,13 +29,13 @@ from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
 
-if TYPE_CHECKING:  # torch is imported only once a slide and its detections have been read
-    from wsi_atm.infer import Classifier
+if TYPE_CHECKING:
+    from wsi_atm.classifiers import SlideClassifier
 
 THUMBNAIL_PX = 1600  # longest side of the thumbnail behind tissue area and the review picture
 
 
-def model_meta(classifier: Classifier, threshold: float | None) -> ModelMeta:
+def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMeta:
     card = classifier.card
     used = card.threshold if threshold is None else threshold
     # The card's cross-validated sensitivity/specificity hold only at its own threshold without
@@ -77,10 +77,10 @@ class Calls:
 
 
 def classify_candidates(
-    slide: Slide, cands: Candidates, plan: CropPlan, classifier: Classifier, quiet: bool,
+    slide: Slide, cands: Candidates, plan: CropPlan, classifier: SlideClassifier, quiet: bool,
 ) -> Calls:
     """P(atypical), its spread over fold models, status and at_border per candidate."""
-    from wsi_atm.infer import prefetch
+    from wsi_atm.prefetch import prefetch
 
     n = len(cands)
     p, spread = np.full(n, np.nan), np.full(n, np.nan)
@@ -152,7 +152,7 @@ def prepare_slide(
 
 
 def classify_prepared(
-    prep: PreparedSlide, classifier: Classifier, cand_options: CandidateOptions,
+    prep: PreparedSlide, classifier: SlideClassifier, cand_options: CandidateOptions,
     calls: CallOptions, figure: bool = True, quiet: bool = True,
 ) -> SlideResult:
     """Everything the outputs need, while the slide is open: calls with their provenance, the
@@ -170,7 +170,7 @@ def classify_prepared(
     t = time.perf_counter()
     thumbnail = prep.slide.get_thumbnail(THUMBNAIL_PX)
     timings["thumbnail_s"] = round(time.perf_counter() - t, 3)
-    add_findings(result, calls, folds=len(classifier.nets), thumbnail=thumbnail)
+    add_findings(result, calls, folds=classifier.n_models, thumbnail=thumbnail)
     if figure:
         t = time.perf_counter()
         result.review_png = render_review_png(prep, result, thumbnail)
@@ -198,7 +198,7 @@ def render_review_png(prep: PreparedSlide, result: SlideResult, thumbnail: np.nd
 
 
 def run_slide(
-    slide_path: str | Path, detections_path: str | Path, classifier: Classifier,
+    slide_path: str | Path, detections_path: str | Path, classifier: SlideClassifier,
     cand_options: CandidateOptions, opening: OpenOptions | None = None,
     calls: CallOptions | None = None, outputs: OutputOptions | None = None,
     out_dir: Path | None = None, quiet: bool = True,
@@ -209,7 +209,7 @@ def run_slide(
 
 
 def run_prepared(
-    prep: PreparedSlide, make_classifier: Callable[[], Classifier],
+    prep: PreparedSlide, make_classifier: Callable[[], SlideClassifier],
     cand_options: CandidateOptions, calls: CallOptions | None = None,
     outputs: OutputOptions | None = None, out_dir: Path | None = None, quiet: bool = True,
 ) -> SlideResult:

@@ -16,8 +16,8 @@ from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
-from wsi_atm.infer import pick_device, verify_weights
-from wsi_atm.models.card import ModelCard
+from wsi_atm.infer import pick_device
+from wsi_atm.models.card import ModelCard, verify_weights
 from wsi_atm.options import OutputOptions
 from wsi_atm.pipeline import output_paths, wanted_outputs
 

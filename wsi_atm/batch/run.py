@@ -25,9 +25,10 @@ from wsi_atm.batch.resume import (
     remove_leftovers,
     why_rerun,
 )
+from wsi_atm.classifiers import SlideClassifier
+from wsi_atm.classifiers import load_classifier as _load
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
-from wsi_atm.infer import Classifier, set_cpu_threads
 from wsi_atm.options import OpenOptions
 from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
@@ -49,24 +50,25 @@ def prepare(job: Job, settings: BatchSettings) -> Prepared:
     return Prepared(**{f.name: getattr(prep, f.name) for f in fields(prep)}, job=job)
 
 
-def classify_job(prep: Prepared, classifier: Classifier,
+def classify_job(prep: Prepared, classifier: SlideClassifier,
                       settings: BatchSettings) -> SlideResult:
     return pipeline.classify_prepared(prep, classifier, settings.candidate_options,
                                       settings.calls, figure=settings.outputs.figure)
 
 
-def load_classifier(settings: BatchSettings) -> Classifier:
-    set_cpu_threads(settings.threads)  # this process's share of the cores
-    return Classifier(settings.model, device=settings.device, batch_size=settings.batch_size,
-                      tta=settings.tta, compile=settings.compile, engine=settings.engine)
+def load_classifier(settings: BatchSettings) -> SlideClassifier:
+    # settings.threads: this process's share of the cores
+    return _load(settings.model, device=settings.device, batch_size=settings.batch_size,
+                 tta=settings.tta, compile=settings.compile, engine=settings.engine,
+                 threads=settings.threads)
 
 
 _RESIDENT: dict[str, Any] = {"key": None, "classifier": None, "loads": 0}
 _RESIDENT_LOCK = threading.Lock()
 
 
-def resident_classifier(settings: BatchSettings) -> Classifier:
-    """This process's Classifier, loaded on first use and kept across slides (dask workers)."""
+def resident_classifier(settings: BatchSettings) -> SlideClassifier:
+    """This process's SlideClassifier, loaded on first use and kept across slides (dask workers)."""
     card = settings.model
     key = (str(card.path), file_sha256(card.path), settings.device, settings.batch_size,
            settings.tta, settings.threads, settings.compile, settings.engine)
@@ -75,7 +77,7 @@ def resident_classifier(settings: BatchSettings) -> Classifier:
             _RESIDENT.update(key=None, classifier=None)  # one model resident at a time
             _RESIDENT.update(key=key, classifier=load_classifier(settings))
             _RESIDENT["loads"] += 1
-        classifier: Classifier = _RESIDENT["classifier"]
+        classifier: SlideClassifier = _RESIDENT["classifier"]
         return classifier
 
 
@@ -118,7 +120,7 @@ def run_local(jobs: list[Job], settings: BatchSettings, write: Write) -> Iterato
         pool.shutdown(wait=True)
 
 
-def _finish_local(future: Future[Prepared], job: Job, classifier: Classifier,
+def _finish_local(future: Future[Prepared], job: Job, classifier: SlideClassifier,
                   settings: BatchSettings, write: Write) -> Outcome:
     t0 = time.perf_counter()
     try:

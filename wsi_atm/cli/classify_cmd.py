@@ -19,7 +19,7 @@ from wsi_atm.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from wsi_atm.infer import Classifier
+    from wsi_atm.classifiers import SlideClassifier
     from wsi_atm.slide_result import SlideResult
 
 
@@ -51,12 +51,11 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     # Slide and detections first: bad input fails in a fraction of a second, before torch.
     prep = prepare_slide(slide, detections, card, cand_options, OpenOptions(backend, mpp))
 
-    def make_classifier() -> Classifier:
-        from wsi_atm.infer import Classifier, set_cpu_threads
+    def make_classifier() -> SlideClassifier:
+        from wsi_atm.classifiers import load_classifier
 
-        set_cpu_threads()
-        return Classifier(card, device=device, batch_size=batch_size, tta=tta,
-                          compile=compile_model, engine=engine)
+        return load_classifier(card, device=device, batch_size=batch_size, tta=tta,
+                               compile=compile_model, engine=engine)
 
     result = run_prepared(prep, make_classifier, cand_options, calls, outputs,
                           out_dir=out_dir, quiet=quiet)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm.errors import ModelError
+from wsi_atm.files import sha256_file
 from wsi_atm.models.schema import validate
 from wsi_atm.models.sources import is_hub_id
 
@@ -180,3 +181,32 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
 def _lora(raw: dict[str, Any]) -> LoraSpec:
     targets = tuple(raw.get("target_modules", LoraSpec.target_modules))
     return LoraSpec(**{**raw, "target_modules": targets})
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    path: str
+    sha256: str
+
+
+def verify_weights(card: ModelCard) -> list[LoadedWeights]:
+    """Check each weight file exists and matches the card's sha256 (when the card states one)."""
+    if card.status == "untrained" or not card.weights:
+        raise ModelError(
+            f"model {card.name!r} is untrained (no weights): train it with `wsi-atm train` "
+            "or choose a trained model (see `wsi-atm models`)")
+    checked = []
+    for w in card.weights:
+        path = card.resolve(w.file)
+        if not path.is_file():
+            raise ModelError(f"model {card.name!r}: weight file missing: {path}")
+        digest = sha256_file(path)
+        if w.sha256 and digest != w.sha256:
+            raise ModelError(f"model {card.name!r}: {path.name} does not match the card's sha256")
+        checked.append(LoadedWeights(str(path), digest))
+    return checked
+
+
+def atypical_sign(card: ModelCard) -> float:
+    """+1 if the weights' sigmoid is P(atypical), -1 if it is P(normal) (upstream)."""
+    return -1.0 if card.output == "p_normal" else 1.0

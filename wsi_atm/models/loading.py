@@ -40,7 +40,7 @@ from wsi_atm.models.adapters import (
     merge_for_inference,
     read_lora_metadata,
 )
-from wsi_atm.models.card import ModelCard
+from wsi_atm.models.card import ModelCard, atypical_sign
 from wsi_atm.models.nets import build_net
 from wsi_atm.models.weight_files import load_into, load_weights
 
@@ -55,11 +55,6 @@ _RENAMES = (
 
 
 # --------------------------------------------------------------------------- label convention
-def atypical_sign(card: ModelCard) -> float:
-    """+1 if the weights' sigmoid is P(atypical), -1 if it is P(normal) (upstream)."""
-    return -1.0 if card.output == "p_normal" else 1.0
-
-
 def atypical_logits(logits: torch.Tensor, card: ModelCard) -> torch.Tensor:
     """Logits whose sigmoid is P(atypical), whatever the card's convention."""
     return atypical_sign(card) * logits.float()

@@ -1,0 +1,128 @@
+"""Which classifier runs a card: a torch-free ONNX Runtime one when it can be trusted, else
+PyTorch's (``wsi_atm.infer.Classifier``), which builds, checks and times the graphs for next time.
+
+The ONNX-only classifier is used when every weight file's graph is cached and its record says
+it was checked against PyTorch on real crops with the ONNX Runtime installed now, the device is
+the CPU, and — for ``--engine auto`` — ONNX Runtime was the faster on this machine. It imports
+neither torch nor timm, so ``classify`` starts in a fraction of a second instead of ~5 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from wsi_atm.engines import (
+    OnnxNet,
+    check_engine,
+    cuda_possible,
+    graph_path,
+    machine_key,
+    network_key,
+    onnx_folds,
+    read_record,
+)
+from wsi_atm.errors import OptionError
+from wsi_atm.faults import inject
+from wsi_atm.models.card import LoadedWeights, ModelCard, atypical_sign, verify_weights
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class SlideClassifier(Protocol):
+    """What the pipeline needs of a classifier."""
+
+    card: ModelCard
+    tta: bool
+    engine: str
+    batch_size: int
+
+    @property
+    def weight_sha256(self) -> tuple[str, ...]: ...
+
+    @property
+    def n_models(self) -> int: ...
+
+    def predict_folds(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxClassifier:
+    """A card's checked ONNX Runtime graphs: P(atypical) per fold model, no torch involved."""
+
+    engine = "onnx"
+
+    def __init__(self, card: ModelCard, weights: list[LoadedWeights], graphs: list[Path],
+                 batch_size: int, tta: bool, threads: int, max_delta_p: float) -> None:
+        self.card, self.weights, self.batch_size, self.tta = card, weights, batch_size, tta
+        self.runners = [OnnxNet(g, threads) for g in graphs]
+        self.max_delta_p = max_delta_p  # the check recorded when the graphs were first used
+        self._sign = atypical_sign(card)
+
+    @property
+    def weight_sha256(self) -> tuple[str, ...]:
+        return tuple(w.sha256 for w in self.weights)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.runners)
+
+    def predict_folds(self, crops: np.ndarray) -> np.ndarray:
+        """P(atypical) of each fold model, shape (F, N), for uint8 crops (N, H, W, 3)."""
+        inject("inference")
+        if len(crops) == 0:
+            return np.zeros((self.n_models, 0), dtype=np.float64)
+        chunks = [onnx_folds(self.runners, crops[i : i + self.batch_size], self._sign, self.tta)
+                  for i in range(0, len(crops), self.batch_size)]
+        return np.concatenate(chunks, axis=1)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        mean: np.ndarray = self.predict_folds(crops).mean(axis=0)
+        return mean
+
+
+def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, compile: bool,
+              engine: str, threads: int) -> OnnxClassifier | None:
+    """The torch-free classifier when its graphs are cached, checked and (auto) faster here."""
+    if engine == "torch" or compile or device not in ("cpu", "auto"):
+        return None
+    if device == "auto" and cuda_possible():
+        return None  # torch decides whether a GPU is there
+    size = batch_size or card.batch_size
+    if size < 1:
+        raise OptionError("--batch-size must be at least 1")
+    weights = verify_weights(card)
+    key = network_key(card)
+    graphs = [graph_path(w.sha256, key) for w in weights]
+    records = [read_record(g) if g.is_file() else None for g in graphs]
+    if not all(r is not None and r.checked for r in records):
+        return None
+    if engine == "auto":
+        machine = machine_key(threads, size)
+        if not all(r is not None and r.faster_here(machine) for r in records):
+            return None
+    delta = max(r.max_delta_p or 0.0 for r in records if r is not None)
+    return OnnxClassifier(card, weights, graphs, size, tta, threads, delta)
+
+
+def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | None = None,
+                    tta: bool = False, compile: bool = False, engine: str | None = None,
+                    threads: int | None = None) -> SlideClassifier:
+    """The classifier for ``card``: ONNX-only when that is known to be right, else PyTorch's."""
+    chosen = check_engine(engine or os.environ.get("WSI_ATM_ENGINE") or "auto")
+    n_threads = threads or os.cpu_count() or 1
+    fast = onnx_only(card, device, batch_size, tta, compile, chosen, n_threads)
+    if fast is not None:
+        log.info("%s: ONNX Runtime graphs checked earlier (max |dp| %.2g); torch not loaded",
+                 card.name, fast.max_delta_p)
+        return fast
+    from wsi_atm.infer import Classifier, set_cpu_threads
+
+    set_cpu_threads(n_threads)
+    return Classifier(card, device=device, batch_size=batch_size, tta=tta, compile=compile,
+                      engine=engine)
