@@ -81,6 +81,13 @@ class HotspotMeta:
     radius_px: tuple[float, float]  # along x and y (differ when pixels are not square)
     mitoses: int
     atypical: int
+    # No field of this area holds more mitoses; above ``mitoses`` only when the points were
+    # spread so evenly that the exact search stopped early (see density.hotspot).
+    mitoses_bound: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.mitoses_bound <= self.mitoses
 
 
 @dataclass

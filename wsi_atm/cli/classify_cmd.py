@@ -87,5 +87,7 @@ def _hotspot(result: SlideResult) -> str:
     if h is None:
         return ""
     flagged = int(result.review.sum())
-    return (f"; hotspot ({h.area_mm2:g} mm²) {h.mitoses} mitoses, {h.atypical} atypical; "
+    count = str(h.mitoses) if h.exact else (
+        f"{h.mitoses} (no field holds more than {h.mitoses_bound}: mitoses spread evenly)")
+    return (f"; hotspot ({h.area_mm2:g} mm²) {count} mitoses, {h.atypical} atypical; "
             f"{flagged} calls flagged for review")

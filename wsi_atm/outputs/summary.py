@@ -108,6 +108,10 @@ def _hotspot(result: SlideResult) -> dict[str, Any] | None:
         "atypical": h.atypical,
         "normal": h.mitoses - h.atypical,
         "atypical_fraction": fraction,
+        # False: the mitoses were spread so evenly that the search stopped with this field
+        # and a proven ceiling (no field of this area holds more than mitoses_upper_bound)
+        "exact": h.exact,
+        "mitoses_upper_bound": max(h.mitoses, h.mitoses_bound),
         "center_px": [h.center_px[0], h.center_px[1]],
         "center_qupath_px": [h.center_px[0] - dx, h.center_px[1] - dy],
     }
