@@ -49,6 +49,7 @@ from wsi_atm.synthetic import tissue_region, write_svs_strips  # noqa: E402
 
 MPP = 0.25
 TILE = 256
+REPEATS = 3  # timed runs of each reader; the best counts
 
 
 def cores() -> int:
@@ -116,21 +117,25 @@ def decode_limit(path: Path, tiles: list[int], threads: int) -> tuple[float, flo
                 fh.seek(page.dataoffsets[k])
                 blobs.append(fh.read(page.databytecounts[k]))
     imagecodecs.jpeg8_decode(blobs[0], tables=tables)  # warm up
-    start = time.perf_counter()
-    for blob in blobs:
-        imagecodecs.jpeg8_decode(blob, tables=tables)
-    one = time.perf_counter() - start
     parts = [blobs[i::threads] for i in range(threads)]
 
     def work(part: list[bytes]) -> None:
         for blob in part:
             imagecodecs.jpeg8_decode(blob, tables=tables)
 
-    with ThreadPoolExecutor(threads) as pool:
+    def once() -> float:
         start = time.perf_counter()
-        list(pool.map(work, parts))
-        many = time.perf_counter() - start
-    return one, many
+        work(blobs)
+        return time.perf_counter() - start
+
+    def spread() -> float:
+        with ThreadPoolExecutor(threads) as pool:
+            start = time.perf_counter()
+            list(pool.map(work, parts))
+            return time.perf_counter() - start
+
+    # best of REPEATS, like the engine: a shared VM's noise only ever slows a run down
+    return min(once() for _ in range(REPEATS)), min(spread() for _ in range(REPEATS))
 
 
 def tile_decode_rate(path: Path, size: int, n: int, seed: int) -> float:
@@ -150,28 +155,36 @@ def tile_decode_rate(path: Path, size: int, n: int, seed: int) -> float:
 
 
 def naive_rate(path: Path, xs: np.ndarray, ys: np.ndarray, read: int, crop: int) -> float:
-    osr = openslide.OpenSlide(str(path))
-    start = time.perf_counter()
-    for x, y in zip(xs, ys, strict=True):
-        region = osr.read_region((round(x) - read // 2, round(y) - read // 2), 0, (read, read))
-        image = region.convert("RGB").resize((crop, crop), Image.Resampling.LANCZOS)
-        np.asarray(image)
-    elapsed = time.perf_counter() - start
-    osr.close()
-    return len(xs) / elapsed
+    """Crops/s of the obvious loop, best of REPEATS runs (a fresh handle each)."""
+    best = math.inf
+    for _ in range(REPEATS):
+        osr = openslide.OpenSlide(str(path))
+        start = time.perf_counter()
+        for x, y in zip(xs, ys, strict=True):
+            region = osr.read_region((round(x) - read // 2, round(y) - read // 2), 0,
+                                     (read, read))
+            image = region.convert("RGB").resize((crop, crop), Image.Resampling.LANCZOS)
+            np.asarray(image)
+        best = min(best, time.perf_counter() - start)
+        osr.close()
+    return len(xs) / best
 
 
 def engine_rate(path: Path, xs: np.ndarray, ys: np.ndarray, workers: int | None,
                 backend: str = "auto") -> float:
-    with open_slide(path, backend=backend) as slide:
-        plan = plan_crops(slide)
-        start = time.perf_counter()
-        seen = 0
-        for batch in stream_crops(slide, xs, ys, plan=plan, batch_size=64, workers=workers):
-            seen += len(batch)
-        elapsed = time.perf_counter() - start
-    assert seen == len(xs)
-    return len(xs) / elapsed
+    """Crops/s of the engine, best of REPEATS runs, each on a freshly opened slide (so every
+    tile is decoded again: no run profits from an earlier one's cache)."""
+    best = math.inf
+    for _ in range(REPEATS):
+        with open_slide(path, backend=backend) as slide:
+            plan = plan_crops(slide)
+            start = time.perf_counter()
+            seen = 0
+            for batch in stream_crops(slide, xs, ys, plan=plan, batch_size=64, workers=workers):
+                seen += len(batch)
+            best = min(best, time.perf_counter() - start)
+        assert seen == len(xs)
+    return len(xs) / best
 
 
 def main(argv: list[str] | None = None) -> int:
