@@ -445,6 +445,31 @@ def test_failed_write_of_new_file_leaves_nothing(tmp_path: Path) -> None:
     assert list((tmp_path / "sub").iterdir()) == []
 
 
+def test_streamed_geojson_and_csv_are_the_whole_documents(tmp_path: Path) -> None:
+    # The writers stream feature by feature / row by row (bounded memory on 50,000
+    # candidates); the bytes must be those of the document dumped whole.
+    result = make_result()
+    write_geojson(result, tmp_path / "s.geojson", shape="circle")
+    whole = json.dumps(feature_collection(result, shape="circle"), allow_nan=False,
+                       ensure_ascii=False) + "\n"
+    assert (tmp_path / "s.geojson").read_text(encoding="utf-8") == whole
+    write_candidates_csv(result, tmp_path / "s.csv")
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS) and len(lines) == len(result.candidates) + 1
+
+
+def test_a_streamed_write_that_fails_midway_leaves_nothing(tmp_path: Path) -> None:
+    # A coordinate strict JSON refuses, in the last feature, fails the write after the others
+    # are on disk: no file and no temp file may remain.
+    result = make_result()
+    last = int(np.flatnonzero(result.classified)[-1])
+    assert last > 0
+    result.candidates.x[last] = np.inf
+    with pytest.raises(ValueError):
+        write_geojson(result, tmp_path / "bad.geojson")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- review figure ---------------------------------------------------------------------------
 
 THUMB_RGB = (180, 220, 250)  # a colour the synthetic crops never take

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 
 def _fsync_file(path: Path) -> None:
@@ -60,6 +61,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_text_file(path: str | os.PathLike[str]) -> Iterator[TextIO]:
+    """A text file (UTF-8, no newline translation) written piece by piece and put in place
+    only when complete: large outputs stream to disk instead of being built in memory."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        yield fh
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:

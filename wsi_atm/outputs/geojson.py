@@ -15,10 +15,11 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from wsi_atm.detections.geojson import HOTSPOT_CLASS
-from wsi_atm.files import atomic_write_text
+from wsi_atm.files import atomic_text_file
 from wsi_atm.options import SHAPES, Shape
 from wsi_atm.slide_result import SlideResult
 
@@ -116,10 +117,21 @@ def feature_collection(
     review_class: bool = False,
 ) -> dict[str, Any]:
     """The FeatureCollection of ``result``'s classified candidates, in QuPath's pixel frame."""
+    _check_shape(shape, circle_diameter_px)
+    return {"type": "FeatureCollection",
+            "features": list(features(result, shape, circle_diameter_px, review_class))}
+
+
+def _check_shape(shape: str, circle_diameter_px: float) -> None:
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}; got {shape!r}")
     if not (math.isfinite(circle_diameter_px) and circle_diameter_px > 0):
         raise ValueError(f"circle diameter must be a positive number, got {circle_diameter_px!r}")
+
+
+def features(result: SlideResult, shape: Shape, circle_diameter_px: float,
+             review_class: bool) -> Iterator[dict[str, Any]]:
+    """One Feature per classified candidate, in input order, then the hotspot's."""
     cands = result.candidates
     dx, dy = result.slide.bounds_offset
     atypical = result.atypical
@@ -127,7 +139,6 @@ def feature_collection(
     review, hot = result.review, result.hotspot_mask
     folds = result.review_rule.folds if result.review_rule else 1
     seen: dict[str, int] = {}
-    features: list[dict[str, Any]] = []
     for i in range(len(cands)):
         cid = str(cands.ids[i])
         occurrence = seen.get(cid, 0)
@@ -144,31 +155,28 @@ def feature_collection(
         if math.isfinite(score):
             measurements["detector_score"] = score
         measurements["at_border"] = 1.0 if result.at_border[i] else 0.0
-        features.append(
-            {
-                "type": "Feature",
-                "id": feature_id(result.slide.name, cid, occurrence),
-                "geometry": _geometry(
-                    float(cands.x[i]) - dx, float(cands.y[i]) - dy, shape, circle_diameter_px
-                ),
-                "properties": {
-                    "objectType": "detection",
-                    "classification": {"name": name, "color": list(rgb)},
-                    "measurements": measurements,
-                    "metadata": {
-                        "candidate_id": cid,
-                        "call": "atypical" if atypical[i] else "normal",
-                        "detector_label": str(cands.label[i]),
-                        "model": result.model.name,
-                        "source": str(cands.source),
-                    },
+        yield {
+            "type": "Feature",
+            "id": feature_id(result.slide.name, cid, occurrence),
+            "geometry": _geometry(
+                float(cands.x[i]) - dx, float(cands.y[i]) - dy, shape, circle_diameter_px
+            ),
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": name, "color": list(rgb)},
+                "measurements": measurements,
+                "metadata": {
+                    "candidate_id": cid,
+                    "call": "atypical" if atypical[i] else "normal",
+                    "detector_label": str(cands.label[i]),
+                    "model": result.model.name,
+                    "source": str(cands.source),
                 },
-            }
-        )
+            },
+        }
     hotspot = hotspot_feature(result)
     if hotspot is not None:
-        features.append(hotspot)
-    return {"type": "FeatureCollection", "features": features}
+        yield hotspot
 
 
 def write_geojson(
@@ -178,6 +186,12 @@ def write_geojson(
     circle_diameter_px: float = 50.0,
     review_class: bool = False,
 ) -> None:
-    """Write :func:`feature_collection` to ``path`` atomically (strict JSON: no NaN)."""
-    collection = feature_collection(result, shape, circle_diameter_px, review_class)
-    atomic_write_text(path, json.dumps(collection, allow_nan=False, ensure_ascii=False) + "\n")
+    """Write :func:`feature_collection` to ``path`` atomically (strict JSON: no NaN), one
+    feature at a time: the same bytes as dumping the whole collection, in bounded memory."""
+    _check_shape(shape, circle_diameter_px)
+    with atomic_text_file(path) as fh:
+        fh.write('{"type": "FeatureCollection", "features": [')
+        for k, feature in enumerate(features(result, shape, circle_diameter_px, review_class)):
+            fh.write((", " if k else "") +
+                     json.dumps(feature, allow_nan=False, ensure_ascii=False))
+        fh.write("]}\n")

@@ -13,11 +13,11 @@ candidate lies in the mitotic hotspot (both empty when not classified).
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
+from collections.abc import Iterator
 
-from wsi_atm.files import atomic_write_text
+from wsi_atm.files import atomic_text_file
 from wsi_atm.slide_result import SlideResult
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -43,7 +43,7 @@ def _number(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}" if math.isfinite(value) else ""
 
 
-def candidate_rows(result: SlideResult) -> list[list[str]]:
+def candidate_rows(result: SlideResult) -> Iterator[list[str]]:
     """The CSV body as strings, one list per candidate in input order."""
     cands = result.candidates
     classified = result.classified
@@ -51,32 +51,27 @@ def candidate_rows(result: SlideResult) -> list[list[str]]:
     review, hot = result.review, result.hotspot_mask
     folds = result.review_rule.folds if result.review_rule else 1
     spread = result.fold_std if result.fold_std is not None and folds > 1 else None
-    rows = []
     for i in range(len(cands)):
         done = bool(classified[i])
         label = ("atypical" if atypical[i] else "normal") if done else ""
-        rows.append(
-            [
-                str(cands.ids[i]),
-                _number(float(cands.x[i]), 3),
-                _number(float(cands.y[i]), 3),
-                _number(float(result.p_atypical[i]), 6) if done else "",
-                label,
-                _number(float(cands.score[i]), 6),
-                _flag(bool(result.at_border[i])) if done else "",
-                str(result.status[i]),
-                _number(float(spread[i]), 6) if done and spread is not None else "",
-                _flag(bool(review[i])) if done else "",
-                _flag(bool(hot[i])) if done else "",
-            ]
-        )
-    return rows
+        yield [
+            str(cands.ids[i]),
+            _number(float(cands.x[i]), 3),
+            _number(float(cands.y[i]), 3),
+            _number(float(result.p_atypical[i]), 6) if done else "",
+            label,
+            _number(float(cands.score[i]), 6),
+            _flag(bool(result.at_border[i])) if done else "",
+            str(result.status[i]),
+            _number(float(spread[i]), 6) if done and spread is not None else "",
+            _flag(bool(review[i])) if done else "",
+            _flag(bool(hot[i])) if done else "",
+        ]
 
 
 def write_candidates_csv(result: SlideResult, path: str | os.PathLike[str]) -> None:
     """Write every candidate of ``result`` to ``path`` atomically (see the module docstring)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(candidate_rows(result))
-    atomic_write_text(path, buffer.getvalue())
+    with atomic_text_file(path) as fh:  # streamed: 50,000 rows never sit in memory at once
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(candidate_rows(result))
