@@ -275,7 +275,7 @@ def test_streaming_holds_a_bounded_window(planted: Path) -> None:
     with open_slide(planted) as slide:
         reads = 0
         lock = threading.Lock()
-        original = slide.read_level_region
+        original, original_into = slide.read_level_region, slide.read_level_into
 
         def counting(*args: object, **kwargs: object) -> np.ndarray:
             nonlocal reads
@@ -283,7 +283,15 @@ def test_streaming_holds_a_bounded_window(planted: Path) -> None:
                 reads += 1
             return original(*args, **kwargs)  # type: ignore[arg-type]
 
+        def counting_into(*args: object, **kwargs: object) -> None:
+            nonlocal reads
+            with lock:
+                reads += 1
+            original_into(*args, **kwargs)  # type: ignore[arg-type]
+
+        # native crops are written straight into the batch (read_level_into), others read
         slide.read_level_region = counting  # type: ignore[method-assign]
+        slide.read_level_into = counting_into  # type: ignore[method-assign]
         xs, ys = random_candidates(2000, *slide.dimensions, seed=4)
         stream = stream_crops(slide, xs, ys, batch_size=16, workers=2, prefetch=1)
         first = next(stream)

@@ -139,6 +139,29 @@ def test_cache_stays_within_its_budget(tiffs: dict[str, Path]) -> None:
     reader.close()
 
 
+def test_recycled_tile_buffers_never_change_a_crop_under_threads(tiffs: dict[str, Path]) -> None:
+    # A cache of two tiles, eight threads and 600 reads: evicted tiles are decoded into again
+    # (JPEG), so a buffer still being copied from must never be handed to a decode.
+    with open_slide(tiffs["jpeg"], backend="tiles") as s:
+        ref = s.read_level_region((0, 0), 0, (W, H))
+    tile_bytes = 256 * 256 * 3
+    reader = TileReader.open(tiffs["jpeg"], ((W, H), (W // 2, H // 2), (W // 4, H // 4)),
+                             cache_bytes=2 * tile_bytes)
+    assert reader is not None
+    rng = np.random.default_rng(9)
+    boxes = [(int(rng.integers(0, W - 200)), int(rng.integers(0, H - 200))) for _ in range(600)]
+
+    def read(box: tuple[int, int]) -> bool:
+        x, y = box
+        return bool(np.array_equal(reader.read((x, y), 0, (200, 200)),
+                                   ref[y : y + 200, x : x + 200]))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, boxes))
+    assert reader.decoded > 100 and reader.recycled > 0  # buffers were in fact reused
+    reader.close()
+
+
 def test_auto_falls_back_where_there_are_no_tiled_levels(tmp_path: Path,
                                                           image: np.ndarray) -> None:
     strips = write_single_level_tiff(tmp_path / "strips.tif", image, 0.25, tile=None)

@@ -29,6 +29,7 @@ from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
+from wsi_atm.heap import pin_mmap_threshold
 from wsi_atm.options import OpenOptions
 from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
 from wsi_atm.progress import progress_bar
@@ -57,6 +58,7 @@ def classify_job(prep: Prepared, classifier: SlideClassifier,
 
 
 def load_classifier(settings: BatchSettings) -> SlideClassifier:
+    pin_mmap_threshold()  # this process's heap (a dask worker runs no CLI entry point)
     # settings.threads: this process's share of the cores
     return _load(settings.model, device=settings.device, batch_size=settings.batch_size,
                  tta=settings.tta, compile=settings.compile, engine=settings.engine,

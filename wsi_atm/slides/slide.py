@@ -145,6 +145,21 @@ class Slide:
                 f"({short_error(exc)})"
             ) from exc
 
+    def read_level_into(self, out: np.ndarray, origin: tuple[int, int], level: int) -> None:
+        """:meth:`read_level_region` of ``out``'s size written into ``out`` (the crop engine's
+        batch slot), without an intermediate array where wsi-atm decodes the level's tiles."""
+        if self._tiles is None or not self._tiles.has_level(level) or self._closed:
+            out[...] = self.read_level_region(origin, level, (out.shape[1], out.shape[0]))
+            return
+        try:
+            self._tiles.read_into(out, (int(origin[0]), int(origin[1])), level)
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(
+                f"{self.path}: cannot read {out.shape[1]}x{out.shape[0]} px at {origin} of "
+                f"level {level} ({short_error(exc)})") from exc
+
     def _level_downsample(self, level: int) -> float:
         if not 0 <= level < self.level_count:
             raise SlideError(f"{self.path}: level {level} does not exist ({self.level_count})")

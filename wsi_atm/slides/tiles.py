@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 from wsi_atm.slides.backends import to_rgb
 
 TILE_CACHE_BYTES = 256 * 1024 * 1024
+SPARE_BUFFERS = 32  # evicted tile arrays kept for the next decodes
 # none, LZW, JPEG, deflate (Adobe and old), Aperio JPEG 2000 (RGB), JPEG 2000. Aperio's
 # YCbCr JPEG 2000 (33003) is left to OpenSlide, which converts it explicitly.
 SUPPORTED_COMPRESSION = frozenset({1, 5, 7, 8, 32946, 33005, 34712})
@@ -46,6 +48,7 @@ class _Level:
     # (colorspace, outcolorspace) for imagecodecs' libjpeg-turbo decoder, called directly for
     # 8-bit JPEG tiles (tifffile's generic decode path costs ~25 % more per tile); else None
     jpeg: tuple[Any, Any] | None = None
+    jpegtables: bytes | None = None  # read once: tifffile's page attribute is not free
 
 
 def _colour_ok(page: Any) -> bool:
@@ -79,7 +82,7 @@ def _level(page: Any) -> _Level:
     return _Level(page, int(page.imagewidth), int(page.imagelength), int(page.tilewidth),
                   int(page.tilelength), -(-int(page.imagewidth) // int(page.tilewidth)),
                   tuple(int(v) for v in page.dataoffsets),
-                  tuple(int(v) for v in page.databytecounts), jpeg)
+                  tuple(int(v) for v in page.databytecounts), jpeg, page.jpegtables)
 
 
 def find_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, _Level]:
@@ -112,8 +115,13 @@ class TileReader:
         self._used = 0
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._inflight: dict[tuple[int, int], threading.Event] = {}
+        # Evicted tiles nobody holds any more: JPEG tiles decode into them (libjpeg-turbo
+        # writes straight into the array), so a slide's tens of thousands of tiles cost a
+        # bounded set of allocations instead of one each (faster, and the heap stays flat).
+        self._spare: list[np.ndarray] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.recycled = 0  # decodes into an evicted tile's array
         self.decoded = 0  # tiles decoded so far (each needed tile once while it stays cached)
 
     @classmethod
@@ -147,26 +155,34 @@ class TileReader:
         return tuple(sorted(self._levels))
 
     def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        out = np.empty((size[1], size[0], 3), np.uint8)
+        self.read_into(out, origin, level)
+        return out
+
+    def read_into(self, out: np.ndarray, origin: tuple[int, int], level: int) -> None:
+        """Fill ``out`` (h, w, 3 uint8, e.g. one slot of a crop batch) with the window at
+        ``origin``: no intermediate array, the tiles copied straight in."""
         if self._closed:
             raise ValueError(f"{self.path}: tile reader is closed")
         lv = self._levels[level]
         x0, y0 = origin
-        w, h = size
-        out = np.full((h, w, 3), 255, np.uint8)
+        h, w = out.shape[0], out.shape[1]
         # the part of the window inside the level
         ix0, iy0 = max(x0, 0), max(y0, 0)
         ix1, iy1 = min(x0 + w, lv.width), min(y0 + h, lv.height)
-        if ix0 >= ix1 or iy0 >= iy1:
-            return out
+        if ix0 != x0 or iy0 != y0 or ix1 != x0 + w or iy1 != y0 + h:
+            out.fill(255)  # partly outside the level: white there
+            if ix0 >= ix1 or iy0 >= iy1:
+                return
         for ty in range(iy0 // lv.tile_h, (iy1 - 1) // lv.tile_h + 1):
+            top = ty * lv.tile_h
+            sy0, sy1 = max(iy0, top), min(iy1, top + lv.tile_h)
             for tx in range(ix0 // lv.tile_w, (ix1 - 1) // lv.tile_w + 1):
                 tile = self._tile(level, ty * lv.across + tx)
-                left, top = tx * lv.tile_w, ty * lv.tile_h
-                sx0, sy0 = max(ix0, left), max(iy0, top)
-                sx1, sy1 = min(ix1, left + lv.tile_w), min(iy1, top + lv.tile_h)
+                left = tx * lv.tile_w
+                sx0, sx1 = max(ix0, left), min(ix1, left + lv.tile_w)
                 out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = \
                     tile[sy0 - top : sy1 - top, sx0 - left : sx1 - left]
-        return out
 
     def _tile(self, level: int, index: int) -> np.ndarray:
         key = (level, index)
@@ -200,6 +216,20 @@ class TileReader:
         while self._used > self._budget and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._used -= old.nbytes
+            # 2 = this name and getrefcount's argument: no reader thread still copies from it
+            # (readers take their reference under this lock)
+            if len(self._spare) < SPARE_BUFFERS and sys.getrefcount(old) == 2:
+                self._spare.append(old)
+
+    def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray | None:
+        with self._lock:
+            while self._spare:
+                spare = self._spare.pop()
+                if spare.shape == shape:
+                    spare.setflags(write=True)
+                    self.recycled += 1
+                    return spare
+        return None
 
     def _decode(self, level: int, index: int) -> np.ndarray:
         lv = self._levels[level]
@@ -210,10 +240,18 @@ class TileReader:
         if lv.jpeg is not None:
             import imagecodecs
 
-            segment = imagecodecs.jpeg8_decode(data, tables=lv.page.jpegtables,
-                                               colorspace=lv.jpeg[0], outcolorspace=lv.jpeg[1])
+            out = self._buffer((lv.tile_h, lv.tile_w, 3))
+            try:
+                segment = imagecodecs.jpeg8_decode(
+                    data, tables=lv.jpegtables, colorspace=lv.jpeg[0],
+                    outcolorspace=lv.jpeg[1], out=out)
+            except Exception:
+                if out is None:
+                    raise
+                segment = imagecodecs.jpeg8_decode(  # a tile of another size: its own array
+                    data, tables=lv.jpegtables, colorspace=lv.jpeg[0], outcolorspace=lv.jpeg[1])
         else:
-            segment, _, _ = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)
+            segment, _, _ = lv.page.decode(data, index, jpegtables=lv.jpegtables)
         self.decoded += 1
         tile = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
         tile.setflags(write=False)
