@@ -212,3 +212,37 @@ def test_classify_with_checked_graphs_imports_no_torch(real_crops: np.ndarray, c
     summary = json.loads(next((tmp_path / "out").glob("*.summary.json")).read_text())
     assert summary["model"]["engine"] == "onnx"
     assert summary["counts"]["classified"] == 3
+
+
+def test_a_cache_that_cannot_be_written_never_fails_the_run(real_crops: np.ndarray, cache: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    # The graph is cached, but its record cannot be written (read-only or full cache shared by
+    # a cluster's workers): the check and the probe still run, the run goes on.
+    card = find_card("wsi-atm-default")
+    Classifier(card, device="cpu", engine="onnx")  # builds the graph
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "read-only file system")
+
+    monkeypatch.setattr("wsi_atm.engines.atomic_path", refuse)
+    torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
+    with caplog.at_level(logging.WARNING):
+        auto = load_classifier(card, device="cpu", engine="auto")
+        got = auto.predict(real_crops[:32]) if isinstance(auto, Classifier) else None
+        fast = Classifier(card, device="cpu", engine="onnx")
+        assert np.abs(fast.predict(real_crops[:32]) - torch_p).max() <= MAX_DELTA_P
+    assert got is not None and np.abs(got - torch_p).max() <= MAX_DELTA_P
+    assert "cannot write" in caplog.text
+
+
+def test_a_damaged_cached_graph_is_rebuilt(real_crops: np.ndarray, cache: Path) -> None:
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    graph.write_bytes(b"not an onnx graph")  # a damaged cache (its record still says checked)
+    clf = load_classifier(card, device="cpu", engine="onnx")
+    assert isinstance(clf, Classifier) and clf.engine == "onnx"  # rebuilt by the torch path
+    torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
+    assert np.abs(clf.predict(real_crops[:32]) - torch_p).max() <= MAX_DELTA_P
+    assert isinstance(load_classifier(card, device="cpu", engine="onnx"), OnnxClassifier)

@@ -19,6 +19,7 @@ from wsi_atm.engines import (
     OnnxNet,
     check_engine,
     cuda_possible,
+    drop_graph,
     graph_path,
     machine_key,
     network_key,
@@ -107,7 +108,13 @@ def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, c
         if not all(r is not None and r.faster_here(machine) for r in records):
             return None
     delta = max(r.max_delta_p or 0.0 for r in records if r is not None)
-    return OnnxClassifier(card, weights, graphs, size, tta, threads, delta)
+    try:
+        return OnnxClassifier(card, weights, graphs, size, tta, threads, delta)
+    except Exception as exc:  # a damaged cache file: rebuilt and checked by the torch path
+        log.warning("%s: cached ONNX graph unusable (%s); rebuilding it", card.name, exc)
+        for graph in graphs:
+            drop_graph(graph)
+        return None
 
 
 def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | None = None,

@@ -133,9 +133,17 @@ def read_record(graph: Path) -> GraphRecord | None:
         return None
 
 
-def write_record(graph: Path, record: GraphRecord) -> None:
-    with atomic_path(record_path(graph)) as tmp:
-        tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True))
+def write_record(graph: Path, record: GraphRecord) -> bool:
+    """Best effort: a cache that cannot be written (read-only, full) only means the check and
+    the probe are repeated next run, never a failed run."""
+    try:
+        with atomic_path(record_path(graph)) as tmp:
+            tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True))
+    except OSError as exc:
+        log.warning("cannot write %s (%s): the engine check is repeated next run",
+                    record_path(graph), exc)
+        return False
+    return True
 
 
 def drop_graph(graph: Path) -> None:
