@@ -80,6 +80,14 @@ def test_a_graph_that_disagrees_falls_back_to_pytorch(real_crops: np.ndarray,
         got = bad.predict(real_crops)
     assert bad.engine == "torch" and "differs from PyTorch" in caplog.text
     assert np.allclose(got, torch_p, atol=1e-6)
+    # the failure is remembered: auto does not export and fail again on the next run
+    graph = graph_path(bad.weight_sha256[0], network_key(card))
+    record = read_record(graph)
+    assert not graph.exists() and record is not None and record.failed
+    assert Classifier(card, device="cpu", engine="auto").engine == "torch" and not graph.exists()
+    # asked for explicitly, the graph is rebuilt and checked afresh
+    again = Classifier(card, device="cpu", engine="onnx")
+    assert again.engine == "onnx" and graph.exists() and read_record(graph) is None
 
 
 @pytest.mark.parametrize("fault", ["nan", "error"])
@@ -102,7 +110,8 @@ def test_a_graph_that_fails_falls_back_and_is_dropped(real_crops: np.ndarray, fa
     with caplog.at_level(logging.WARNING):
         got = bad.predict(real_crops[:40])
     assert bad.engine == "torch" and np.allclose(got, torch_p, atol=1e-6)
-    assert not graph.exists() and not record_path(graph).exists()  # rebuilt, not trusted
+    record = read_record(graph)  # dropped; its record remembers the failure
+    assert not graph.exists() and record is not None and record.failed
 
 
 def test_engine_choice_is_checked() -> None:
@@ -131,12 +140,16 @@ def test_a_checked_graph_runs_without_torch(real_crops: np.ndarray, cache: Path)
     assert isinstance(load_classifier(card, device="cpu", engine="onnx"), Classifier)  # unchecked
     graph = _checked(card, real_crops)
     record = read_record(graph)
-    assert record is not None and record.checked and record.checked_crops == 64
+    assert record is not None and record.trusted(tta=False) and record.checked_crops == 64
+    assert not record.trusted(tta=True)  # TTA flips before the transform: checked apart
     fast = load_classifier(card, device="cpu", engine="onnx")
     assert isinstance(fast, OnnxClassifier) and fast.engine == "onnx"
     torch_clf = Classifier(card, device="cpu", engine="torch")
     assert np.abs(fast.predict(real_crops) - torch_clf.predict(real_crops)).max() <= MAX_DELTA_P
-    # test-time augmentation: the same 8 views as PyTorch's, on the uint8 crops
+    # test-time augmentation: the same 8 views as PyTorch's, on the uint8 crops; trusted only
+    # after a TTA run was checked
+    assert isinstance(load_classifier(card, device="cpu", engine="onnx", tta=True), Classifier)
+    Classifier(card, device="cpu", engine="onnx", tta=True).predict(real_crops[:32])
     tta_fast = load_classifier(card, device="cpu", engine="onnx", tta=True)
     tta_torch = Classifier(card, device="cpu", engine="torch", tta=True)
     assert isinstance(tta_fast, OnnxClassifier)
@@ -174,11 +187,13 @@ def test_only_a_trustworthy_record_skips_pytorch(real_crops: np.ndarray, cache: 
     args = dict(device="cpu", batch_size=None, tta=False, compile=False, engine="onnx",
                 threads=2)
     assert onnx_only(card, **args) is not None
-    for change in ({"onnxruntime": "0.0.1"}, {"max_delta_p": 0.01}, {"max_delta_p": None}):
+    for change in ({"onnxruntime": "0.0.1"}, {"max_delta_p": 0.01}, {"max_delta_p": None},
+                   {"checked_crops": 8}):
         write_record(graph, dataclasses.replace(good, **change))
         assert onnx_only(card, **args) is None, change
-    record_path(graph).write_text("{not json")
-    assert onnx_only(card, **args) is None
+    for junk in ("{not json", "[1, 2]", '{"version": 2, "onnxruntime": "x", "probes": [1]}'):
+        record_path(graph).write_text(junk)
+        assert onnx_only(card, **args) is None, junk
     write_record(graph, good)
     # --device auto is the CPU only where no NVIDIA driver can be present
     monkeypatch.setattr("wsi_atm.classifiers.cuda_possible", lambda: True)

@@ -36,6 +36,7 @@ def _check(x: np.ndarray, y: np.ndarray, aty: np.ndarray, r: float) -> None:
     hot = find_hotspot(x, y, aty, r)
     assert hot is not None
     assert (hot.mitoses, hot.atypical) == brute_force(x, y, aty, r)
+    assert hot.exact and hot.mitoses_bound == hot.mitoses
     # The reported centre really holds what it reports.
     cx, cy = hot.center_um
     inside = np.hypot(x - cx, y - cy) <= r * (1 + 1e-9)
@@ -131,6 +132,8 @@ def test_a_stopped_search_reports_a_true_ceiling(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("wsi_atm.density.hotspot.MAX_SWEEPS", 1)
     hot = find_hotspot(x, y, aty, 250.0)
     assert hot is not None and hot.mitoses <= truth[0] <= hot.mitoses_bound
+    # called exact only when it is the best field, the atypical tie-break included
+    assert not hot.exact or (hot.mitoses, hot.atypical) == truth
     cx, cy = hot.center_um
     assert hot.mitoses == int((np.hypot(x - cx, y - cy) <= 250.0 * (1 + 1e-9)).sum())
 

@@ -101,13 +101,14 @@ def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, c
     key = network_key(card)
     graphs = [graph_path(w.sha256, key) for w in weights]
     records = [read_record(g) if g.is_file() else None for g in graphs]
-    if not all(r is not None and r.checked for r in records):
+    if not all(r is not None and r.trusted(tta) for r in records):
         return None
     if engine == "auto":
         machine = machine_key(threads, size)
         if not all(r is not None and r.faster_here(machine) for r in records):
             return None
-    delta = max(r.max_delta_p or 0.0 for r in records if r is not None)
+    delta = max((r.max_delta_p_tta if tta else r.max_delta_p) or 0.0
+                for r in records if r is not None)
     try:
         return OnnxClassifier(card, weights, graphs, size, tta, threads, delta)
     except Exception as exc:  # a damaged cache file: rebuilt and checked by the torch path

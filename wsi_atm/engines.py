@@ -14,6 +14,7 @@ needs neither torch nor timm: it starts in a fraction of a second. This module i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from wsi_atm import __version__
 from wsi_atm.errors import OptionError
-from wsi_atm.files import atomic_path
+from wsi_atm.files import atomic_path, file_sha256
 from wsi_atm.models.card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,11 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "torch", "onnx")
 OPSET = 18
 MAX_DELTA_P = 1e-3
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+# Bump when wsi-atm's graph-building code changes what a graph computes (transform ops, export):
+# cached graphs of the old code are then rebuilt and checked again, never trusted.
+GRAPH_VERSION = 2
+MIN_CHECK_CROPS = 32  # real crops a graph must have matched PyTorch on before it is trusted
 FASTER = 0.95  # ONNX Runtime must take at most this share of PyTorch's time to be chosen
 
 
@@ -102,17 +108,43 @@ def cpu_model() -> str:
 class GraphRecord:
     """What is known about one cached graph (stored as JSON beside it)."""
 
-    onnxruntime: str  # the runtime the check below was made with
-    max_delta_p: float | None = None  # against PyTorch on real crops; None: not yet checked
+    onnxruntime: str  # the runtime the checks below were made with
+    # Largest |Δp| against PyTorch over the real crops checked so far, without and with TTA
+    # (TTA flips the uint8 crops before the graph's transform, PyTorch after it: checked apart)
+    max_delta_p: float | None = None
     checked_crops: int = 0
+    max_delta_p_tta: float | None = None
+    checked_crops_tta: int = 0
     probes: dict[str, dict[str, float]] = field(default_factory=dict)  # machine → seconds
     version: int = RECORD_VERSION
 
+    def _current(self) -> bool:
+        return self.onnxruntime == version("onnxruntime")
+
+    def trusted(self, tta: bool) -> bool:
+        """Checked on enough real crops with the ONNX Runtime installed now, within 1e-3."""
+        delta, crops = ((self.max_delta_p_tta, self.checked_crops_tta) if tta
+                        else (self.max_delta_p, self.checked_crops))
+        return (self._current() and delta is not None and delta <= MAX_DELTA_P
+                and crops >= MIN_CHECK_CROPS)
+
     @property
-    def checked(self) -> bool:
-        """Checked on real crops with the ONNX Runtime installed now, and within tolerance."""
-        return (self.onnxruntime == version("onnxruntime") and self.max_delta_p is not None
-                and self.max_delta_p <= MAX_DELTA_P)
+    def failed(self) -> bool:
+        """Disagreed with PyTorch (or crashed) under the ONNX Runtime installed now."""
+        worst = max(self.max_delta_p or 0.0, self.max_delta_p_tta or 0.0)
+        return self._current() and not worst <= MAX_DELTA_P
+
+    def add_check(self, delta: float, crops: int, tta: bool) -> None:
+        """Fold one check into the record (a new ONNX Runtime starts the count again)."""
+        if not self._current():
+            self.onnxruntime, self.max_delta_p, self.checked_crops = version("onnxruntime"), None, 0
+            self.max_delta_p_tta, self.checked_crops_tta, self.probes = None, 0, {}
+        if tta:
+            self.max_delta_p_tta = max(self.max_delta_p_tta or 0.0, delta)
+            self.checked_crops_tta += crops
+        else:
+            self.max_delta_p = max(self.max_delta_p or 0.0, delta)
+            self.checked_crops += crops
 
     def faster_here(self, machine: str) -> bool | None:
         """Whether ONNX Runtime beat PyTorch on this machine (None: never timed here)."""
@@ -123,12 +155,17 @@ class GraphRecord:
 
 
 def read_record(graph: Path) -> GraphRecord | None:
-    """The graph's record; None when absent or unreadable (the graph is then re-checked)."""
+    """The graph's record; None when absent or malformed (the graph is then checked again)."""
     try:
         data = json.loads(record_path(graph).read_text())
-        if data.get("version") != RECORD_VERSION:
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
             return None
-        return GraphRecord(**data)
+        record = GraphRecord(**data)
+        probes_ok = isinstance(record.probes, dict) and all(
+            isinstance(p, dict) and all(isinstance(p.get(k), float | int)
+                                        for k in ("onnx_s", "torch_s"))
+            for p in record.probes.values())
+        return record if probes_ok and isinstance(record.onnxruntime, str) else None
     except (OSError, ValueError, TypeError):
         return None
 
@@ -146,10 +183,11 @@ def write_record(graph: Path, record: GraphRecord) -> bool:
     return True
 
 
-def drop_graph(graph: Path) -> None:
-    """A graph that failed or disagreed is not trusted next time: rebuilt and re-checked."""
-    graph.unlink(missing_ok=True)
-    record_path(graph).unlink(missing_ok=True)
+def drop_graph(graph: Path, keep_record: bool = False) -> None:
+    """Remove a graph (and, unless kept to remember a failure, its record); best effort."""
+    for path in (graph,) if keep_record else (graph, record_path(graph)):
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 class OnnxNet:
@@ -216,8 +254,12 @@ def cuda_possible() -> bool:
 
 
 def network_key(card: ModelCard) -> str:
-    """Everything of a card besides the weight file that shapes its exported graph."""
+    """Everything besides the weight file that shapes a card's exported graph: the whole card
+    file (LoRA, embedding, backbone source and pins, transform… — any edit rebuilds, which is
+    cheap next to trusting a stale graph), and the version of the code that builds the graph."""
     pre = card.preprocess_for()
-    return (f"{card.architecture}|{card.trained_mode}|{card.output}|"
-            f"{sorted(card.kwargs.items())}|crop {card.crop_size}|eval {list(pre.eval)}|"
-            f"mean {list(pre.mean)}|std {list(pre.std)}")
+    fields = (f"{card.architecture}|{card.trained_mode}|{card.output}|"
+              f"{sorted(card.kwargs.items())}|crop {card.crop_size}|eval {list(pre.eval)}|"
+              f"mean {list(pre.mean)}|std {list(pre.std)}")
+    card_file = file_sha256(card.path) if card.path.is_file() else ""
+    return f"{fields}|card {card_file}|graph v{GRAPH_VERSION}|wsi-atm {__version__}"

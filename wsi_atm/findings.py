@@ -28,7 +28,8 @@ def add_hotspot(result: SlideResult, area_mm2: float) -> None:
     cx, cy = hot.center_um
     result.hotspot = HotspotMeta(
         area_mm2=area_mm2, radius_um=r, center_px=(cx / mx, cy / my), radius_px=(r / mx, r / my),
-        mitoses=hot.mitoses, atypical=hot.atypical, mitoses_bound=hot.mitoses_bound)
+        mitoses=hot.mitoses, atypical=hot.atypical, mitoses_bound=hot.mitoses_bound,
+        exact=hot.exact)
 
 
 def add_tissue(result: SlideResult, thumbnail: np.ndarray) -> None:

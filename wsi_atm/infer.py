@@ -96,6 +96,10 @@ class Classifier:
             raise OptionError("--engine onnx runs on the CPU; use --device cpu")
         if compile:
             raise OptionError("--compile is for the torch engine; drop it or use --engine torch")
+        if asked == "auto" and any(r is not None and r.failed
+                                   for r in map(read_record, self._graph_paths())):
+            log.info("%s: ONNX Runtime disagreed with PyTorch on this model before", self.card.name)
+            return "torch"
         try:
             twins = self._graphs()
         except Exception as exc:
@@ -158,11 +162,19 @@ class Classifier:
         x = self.transform(crops.permute(0, 3, 1, 2).to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last)
 
-    def _use_torch(self, why: str) -> None:
+    def _use_torch(self, why: str, delta: float, crops: int) -> None:
+        """Drop the graphs; their records keep the failure, so ``auto`` does not export and
+        fail again on every run (``--engine onnx`` rebuilds and checks afresh)."""
         log.warning("%s: %s; using PyTorch", self.card.name, why)
         for path in self._graph_paths():
-            drop_graph(path)
+            drop_graph(path, keep_record=True)
+            self._record_check(path, delta, crops)
         self.graph_runners, self.engine, self._verify = [], "torch", False
+
+    def _record_check(self, path: Path, delta: float, crops: int) -> None:
+        rec = read_record(path) or GraphRecord(onnxruntime=version("onnxruntime"))
+        rec.add_check(delta if delta == delta else 1.0, crops, self.tta)  # NaN: a failure
+        write_record(path, rec)
 
     @property
     def n_models(self) -> int:
@@ -176,14 +188,11 @@ class Classifier:
         delta = float(np.abs(ref - got).max()) if got.size else 0.0
         self.max_delta_p = delta
         if not delta <= MAX_DELTA_P:  # NaN included
-            self._use_torch(f"ONNX Runtime differs from PyTorch by {delta:.2g} in P(atypical)")
+            self._use_torch(f"ONNX Runtime differs from PyTorch by {delta:.2g} in P(atypical)",
+                            delta, len(crops))
             return
         for path in self._graph_paths():
-            rec = read_record(path) or GraphRecord(onnxruntime=version("onnxruntime"))
-            if rec.max_delta_p is None or rec.onnxruntime != version("onnxruntime"):
-                rec.onnxruntime, rec.max_delta_p, rec.checked_crops = (
-                    version("onnxruntime"), delta, len(crops))
-                write_record(path, rec)
+            self._record_check(path, delta, len(crops))
 
     def _load(self, path: str, compile: bool) -> nn.Module:
         # Converts upstream key layouts, checks every key, builds on the hub backbone only when
@@ -220,7 +229,8 @@ class Classifier:
         try:
             got = onnx_folds(self.graph_runners, chunk, atypical_sign(self.card), self.tta)
         except Exception as exc:
-            self._use_torch(f"ONNX Runtime failed ({type(exc).__name__}: {exc})")
+            self._use_torch(f"ONNX Runtime failed ({type(exc).__name__}: {exc})", 1.0,
+                            len(chunk))
             return None
         if self._verify:
             self._check_against_torch(chunk, got)

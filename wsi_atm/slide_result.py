@@ -84,10 +84,7 @@ class HotspotMeta:
     # No field of this area holds more mitoses; above ``mitoses`` only when the points were
     # spread so evenly that the exact search stopped early (see density.hotspot).
     mitoses_bound: int = 0
-
-    @property
-    def exact(self) -> bool:
-        return self.mitoses_bound <= self.mitoses
+    exact: bool = True  # False: the search stopped (best found, no field above the bound)
 
 
 @dataclass

@@ -33,7 +33,8 @@ GRID_FINENESS = 64  # cells per radius, where the slide is small enough
 LOWER_PROBES = 256  # cell centres whose disks are counted exactly for a first lower bound
 MAX_LIVE_CELLS = 10_000  # beyond these the points are spread evenly: no exact search
 MAX_SWEEPS = 5_000  # pivots swept at most; the answer then carries its ceiling
-RING_CHUNK = 2048  # live cells per batched neighbour query
+RING_CHUNK = 256  # live cells per batched neighbour query (bounds its index arrays)
+CROWD_SWEEPS = 200  # pivots swept for a good field when no exact search is attempted
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,7 @@ class Hotspot:
     atypical: int
     members: np.ndarray  # bool per input point: inside the field (closed disk)
     mitoses_bound: int  # no field holds more; equals ``mitoses`` when the search was exact
-
-    @property
-    def exact(self) -> bool:
-        return self.mitoses_bound <= self.mitoses
+    exact: bool  # proven best (mitoses, then atypical); else the best found, with the bound
 
     @property
     def area_mm2(self) -> float:
@@ -99,13 +97,13 @@ class _Grid:
     s: float
     x0: float
     y0: float
-    reach: np.ndarray  # (rows, cols) integer-valued floats
+    reach: np.ndarray  # (rows, cols) int64 weights
 
     def centres(self, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
         return np.column_stack([self.x0 + (ix + 0.5) * self.s, self.y0 + (iy + 0.5) * self.s])
 
 
-def _grid(x: np.ndarray, y: np.ndarray, weight: np.ndarray, r: float) -> _Grid:
+def _grid(x: np.ndarray, y: np.ndarray, aty: np.ndarray, r: float) -> _Grid:
     """Sum the weights of every cell whose nearest distance to a cell C is at most ``r``: no
     disk centred in C reaches further, so the sum bounds it. Cells of r/64 overestimate a disk
     by ~4.5 %, which is what lets a near-uniform spread of 50,000 points be pruned."""
@@ -115,14 +113,22 @@ def _grid(x: np.ndarray, y: np.ndarray, weight: np.ndarray, r: float) -> _Grid:
     x0, y0 = float(x.min()) - m * s, float(y.min()) - m * s
     ix = ((x - x0) / s).astype(np.int64)
     iy = ((y - y0) / s).astype(np.int64)
-    grid = np.zeros((int(iy.max()) + m + 1, int(ix.max()) + m + 1), dtype=np.float64)
-    np.add.at(grid, (iy, ix), weight.astype(np.float64))
+    shape = (int(iy.max()) + m + 1, int(ix.max()) + m + 1)
     k = np.arange(-m, m + 1)
     gap = np.maximum(np.abs(k) - 1, 0) * s
     stencil = (np.hypot(gap[:, None], gap[None, :]) <= r * (1 + REL_TOL)).astype(np.float64)
-    # symmetric odd stencil: convolution = correlation; float sums of integers are exact far
-    # below 2**53 and the FFT's rounding error is orders of magnitude under 0.5
-    reach = np.rint(signal.fftconvolve(grid, stencil, mode="same"))
+
+    def reach_of(select: np.ndarray) -> np.ndarray:
+        # Counts, not weights, go through the FFT: its rounding error grows with the sums, and
+        # counts (at most n) stay far below 0.5 of error where weights (~n²) would not.
+        grid = np.zeros(shape, dtype=np.float64)
+        np.add.at(grid, (iy[select], ix[select]), 1.0)
+        # symmetric odd stencil: convolution = correlation
+        counts: np.ndarray = np.rint(signal.fftconvolve(grid, stencil, mode="same"))
+        return counts.astype(np.int64)
+
+    n = len(x)
+    reach = reach_of(np.ones(n, dtype=bool)) * (n + 1) + reach_of(aty)
     return _Grid(s, x0, y0, reach)
 
 
@@ -178,7 +184,7 @@ def find_hotspot(
     pts = np.column_stack([x, y])
     tree = cKDTree(pts)
     aty_tree = cKDTree(pts[aty]) if aty.any() else None
-    grid = _grid(x, y, weight, r)
+    grid = _grid(x, y, aty, r)
     # A lower bound from real disks: the centres of the cells that could hold the most.
     top = np.argsort(grid.reach, axis=None)[-LOWER_PROBES:]
     probes = grid.centres(*np.unravel_index(top, grid.reach.shape))
@@ -191,27 +197,33 @@ def find_hotspot(
     # thousands spread evenly: no real hotspot) that is most of the slide; the search then
     # stops and reports the best field found with a proven ceiling instead of taking minutes.
     live = grid.reach > best
-    ceiling = float(grid.reach.max())
     if int(live.sum()) <= MAX_LIVE_CELLS:
         upper = _ring_bound(pts, tree, grid, live, r)
-        order = np.argsort(-upper, kind="stable")[:MAX_SWEEPS + 1]
-        ceiling = float(best)
-        for sweeps, i in enumerate(order):
-            if upper[i] <= best:
-                break  # no later pivot can do better: bounds only fall from here
-            if sweeps == MAX_SWEEPS:
-                ceiling = float(upper[i])
-                break
-            value, center = _pivot(i, x, y, weight, tree, r)
-            if value > best:
-                best, best_center = value, center
+    else:  # no proof in reach: sweep the points in the densest cells for a good field
+        upper = grid.reach[((y - grid.y0) / grid.s).astype(np.int64),
+                           ((x - grid.x0) / grid.s).astype(np.int64)]
+        upper[np.argsort(-upper, kind="stable")[CROWD_SWEEPS:]] = 0
+    ceiling = int(grid.reach.max()) if int(live.sum()) > MAX_LIVE_CELLS else best
+    order = np.argsort(-upper, kind="stable")[:MAX_SWEEPS + 1]
+    for sweeps, i in enumerate(order):
+        if upper[i] <= best:
+            break  # no later pivot can do better: bounds only fall from here
+        if sweeps == MAX_SWEEPS:
+            ceiling = max(ceiling, int(upper[i]))
+            break
+        value, center = _pivot(i, x, y, weight, tree, r)
+        if value > best:
+            best, best_center = value, center
     cx, cy = best_center
     # Membership with a relative tolerance: the sweep places rim points exactly on the rim.
     members = np.hypot(x - cx, y - cy) <= r * (1 + 1e-9)
     mitoses = int(members.sum())
-    bound = max(mitoses, int(max(ceiling, best) // (n + 1)))
+    # exact only if nothing may beat the field found, atypical tie-break included
+    exact = ceiling <= best
+    bound = mitoses if exact else max(mitoses, max(ceiling, best) // (n + 1))
     return Hotspot(center_um=(float(cx), float(cy)), radius_um=r, mitoses=mitoses,
-                   atypical=int((members & aty).sum()), members=members, mitoses_bound=bound)
+                   atypical=int((members & aty).sum()), members=members, mitoses_bound=bound,
+                   exact=exact)
 
 
 def _pivot(i: int, x: np.ndarray, y: np.ndarray, weight: np.ndarray, tree: cKDTree,

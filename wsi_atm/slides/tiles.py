@@ -30,6 +30,9 @@ from wsi_atm.slides.backends import to_rgb
 
 TILE_CACHE_BYTES = 256 * 1024 * 1024
 SPARE_BUFFERS = 32  # evicted tile arrays kept for the next decodes
+# The recycling test counts references (sys.getrefcount); CPython 3.14 may borrow references
+# for locals, which makes that count unreliable, so recycling is off there.
+RECYCLE = sys.version_info < (3, 14)
 # none, LZW, JPEG, deflate (Adobe and old), Aperio JPEG 2000 (RGB), JPEG 2000. Aperio's
 # YCbCr JPEG 2000 (33003) is left to OpenSlide, which converts it explicitly.
 SUPPORTED_COMPRESSION = frozenset({1, 5, 7, 8, 32946, 33005, 34712})
@@ -218,7 +221,7 @@ class TileReader:
             self._used -= old.nbytes
             # 2 = this name and getrefcount's argument: no reader thread still copies from it
             # (readers take their reference under this lock)
-            if len(self._spare) < SPARE_BUFFERS and sys.getrefcount(old) == 2:
+            if RECYCLE and len(self._spare) < SPARE_BUFFERS and sys.getrefcount(old) == 2:
                 self._spare.append(old)
 
     def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray | None:
