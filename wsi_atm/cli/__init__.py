@@ -16,7 +16,6 @@ import click
 
 from wsi_atm import __version__
 from wsi_atm.errors import WsiAtmError
-from wsi_atm.heap import pin_mmap_threshold
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +57,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def main(argv: list[str] | None = None) -> None:
     _register()
-    pin_mmap_threshold()
     warnings.showwarning = _show_warning
     handler = logging.StreamHandler()
     handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
