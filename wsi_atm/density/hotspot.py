@@ -99,6 +99,11 @@ class _Grid:
     y0: float
     reach: np.ndarray  # (rows, cols) int64 weights
 
+    def cells(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, column) of the cell each point lies in."""
+        return (((y - self.y0) / self.s).astype(np.int64),
+                ((x - self.x0) / self.s).astype(np.int64))
+
     def centres(self, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
         return np.column_stack([self.x0 + (ix + 0.5) * self.s, self.y0 + (iy + 0.5) * self.s])
 
@@ -200,8 +205,7 @@ def find_hotspot(
     if int(live.sum()) <= MAX_LIVE_CELLS:
         upper = _ring_bound(pts, tree, grid, live, r)
     else:  # no proof in reach: sweep the points in the densest cells for a good field
-        upper = grid.reach[((y - grid.y0) / grid.s).astype(np.int64),
-                           ((x - grid.x0) / grid.s).astype(np.int64)]
+        upper = grid.reach[grid.cells(x, y)]
         upper[np.argsort(-upper, kind="stable")[CROWD_SWEEPS:]] = 0
     ceiling = int(grid.reach.max()) if int(live.sum()) > MAX_LIVE_CELLS else best
     order = np.argsort(-upper, kind="stable")[:MAX_SWEEPS + 1]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm.errors import ModelError
-from wsi_atm.files import sha256_file
+from wsi_atm.files import file_sha256
 from wsi_atm.models.schema import validate
 from wsi_atm.models.sources import is_hub_id
 
@@ -200,7 +200,7 @@ def verify_weights(card: ModelCard) -> list[LoadedWeights]:
         path = card.resolve(w.file)
         if not path.is_file():
             raise ModelError(f"model {card.name!r}: weight file missing: {path}")
-        digest = sha256_file(path)
+        digest = file_sha256(path)  # once per file and process: the ONNX and torch paths both ask
         if w.sha256 and digest != w.sha256:
             raise ModelError(f"model {card.name!r}: {path.name} does not match the card's sha256")
         checked.append(LoadedWeights(str(path), digest))
