@@ -22,6 +22,8 @@ from wsi_atm.crops import (
     stream_crops,
     tile_order,
 )
+from wsi_atm.crops.cutting import plan_cuts
+from wsi_atm.crops.plan import window_origins
 from wsi_atm.errors import OptionError
 from wsi_atm.slides import Slide, open_slide
 from wsi_atm.synthetic import (
@@ -238,6 +240,36 @@ def test_stream_returns_every_index_once_in_bounded_batches(planted: Path, backe
     np.testing.assert_array_equal(np.concatenate([b.indices for b in got]), order)
 
 
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("workers", [0, 3])
+def test_tile_cutting_equals_crop_by_crop_reads(planted: Path, tmp_path: Path, native: bool,
+                                                workers: int) -> None:
+    """Crops cut tile by tile (each tile decoded once, pieces copied to every window it serves)
+    equal crops read one at a time, inside, across the edge and wholly outside the level."""
+    if native:
+        path = planted
+    else:  # JPEG at 0.2 µm/px: windows of 160 px resampled to 128
+        path = write_svs(tmp_path / "r.svs", tissue_image(1500, 1100, seed=9), mpp=0.2,
+                         levels=(1, 4))
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+        assert plan.native == native and slide.tile_grid(plan.level) is not None
+        width, height = slide.dimensions
+        xs, ys = random_candidates(120, width, height, seed=6)
+        xs = np.concatenate([xs, [-500.0, width + 400.0, 3.0, width - 2.0]])
+        ys = np.concatenate([ys, [50.0, height + 400.0, 3.0, height - 2.0]])
+        got, by_index = collect(stream_crops(slide, xs, ys, plan=plan, batch_size=7,
+                                             workers=workers, prefetch=1))
+        flags = {int(i): bool(b) for batch in got for i, b in zip(batch.indices,
+                                                                  batch.at_border, strict=True)}
+        for i in range(len(xs)):
+            expected, at_border = read_crop(slide, float(xs[i]), float(ys[i]), plan)
+            np.testing.assert_array_equal(by_index[i], expected)
+            assert flags[i] == at_border
+        assert (by_index[len(xs) - 4] == 255).all() and (by_index[len(xs) - 3] == 255).all()
+    assert all(flags[i] for i in range(len(xs) - 4, len(xs)))
+
+
 def test_tile_order_is_row_major_by_tile(planted: Path) -> None:
     with open_slide(planted) as slide:
         xs, ys = random_candidates(300, *slide.dimensions, seed=2)
@@ -270,37 +302,48 @@ def test_results_do_not_depend_on_workers(tmp_path: Path, backend: str) -> None:
             np.testing.assert_array_equal(a.at_border, b.at_border)
 
 
-def test_streaming_holds_a_bounded_window(planted: Path) -> None:
-    """Pausing the consumer must not let the readers run ahead through all candidates."""
-    with open_slide(planted) as slide:
+@pytest.mark.parametrize("backend", ["auto", "tiffslide"])
+def test_streaming_holds_a_bounded_window(planted: Path, backend: str) -> None:
+    """Pausing the consumer must not let the readers run ahead through all candidates: crops
+    read through the backend, or tiles decoded by wsi-atm's own cutting threads."""
+    with open_slide(planted, backend) as slide:
         reads = 0
         lock = threading.Lock()
-        original, original_into = slide.read_level_region, slide.read_level_into
+        original_read, original_decode = slide.read_level_region, slide.decode_tile
 
-        def counting(*args: object, **kwargs: object) -> np.ndarray:
+        def counting_read(*args: object, **kwargs: object) -> np.ndarray:
             nonlocal reads
             with lock:
                 reads += 1
-            return original(*args, **kwargs)  # type: ignore[arg-type]
+            return original_read(*args, **kwargs)  # type: ignore[arg-type]
 
-        def counting_into(*args: object, **kwargs: object) -> None:
+        def counting_decode(*args: object, **kwargs: object) -> np.ndarray:
             nonlocal reads
             with lock:
                 reads += 1
-            original_into(*args, **kwargs)  # type: ignore[arg-type]
+            return original_decode(*args, **kwargs)  # type: ignore[arg-type]
 
-        # native crops are written straight into the batch (read_level_into), others read
-        slide.read_level_region = counting  # type: ignore[method-assign]
-        slide.read_level_into = counting_into  # type: ignore[method-assign]
+        slide.read_level_region = counting_read  # type: ignore[method-assign]
+        slide.decode_tile = counting_decode  # type: ignore[method-assign]
         xs, ys = random_candidates(2000, *slide.dimensions, seed=4)
+        plan = plan_crops(slide)
+        grid = slide.tile_grid(plan.level)
         stream = stream_crops(slide, xs, ys, batch_size=16, workers=2, prefetch=1)
         first = next(stream)
         time.sleep(0.3)  # let the pool run as far ahead as it is allowed to
         assert len(first) == 16
-        assert reads <= 16 + 4 * 8  # the batch + a window of max(2, 2 * 16 / 8) chunks of 8
+        if grid is None:  # the batch + a window of max(2, 2 * 16 / 8) chunks of 8 crops
+            assert reads <= 16 + 4 * 8
+            total = 2000
+        else:  # the tiles the first two batches need (prefetch 1), each decoded once
+            order = tile_order(slide, np.asarray(xs), np.asarray(ys), plan)
+            origins = window_origins(slide, np.asarray(xs)[order], np.asarray(ys)[order], plan)
+            cuts = plan_cuts(grid, origins, plan.read_shape)
+            assert 0 < reads <= cuts.need[31] < len(cuts.tiles) / 2
+            total = len(cuts.tiles)
         rest = sum(len(batch) for batch in stream)
     assert rest == 2000 - 16
-    assert reads == 2000
+    assert reads == total
 
 
 def test_abandoned_stream_stops_cleanly(planted: Path) -> None:

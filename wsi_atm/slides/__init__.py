@@ -2,7 +2,8 @@
 
 - :mod:`~wsi_atm.slides.slide`: the :class:`Slide` interface and :func:`open_slide`;
 - :mod:`~wsi_atm.slides.mpp`: the µm/px chain and its provenance (x and y apart);
-- :mod:`~wsi_atm.slides.backends`: the OpenSlide and tiffslide adapters.
+- :mod:`~wsi_atm.slides.backends`: the OpenSlide and tiffslide adapters;
+- :mod:`~wsi_atm.slides.tiles`: wsi-atm's own decoder for tiled TIFF levels.
 """
 
 from wsi_atm.slides.mpp import MPP_RANGE, Mpp

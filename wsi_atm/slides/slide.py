@@ -21,7 +21,7 @@ from wsi_atm.errors import MppUnknownError, OptionError, SlideError
 from wsi_atm.faults import inject
 from wsi_atm.slides.backends import Backend, inspect_tiff, open_auto, open_backend, short_error
 from wsi_atm.slides.mpp import Mpp, parse_float, resolve_mpp, unknown_mpp_message
-from wsi_atm.slides.tiles import TileReader
+from wsi_atm.slides.tiles import TileGrid, TileReader
 
 # auto: OpenSlide or tiffslide for the slide, its tiled TIFF levels decoded directly (tiles.py);
 # tiles: the same, refusing a slide without such levels; openslide / tiffslide: that library only.
@@ -145,20 +145,23 @@ class Slide:
                 f"({short_error(exc)})"
             ) from exc
 
-    def read_level_into(self, out: np.ndarray, origin: tuple[int, int], level: int) -> None:
-        """:meth:`read_level_region` of ``out``'s size written into ``out`` (the crop engine's
-        batch slot), without an intermediate array where wsi-atm decodes the level's tiles."""
+    def tile_grid(self, level: int) -> TileGrid | None:
+        """How ``level`` is tiled where wsi-atm decodes its tiles itself, else None."""
         if self._tiles is None or not self._tiles.has_level(level) or self._closed:
-            out[...] = self.read_level_region(origin, level, (out.shape[1], out.shape[0]))
-            return
+            return None
+        return self._tiles.grid(level)
+
+    def decode_tile(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Tile ``index`` (row-major, see :meth:`tile_grid`) of ``level`` as RGB, decoded now
+        (into ``out`` where the format allows) and not cached. Thread-safe."""
+        self._check_open()
+        if self._tiles is None or not self._tiles.has_level(level):
+            raise SlideError(f"{self.path}: level {level} is not read from its tiles")
         try:
-            self._tiles.read_into(out, (int(origin[0]), int(origin[1])), level)
-        except SlideError:
-            raise
+            return self._tiles.decode(level, index, out)
         except Exception as exc:
-            raise SlideError(
-                f"{self.path}: cannot read {out.shape[1]}x{out.shape[0]} px at {origin} of "
-                f"level {level} ({short_error(exc)})") from exc
+            raise SlideError(f"{self.path}: cannot decode tile {index} of level {level} "
+                             f"({short_error(exc)})") from exc
 
     def _level_downsample(self, level: int) -> float:
         if not 0 <= level < self.level_count:

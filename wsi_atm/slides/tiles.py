@@ -54,6 +54,44 @@ class _Level:
     jpegtables: bytes | None = None  # read once: tifffile's page attribute is not free
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """How a level is cut into tiles: ``across`` tiles per row, row-major indices."""
+
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    across: int
+
+
+def pieces(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Where windows' pixels come from: one row ``[window, tile, y0, y1, x0, x1]`` per
+    (window, tile) pair, the rectangle in level pixels clipped to the level, for windows of
+    ``size`` (w, h) at ``origins`` (N×2 level pixels). Windows wholly outside have none."""
+    w, h = size
+    ox, oy = origins[:, 0].astype(np.int64), origins[:, 1].astype(np.int64)
+    ix0, iy0 = np.maximum(ox, 0), np.maximum(oy, 0)
+    ix1, iy1 = np.minimum(ox + w, grid.width), np.minimum(oy + h, grid.height)
+    window = np.flatnonzero((ix0 < ix1) & (iy0 < iy1))
+    ix0, iy0, ix1, iy1 = ix0[window], iy0[window], ix1[window], iy1[window]
+    c0, c1 = ix0 // grid.tile_w, (ix1 - 1) // grid.tile_w
+    r0, r1 = iy0 // grid.tile_h, (iy1 - 1) // grid.tile_h
+    parts = [np.empty((0, 6), np.int64)]
+    for dr in range(int((r1 - r0).max(initial=0)) + 1):
+        for dc in range(int((c1 - c0).max(initial=0)) + 1):
+            hit = (r0 + dr <= r1) & (c0 + dc <= c1)
+            row, col = r0[hit] + dr, c0[hit] + dc
+            parts.append(np.stack([
+                window[hit], row * grid.across + col,
+                np.maximum(iy0[hit], row * grid.tile_h),
+                np.minimum(iy1[hit], (row + 1) * grid.tile_h),
+                np.maximum(ix0[hit], col * grid.tile_w),
+                np.minimum(ix1[hit], (col + 1) * grid.tile_w),
+            ], axis=1))
+    return np.concatenate(parts)
+
+
 def _colour_ok(page: Any) -> bool:
     """Layouts decoded to the right RGB: grey; RGB; RGB + unassociated alpha; YCbCr only inside
     JPEG (libjpeg converts it; tifffile would hand other YCbCr tiles back raw)."""
@@ -153,6 +191,18 @@ class TileReader:
     def has_level(self, level: int) -> bool:
         return level in self._levels
 
+    def grid(self, level: int) -> TileGrid:
+        lv = self._levels[level]
+        return TileGrid(lv.width, lv.height, lv.tile_w, lv.tile_h, lv.across)
+
+    def decode(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Tile ``index`` of ``level`` as RGB (tile_h × tile_w × 3), decoded now and not
+        cached: for a caller that cuts everything it needs from the tile at once (the crop
+        engine). JPEG tiles decode into ``out`` when given (a buffer the caller reuses)."""
+        if self._closed:
+            raise ValueError(f"{self.path}: tile reader is closed")
+        return self._decode(level, index, out)
+
     @property
     def levels(self) -> tuple[int, ...]:
         return tuple(sorted(self._levels))
@@ -205,6 +255,7 @@ class TileReader:
             return tile if tile is not None else self._decode(level, index)
         try:
             tile = self._decode(level, index)
+            tile.setflags(write=False)  # shared by reader threads from now on
             with self._lock:
                 self._store(key, tile)
         finally:
@@ -234,7 +285,7 @@ class TileReader:
                     return spare
         return None
 
-    def _decode(self, level: int, index: int) -> np.ndarray:
+    def _decode(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
         lv = self._levels[level]
         count = lv.counts[index]
         if count == 0:  # a tile the scanner never wrote: transparent, so white
@@ -243,7 +294,8 @@ class TileReader:
         if lv.jpeg is not None:
             import imagecodecs
 
-            out = self._buffer((lv.tile_h, lv.tile_w, 3))
+            if out is None:
+                out = self._buffer((lv.tile_h, lv.tile_w, 3))
             try:
                 segment = imagecodecs.jpeg8_decode(
                     data, tables=lv.jpegtables, colorspace=lv.jpeg[0],
@@ -256,9 +308,7 @@ class TileReader:
         else:
             segment, _, _ = lv.page.decode(data, index, jpegtables=lv.jpegtables)
         self.decoded += 1
-        tile = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
-        tile.setflags(write=False)
-        return tile
+        return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
 
     def close(self) -> None:
         """Callers join their reader threads first (the crop stream does)."""

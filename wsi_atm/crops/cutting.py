@@ -1,0 +1,214 @@
+"""Crops cut straight out of decoded tiles, for the levels wsi-atm decodes itself.
+
+The windows are known before any pixel is read, so the work is planned per tile, not per
+crop (:func:`plan_cuts`): every distinct tile the windows touch, in the order the windows first
+need it, with the pieces of every window it serves. A thread decodes a tile into its own
+buffer (the same memory every time, so it stays in the core's cache and never page-faults),
+copies each piece into its window, and is done with the tile. Each tile is decoded exactly
+once, no thread ever waits for another's tile, and nothing is cached.
+
+Threads run a bounded number of tiles ahead of the batch being handed out (the tiles the
+next ``prefetch`` batches need), so memory stays bounded: the batches being filled and one
+tile buffer per thread. Batches come out in read order and equal the backend's pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from wsi_atm.crops.plan import CropBatch, CropPlan, resample
+from wsi_atm.faults import inject
+from wsi_atm.slides import Slide
+from wsi_atm.slides.tiles import TileGrid, pieces
+
+TILES_PER_TASK = 4  # tiles one pool task decodes and cuts
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """Which tiles to decode, in which order, and where their pixels go.
+
+    ``tiles[k]``: the tile of rank ``k`` (ranks follow the windows' first need);
+    ``rows[starts[k]:starts[k + 1]]``: its pieces ``[window, tile, y0, y1, x0, x1]`` (level
+    pixels), windows ascending; ``need[i]``: how many ranks windows ``0..i`` need, so a batch
+    ending at window ``i`` is complete once ranks ``< need[i]`` are cut.
+    """
+
+    tiles: np.ndarray
+    rows: np.ndarray
+    starts: np.ndarray
+    need: np.ndarray
+
+
+def plan_cuts(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> CutPlan:
+    """The cut plan for windows of ``size`` (w, h) at ``origins`` (N×2, in read order)."""
+    found = pieces(grid, origins, size)
+    window, tile = found[:, 0], found[:, 1]
+    keys, inverse = np.unique(tile, return_inverse=True)
+    first = np.full(len(keys), len(origins), np.int64)
+    np.minimum.at(first, inverse, window)
+    by_first = np.argsort(first, kind="stable")
+    rank = np.empty(len(keys), np.int64)
+    rank[by_first] = np.arange(len(keys))
+    piece_rank = rank[inverse]
+    order = np.lexsort((window, piece_rank))
+    starts = np.searchsorted(piece_rank[order], np.arange(len(keys) + 1))
+    need = np.zeros(len(origins), np.int64)
+    np.maximum.at(need, window, piece_rank + 1)
+    return CutPlan(keys[by_first], found[order], starts, np.maximum.accumulate(need))
+
+
+class _Batches:
+    """Batch arrays the cutting threads fill, each made on its first piece (white where a
+    window reaches past the level) and handed out once."""
+
+    def __init__(self, n: int, batch_size: int, shape: tuple[int, int],
+                 partial: np.ndarray) -> None:
+        self._n, self._size, self._shape, self._partial = n, batch_size, shape, partial
+        self._arrays: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def get(self, batch: int) -> np.ndarray:
+        array = self._arrays.get(batch)
+        if array is None:
+            with self._lock:
+                array = self._arrays.get(batch)
+                if array is None:
+                    lo, hi = batch * self._size, min(self._n, (batch + 1) * self._size)
+                    array = np.empty((hi - lo, *self._shape, 3), np.uint8)
+                    edge = self._partial[lo:hi]
+                    if edge.any():
+                        array[edge] = 255
+                    self._arrays[batch] = array
+        return array
+
+    def take(self, batch: int) -> np.ndarray:
+        array = self.get(batch)
+        with self._lock:
+            del self._arrays[batch]
+        return array
+
+
+class _CutJob:
+    """One stream's cutting: :meth:`cut` runs on pool threads, :meth:`take` on the stream's."""
+
+    def __init__(self, slide: Slide, plan: CropPlan, grid: TileGrid, origins: np.ndarray,
+                 partial: np.ndarray, batch_size: int) -> None:
+        self.slide, self.plan, self.grid, self.batch_size = slide, plan, grid, batch_size
+        self.cuts = plan_cuts(grid, origins, plan.read_shape)
+        width, height = plan.read_shape
+        n = len(origins)
+        self.regions = _Batches(n, batch_size, (height, width), partial)
+        self.left, self.top = origins[:, 0].tolist(), origins[:, 1].tolist()
+        self.native = plan.read_shape == (plan.crop_size, plan.crop_size)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        if not self.native:  # pieces still to come per window: resampled once complete
+            self.crops = _Batches(n, batch_size, (plan.crop_size, plan.crop_size),
+                                  np.zeros(n, bool))
+            self.missing = np.bincount(self.cuts.rows[:, 0], minlength=n)
+            self.pieceless = np.flatnonzero(self.missing == 0)  # wholly outside the level
+
+    def need(self, batch: int) -> int:
+        """Ranks that must be cut before ``batch`` is complete."""
+        last = min(len(self.left), (batch + 1) * self.batch_size) - 1
+        return int(self.cuts.need[last]) if last >= 0 else 0
+
+    def cut(self, start: int, stop: int) -> None:
+        """Decode the tiles of ranks ``start..stop-1`` and copy out all their pieces."""
+        inject("crop")
+        cuts, grid, size = self.cuts, self.grid, self.batch_size
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = np.empty((grid.tile_h, grid.tile_w, 3), np.uint8)
+        rows = cuts.rows[cuts.starts[start] : cuts.starts[stop]]
+        left, top = self.left, self.top
+        current = -1
+        tile = buffer
+        tx = ty = 0
+        for window, index, y0, y1, x0, x1 in rows.tolist():
+            if index != current:
+                tile = self.slide.decode_tile(self.plan.level, index, buffer)
+                current = index
+                ty, tx = (index // grid.across) * grid.tile_h, (index % grid.across) * grid.tile_w
+            batch, slot = divmod(window, size)
+            wy, wx = top[window], left[window]
+            self.regions.get(batch)[slot, y0 - wy : y1 - wy, x0 - wx : x1 - wx] = \
+                tile[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
+        if not self.native:
+            self._resample_complete(rows[:, 0])
+
+    def _resample_complete(self, windows: np.ndarray) -> None:
+        with self._lock:
+            np.subtract.at(self.missing, windows, 1)
+            done = np.unique(windows[self.missing[windows] == 0])
+        for window in done.tolist():
+            self._resample_one(window)
+
+    def _resample_one(self, window: int) -> None:
+        batch, slot = divmod(window, self.batch_size)
+        region = self.regions.get(batch)[slot]
+        self.crops.get(batch)[slot] = resample(region, self.plan)
+
+    def take(self, batch: int) -> np.ndarray:
+        """Batch ``batch``, complete (every rank below :meth:`need` has been cut)."""
+        regions = self.regions.take(batch)
+        if self.native:
+            return regions
+        lo = batch * self.batch_size
+        inside = self.pieceless[(self.pieceless >= lo) & (self.pieceless < lo + len(regions))]
+        for window in inside.tolist():  # no piece, so no thread resampled them: white
+            self.crops.get(batch)[window - lo] = resample(regions[window - lo], self.plan)
+        return self.crops.take(batch)
+
+
+def cut_crops(slide: Slide, grid: TileGrid, plan: CropPlan, origins: np.ndarray,
+              partial: np.ndarray, order: np.ndarray, batch_size: int, workers: int,
+              prefetch: int) -> Iterator[CropBatch]:
+    """Batches of crops for windows at ``origins`` (read order; ``order`` maps them back to
+    the input) cut from the level's tiles, ``workers`` threads decoding."""
+    job = _CutJob(slide, plan, grid, origins, partial, batch_size)
+    n_batches = -(-len(origins) // batch_size)
+
+    def batch(b: int) -> CropBatch:
+        lo, hi = b * batch_size, min(len(origins), (b + 1) * batch_size)
+        return CropBatch(job.take(b), order[lo:hi], partial[lo:hi])
+
+    if workers <= 1:
+        done = 0
+        for b in range(n_batches):
+            goal = job.need(b)
+            if goal > done:
+                job.cut(done, goal)
+                done = goal
+            yield batch(b)
+        return
+    yield from _cut_threaded(job, n_batches, batch, workers, prefetch)
+
+
+def _cut_threaded(job: _CutJob, n_batches: int, batch: Callable[[int], CropBatch],
+                  workers: int, prefetch: int) -> Iterator[CropBatch]:
+    pending: deque[tuple[int, Future[None]]] = deque()
+    submitted = 0
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-atm-tiles")
+    try:
+        for b in range(n_batches):
+            goal = job.need(b)
+            ahead = max(goal, job.need(min(n_batches - 1, b + prefetch)))
+            while submitted < ahead:
+                stop = min(ahead, submitted + TILES_PER_TASK)
+                pending.append((submitted, pool.submit(job.cut, submitted, stop)))
+                submitted = stop
+            while pending and pending[0][0] < goal:
+                pending.popleft()[1].result()  # a thread's error is this stream's error
+            yield batch(b)
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
