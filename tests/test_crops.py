@@ -309,7 +309,7 @@ def test_streaming_holds_a_bounded_window(planted: Path, backend: str) -> None:
     with open_slide(planted, backend) as slide:
         reads = 0
         lock = threading.Lock()
-        original_read, original_decode = slide.read_level_region, slide.decode_tile
+        original_read, original_decode = slide.read_level_region, slide.decode_tiles
 
         def counting_read(*args: object, **kwargs: object) -> np.ndarray:
             nonlocal reads
@@ -317,14 +317,15 @@ def test_streaming_holds_a_bounded_window(planted: Path, backend: str) -> None:
                 reads += 1
             return original_read(*args, **kwargs)  # type: ignore[arg-type]
 
-        def counting_decode(*args: object, **kwargs: object) -> np.ndarray:
+        def counting_decode(*args: object, **kwargs: object) -> Iterator[np.ndarray]:
             nonlocal reads
-            with lock:
-                reads += 1
-            return original_decode(*args, **kwargs)  # type: ignore[arg-type]
+            for tile in original_decode(*args, **kwargs):  # type: ignore[arg-type]
+                with lock:
+                    reads += 1
+                yield tile
 
         slide.read_level_region = counting_read  # type: ignore[method-assign]
-        slide.decode_tile = counting_decode  # type: ignore[method-assign]
+        slide.decode_tiles = counting_decode  # type: ignore[method-assign]
         xs, ys = random_candidates(2000, *slide.dimensions, seed=4)
         plan = plan_crops(slide)
         grid = slide.tile_grid(plan.level)

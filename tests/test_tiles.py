@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from tests.cli_helpers import run_cli
-from wsi_atm.crops import plan_crops, stream_crops
+from wsi_atm.crops import plan_crops, read_crop, stream_crops
 from wsi_atm.errors import SlideError
 from wsi_atm.slides import open_slide
 from wsi_atm.slides.tiles import TileReader
@@ -220,3 +220,34 @@ def test_a_closed_reader_refuses_reads(tiffs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="closed"):
         reader.read((0, 0), 0, (8, 8))
     reader.close()  # twice is harmless
+
+
+@pytest.mark.parametrize("kind", ["svs", "zlib"])
+def test_a_tile_the_scanner_never_wrote_is_white_in_every_path(tmp_path: Path, image: np.ndarray,
+                                                               kind: str) -> None:
+    """A tile with no bytes (byte count 0, as sparse scans leave them) reads as white, the same
+    through the crop cutter (neighbouring tiles' bytes read in one go) and the region cache."""
+    src = tmp_path / f"sparse.{'svs' if kind == 'svs' else 'tif'}"
+    if kind == "svs":
+        write_svs(src, image, mpp=0.25)
+    else:
+        write_pyramid_tiff(src, image, 0.25, (1, 2), compression="zlib")
+    with tifffile.TiffFile(src, mode="r+b") as tif:
+        tag = tif.pages[0].tags["TileByteCounts"]
+        counts = list(tag.value)
+        counts[5] = 0  # row 1, column 1 of the 4-across level 0
+        tag.overwrite(counts)
+    xs = np.array([320.0, 384.0, 500.0, 300.0, 700.0, 60.0])
+    ys = np.array([320.0, 384.0, 380.0, 450.0, 100.0, 60.0])
+    with open_slide(src, backend="tiles") as slide:
+        plan = plan_crops(slide)
+        assert plan.native
+        assert (slide.read_level_region((256, 256), 0, (256, 256)) == 255).all()
+        got = {int(i): img for batch in stream_crops(slide, xs, ys, plan=plan, workers=2,
+                                                       batch_size=4)
+               for i, img in zip(batch.indices, batch.images, strict=True)}
+        for i in range(len(xs)):
+            expected, _ = read_crop(slide, float(xs[i]), float(ys[i]), plan)
+            np.testing.assert_array_equal(got[i], expected)
+    assert (got[1] == 255).all()  # wholly inside the missing tile
+    assert not (got[5] == 255).all()  # elsewhere, tissue

@@ -27,7 +27,7 @@ from wsi_atm.faults import inject
 from wsi_atm.slides import Slide
 from wsi_atm.slides.tiles import TileGrid, pieces
 
-TILES_PER_TASK = 4  # tiles one pool task decodes and cuts
+TILES_PER_TASK = 8  # tiles one pool task decodes and cuts
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class _CutJob:
         width, height = plan.read_shape
         n = len(origins)
         self.regions = _Batches(n, batch_size, (height, width), partial)
-        self.left, self.top = origins[:, 0].tolist(), origins[:, 1].tolist()
+        self.origins = origins
         self.native = plan.read_shape == (plan.crop_size, plan.crop_size)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -117,7 +117,7 @@ class _CutJob:
 
     def need(self, batch: int) -> int:
         """Ranks that must be cut before ``batch`` is complete."""
-        last = min(len(self.left), (batch + 1) * self.batch_size) - 1
+        last = min(len(self.origins), (batch + 1) * self.batch_size) - 1
         return int(self.cuts.need[last]) if last >= 0 else 0
 
     def cut(self, start: int, stop: int) -> None:
@@ -128,19 +128,24 @@ class _CutJob:
         if buffer is None:
             buffer = self._local.buffer = np.empty((grid.tile_h, grid.tile_w, 3), np.uint8)
         rows = cuts.rows[cuts.starts[start] : cuts.starts[stop]]
-        left, top = self.left, self.top
-        current = -1
-        tile = buffer
-        tx = ty = 0
-        for window, index, y0, y1, x0, x1 in rows.tolist():
-            if index != current:
-                tile = self.slide.decode_tile(self.plan.level, index, buffer)
-                current = index
-                ty, tx = (index // grid.across) * grid.tile_h, (index % grid.across) * grid.tile_w
-            batch, slot = divmod(window, size)
-            wy, wx = top[window], left[window]
-            self.regions.get(batch)[slot, y0 - wy : y1 - wy, x0 - wx : x1 - wx] = \
-                tile[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
+        window, index = rows[:, 0], rows[:, 1]
+        wy, wx = self.origins[window, 1], self.origins[window, 0]
+        ty, tx = (index // grid.across) * grid.tile_h, (index % grid.across) * grid.tile_w
+        # every offset worked out at once, so the loop below only slices and copies
+        steps = np.stack([index, window // size, window % size,
+                          rows[:, 2] - wy, rows[:, 3] - wy, rows[:, 4] - wx, rows[:, 5] - wx,
+                          rows[:, 2] - ty, rows[:, 3] - ty, rows[:, 4] - tx, rows[:, 5] - tx],
+                         axis=1).tolist()
+        tiles = self.slide.decode_tiles(self.plan.level, cuts.tiles[start:stop].tolist(), buffer)
+        current = current_batch = -1
+        tile = target = buffer
+        for tile_index, batch, slot, dy0, dy1, dx0, dx1, sy0, sy1, sx0, sx1 in steps:
+            if tile_index != current:  # steps come tile by tile, in the order decoded
+                tile = next(tiles)
+                current = tile_index
+            if batch != current_batch:
+                target, current_batch = self.regions.get(batch), batch
+            target[slot, dy0:dy1, dx0:dx1] = tile[sy0:sy1, sx0:sx1]
         if not self.native:
             self._resample_complete(rows[:, 0])
 

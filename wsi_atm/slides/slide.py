@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -151,16 +152,18 @@ class Slide:
             return None
         return self._tiles.grid(level)
 
-    def decode_tile(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Tile ``index`` (row-major, see :meth:`tile_grid`) of ``level`` as RGB, decoded now
-        (into ``out`` where the format allows) and not cached. Thread-safe."""
+    def decode_tiles(self, level: int, indices: list[int],
+                     out: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Tiles ``indices`` (row-major, see :meth:`tile_grid`) of ``level`` as RGB, in that
+        order, decoded now (into ``out`` where the format allows: each is valid until the next
+        is taken) and not cached. Thread-safe."""
         self._check_open()
         if self._tiles is None or not self._tiles.has_level(level):
             raise SlideError(f"{self.path}: level {level} is not read from its tiles")
         try:
-            return self._tiles.decode(level, index, out)
+            yield from self._tiles.decode_run(level, indices, out)
         except Exception as exc:
-            raise SlideError(f"{self.path}: cannot decode tile {index} of level {level} "
+            raise SlideError(f"{self.path}: cannot decode tiles of level {level} "
                              f"({short_error(exc)})") from exc
 
     def _level_downsample(self, level: int) -> float:

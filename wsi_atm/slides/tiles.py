@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 from wsi_atm.slides.backends import to_rgb
 
 TILE_CACHE_BYTES = 256 * 1024 * 1024
+SPAN_SLACK = 64 * 1024  # bytes of other data one pread may skip over between wanted tiles
 SPARE_BUFFERS = 32  # evicted tile arrays kept for the next decodes
 # The recycling test counts references (sys.getrefcount); CPython 3.14 may borrow references
 # for locals, which makes that count unreliable, so recycling is off there.
@@ -195,13 +197,32 @@ class TileReader:
         lv = self._levels[level]
         return TileGrid(lv.width, lv.height, lv.tile_w, lv.tile_h, lv.across)
 
-    def decode(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Tile ``index`` of ``level`` as RGB (tile_h × tile_w × 3), decoded now and not
-        cached: for a caller that cuts everything it needs from the tile at once (the crop
-        engine). JPEG tiles decode into ``out`` when given (a buffer the caller reuses)."""
+    def decode_run(self, level: int, indices: list[int],
+                   out: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Tiles ``indices`` of ``level`` as RGB (tile_h × tile_w × 3), in that order, decoded
+        now and not cached: for a caller that cuts everything it needs from each tile at once
+        (the crop engine). JPEG tiles decode into ``out`` when given (a buffer the caller
+        reuses: each tile is valid until the next is asked for). Neighbouring tiles' bytes are
+        read with one ``pread``."""
         if self._closed:
             raise ValueError(f"{self.path}: tile reader is closed")
-        return self._decode(level, index, out)
+        lv = self._levels[level]
+        data = self._read_span(lv, indices)
+        for index in indices:
+            yield self._decode(level, index, out, data.get(index))
+
+    def _read_span(self, lv: _Level, indices: list[int]) -> dict[int, memoryview]:
+        """The compressed bytes of ``indices`` from one read when they lie close together in
+        the file (as a row's neighbouring tiles do); empty otherwise (read one by one)."""
+        parts = [(lv.offsets[i], lv.counts[i], i) for i in indices if lv.counts[i]]
+        if len(parts) < 2:
+            return {}
+        lo = min(offset for offset, _, _ in parts)
+        hi = max(offset + count for offset, count, _ in parts)
+        if hi - lo > 2 * sum(count for _, count, _ in parts) + SPAN_SLACK:
+            return {}
+        span = memoryview(os.pread(self._fd, hi - lo, lo))
+        return {i: span[offset - lo : offset - lo + count] for offset, count, i in parts}
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -285,28 +306,35 @@ class TileReader:
                     return spare
         return None
 
-    def _decode(self, level: int, index: int, out: np.ndarray | None = None) -> np.ndarray:
+    def _decode(self, level: int, index: int, out: np.ndarray | None = None,
+                data: bytes | memoryview | None = None) -> np.ndarray:
         lv = self._levels[level]
         count = lv.counts[index]
         if count == 0:  # a tile the scanner never wrote: transparent, so white
             return np.full((lv.tile_h, lv.tile_w, 3), 255, np.uint8)
-        data = os.pread(self._fd, count, lv.offsets[index])
-        if lv.jpeg is not None:
+        if data is None:
+            data = os.pread(self._fd, count, lv.offsets[index])
+        if lv.jpeg is not None:  # libjpeg-turbo reads the memoryview in place
             import imagecodecs
 
+            shape = (lv.tile_h, lv.tile_w, 3)
             if out is None:
-                out = self._buffer((lv.tile_h, lv.tile_w, 3))
+                out = self._buffer(shape)
             try:
                 segment = imagecodecs.jpeg8_decode(
-                    data, tables=lv.jpegtables, colorspace=lv.jpeg[0],
+                    data, tables=lv.jpegtables, colorspace=lv.jpeg[0],  # type: ignore[arg-type]
                     outcolorspace=lv.jpeg[1], out=out)
             except Exception:
                 if out is None:
                     raise
                 segment = imagecodecs.jpeg8_decode(  # a tile of another size: its own array
-                    data, tables=lv.jpegtables, colorspace=lv.jpeg[0], outcolorspace=lv.jpeg[1])
+                    data, tables=lv.jpegtables,  # type: ignore[arg-type]
+                    colorspace=lv.jpeg[0], outcolorspace=lv.jpeg[1])
+            if segment.shape == shape:  # the usual case: RGB already, nothing to convert
+                self.decoded += 1
+                return segment
         else:
-            segment, _, _ = lv.page.decode(data, index, jpegtables=lv.jpegtables)
+            segment, _, _ = lv.page.decode(bytes(data), index, jpegtables=lv.jpegtables)
         self.decoded += 1
         return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
 
