@@ -270,6 +270,53 @@ def test_tile_cutting_equals_crop_by_crop_reads(planted: Path, tmp_path: Path, n
     assert all(flags[i] for i in range(len(xs) - 4, len(xs)))
 
 
+def test_a_dense_band_of_candidates_is_cut_in_bounded_memory(planted: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              ) -> None:
+    """Thousands of candidates along two tile rows: a tile serves windows so far apart that
+    filling all of them at its first decode would hold every crop at once. Beyond the span
+    (here 4 batches of crops) the tile is decoded again instead; crops are unchanged."""
+    import wsi_atm.crops.cutting as cutting
+
+    batch = 16
+    monkeypatch.setattr(cutting, "AHEAD_BYTES", 4 * batch * 128 * 128 * 3)
+    live: list[int] = []
+    original_get = cutting._Batches.get
+
+    def counting_get(self: cutting._Batches, index: int) -> np.ndarray:
+        array = original_get(self, index)
+        live.append(len(self._arrays))
+        return array
+
+    monkeypatch.setattr(cutting._Batches, "get", counting_get)
+    rng = np.random.default_rng(8)
+    xs = rng.uniform(0, 1280, 1500)
+    ys = rng.uniform(300, 420, 1500)  # windows all start in tile rows 0 and 1
+    decodes = 0
+    with open_slide(planted) as slide:
+        plan = plan_crops(slide)
+        original_decode = slide.decode_tiles
+
+        def counting_decode(*args: object, **kwargs: object) -> Iterator[np.ndarray]:
+            nonlocal decodes
+            for tile in original_decode(*args, **kwargs):  # type: ignore[arg-type]
+                decodes += 1
+                yield tile
+
+        slide.decode_tiles = counting_decode  # type: ignore[method-assign]
+        _, by_index = collect(stream_crops(slide, xs, ys, plan=plan, batch_size=batch,
+                                           workers=2, prefetch=1))
+        for i in range(0, len(xs), 37):
+            np.testing.assert_array_equal(by_index[i], read_crop(slide, xs[i], ys[i], plan)[0])
+        grid = slide.tile_grid(plan.level)
+        assert grid is not None
+        distinct = len(np.unique(cutting.pieces(grid, window_origins(slide, xs, ys, plan),
+                                                plan.read_shape)[:, 1]))
+    assert decodes > distinct  # tiles decoded again beyond the span
+    assert max(live) <= 1 + 1 + 4 + 2  # handed-out + prefetch + span + the edges of both
+    assert len(by_index) == len(xs)
+
+
 def test_tile_order_is_row_major_by_tile(planted: Path) -> None:
     with open_slide(planted) as slide:
         xs, ys = random_candidates(300, *slide.dimensions, seed=2)

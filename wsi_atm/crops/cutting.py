@@ -8,8 +8,10 @@ copies each piece into its window, and is done with the tile. Each tile is decod
 once, no thread ever waits for another's tile, and nothing is cached.
 
 Threads run a bounded number of tiles ahead of the batch being handed out (the tiles the
-next ``prefetch`` batches need), so memory stays bounded: the batches being filled and one
-tile buffer per thread. Batches come out in read order and equal the backend's pixels.
+next ``prefetch`` batches need). A tile serves windows up to ``AHEAD_BYTES`` of crops beyond
+its first (a tile row's worth on any real slide; a second decode beyond that), so memory stays
+bounded: the batches being filled, at most that span ahead, and one tile buffer per thread.
+Batches come out in read order and equal the backend's pixels.
 """
 
 from __future__ import annotations
@@ -28,16 +30,21 @@ from wsi_atm.slides import Slide
 from wsi_atm.slides.tiles import TileGrid, pieces
 
 TILES_PER_TASK = 8  # tiles one pool task decodes and cuts
+# Crops filled ahead of the one handed out: a tile is cut into every window it serves that
+# lies within this many bytes of crops from its first; windows further on get a second decode.
+AHEAD_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class CutPlan:
     """Which tiles to decode, in which order, and where their pixels go.
 
-    ``tiles[k]``: the tile of rank ``k`` (ranks follow the windows' first need);
-    ``rows[starts[k]:starts[k + 1]]``: its pieces ``[window, tile, y0, y1, x0, x1]`` (level
-    pixels), windows ascending; ``need[i]``: how many ranks windows ``0..i`` need, so a batch
-    ending at window ``i`` is complete once ranks ``< need[i]`` are cut.
+    ``tiles[k]``: the tile decoded at rank ``k`` (ranks follow the windows' first need; a tile
+    whose windows lie further apart than the plan's span is decoded once per span, so no
+    window far ahead is filled early); ``rows[starts[k]:starts[k + 1]]``: its pieces
+    ``[window, tile, y0, y1, x0, x1]`` (level pixels), windows ascending; ``need[i]``: how
+    many ranks windows ``0..i`` need, so a batch ending at window ``i`` is complete once
+    ranks ``< need[i]`` are cut.
     """
 
     tiles: np.ndarray
@@ -46,22 +53,33 @@ class CutPlan:
     need: np.ndarray
 
 
-def plan_cuts(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> CutPlan:
-    """The cut plan for windows of ``size`` (w, h) at ``origins`` (N×2, in read order)."""
+def plan_cuts(grid: TileGrid, origins: np.ndarray, size: tuple[int, int],
+              span: int | None = None) -> CutPlan:
+    """The cut plan for windows of ``size`` (w, h) at ``origins`` (N×2, in read order); a
+    decode serves windows at most ``span`` apart (default: all of them)."""
     found = pieces(grid, origins, size)
     window, tile = found[:, 0], found[:, 1]
+    n = len(origins)
+    span = max(1, span or n)
     keys, inverse = np.unique(tile, return_inverse=True)
-    first = np.full(len(keys), len(origins), np.int64)
+    first = np.full(len(keys), n, np.int64)
     np.minimum.at(first, inverse, window)
-    by_first = np.argsort(first, kind="stable")
-    rank = np.empty(len(keys), np.int64)
-    rank[by_first] = np.arange(len(keys))
-    piece_rank = rank[inverse]
+    # one decode per tile and span of windows from its first use
+    per_tile = n // span + 1
+    units, unit = np.unique(inverse * per_tile + (window - first[inverse]) // span,
+                            return_inverse=True)
+    unit_first = np.full(len(units), n, np.int64)
+    np.minimum.at(unit_first, unit, window)
+    by_first = np.argsort(unit_first, kind="stable")
+    rank = np.empty(len(units), np.int64)
+    rank[by_first] = np.arange(len(units))
+    piece_rank = rank[unit]
     order = np.lexsort((window, piece_rank))
-    starts = np.searchsorted(piece_rank[order], np.arange(len(keys) + 1))
-    need = np.zeros(len(origins), np.int64)
+    starts = np.searchsorted(piece_rank[order], np.arange(len(units) + 1))
+    need = np.zeros(n, np.int64)
     np.maximum.at(need, window, piece_rank + 1)
-    return CutPlan(keys[by_first], found[order], starts, np.maximum.accumulate(need))
+    return CutPlan(keys[units[by_first] // per_tile], found[order], starts,
+                   np.maximum.accumulate(need))
 
 
 class _Batches:
@@ -101,12 +119,14 @@ class _CutJob:
     def __init__(self, slide: Slide, plan: CropPlan, grid: TileGrid, origins: np.ndarray,
                  partial: np.ndarray, batch_size: int) -> None:
         self.slide, self.plan, self.grid, self.batch_size = slide, plan, grid, batch_size
-        self.cuts = plan_cuts(grid, origins, plan.read_shape)
         width, height = plan.read_shape
+        self.native = plan.read_shape == (plan.crop_size, plan.crop_size)
+        per_window = 3 * (width * height + (0 if self.native else plan.crop_size ** 2))
+        self.cuts = plan_cuts(grid, origins, plan.read_shape,
+                              span=max(batch_size, AHEAD_BYTES // per_window))
         n = len(origins)
         self.regions = _Batches(n, batch_size, (height, width), partial)
         self.origins = origins
-        self.native = plan.read_shape == (plan.crop_size, plan.crop_size)
         self._local = threading.local()
         self._lock = threading.Lock()
         if not self.native:  # pieces still to come per window: resampled once complete
@@ -132,17 +152,18 @@ class _CutJob:
         wy, wx = self.origins[window, 1], self.origins[window, 0]
         ty, tx = (index // grid.across) * grid.tile_h, (index % grid.across) * grid.tile_w
         # every offset worked out at once, so the loop below only slices and copies
-        steps = np.stack([index, window // size, window % size,
+        ranks = np.repeat(np.arange(start, stop), np.diff(cuts.starts[start : stop + 1]))
+        steps = np.stack([ranks, window // size, window % size,
                           rows[:, 2] - wy, rows[:, 3] - wy, rows[:, 4] - wx, rows[:, 5] - wx,
                           rows[:, 2] - ty, rows[:, 3] - ty, rows[:, 4] - tx, rows[:, 5] - tx],
                          axis=1).tolist()
         tiles = self.slide.decode_tiles(self.plan.level, cuts.tiles[start:stop].tolist(), buffer)
         current = current_batch = -1
         tile = target = buffer
-        for tile_index, batch, slot, dy0, dy1, dx0, dx1, sy0, sy1, sx0, sx1 in steps:
-            if tile_index != current:  # steps come tile by tile, in the order decoded
+        for rank, batch, slot, dy0, dy1, dx0, dx1, sy0, sy1, sx0, sx1 in steps:
+            if rank != current:  # steps come rank by rank, in the order decoded
                 tile = next(tiles)
-                current = tile_index
+                current = rank
             if batch != current_batch:
                 target, current_batch = self.regions.get(batch), batch
             target[slot, dy0:dy1, dx0:dx1] = tile[sy0:sy1, sx0:sx1]
