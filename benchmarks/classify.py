@@ -111,16 +111,16 @@ def main() -> int:
                "--engine", args.engine]
     with tempfile.TemporaryDirectory(prefix="wsi-atm-bench-") as tmp:
         d = Path(tmp)
-        det = d / "bench.csv"
+        det = d / "bench.csv"  # the speed comparison's candidates, clustered
         write_candidates(det, args.candidates, args.size, 0, clustered=True)
         # warm-up: the first run on a machine builds, checks and times the ONNX graph
         run_child([*wsi_atm, "--detections", str(det), "--out-dir", str(d / "warm")])
         counts = sorted(int(c) for c in args.memory.split(","))
         peaks = []
         for n in counts:
-            det = d / f"mem{n}.csv"
-            write_candidates(det, n, args.size, 1, clustered=False)
-            wall, peak = run_child([*wsi_atm, "--detections", str(det), "--out-dir",
+            uniform = d / f"mem{n}.csv"
+            write_candidates(uniform, n, args.size, 1, clustered=False)
+            wall, peak = run_child([*wsi_atm, "--detections", str(uniform), "--out-dir",
                                     str(d / f"mem{n}")])
             peaks.append((n, wall, peak))
         # best of REPEATS for both (this VM's timings move by ±15 % from run to run)

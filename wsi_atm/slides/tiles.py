@@ -4,9 +4,12 @@ OpenSlide decodes a tile, copies it into its cache and then into a cairo surface
 ``read_region``; for the small crops wsi-atm reads, that overhead costs more than the JPEG
 decode itself. This reader takes each needed tile's compressed bytes from the file once
 (``os.pread``: thread-safe, no shared file position), decodes it with imagecodecs through
-tifffile's own decoder (JPEG tables, colour space, predictors as the file says) and keeps the
-RGB tile in a bounded LRU shared by the reader threads. The decoders release the GIL, so
-threads scale with cores. Two threads wanting the same tile wait for one decode.
+tifffile's own decoder (JPEG tables, colour space, predictors as the file says). Two ways
+out: :meth:`TileReader.decode_run` hands a caller that cuts everything it needs from each tile
+at once (the crop engine) runs of tiles, decoded into the caller's own buffer and not kept;
+region reads (:meth:`TileReader.read`) go through a bounded LRU of RGB tiles shared by the
+reader threads, where two threads wanting the same tile wait for one decode. The decoders
+release the GIL, so threads scale with cores.
 
 OpenSlide or tiffslide still open the slide (levels, properties, µm/px); this reader serves
 pixels for the levels it can map one-to-one to tiled TIFF pages, and the backend serves the
