@@ -198,6 +198,8 @@ def open_auto(path: Path) -> Backend:
     errors: list[str] = []
     opened: dict[str, Backend] = {}
     for name in ("openslide", "tiffslide"):
+        if opened and _tiff_levels(path) <= len(opened["openslide"].level_dimensions):
+            break  # tiffslide cannot see more levels: not worth its ~0.2 s import and open
         try:
             opened[name] = open_backend(path, name)
         except SlideError as exc:
@@ -214,6 +216,17 @@ def open_auto(path: Path) -> Backend:
     ts.close()
     return ops
 
+
+
+def _tiff_levels(path: Path) -> int:
+    """Pyramid levels tifffile (and so tiffslide, built on it) sees in the first series."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.series[0].levels) if tif.series else 0
+    except Exception:
+        return 0
 
 
 @dataclass(frozen=True)
