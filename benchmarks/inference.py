@@ -1,11 +1,13 @@
 """Inference throughput: the default model on CPU, and Virchow2-sized ViT-H/14 on a GPU.
 
     python benchmarks/inference.py [--model NAME] [--n 512] [--gpu-batches 64,128,256,512]
+                                   [--compile] [--no-cpu]
 
 CPU: img/s of the bundled default model's fold ensemble (what `classify` runs) on both engines
 (ONNX Runtime and PyTorch) with their largest probability difference, against a naive baseline
 (one fold model at a time, batch 1, float32, no inference_mode), in one run.
-GPU (when CUDA is present): the Virchow2 architecture (ViT-H/14, SwiGLU, 4 register tokens; random
+GPU (when CUDA is present): the default model as `classify --device cuda` runs it, and the
+Virchow2 architecture (ViT-H/14, SwiGLU, 4 register tokens; random
 weights) at 224 px in bf16 for each batch size, with achieved TFLOP/s and MFU. FLOPs are counted
 analytically as 2 × multiply-accumulates of every matmul in the forward pass (patch embedding,
 qkv, attention scores and weighted sum, projection, SwiGLU MLP, head), ignoring norms,
@@ -92,7 +94,23 @@ def vit_h_flops(tokens: int, dim: int = 1280, depth: int = 32, hidden: int = 683
     return 2.0 * (embed + depth * per_block + dim)
 
 
-def gpu_section(batches: list[int]) -> list[str]:
+def default_gpu_row(model: str | None, n: int) -> str:
+    """The card `classify` would run, on the GPU (its own batch size, bf16 where it uses it)."""
+    card = find_card(model)
+    crops = np.random.default_rng(0).integers(0, 255, (n, card.crop_size, card.crop_size, 3),
+                                              dtype=np.uint8)
+    clf = Classifier(card, device="cuda")
+
+    def run() -> None:
+        clf.predict(crops)
+        torch.cuda.synchronize()
+
+    t = time_it(run)
+    return (f"| {torch.cuda.get_device_name()} | {card.name} ({len(clf.nets)} folds) | "
+            f"classify's engine, batch {clf.batch_size} | {n / t:.0f} img/s | |")
+
+
+def gpu_section(batches: list[int], compiled: bool = False) -> list[str]:
     import timm
     from timm.layers import SwiGLUPacked
 
@@ -102,6 +120,8 @@ def gpu_section(batches: list[int]) -> list[str]:
         "vit_huge_patch14_224", pretrained=False, num_classes=0, reg_tokens=4, init_values=1e-5,
         mlp_ratio=5.3375, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, no_embed_class=True,
     ).cuda().eval().to(memory_format=torch.channels_last)
+    if compiled:
+        model = torch.compile(model)
     tokens = 1 + 4 + (224 // 14) ** 2
     hidden = model.blocks[0].mlp.fc1.out_features
     flops = vit_h_flops(tokens, hidden=hidden)
@@ -119,7 +139,8 @@ def gpu_section(batches: list[int]) -> list[str]:
         t = time_it(step) / 5
         tflops = flops * bs / t / 1e12
         mfu = f"{tflops / peak:.1%}" if peak else "n/a"
-        rows.append(f"| {name} | Virchow2-shaped ViT-H/14 bf16 | batch {bs} | "
+        label = "torch.compile, " if compiled else ""
+        rows.append(f"| {name} | Virchow2-shaped ViT-H/14 bf16 | {label}batch {bs} | "
                     f"{bs / t:.0f} img/s | {tflops:.0f} TFLOP/s, MFU {mfu} |")
     return rows
 
@@ -129,14 +150,22 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--gpu-batches", default="64,128,256,512")
+    ap.add_argument("--compile", action="store_true", help="also time the ViT torch.compile'd")
+    ap.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
     args = ap.parse_args()
     print("| device | model | path | throughput | ratio / FLOPs |")
     print("|---|---|---|---|---|")
-    for row in cpu_section(args.model, args.n):
-        print(row)
+    if not args.no_cpu:
+        for row in cpu_section(args.model, args.n):
+            print(row, flush=True)
     if torch.cuda.is_available():
-        for row in gpu_section([int(b) for b in args.gpu_batches.split(",")]):
-            print(row)
+        print(default_gpu_row(args.model, 4 * args.n), flush=True)
+        batches = [int(b) for b in args.gpu_batches.split(",")]
+        for row in gpu_section(batches):
+            print(row, flush=True)
+        if args.compile:
+            for row in gpu_section(batches, compiled=True):
+                print(row, flush=True)
     else:
         print("| (no CUDA device: GPU section not run) | | | | |")
 
