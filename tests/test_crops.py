@@ -17,6 +17,7 @@ from wsi_atm.crops import (
     CropBatch,
     CropPlan,
     UpsamplingWarning,
+    cutting,
     plan_crops,
     read_crop,
     stream_crops,
@@ -276,7 +277,6 @@ def test_a_dense_band_of_candidates_is_cut_in_bounded_memory(planted: Path,
     """Thousands of candidates along two tile rows: a tile serves windows so far apart that
     filling all of them at its first decode would hold every crop at once. Beyond the span
     (here 4 batches of crops) the tile is decoded again instead; crops are unchanged."""
-    import wsi_atm.crops.cutting as cutting
 
     batch = 16
     monkeypatch.setattr(cutting, "AHEAD_BYTES", 4 * batch * 128 * 128 * 3)
@@ -386,7 +386,8 @@ def test_streaming_holds_a_bounded_window(planted: Path, backend: str) -> None:
         else:  # the tiles the first two batches need (prefetch 1), each decoded once
             order = tile_order(slide, np.asarray(xs), np.asarray(ys), plan)
             origins = window_origins(slide, np.asarray(xs)[order], np.asarray(ys)[order], plan)
-            cuts = plan_cuts(grid, origins, plan.read_shape)
+            span = max(16, cutting.AHEAD_BYTES // (3 * 128 * 128))  # as the stream plans it
+            cuts = plan_cuts(grid, origins, plan.read_shape, span=span)
             assert 0 < reads <= cuts.need[31] < len(cuts.tiles) / 2
             total = len(cuts.tiles)
         rest = sum(len(batch) for batch in stream)

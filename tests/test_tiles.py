@@ -251,3 +251,18 @@ def test_a_tile_the_scanner_never_wrote_is_white_in_every_path(tmp_path: Path, i
             np.testing.assert_array_equal(got[i], expected)
     assert (got[1] == 255).all()  # wholly inside the missing tile
     assert not (got[5] == 255).all()  # elsewhere, tissue
+
+
+def test_only_arrays_owning_their_memory_are_kept_for_reuse(tiffs: dict[str, Path]) -> None:
+    """LZW/zlib tiles come back from tifffile as read-only views that can never be made
+    writable again: kept as spare buffers, the next JPEG decode into one would fail."""
+    tile_bytes = 256 * 256 * 3
+    reader = TileReader.open(tiffs["lzw"], ((W, H), (W // 2, H // 2)), cache_bytes=2 * tile_bytes)
+    assert reader is not None
+    for x in range(0, W, 200):
+        for y in range(0, H, 200):
+            reader.read((x, y), 0, (120, 120))
+    assert reader.decoded > 2  # tiles were evicted
+    buffer = reader._buffer((256, 256, 3))  # what a JPEG decode would write into
+    assert buffer is None or buffer.flags.writeable
+    reader.close()

@@ -61,8 +61,9 @@ def stream_crops(
 
     Every input position appears exactly once in ``indices`` over all batches; batches come
     in tile order, the same for any worker count. ``workers`` threads read (default: up to 8
-    CPU cores; 0 or 1 reads in the calling thread), keeping at most about ``prefetch``
-    batches' reads ahead of the consumer.
+    CPU cores; 0 or 1 reads in the calling thread), about ``prefetch`` batches' reads ahead
+    of the consumer. Memory: those batches; where tiles are cut (:mod:`~wsi_atm.crops.cutting`)
+    also the windows a decoded tile serves further on, at most ``AHEAD_BYTES`` of crops.
     """
     x, y = _coordinates(xs, ys)
     if batch_size < 1:

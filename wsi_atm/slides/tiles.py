@@ -168,7 +168,7 @@ class TileReader:
         self._lock = threading.Lock()
         self._closed = False
         self.recycled = 0  # decodes into an evicted tile's array
-        self.decoded = 0  # tiles decoded so far (each needed tile once while it stays cached)
+        self.decoded = 0  # tiles decoded so far (counted under the lock)
 
     @classmethod
     def open(cls, path: Path, level_dimensions: tuple[tuple[int, int], ...],
@@ -212,7 +212,10 @@ class TileReader:
         lv = self._levels[level]
         data = self._read_span(lv, indices)
         for index in indices:
-            yield self._decode(level, index, out, data.get(index))
+            tile = self._decode(level, index, out, data.get(index))
+            with self._lock:
+                self.decoded += 1
+            yield tile
 
     def _read_span(self, lv: _Level, indices: list[int]) -> dict[int, memoryview]:
         """The compressed bytes of ``indices`` from one read when they lie close together in
@@ -276,11 +279,16 @@ class TileReader:
             event.wait()
             with self._lock:
                 tile = self._cache.get(key)
-            return tile if tile is not None else self._decode(level, index)
+            if tile is None:  # decoded, but already evicted again (a tiny cache)
+                tile = self._decode(level, index)
+                with self._lock:
+                    self.decoded += 1
+            return tile
         try:
             tile = self._decode(level, index)
             tile.setflags(write=False)  # shared by reader threads from now on
             with self._lock:
+                self.decoded += 1
                 self._store(key, tile)
         finally:
             with self._lock:
@@ -295,8 +303,10 @@ class TileReader:
             _, old = self._cache.popitem(last=False)
             self._used -= old.nbytes
             # 2 = this name and getrefcount's argument: no reader thread still copies from it
-            # (readers take their reference under this lock)
-            if RECYCLE and len(self._spare) < SPARE_BUFFERS and sys.getrefcount(old) == 2:
+            # (readers take their reference under this lock); a view (tifffile's LZW/zlib
+            # output) can never be made writable again, so only arrays owning their memory
+            if (RECYCLE and len(self._spare) < SPARE_BUFFERS and old.flags.owndata
+                    and sys.getrefcount(old) == 2):
                 self._spare.append(old)
 
     def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray | None:
@@ -334,11 +344,9 @@ class TileReader:
                     data, tables=lv.jpegtables,  # type: ignore[arg-type]
                     colorspace=lv.jpeg[0], outcolorspace=lv.jpeg[1])
             if segment.shape == shape:  # the usual case: RGB already, nothing to convert
-                self.decoded += 1
                 return segment
         else:
             segment, _, _ = lv.page.decode(bytes(data), index, jpegtables=lv.jpegtables)
-        self.decoded += 1
         return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
 
     def close(self) -> None:
