@@ -193,13 +193,17 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def open_auto(path: Path) -> Backend:
-    """OpenSlide, unless tiffslide sees more levels (SubIFD pyramids) or OpenSlide refuses."""
+def open_auto(path: Path, tiff_levels: int) -> Backend:
+    """OpenSlide, unless tiffslide sees more levels (SubIFD pyramids) or OpenSlide refuses.
+
+    ``tiff_levels``: the pyramid levels tifffile (and so tiffslide, built on it) sees in the
+    file's first series (:class:`TiffFacts`); where that is no more than OpenSlide's, tiffslide
+    is not opened at all (its import and open cost ~0.2 s)."""
     errors: list[str] = []
     opened: dict[str, Backend] = {}
     for name in ("openslide", "tiffslide"):
-        if opened and _tiff_levels(path) <= len(opened["openslide"].level_dimensions):
-            break  # tiffslide cannot see more levels: not worth its ~0.2 s import and open
+        if opened and tiff_levels <= len(opened["openslide"].level_dimensions):
+            break
         try:
             opened[name] = open_backend(path, name)
         except SlideError as exc:
@@ -218,23 +222,20 @@ def open_auto(path: Path) -> Backend:
 
 
 
-def _tiff_levels(path: Path) -> int:
-    """Pyramid levels tifffile (and so tiffslide, built on it) sees in the first series."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return len(tif.series[0].levels) if tif.series else 0
-    except Exception:
-        return 0
-
-
 @dataclass(frozen=True)
 class TiffFacts:
     """What wsi-atm reads from a TIFF itself: µm/px from its tags, and whether it is cut short."""
 
     mpp: Mpp | None = None
     truncated: str | None = None
+    levels: int = 0  # pyramid levels of the first series (what tiffslide would see)
+
+
+def _series_levels(tif: Any) -> int:
+    try:
+        return len(tif.series[0].levels) if tif.series else 0
+    except Exception:  # a series tifffile cannot make sense of: no levels to compare
+        return 0
 
 
 def inspect_tiff(path: Path) -> TiffFacts:
@@ -244,7 +245,8 @@ def inspect_tiff(path: Path) -> TiffFacts:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            return TiffFacts(mpp_from_tiff(tif), _truncation(tif, path.stat().st_size))
+            mpp, truncated = mpp_from_tiff(tif), _truncation(tif, path.stat().st_size)
+            return TiffFacts(mpp, truncated, _series_levels(tif))
     except Exception:  # not a TIFF (e.g. MIRAX), or unreadable: the backends decided it opens
         return TiffFacts()
 

@@ -281,8 +281,8 @@ def open_slide(
         raise SlideError(f"{path}: is a directory, not a slide file")
     inject("open")
     direct = backend in ("auto", "tiles")
-    handle = open_auto(path) if direct else open_backend(path, backend)
     tiff = inspect_tiff(path)
+    handle = open_auto(path, tiff.levels) if direct else open_backend(path, backend)
     if tiff.truncated:
         handle.close()
         raise SlideError(f"{path}: {tiff.truncated}")
