@@ -216,10 +216,9 @@ def cut_crops(slide: Slide, grid: TileGrid, plan: CropPlan, origins: np.ndarray,
     if workers <= 1:
         done = 0
         for b in range(n_batches):
-            goal = job.need(b)
-            if goal > done:
-                job.cut(done, goal)
-                done = goal
+            for start in range(done, job.need(b), TILES_PER_TASK):  # runs of nearby tiles
+                done = min(job.need(b), start + TILES_PER_TASK)
+                job.cut(start, done)
             yield batch(b)
         return
     yield from _cut_threaded(job, n_batches, batch, workers, prefetch)

@@ -212,6 +212,8 @@ class TileReader:
         lv = self._levels[level]
         data = self._read_span(lv, indices)
         for index in indices:
+            if self._closed:  # checked per tile: a closed descriptor number may be reused
+                raise ValueError(f"{self.path}: tile reader is closed")
             tile = self._decode(level, index, out, data.get(index))
             with self._lock:
                 self.decoded += 1
