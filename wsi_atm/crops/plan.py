@@ -124,13 +124,6 @@ def _finest_adequate_level(slide: Slide, target_mpp: float, tolerance: float) ->
 # ---------------------------------------------------------------------------- one crop
 
 
-def _origin(slide: Slide, plan: CropPlan, x: float, y: float) -> tuple[int, int]:
-    """Top-left of the read window, in pixels of the plan's level."""
-    ds = slide.level_downsamples[plan.level]
-    width, height = plan.read_shape
-    return nearest_pixel(x / ds) - width // 2, nearest_pixel(y / ds) - height // 2
-
-
 def nearest_pixel(v: float) -> int:
     """The pixel a coordinate falls nearest to, halves rounded up (floor(v + 0.5)).
 
@@ -149,20 +142,13 @@ def resample(region: np.ndarray, plan: CropPlan) -> np.ndarray:
     return np.asarray(image)
 
 
-def _window(slide: Slide, plan: CropPlan, x: float, y: float) -> tuple[int, int, bool]:
-    """Top-left of the read window at the plan's level, and whether it reaches past the edge."""
-    ox, oy = _origin(slide, plan, x, y)
-    width, height = plan.read_shape
-    level_w, level_h = slide.level_dimensions[plan.level]
-    return ox, oy, ox < 0 or oy < 0 or ox + width > level_w or oy + height > level_h
-
-
 def read_crop(slide: Slide, x: float, y: float, plan: CropPlan) -> tuple[np.ndarray, bool]:
     """One crop (H×W×3 uint8) centred on level-0 (x, y), and whether it reaches past the edge
     (those pixels are white)."""
-    ox, oy, at_border = _window(slide, plan, x, y)
+    origin = window_origins(slide, np.array([x], np.float64), np.array([y], np.float64), plan)
+    ox, oy = origin[0].tolist()
     region = slide.read_level_region((ox, oy), plan.level, plan.read_shape)
-    return resample(region, plan), at_border
+    return resample(region, plan), bool(beyond_edge(slide, origin, plan)[0])
 
 
 # ---------------------------------------------------------------------------- windows

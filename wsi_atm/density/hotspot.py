@@ -136,29 +136,15 @@ def _grid(x: np.ndarray, y: np.ndarray, aty: np.ndarray, r: float) -> _Grid:
     return _Grid(s, x0, y0, reach)
 
 
-def _fast_length(n: int) -> int:
-    """The smallest 2^a·3^b·5^c ≥ n: an FFT length pocketfft handles fastest."""
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            p = p35
-            while p < n:
-                p *= 2
-            best = min(best, p)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
 def _convolve_same(grid: np.ndarray, stencil: np.ndarray) -> np.ndarray:
     """``grid`` convolved with an odd-sized ``stencil``, cropped to ``grid``'s shape and
-    centred (what ``scipy.signal.fftconvolve(..., mode="same")`` gives), through numpy's FFT:
-    scipy.signal alone costs ~0.7 s of import on every run."""
+    centred (what ``scipy.signal.fftconvolve(..., mode="same")`` gives) through ``scipy.fft``
+    directly: importing scipy.signal costs ~0.7 s on every run, scipy.fft ~0.03 s."""
+    from scipy import fft
+
     (gh, gw), (kh, kw) = grid.shape, stencil.shape
-    shape = (_fast_length(gh + kh - 1), _fast_length(gw + kw - 1))
-    full = np.fft.irfft2(np.fft.rfft2(grid, shape) * np.fft.rfft2(stencil, shape), shape)
+    shape = (fft.next_fast_len(gh + kh - 1, real=True), fft.next_fast_len(gw + kw - 1, real=True))
+    full: np.ndarray = fft.irfft2(fft.rfft2(grid, shape) * fft.rfft2(stencil, shape), shape)
     return full[(kh - 1) // 2 : (kh - 1) // 2 + gh, (kw - 1) // 2 : (kw - 1) // 2 + gw]
 
 

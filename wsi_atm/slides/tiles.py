@@ -237,34 +237,19 @@ class TileReader:
         return tuple(sorted(self._levels))
 
     def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        out = np.empty((size[1], size[0], 3), np.uint8)
-        self.read_into(out, origin, level)
-        return out
-
-    def read_into(self, out: np.ndarray, origin: tuple[int, int], level: int) -> None:
-        """Fill ``out`` (h, w, 3 uint8, e.g. one slot of a crop batch) with the window at
-        ``origin``: no intermediate array, the tiles copied straight in."""
+        """The window of ``size`` (w, h) at ``origin`` (level pixels), through the tile cache;
+        white outside the level."""
         if self._closed:
             raise ValueError(f"{self.path}: tile reader is closed")
-        lv = self._levels[level]
         x0, y0 = origin
-        h, w = out.shape[0], out.shape[1]
-        # the part of the window inside the level
-        ix0, iy0 = max(x0, 0), max(y0, 0)
-        ix1, iy1 = min(x0 + w, lv.width), min(y0 + h, lv.height)
-        if ix0 != x0 or iy0 != y0 or ix1 != x0 + w or iy1 != y0 + h:
-            out.fill(255)  # partly outside the level: white there
-            if ix0 >= ix1 or iy0 >= iy1:
-                return
-        for ty in range(iy0 // lv.tile_h, (iy1 - 1) // lv.tile_h + 1):
-            top = ty * lv.tile_h
-            sy0, sy1 = max(iy0, top), min(iy1, top + lv.tile_h)
-            for tx in range(ix0 // lv.tile_w, (ix1 - 1) // lv.tile_w + 1):
-                tile = self._tile(level, ty * lv.across + tx)
-                left = tx * lv.tile_w
-                sx0, sx1 = max(ix0, left), min(ix1, left + lv.tile_w)
-                out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = \
-                    tile[sy0 - top : sy1 - top, sx0 - left : sx1 - left]
+        out = np.full((size[1], size[0], 3), 255, np.uint8)
+        lv = self._levels[level]
+        for _, index, sy0, sy1, sx0, sx1 in pieces(self.grid(level), np.array([origin]),
+                                                   size).tolist():
+            top, left = (index // lv.across) * lv.tile_h, (index % lv.across) * lv.tile_w
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = \
+                self._tile(level, index)[sy0 - top : sy1 - top, sx0 - left : sx1 - left]
+        return out
 
     def _tile(self, level: int, index: int) -> np.ndarray:
         key = (level, index)
