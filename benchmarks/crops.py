@@ -19,10 +19,11 @@
    (d) the same tiles through OpenSlide ``read_region`` of whole tiles (tile cache off, one
        thread × cores): what the limit looked like when measured through OpenSlide.
    The engine runs twice: ``--backend auto`` (wsi-atm's own tile decoder) and ``openslide``.
-   The engine (on all cores and on one thread) and the decode limit (on all cores and on one
-   thread) are timed in ``ROUNDS`` alternating rounds: a shared VM's speed drifts by tens of
-   per cent within a minute, so each round's engine ÷ limit is reported with their median,
-   beside the best of each.
+   A shared VM's speed drifts by tens of per cent within a minute, so the engine (on all cores
+   and on one thread) is timed in ``ROUNDS`` rounds, each between two runs of the decode limit
+   (all cores and one thread); a round's engine ÷ limit uses the geometric mean of the limit
+   before and after it (linear drift cancels), and the median over the rounds is the figure,
+   printed beside the best of each.
 
 Prints a markdown table with the ratios engine/naive and engine/decode-limit.
 """
@@ -55,7 +56,7 @@ from wsi_atm.synthetic import tissue_region, write_svs_strips  # noqa: E402
 MPP = 0.25
 TILE = 256
 REPEATS = 3  # timed runs of each reader; the best counts
-ROUNDS = 11  # alternating rounds of engine and decode limit
+ROUNDS = 15  # rounds of the engine, each between two runs of the decode limit
 
 
 def cores() -> int:
@@ -215,14 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         n_cores = cores()
         one_s, all_s, engine, engine_one = math.inf, math.inf, 0.0, 0.0
         paired, paired_one = [], []  # engine ÷ limit within each round: all cores, one thread
-        for _ in range(ROUNDS):  # alternating, so noise hits both alike
-            one, spread = decode_limit(path, needed, n_cores, repeats=1)
-            one_s, all_s = min(one_s, one), min(all_s, spread)
+        before = decode_limit(path, needed, n_cores, repeats=1)
+        for _ in range(ROUNDS):  # each engine run between two limit runs: drift cancels
             rate = engine_rate(path, xs, ys, args.workers, repeats=1)
             rate_one = engine_rate(path, xs, ys, 1, repeats=1)
+            after = decode_limit(path, needed, n_cores, repeats=1)
+            one, spread = math.sqrt(before[0] * after[0]), math.sqrt(before[1] * after[1])
+            one_s, all_s = min(one_s, before[0], after[0]), min(all_s, before[1], after[1])
             engine, engine_one = max(engine, rate), max(engine_one, rate_one)
             paired.append(rate * spread / len(xs))
             paired_one.append(rate_one * one / len(xs))
+            before = after
         limit = len(xs) / all_s
         decode = tile_decode_rate(path, args.size, args.decode_tiles, args.seed)
         openslide_limit = decode * n_cores * len(xs) / tiles
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
           f"threads | {limit:.0f} | {engine / limit:.2f} |")
     print(f"| (d) the same through OpenSlide read_region (1-thread rate × {n_cores}) "
           f"| {openslide_limit:.0f} | {engine / openslide_limit:.2f} |")
-    print(f"\nEngine ÷ decode limit within each of the {ROUNDS} alternating rounds: "
+    print(f"\nEngine ÷ decode limit in each of the {ROUNDS} rounds (limit before and after): "
           + ", ".join(f"{r:.2f}" for r in paired) + f" (median {float(np.median(paired)):.2f}).")
     print(f"One thread: the engine {engine_one:.0f} crops/s, the decode limit "
           f"{len(xs) / one_s:.0f} (best of each); within each round "
