@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ from wsi_atm.crops.plan import CropBatch, CropPlan, resample
 from wsi_atm.errors import SlideError
 from wsi_atm.faults import inject
 from wsi_atm.slides import Slide
-from wsi_atm.slides.tiles import TileGrid, pieces
+from wsi_atm.slides.tiles import TileGrid, decode_buffer, pieces
 
 TILES_PER_TASK = 8  # tiles one pool task decodes and cuts
 # Crops filled ahead of the one handed out: a tile is cut into every window it serves that
@@ -128,6 +128,7 @@ class _CutJob:
         n = len(origins)
         self.regions = _Batches(n, batch_size, (height, width), partial)
         self.origins = origins
+        self.steps = self._steps()
         self._local = threading.local()
         self._lock = threading.Lock()
         if not self.native:  # pieces still to come per window: resampled once complete
@@ -141,23 +142,30 @@ class _CutJob:
         last = min(len(self.origins), (batch + 1) * self.batch_size) - 1
         return int(self.cuts.need[last]) if last >= 0 else 0
 
-    def cut(self, start: int, stop: int) -> None:
-        """Decode the tiles of ranks ``start..stop-1`` and copy out all their pieces."""
-        inject("crop")
+    def _steps(self) -> np.ndarray:
+        """Every piece's copy, worked out once for the whole plan (the pool threads only slice
+        and copy, holding the GIL as briefly as they can): ``[rank, batch, slot, dy0, dy1, dx0,
+        dx1, sy0, sy1, sx0, sx1]``, destination in its window, source in its tile."""
         cuts, grid, size = self.cuts, self.grid, self.batch_size
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None:
-            buffer = self._local.buffer = np.empty((grid.tile_h, grid.tile_w, 3), np.uint8)
-        rows = cuts.rows[cuts.starts[start] : cuts.starts[stop]]
+        rows = cuts.rows
         window, index = rows[:, 0], rows[:, 1]
         wy, wx = self.origins[window, 1], self.origins[window, 0]
         ty, tx = (index // grid.across) * grid.tile_h, (index % grid.across) * grid.tile_w
-        # every offset worked out at once, so the loop below only slices and copies
-        ranks = np.repeat(np.arange(start, stop), np.diff(cuts.starts[start : stop + 1]))
-        steps = np.stack([ranks, window // size, window % size,
-                          rows[:, 2] - wy, rows[:, 3] - wy, rows[:, 4] - wx, rows[:, 5] - wx,
-                          rows[:, 2] - ty, rows[:, 3] - ty, rows[:, 4] - tx, rows[:, 5] - tx],
-                         axis=1).tolist()
+        ranks = np.repeat(np.arange(len(cuts.tiles)), np.diff(cuts.starts))
+        return np.stack([ranks, window // size, window % size,
+                         rows[:, 2] - wy, rows[:, 3] - wy, rows[:, 4] - wx, rows[:, 5] - wx,
+                         rows[:, 2] - ty, rows[:, 3] - ty, rows[:, 4] - tx, rows[:, 5] - tx],
+                        axis=1).astype(np.int32)
+
+    def cut(self, start: int, stop: int) -> None:
+        """Decode the tiles of ranks ``start..stop-1`` and copy out all their pieces."""
+        inject("crop")
+        cuts, grid = self.cuts, self.grid
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = decode_buffer((grid.tile_h, grid.tile_w, 3))
+        lo, hi = int(cuts.starts[start]), int(cuts.starts[stop])
+        steps = self.steps[lo:hi].tolist()
         tiles = self.slide.decode_tiles(self.plan.level, cuts.tiles[start:stop].tolist(), buffer)
         current = current_batch = -1
         tile = target = buffer
@@ -175,7 +183,7 @@ class _CutJob:
                                  f"px, not the {grid.tile_w}x{grid.tile_h} px the file declares"
                                  ) from exc
         if not self.native:
-            self._resample_complete(rows[:, 0])
+            self._resample_complete(cuts.rows[lo:hi, 0])
 
     def _resample_complete(self, windows: np.ndarray) -> None:
         with self._lock:
@@ -237,8 +245,14 @@ def _cut_threaded(job: _CutJob, n_batches: int, batch: Callable[[int], CropBatch
                 stop = min(ahead, submitted + TILES_PER_TASK)
                 pending.append((submitted, pool.submit(job.cut, submitted, stop)))
                 submitted = stop
+            needed = []
             while pending and pending[0][0] < goal:
-                pending.popleft()[1].result()  # a thread's error is this stream's error
+                needed.append(pending.popleft()[1])
+            # one wake-up for the batch, not one per task: on two cores a woken consumer
+            # preempts a decoding thread and contends for the GIL
+            wait(needed, return_when=FIRST_EXCEPTION)
+            for future in needed:
+                future.result()  # a thread's error is this stream's error
             yield batch(b)
     finally:
         for _, future in pending:
