@@ -72,9 +72,9 @@ class TileGrid:
 
 # Where a reused tile buffer starts, in bytes past a 64-byte boundary. libjpeg-turbo's SIMD
 # colour conversion wrote the same tiles ~20 % slower into 32-byte-aligned output than at any
-# other offset (measured on this project's benchmark tiles, every offset in a page; most likely
-# store/load 4K-aliasing against its own 32-byte-aligned sample rows). A heap buffer lands on
-# either side by chance, so a run's decode speed was a coin flip; this places it on purpose.
+# other offset tried (the benchmark's tiles, 35 offsets across a page; most likely store/load
+# aliasing against its own 32-byte-aligned sample rows). A heap buffer lands on either side by
+# chance, so a run's decode speed was a coin flip; this places it on purpose.
 BUFFER_OFFSET = 16
 
 
