@@ -32,7 +32,10 @@ STAGES = ("open", "detections", "crop", "inference", "write")
 def wsi_atm(args: list[str], fault: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "WSI_ATM_FAULT": fault}
     env.pop("WSI_ATM_DEBUG", None)
-    code = "import sys; from wsi_atm.cli import main; main(sys.argv[1:])"
+    # SIGINT handled as in a terminal even when this test run was started in the background
+    # (a shell starts background jobs with SIGINT ignored, and Python keeps it ignored)
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from wsi_atm.cli import main; main(sys.argv[1:])")
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
