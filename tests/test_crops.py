@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,6 +270,49 @@ def test_tile_cutting_equals_crop_by_crop_reads(planted: Path, tmp_path: Path, n
             assert flags[i] == at_border
         assert (by_index[len(xs) - 4] == 255).all() and (by_index[len(xs) - 3] == 255).all()
     assert all(flags[i] for i in range(len(xs) - 4, len(xs)))
+
+
+@pytest.mark.skipif(not cutting.RECYCLE, reason="batch arrays are not reused on this Python")
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("workers", [0, 3])
+def test_dropped_batches_are_filled_again_and_held_ones_never(tmp_path: Path, native: bool,
+                                                              workers: int) -> None:
+    """A batch array the consumer has dropped is filled again (fresh memory page-faults on
+    every first write), and the refilled crops are still exact, white past the level's edge
+    included; an array the consumer still holds, even only through a view, is never touched."""
+    scale = 1.0 if native else 0.2 / 0.25  # resampled: 0.2 µm/px, windows of 160 px
+    path = write_svs(tmp_path / "s.svs", tissue_image(1500, 1100, seed=3),
+                     mpp=0.25 * scale, levels=(1, 4))
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+        assert plan.native == native and slide.tile_grid(plan.level) is not None
+        width, height = slide.dimensions
+        xs, ys = random_candidates(150, width, height, seed=12)
+        # the last tile row and column: windows past the edge land in refilled arrays
+        xs = np.concatenate([xs, np.linspace(0, width, 20), np.full(20, width - 5.0)])
+        ys = np.concatenate([ys, np.full(20, height - 5.0), np.linspace(0, height, 20)])
+        seen: list[weakref.ref[np.ndarray]] = []  # weak: holding them would stop the reuse
+        reused = 0
+        held: list[tuple[np.ndarray, np.ndarray]] = []
+        by_index: dict[int, np.ndarray] = {}
+        for k, batch in enumerate(stream_crops(slide, xs, ys, plan=plan, batch_size=6,
+                                               workers=workers, prefetch=1)):
+            # the same object as an earlier batch's (a freed one's memory could come back from
+            # malloc at the same address, so addresses would prove nothing)
+            reused += any(ref() is batch.images for ref in seen)
+            seen.append(weakref.ref(batch.images))
+            for image, index in zip(batch.images, batch.indices, strict=True):
+                by_index[int(index)] = image.copy()
+            if k % 5 == 0:  # keep only a view of this one
+                view = batch.images[1:3]
+                held.append((view, view.copy()))
+            del batch
+        assert reused >= len(seen) // 4
+        for view, expected in held:
+            np.testing.assert_array_equal(view, expected)
+        for i in range(len(xs)):
+            np.testing.assert_array_equal(by_index[i], read_crop(slide, float(xs[i]),
+                                                                 float(ys[i]), plan)[0])
 
 
 def test_a_dense_band_of_candidates_is_cut_in_bounded_memory(planted: Path,
