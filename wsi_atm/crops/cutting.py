@@ -10,7 +10,8 @@ once, no thread ever waits for another's tile, and nothing is cached.
 Threads run a bounded number of tiles ahead of the batch being handed out (the tiles the
 next ``prefetch`` batches need). A tile serves windows up to ``AHEAD_BYTES`` of crops beyond
 its first (a tile row's worth on any real slide; a second decode beyond that), so memory stays
-bounded: the batches being filled, at most that span ahead, and one tile buffer per thread.
+bounded: the batches being filled, at most that span ahead, one tile buffer per thread, and up
+to ``KEPT_BATCHES`` batch arrays already handed out (filled again once the consumer drops them).
 Batches come out in read order and equal the backend's pixels.
 """
 
