@@ -246,8 +246,9 @@ def cut_crops(slide: Slide, grid: TileGrid, plan: CropPlan, origins: np.ndarray,
     if workers <= 1:
         done = 0
         for b in range(n_batches):
-            for start in range(done, job.need(b), TILES_PER_TASK):  # runs of nearby tiles
-                done = min(job.need(b), start + TILES_PER_TASK)
+            goal = job.need(b)
+            for start in range(done, goal, TILES_PER_TASK):  # runs of nearby tiles
+                done = min(goal, start + TILES_PER_TASK)
                 job.cut(start, done)
             yield batch(b)
         return

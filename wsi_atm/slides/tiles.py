@@ -232,10 +232,7 @@ class TileReader:
         for index in indices:
             if self._closed:  # checked per tile: a closed descriptor number may be reused
                 raise ValueError(f"{self.path}: tile reader is closed")
-            tile = self._decode(level, index, out, data.get(index))
-            with self._lock:
-                self.decoded += 1
-            yield tile
+            yield self._decode(level, index, out, data.get(index))
 
     def _read_span(self, lv: _Level, indices: list[int]) -> dict[int, memoryview]:
         """The compressed bytes of ``indices`` from one read when they lie close together in
@@ -286,14 +283,11 @@ class TileReader:
                 tile = self._cache.get(key)
             if tile is None:  # decoded, but already evicted again (a tiny cache)
                 tile = self._decode(level, index)
-                with self._lock:
-                    self.decoded += 1
             return tile
         try:
             tile = self._decode(level, index)
             tile.setflags(write=False)  # shared by reader threads from now on
             with self._lock:
-                self.decoded += 1
                 self._store(key, tile)
         finally:
             with self._lock:
@@ -326,6 +320,13 @@ class TileReader:
 
     def _decode(self, level: int, index: int, out: np.ndarray | None = None,
                 data: bytes | memoryview | None = None) -> np.ndarray:
+        tile = self._decode_pixels(level, index, out, data)
+        with self._lock:
+            self.decoded += 1
+        return tile
+
+    def _decode_pixels(self, level: int, index: int, out: np.ndarray | None,
+                       data: bytes | memoryview | None) -> np.ndarray:
         lv = self._levels[level]
         count = lv.counts[index]
         if count == 0:  # a tile the scanner never wrote: transparent, so white
