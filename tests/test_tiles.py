@@ -3,6 +3,7 @@ threads, with a bounded cache; and the backend choice it adds (auto, tiles) beha
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tests.cli_helpers import run_cli
 from wsi_atm.crops import cutting, plan_crops, read_crop, stream_crops
 from wsi_atm.errors import SlideError
 from wsi_atm.slides import open_slide
-from wsi_atm.slides.tiles import BUFFER_OFFSET, TileReader, decode_buffer
+from wsi_atm.slides.tiles import BUFFER_OFFSET, READ_GAP, TileReader, decode_buffer
 from wsi_atm.synthetic import tissue_image, write_pyramid_tiff, write_single_level_tiff, write_svs
 
 # Not multiples of the 256-px tile, so the right and bottom tiles are padded in the file.
@@ -205,12 +206,12 @@ def test_only_layouts_decoded_to_true_rgb_take_the_tile_path(photometric: int, c
                                                              ok: bool) -> None:
     from types import SimpleNamespace
 
-    from wsi_atm.slides.tiles import _usable
+    from wsi_atm.slides.tiff_pages import usable
 
     page = SimpleNamespace(is_tiled=True, planarconfig=1, bitspersample=8,
                            compression=compression, photometric=photometric,
                            samplesperpixel=samples, extrasamples=extra, imagedepth=1)
-    assert _usable(page) is ok
+    assert usable(page) is ok
 
 
 def test_a_closed_reader_refuses_reads(tiffs: dict[str, Path]) -> None:
@@ -303,3 +304,58 @@ def test_the_cutting_threads_decode_into_placed_buffers(tiffs: dict[str, Path],
             n = sum(len(b.indices) for b in stream_crops(slide, xs, ys, workers=workers))
             assert n == 40
             assert 1 <= len(made) <= max(1, workers)  # one per cutting thread, reused
+
+
+def test_neighbouring_tiles_are_read_together_and_nothing_far_between(
+        tiffs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of tiles from two rows: each row's neighbours come from one ``pread``, and the
+    tiles of the rows between (unwanted, far more than READ_GAP) are never read; pixels are the
+    same as tile-by-tile reads."""
+    reader = TileReader.open(tiffs["svs"], ((W, H),))
+    assert reader is not None
+    indices = [0, 1, 2, 9, 10]  # 4 tiles across: row 0 columns 0-2, row 2 columns 1-2
+    one_by_one = [tile.copy() for index in indices for tile in reader.decode_run(0, [index])]
+    reads: list[tuple[int, int]] = []
+    real_pread = os.pread
+
+    def counting(fd: int, n: int, offset: int) -> bytes:
+        reads.append((offset, n))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    before = reader.decoded
+    together = [tile.copy() for tile in reader.decode_run(0, indices, decode_buffer((256, 256, 3)))]
+    assert reader.decoded == before + len(indices)
+    lv = reader._levels[0]
+    wanted = sum(lv.counts[i] for i in indices)
+    between = sum(lv.counts[i] for i in range(3, 9))
+    assert between > 4 * READ_GAP  # the rows between really are far
+    assert len(reads) == 2
+    assert sum(n for _, n in reads) <= wanted + 2 * READ_GAP
+    assert all(np.array_equal(a, b) for a, b in zip(one_by_one, together, strict=True))
+    reader.close()
+
+
+def test_a_tile_decoding_to_another_size_is_an_error_naming_it(tmp_path: Path,
+                                                                image: np.ndarray) -> None:
+    """A JPEG tile whose stream holds a smaller image than the file's tile size: the cutter
+    stops with one error naming the tile and both sizes, never a crop of stale pixels."""
+    import imagecodecs
+
+    src = write_svs(tmp_path / "odd.svs", image, mpp=0.25)
+    small = imagecodecs.jpeg8_encode(image[:128, :128], level=90)
+    with open(src, "ab") as fh:
+        offset = fh.seek(0, os.SEEK_END)
+        fh.write(small)
+    with tifffile.TiffFile(src, mode="r+b") as tif:
+        offsets, counts = tif.pages[0].tags["TileOffsets"], tif.pages[0].tags["TileByteCounts"]
+        new_offsets, new_counts = list(offsets.value), list(counts.value)
+        new_offsets[5], new_counts[5] = offset, len(small)
+        offsets.overwrite(new_offsets)
+        counts.overwrite(new_counts)
+    with open_slide(src, backend="tiles") as slide:
+        plan = plan_crops(slide)
+        for workers in (0, 2):
+            with pytest.raises(SlideError, match=r"tile 5 of level 0 decodes to 128x128 px, "
+                                                 r"not the 256x256 px the file declares"):
+                list(stream_crops(slide, [384.0], [384.0], plan=plan, workers=workers))

@@ -31,34 +31,16 @@ from typing import Any
 import numpy as np
 
 from wsi_atm.slides.backends import to_rgb
+from wsi_atm.slides.tiff_pages import Level, find_levels
 
 TILE_CACHE_BYTES = 256 * 1024 * 1024
-SPAN_SLACK = 64 * 1024  # bytes of other data one pread may skip over between wanted tiles
+# bytes of other data one pread may read over between two wanted tiles: about what a second
+# pread costs
+READ_GAP = 8 * 1024
 SPARE_BUFFERS = 32  # evicted tile arrays kept for the next decodes
 # The recycling test counts references (sys.getrefcount); CPython 3.14 may borrow references
 # for locals, which makes that count unreliable, so recycling is off there.
 RECYCLE = sys.version_info < (3, 14)
-# none, LZW, JPEG, deflate (Adobe and old), Aperio JPEG 2000 (RGB), JPEG 2000. Aperio's
-# YCbCr JPEG 2000 (33003) is left to OpenSlide, which converts it explicitly.
-SUPPORTED_COMPRESSION = frozenset({1, 5, 7, 8, 32946, 33005, 34712})
-
-
-@dataclass(frozen=True)
-class _Level:
-    page: Any  # tifffile.TiffPage (tifffile is untyped here)
-    width: int
-    height: int
-    tile_w: int
-    tile_h: int
-    across: int
-    offsets: tuple[int, ...]
-    counts: tuple[int, ...]
-    # (colorspace, outcolorspace) for imagecodecs' libjpeg-turbo decoder, called directly for
-    # 8-bit JPEG tiles (tifffile's generic decode path costs ~25 % more per tile); else None
-    jpeg: tuple[Any, Any] | None = None
-    jpegtables: bytes | None = None  # read once: tifffile's page attribute is not free
-
-
 @dataclass(frozen=True)
 class TileGrid:
     """How a level is cut into tiles: ``across`` tiles per row, row-major indices."""
@@ -115,61 +97,12 @@ def pieces(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> np.nda
     return np.concatenate(parts)
 
 
-def _colour_ok(page: Any) -> bool:
-    """Layouts decoded to the right RGB: grey; RGB; RGB + unassociated alpha; YCbCr only inside
-    JPEG (libjpeg converts it; tifffile would hand other YCbCr tiles back raw)."""
-    photometric, samples = int(page.photometric), int(page.samplesperpixel)
-    extra = tuple(int(v) for v in (page.extrasamples or ()))
-    if photometric == 1:
-        return samples == 1
-    if photometric == 6:
-        return int(page.compression) == 7 and samples == 3
-    if photometric == 2:
-        return (samples, extra) in ((3, ()), (4, (2,)))
-    return False
-
-
-def _usable(page: Any) -> bool:
-    return bool(
-        page.is_tiled and page.planarconfig == 1 and page.bitspersample == 8
-        and int(page.compression) in SUPPORTED_COMPRESSION and _colour_ok(page)
-        and getattr(page, "imagedepth", 1) == 1)
-
-
-def _level(page: Any) -> _Level:
-    from tifffile.tifffile import jpeg_decode_colorspace
-
-    jpeg = None
-    if int(page.compression) == 7 and page.samplesperpixel == 3 and not page.extrasamples:
-        jpeg = jpeg_decode_colorspace(page.photometric, page.planarconfig,
-                                               page.extrasamples, page.is_jfif)
-    return _Level(page, int(page.imagewidth), int(page.imagelength), int(page.tilewidth),
-                  int(page.tilelength), -(-int(page.imagewidth) // int(page.tilewidth)),
-                  tuple(int(v) for v in page.dataoffsets),
-                  tuple(int(v) for v in page.databytecounts), jpeg, page.jpegtables)
-
-
-def find_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, _Level]:
-    """Each slide level that a tiled page of the main IFD chain holds exactly, by size.
-
-    A level is taken only when exactly one usable tiled page has its size, so an associated
-    image or a second series of the same size never stands in for it.
-    """
-    pages = [p for p in tif.pages if getattr(p, "is_tiled", False)]
-    found: dict[int, _Level] = {}
-    for level, (w, h) in enumerate(level_dimensions):
-        same = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
-        if len(same) == 1 and _usable(same[0]):
-            found[level] = _level(same[0])
-    return found
-
-
 class TileReader:
     """RGB windows of a level assembled from decoded tiles; white outside the level."""
 
     name = "tiles"
 
-    def __init__(self, path: Path, tif: Any, levels: dict[int, _Level],
+    def __init__(self, path: Path, tif: Any, levels: dict[int, Level],
                  cache_bytes: int = TILE_CACHE_BYTES) -> None:
         self.path = path
         self._tif = tif
@@ -222,30 +155,78 @@ class TileReader:
                    out: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Tiles ``indices`` of ``level`` as RGB (tile_h × tile_w × 3), in that order, decoded
         now and not cached: for a caller that cuts everything it needs from each tile at once
-        (the crop engine). JPEG tiles decode into ``out`` when given (a buffer the caller
-        reuses: each tile is valid until the next is asked for). Neighbouring tiles' bytes are
-        read with one ``pread``."""
+        (the crop engine), a few tiles at a time. JPEG tiles decode into ``out`` when given (a
+        buffer the caller reuses: each tile is valid until the next is asked for). Tiles lying
+        next to each other in the file are read with one ``pread``; :attr:`decoded` counts a
+        run's tiles when the run ends."""
         if self._closed:
             raise ValueError(f"{self.path}: tile reader is closed")
         lv = self._levels[level]
-        data = self._read_span(lv, indices)
+        data = self._read_together(lv, indices)
+        if lv.jpeg is not None and out is not None and out.shape == (lv.tile_h, lv.tile_w, 3):
+            return self._jpeg_run(level, lv, indices, data, out)
+        return self._generic_run(level, indices, out, data)
+
+    def _generic_run(self, level: int, indices: list[int], out: np.ndarray | None,
+                     data: dict[int, memoryview]) -> Iterator[np.ndarray]:
         for index in indices:
-            if self._closed:  # checked per tile: a closed descriptor number may be reused
-                raise ValueError(f"{self.path}: tile reader is closed")
+            self._check_open()
             yield self._decode(level, index, out, data.get(index))
 
-    def _read_span(self, lv: _Level, indices: list[int]) -> dict[int, memoryview]:
-        """The compressed bytes of ``indices`` from one read when they lie close together in
-        the file (as a row's neighbouring tiles do); empty otherwise (read one by one)."""
-        parts = [(lv.offsets[i], lv.counts[i], i) for i in indices if lv.counts[i]]
-        if len(parts) < 2:
-            return {}
-        lo = min(offset for offset, _, _ in parts)
-        hi = max(offset + count for offset, count, _ in parts)
-        if hi - lo > 2 * sum(count for _, count, _ in parts) + SPAN_SLACK:
-            return {}
-        span = memoryview(os.pread(self._fd, hi - lo, lo))
-        return {i: span[offset - lo : offset - lo + count] for offset, count, i in parts}
+    def _jpeg_run(self, level: int, lv: Level, indices: list[int],
+                  data: dict[int, memoryview], out: np.ndarray) -> Iterator[np.ndarray]:
+        """The usual case, 8-bit JPEG tiles of the declared size decoded into ``out``, with
+        libjpeg-turbo called straight from the loop: the layers of :meth:`_decode` per tile
+        cost ~3 % of the crop engine's time."""
+        import imagecodecs
+
+        decode = imagecodecs.jpeg8_decode
+        tables, (colorspace, outcolorspace) = lv.jpegtables, lv.jpeg  # type: ignore[misc]
+        done = 0
+        try:
+            for index in indices:
+                self._check_open()
+                blob: bytes | memoryview | None = data.get(index)
+                if blob is None:
+                    if not lv.counts[index]:  # never written: white, from the generic path
+                        yield self._decode_pixels(level, index, out, None)
+                        done += 1
+                        continue
+                    blob = os.pread(self._fd, lv.counts[index], lv.offsets[index])
+                try:
+                    tile = decode(blob, tables=tables,  # type: ignore[arg-type]
+                                  colorspace=colorspace, outcolorspace=outcolorspace, out=out)
+                except Exception:  # e.g. a tile of another size: the generic path, own array
+                    tile = self._decode_pixels(level, index, None, blob)
+                done += 1
+                yield tile
+        finally:
+            with self._lock:
+                self.decoded += done
+
+    def _check_open(self) -> None:
+        if self._closed:  # checked per tile: a closed descriptor number may be reused
+            raise ValueError(f"{self.path}: tile reader is closed")
+
+    def _read_together(self, lv: Level, indices: list[int]) -> dict[int, memoryview]:
+        """The compressed bytes of those of ``indices`` that lie next to another wanted tile
+        in the file (a row's neighbours, as scanners write them), one ``pread`` per such
+        group; tiles standing alone are left out (the caller reads them when it gets there)."""
+        parts = sorted((lv.offsets[i], lv.counts[i], i) for i in indices if lv.counts[i])
+        found: dict[int, memoryview] = {}
+        first = 0
+        while first < len(parts):
+            last, end = first, parts[first][0] + parts[first][1]
+            while last + 1 < len(parts) and parts[last + 1][0] - end <= READ_GAP:
+                last += 1
+                end = max(end, parts[last][0] + parts[last][1])
+            if last > first:
+                lo = parts[first][0]
+                group = memoryview(os.pread(self._fd, end - lo, lo))
+                for offset, count, index in parts[first : last + 1]:
+                    found[index] = group[offset - lo : offset - lo + count]
+            first = last + 1
+        return found
 
     @property
     def levels(self) -> tuple[int, ...]:

@@ -1,0 +1,79 @@
+"""Which pages of a TIFF-family slide wsi-atm decodes itself (:func:`find_levels`), and what
+their tiles' decoder needs (:class:`Level`). Everything else stays with OpenSlide/tiffslide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# none, LZW, JPEG, deflate (Adobe and old), Aperio JPEG 2000 (RGB), JPEG 2000. Aperio's
+# YCbCr JPEG 2000 (33003) is left to OpenSlide, which converts it explicitly.
+SUPPORTED_COMPRESSION = frozenset({1, 5, 7, 8, 32946, 33005, 34712})
+
+
+@dataclass(frozen=True)
+class Level:
+    """A slide level held one-to-one by a tiled TIFF page, and how to decode its tiles."""
+
+    page: Any  # tifffile.TiffPage (tifffile is untyped here)
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    across: int
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+    # (colorspace, outcolorspace) for imagecodecs' libjpeg-turbo decoder, called directly for
+    # 8-bit JPEG tiles (tifffile's generic decode path costs ~25 % more per tile); else None
+    jpeg: tuple[Any, Any] | None = None
+    jpegtables: bytes | None = None  # read once: tifffile's page attribute is not free
+
+
+def _colour_ok(page: Any) -> bool:
+    """Layouts decoded to the right RGB: grey; RGB; RGB + unassociated alpha; YCbCr only inside
+    JPEG (libjpeg converts it; tifffile would hand other YCbCr tiles back raw)."""
+    photometric, samples = int(page.photometric), int(page.samplesperpixel)
+    extra = tuple(int(v) for v in (page.extrasamples or ()))
+    if photometric == 1:
+        return samples == 1
+    if photometric == 6:
+        return int(page.compression) == 7 and samples == 3
+    if photometric == 2:
+        return (samples, extra) in ((3, ()), (4, (2,)))
+    return False
+
+
+def usable(page: Any) -> bool:
+    return bool(
+        page.is_tiled and page.planarconfig == 1 and page.bitspersample == 8
+        and int(page.compression) in SUPPORTED_COMPRESSION and _colour_ok(page)
+        and getattr(page, "imagedepth", 1) == 1)
+
+
+def _level(page: Any) -> Level:
+    from tifffile.tifffile import jpeg_decode_colorspace
+
+    jpeg = None
+    if int(page.compression) == 7 and page.samplesperpixel == 3 and not page.extrasamples:
+        jpeg = jpeg_decode_colorspace(page.photometric, page.planarconfig,
+                                               page.extrasamples, page.is_jfif)
+    return Level(page, int(page.imagewidth), int(page.imagelength), int(page.tilewidth),
+                  int(page.tilelength), -(-int(page.imagewidth) // int(page.tilewidth)),
+                  tuple(int(v) for v in page.dataoffsets),
+                  tuple(int(v) for v in page.databytecounts), jpeg, page.jpegtables)
+
+
+def find_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, Level]:
+    """Each slide level that a tiled page of the main IFD chain holds exactly, by size.
+
+    A level is taken only when exactly one usable tiled page has its size, so an associated
+    image or a second series of the same size never stands in for it.
+    """
+    pages = [p for p in tif.pages if getattr(p, "is_tiled", False)]
+    found: dict[int, Level] = {}
+    for level, (w, h) in enumerate(level_dimensions):
+        same = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
+        if len(same) == 1 and usable(same[0]):
+            found[level] = _level(same[0])
+    return found
