@@ -24,7 +24,7 @@
    and on one thread) is timed in ``ROUNDS`` rounds, each between two runs of the decode limit
    (all cores and one thread); a round's engine ÷ limit uses the geometric mean of the limit
    before and after it (linear drift cancels), and the median over the rounds is the figure,
-   printed beside the best of each.
+   printed with a 90 % bootstrap interval (over rounds) and beside the best of each.
 
 Prints a markdown table with the ratios engine/naive and engine/decode-limit.
 """
@@ -58,7 +58,7 @@ from wsi_atm.synthetic import tissue_region, write_svs_strips  # noqa: E402
 MPP = 0.25
 TILE = 256
 REPEATS = 3  # timed runs of each reader; the best counts
-ROUNDS = 15  # rounds of the engine, each between two runs of the decode limit
+ROUNDS = 21  # rounds of the engine, each between two runs of the decode limit
 
 
 def cores() -> int:
@@ -149,6 +149,20 @@ def decode_limit(path: Path, tiles: list[int], threads: int,
 
     # best of REPEATS, like the engine: a shared VM's noise only ever slows a run down
     return min(once() for _ in range(repeats)), min(spread() for _ in range(repeats))
+
+
+def median_interval(values: list[float], level: float = 0.9, draws: int = 4000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """The median of ``values`` and a bootstrap interval for it (resampling the rounds)."""
+    v = np.asarray(values, dtype=np.float64)
+    medians = np.median(np.random.default_rng(seed).choice(v, (draws, len(v))), axis=1)
+    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.median(v)), float(lo), float(hi)
+
+
+def describe(values: list[float]) -> str:
+    median, lo, hi = median_interval(values)
+    return f"median {median:.2f}, 90 % interval {lo:.2f}–{hi:.2f}"
 
 
 def tile_decode_rate(path: Path, size: int, n: int, seed: int) -> float:
@@ -256,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| (d) the same through OpenSlide read_region (1-thread rate × {n_cores}) "
           f"| {openslide_limit:.0f} | {engine / openslide_limit:.2f} |")
     print(f"\nEngine ÷ decode limit in each of the {ROUNDS} rounds (limit before and after): "
-          + ", ".join(f"{r:.2f}" for r in paired) + f" (median {float(np.median(paired)):.2f}).")
+          + ", ".join(f"{r:.2f}" for r in paired) + f" ({describe(paired)}).")
     print(f"One thread: the engine {engine_one:.0f} crops/s, the decode limit "
           f"{len(xs) / one_s:.0f} (best of each); within each round "
           + ", ".join(f"{r:.2f}" for r in paired_one)
-          + f" (median {float(np.median(paired_one)):.2f}). On {n_cores} cores the engine "
+          + f" ({describe(paired_one)}). On {n_cores} cores the engine "
           f"runs {engine / engine_one:.2f}× its one-thread rate.")
     return 0
 

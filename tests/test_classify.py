@@ -89,7 +89,9 @@ def test_crops_read_from_slide_score_like_their_pngs(crop_slide, card_path, tmp_
         assert classify(crop_slide[kind], crop_slide["detections"], out, card_path) == 0
         got = p_by_id(load_outputs(out, crop_slide[kind].stem)[1])
         slide_p = np.array([got[f"c{i}"] for i in range(len(direct))])
-        assert np.max(np.abs(slide_p - direct)) < tol, kind
+        delta = float(np.max(np.abs(slide_p - direct)))
+        # what a failure needs to be understood: how far off, and which engine scored directly
+        assert delta < tol, (kind, delta, clf.engine, slide_p.round(6), direct.round(6))
 
 
 def test_outputs_are_consistent_and_qupath_valid(crop_slide, card_path, tmp_path):

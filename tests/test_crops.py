@@ -315,6 +315,68 @@ def test_dropped_batches_are_filled_again_and_held_ones_never(tmp_path: Path, na
                                                                  float(ys[i]), plan)[0])
 
 
+def test_a_later_stream_refills_arrays_an_earlier_one_handed_out(tmp_path: Path) -> None:
+    """The batch arrays are kept process-wide: slide after slide (and two slides at once, as a
+    batch run cuts them) fill arrays earlier streams handed out and their consumers dropped,
+    instead of fresh memory; every crop is still exact, and the pool stays within its bounds."""
+    paths = [write_svs(tmp_path / f"s{k}.svs", tissue_image(1200, 900, seed=20 + k), mpp=0.25,
+                       levels=(1, 4)) for k in range(3)]
+    seen: list[weakref.ref[np.ndarray]] = []
+    lock = threading.Lock()
+
+    def cut(path: Path, seed: int) -> tuple[int, int]:
+        reused = batches = 0
+        with open_slide(path) as slide:
+            plan = plan_crops(slide)
+            xs, ys = random_candidates(90, *slide.dimensions, seed=seed)
+            for batch in stream_crops(slide, xs, ys, plan=plan, batch_size=8, workers=2):
+                with lock:
+                    reused += any(ref() is batch.images for ref in seen)
+                    seen.append(weakref.ref(batch.images))
+                batches += 1
+                for image, index in zip(batch.images, batch.indices, strict=True):
+                    expected, _ = read_crop(slide, float(xs[index]), float(ys[index]), plan)
+                    np.testing.assert_array_equal(image, expected)
+                del batch
+        return reused, batches
+
+    cut(paths[0], 1)
+    first_of_next = len(seen)
+    reused, _ = cut(paths[1], 2)
+    assert reused > 0
+    # the next stream's very first batch already lands in an array the last one handed out
+    assert any(ref() is not None and ref() is seen[first_of_next]() for ref in seen[:first_of_next])
+    results: list[tuple[int, int]] = []
+    threads = [threading.Thread(target=lambda k=k: results.append(cut(paths[k], 3 + k)))
+               for k in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and sum(r for r, _ in results) > 0
+    assert len(cutting.BATCH_ARRAYS) <= cutting.KEPT_BATCHES
+
+
+def test_the_array_pool_keeps_within_its_bounds_and_never_hands_out_a_held_array() -> None:
+    pool = cutting.ArrayPool(arrays=3, nbytes=10_000)
+    held = [np.zeros((10, 100), np.uint8) for _ in range(4)]  # 1,000 bytes each
+    for array in held:
+        pool.keep(array)
+    assert len(pool) == 3  # the oldest went first
+    fresh = pool.take((10, 100))
+    assert not any(fresh is array for array in held)  # all still held by this test
+    view = held[2][1:]
+    del held[1:]
+    again = pool.take((10, 100))
+    # the oldest free one; the array behind the view is still held through it
+    assert again is not view.base and len(pool) == 2
+    assert pool.take((5, 5)).shape == (5, 5)  # no kept array of that shape: a fresh one
+    pool.keep(np.zeros(20_000, np.uint8))  # over the byte bound alone: not kept ...
+    assert len(pool) == 2  # ... and nothing else was pushed out for it
+    pool.keep(np.zeros(9_500, np.uint8))
+    assert len(pool) == 1  # the bytes bound pushed the two older ones out
+
+
 def test_a_dense_band_of_candidates_is_cut_in_bounded_memory(planted: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               ) -> None:

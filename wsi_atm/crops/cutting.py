@@ -10,8 +10,9 @@ once, no thread ever waits for another's tile, and nothing is cached.
 Threads run a bounded number of tiles ahead of the batch being handed out (the tiles the
 next ``prefetch`` batches need). A tile serves windows up to ``AHEAD_BYTES`` of crops beyond
 its first (a tile row's worth on any real slide; a second decode beyond that), so memory stays
-bounded: the batches being filled, at most that span ahead, one tile buffer per thread, and up
-to ``KEPT_BATCHES`` batch arrays already handed out (filled again once the consumer drops them).
+bounded: the batches being filled, at most that span ahead, one tile buffer per thread, and,
+process-wide, up to ``KEPT_BATCHES`` batch arrays already handed out (filled again, by any
+stream, once their consumer drops them).
 Batches come out in read order and equal the backend's pixels.
 """
 
@@ -36,9 +37,9 @@ TILES_PER_TASK = 8  # tiles one pool task decodes and cuts
 # Crops filled ahead of the one handed out: a tile is cut into every window it serves that
 # lies within this many bytes of crops from its first; windows further on get a second decode.
 AHEAD_BYTES = 256 * 1024 * 1024
-# Batch arrays handed out are kept (at most this many, and this many bytes) and filled again
-# once the consumer has dropped them: fresh memory costs a page fault per 4 KiB on its first
-# write, ~12,000 a benchmark run on two threads and a tenth of its time.
+# Batch arrays handed out are kept, process-wide (at most this many, and this many bytes), and
+# filled again once the consumer has dropped them: fresh memory costs a page fault per 4 KiB on
+# its first write, ~12,000 a benchmark run on two threads and a tenth of its time.
 KEPT_BATCHES = 8
 KEPT_BYTES = 64 * 1024 * 1024
 
@@ -90,18 +91,55 @@ def plan_cuts(grid: TileGrid, origins: np.ndarray, size: tuple[int, int],
                    np.maximum.accumulate(need))
 
 
+class ArrayPool:
+    """Batch arrays handed out to consumers, kept so that one every consumer has dropped is
+    filled again by the next batch of any stream, this one's or a later slide's, instead of
+    fresh memory. Bounded by count and bytes (oldest out first); thread-safe."""
+
+    def __init__(self, arrays: int, nbytes: int) -> None:
+        self._kept: deque[np.ndarray] = deque()
+        self._arrays, self._bytes = arrays, nbytes
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A kept array of ``shape`` that nobody holds any more, else a fresh one."""
+        with self._lock:
+            for k in range(len(self._kept) if RECYCLE else 0):
+                old = self._kept[k]
+                # 3 = the deque, this name and getrefcount's argument: nobody else holds it,
+                # not even through a view (a view holds its base)
+                if old.shape == shape and old.flags.writeable and sys.getrefcount(old) == 3:
+                    del self._kept[k]
+                    return old
+        return np.empty(shape, np.uint8)
+
+    def keep(self, array: np.ndarray) -> None:
+        """Remember ``array``, now handed out, for reuse once it is dropped."""
+        if not RECYCLE or array.nbytes > self._bytes:
+            return
+        with self._lock:
+            self._kept.append(array)
+            total = sum(kept.nbytes for kept in self._kept)
+            while self._kept and (len(self._kept) > self._arrays or total > self._bytes):
+                total -= self._kept.popleft().nbytes
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+# every crop stream's: a batch process cuts slide after slide, and more than one at a time
+BATCH_ARRAYS = ArrayPool(KEPT_BATCHES, KEPT_BYTES)
+
+
 class _Batches:
     """Batch arrays the cutting threads fill, each made on its first piece (white where a
-    window reaches past the level) and handed out once; an array handed out earlier that the
-    consumer has dropped is used again instead of fresh memory."""
+    window reaches past the level) and handed out once, then kept in :data:`BATCH_ARRAYS`."""
 
     def __init__(self, n: int, batch_size: int, shape: tuple[int, int],
                  partial: np.ndarray) -> None:
         self._n, self._size, self._shape, self._partial = n, batch_size, shape, partial
         self._arrays: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        kept = KEPT_BYTES // (batch_size * shape[0] * shape[1] * 3)
-        self._given: deque[np.ndarray] = deque(maxlen=max(1, min(KEPT_BATCHES, kept)))
 
     def get(self, batch: int) -> np.ndarray:
         array = self._arrays.get(batch)
@@ -110,29 +148,18 @@ class _Batches:
                 array = self._arrays.get(batch)
                 if array is None:
                     lo, hi = batch * self._size, min(self._n, (batch + 1) * self._size)
-                    array = self._array(hi - lo)
+                    array = BATCH_ARRAYS.take((hi - lo, *self._shape, 3))
                     edge = self._partial[lo:hi]
                     if edge.any():
                         array[edge] = 255
                     self._arrays[batch] = array
         return array
 
-    def _array(self, rows: int) -> np.ndarray:
-        shape = (rows, *self._shape, 3)
-        for k in range(len(self._given) if RECYCLE else 0):
-            old = self._given[k]
-            # 3 = the deque, this name and getrefcount's argument: nobody else holds it, not
-            # even through a view (a view holds its base)
-            if old.shape == shape and old.flags.writeable and sys.getrefcount(old) == 3:
-                del self._given[k]
-                return old
-        return np.empty(shape, np.uint8)
-
     def take(self, batch: int) -> np.ndarray:
         array = self.get(batch)
         with self._lock:
             del self._arrays[batch]
-            self._given.append(array)
+        BATCH_ARRAYS.keep(array)
         return array
 
 

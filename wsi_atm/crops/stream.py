@@ -63,9 +63,10 @@ def stream_crops(
     in tile order, the same for any worker count. ``workers`` threads read (default: up to 8
     CPU cores; 0 or 1 reads in the calling thread), about ``prefetch`` batches' reads ahead
     of the consumer. Memory: those batches; where tiles are cut (:mod:`~wsi_atm.crops.cutting`)
-    also the windows a decoded tile serves further on, at most ``AHEAD_BYTES`` of crops, and a
-    few batch arrays already handed out, which are filled again once the consumer has dropped
-    every reference to them (a batch kept, or a view of it, is never touched).
+    also the windows a decoded tile serves further on, at most ``AHEAD_BYTES`` of crops, and,
+    process-wide, a few batch arrays already handed out (at most ``KEPT_BYTES``), filled again
+    by this or a later stream once the consumer has dropped every reference to them (a batch
+    kept, or a view of it, is never touched).
     """
     x, y = _coordinates(xs, ys)
     if batch_size < 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import sysconfig
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -39,8 +40,11 @@ TILE_CACHE_BYTES = 256 * 1024 * 1024
 READ_GAP = 8 * 1024
 SPARE_BUFFERS = 32  # evicted tile arrays kept for the next decodes
 # The recycling test counts references (sys.getrefcount); CPython 3.14 may borrow references
-# for locals, which makes that count unreliable, so recycling is off there.
-RECYCLE = sys.version_info < (3, 14)
+# for locals, and a free-threaded build counts them per thread, which makes that count
+# unreliable, so recycling is off there.
+RECYCLE = sys.version_info < (3, 14) and not sysconfig.get_config_var("Py_GIL_DISABLED")
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """How a level is cut into tiles: ``across`` tiles per row, row-major indices."""
