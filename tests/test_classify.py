@@ -87,11 +87,13 @@ def test_crops_read_from_slide_score_like_their_pngs(crop_slide, card_path, tmp_
     for kind, tol in (("lossless", 1e-5), ("jpeg", 0.05)):
         out = tmp_path / kind
         assert classify(crop_slide[kind], crop_slide["detections"], out, card_path) == 0
-        got = p_by_id(load_outputs(out, crop_slide[kind].stem)[1])
+        _, rows, summary = load_outputs(out, crop_slide[kind].stem)
+        got = p_by_id(rows)
         slide_p = np.array([got[f"c{i}"] for i in range(len(direct))])
         delta = float(np.max(np.abs(slide_p - direct)))
-        # what a failure needs to be understood: how far off, and which engine scored directly
-        assert delta < tol, (kind, delta, clf.engine, slide_p.round(6), direct.round(6))
+        # what a failure needs to be understood: how far off, and which engines scored
+        assert delta < tol, (kind, delta, clf.engine, summary["model"]["engine"],
+                             slide_p.round(6), direct.round(6))
 
 
 def test_outputs_are_consistent_and_qupath_valid(crop_slide, card_path, tmp_path):

@@ -220,6 +220,8 @@ def test_a_closed_reader_refuses_reads(tiffs: dict[str, Path]) -> None:
     reader.close()
     with pytest.raises(ValueError, match="closed"):
         reader.read((0, 0), 0, (8, 8))
+    with pytest.raises(ValueError, match="closed"):
+        reader.decode_run(0, [0, 1])
     reader.close()  # twice is harmless
 
 
@@ -336,26 +338,32 @@ def test_neighbouring_tiles_are_read_together_and_nothing_far_between(
     reader.close()
 
 
-def test_a_tile_decoding_to_another_size_is_an_error_naming_it(tmp_path: Path,
-                                                                image: np.ndarray) -> None:
-    """A JPEG tile whose stream holds a smaller image than the file's tile size: the cutter
-    stops with one error naming the tile and both sizes, never a crop of stale pixels."""
+@pytest.mark.parametrize("size", [(128, 128), (512, 256)])
+def test_a_tile_decoding_to_another_size_is_an_error_naming_it(tmp_path: Path, image: np.ndarray,
+                                                                size: tuple[int, int]) -> None:
+    """A JPEG tile whose stream holds another image size than the file's tile size: every path
+    stops with one error naming the tile and both sizes. Regression: a larger tile (here twice
+    as wide) used to be cut without complaint, the crops silently taking the wrong pixels."""
     import imagecodecs
 
+    width, height = size
     src = write_svs(tmp_path / "odd.svs", image, mpp=0.25)
-    small = imagecodecs.jpeg8_encode(image[:128, :128], level=90)
+    odd = imagecodecs.jpeg8_encode(np.ascontiguousarray(image[:height, :width]), level=90)
     with open(src, "ab") as fh:
         offset = fh.seek(0, os.SEEK_END)
-        fh.write(small)
+        fh.write(odd)
     with tifffile.TiffFile(src, mode="r+b") as tif:
         offsets, counts = tif.pages[0].tags["TileOffsets"], tif.pages[0].tags["TileByteCounts"]
         new_offsets, new_counts = list(offsets.value), list(counts.value)
-        new_offsets[5], new_counts[5] = offset, len(small)
+        new_offsets[5], new_counts[5] = offset, len(odd)
         offsets.overwrite(new_offsets)
         counts.overwrite(new_counts)
+    message = (rf"tile 5 of level 0 decodes to {width}x{height} px, not the 256x256 px the "
+               r"file declares")
     with open_slide(src, backend="tiles") as slide:
         plan = plan_crops(slide)
         for workers in (0, 2):
-            with pytest.raises(SlideError, match=r"tile 5 of level 0 decodes to 128x128 px, "
-                                                 r"not the 256x256 px the file declares"):
+            with pytest.raises(SlideError, match=message):
                 list(stream_crops(slide, [384.0], [384.0], plan=plan, workers=workers))
+        with pytest.raises(SlideError, match=message):
+            slide.read_level_region((300, 300), 0, (64, 64))  # the region cache's path

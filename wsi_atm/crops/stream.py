@@ -66,7 +66,9 @@ def stream_crops(
     also the windows a decoded tile serves further on, at most ``AHEAD_BYTES`` of crops, and,
     process-wide, a few batch arrays already handed out (at most ``KEPT_BYTES``), filled again
     by this or a later stream once the consumer has dropped every reference to them (a batch
-    kept, or a view of it, is never touched).
+    kept, or a view of it, is never touched). So a consumer keeps a Python reference for as
+    long as it uses the pixels: memory handed to C code without one (a raw pointer, an ONNX
+    Runtime IO binding) may be filled again under it.
     """
     x, y = _coordinates(xs, ys)
     if batch_size < 1:

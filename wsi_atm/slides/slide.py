@@ -162,6 +162,8 @@ class Slide:
             raise SlideError(f"{self.path}: level {level} is not read from its tiles")
         try:
             yield from self._tiles.decode_run(level, indices, out)
+        except SlideError:
+            raise
         except Exception as exc:
             raise SlideError(f"{self.path}: cannot decode tiles of level {level} "
                              f"({short_error(exc)})") from exc

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_atm.errors import SlideError
 from wsi_atm.slides.backends import to_rgb
 from wsi_atm.slides.tiff_pages import Level, find_levels
 
@@ -123,7 +124,10 @@ class TileReader:
         self._lock = threading.Lock()
         self._closed = False
         self.recycled = 0  # decodes into an evicted tile's array
-        self.decoded = 0  # tiles decoded so far (counted under the lock)
+        self.decoded = 0  # tiles decoded so far
+        # its own lock: a generator abandoned mid-run may be finalised by a garbage collection
+        # that starts while another thread's code holds ``_lock``
+        self._count_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, level_dimensions: tuple[tuple[int, int], ...],
@@ -161,8 +165,7 @@ class TileReader:
         now and not cached: for a caller that cuts everything it needs from each tile at once
         (the crop engine), a few tiles at a time. JPEG tiles decode into ``out`` when given (a
         buffer the caller reuses: each tile is valid until the next is asked for). Tiles lying
-        next to each other in the file are read with one ``pread``; :attr:`decoded` counts a
-        run's tiles when the run ends."""
+        next to each other in the file are read with one ``pread``."""
         if self._closed:
             raise ValueError(f"{self.path}: tile reader is closed")
         lv = self._levels[level]
@@ -186,27 +189,22 @@ class TileReader:
 
         decode = imagecodecs.jpeg8_decode
         tables, (colorspace, outcolorspace) = lv.jpegtables, lv.jpeg  # type: ignore[misc]
-        done = 0
-        try:
-            for index in indices:
-                self._check_open()
-                blob: bytes | memoryview | None = data.get(index)
-                if blob is None:
-                    if not lv.counts[index]:  # never written: white, from the generic path
-                        yield self._decode_pixels(level, index, out, None)
-                        done += 1
-                        continue
-                    blob = os.pread(self._fd, lv.counts[index], lv.offsets[index])
-                try:
-                    tile = decode(blob, tables=tables,  # type: ignore[arg-type]
-                                  colorspace=colorspace, outcolorspace=outcolorspace, out=out)
-                except Exception:  # e.g. a tile of another size: the generic path, own array
-                    tile = self._decode_pixels(level, index, None, blob)
-                done += 1
-                yield tile
-        finally:
-            with self._lock:
-                self.decoded += done
+        for index in indices:
+            self._check_open()
+            blob: bytes | memoryview | None = data.get(index)
+            if blob is None:
+                if not lv.counts[index]:  # never written: white, from the generic path
+                    yield self._decode(level, index, out, None)
+                    continue
+                blob = os.pread(self._fd, lv.counts[index], lv.offsets[index])
+            try:
+                tile = decode(blob, tables=tables,  # type: ignore[arg-type]
+                              colorspace=colorspace, outcolorspace=outcolorspace, out=out)
+            except Exception:  # e.g. a tile of another size: the generic path, own array
+                tile = self._decode_pixels(level, index, None, blob)
+            with self._count_lock:
+                self.decoded += 1
+            yield tile
 
     def _check_open(self) -> None:
         if self._closed:  # checked per tile: a closed descriptor number may be reused
@@ -306,7 +304,7 @@ class TileReader:
     def _decode(self, level: int, index: int, out: np.ndarray | None = None,
                 data: bytes | memoryview | None = None) -> np.ndarray:
         tile = self._decode_pixels(level, index, out, data)
-        with self._lock:
+        with self._count_lock:
             self.decoded += 1
         return tile
 
@@ -338,7 +336,12 @@ class TileReader:
                 return segment
         else:
             segment, _, _ = lv.page.decode(bytes(data), index, jpegtables=lv.jpegtables)
-        return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
+        tile = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
+        if tile.shape[:2] != (lv.tile_h, lv.tile_w):  # larger would cut wrong pixels silently
+            raise SlideError(f"{self.path}: tile {index} of level {level} decodes to "
+                             f"{tile.shape[1]}x{tile.shape[0]} px, not the {lv.tile_w}x"
+                             f"{lv.tile_h} px the file declares")
+        return tile
 
     def close(self) -> None:
         """Callers join their reader threads first (the crop stream does)."""
