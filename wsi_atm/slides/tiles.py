@@ -166,8 +166,7 @@ class TileReader:
         (the crop engine), a few tiles at a time. JPEG tiles decode into ``out`` when given (a
         buffer the caller reuses: each tile is valid until the next is asked for). Tiles lying
         next to each other in the file are read with one ``pread``."""
-        if self._closed:
-            raise ValueError(f"{self.path}: tile reader is closed")
+        self._check_open()
         lv = self._levels[level]
         data = self._read_together(lv, indices)
         if lv.jpeg is not None and out is not None and out.shape == (lv.tile_h, lv.tile_w, 3):
@@ -184,7 +183,7 @@ class TileReader:
                   data: dict[int, memoryview], out: np.ndarray) -> Iterator[np.ndarray]:
         """The usual case, 8-bit JPEG tiles of the declared size decoded into ``out``, with
         libjpeg-turbo called straight from the loop: the layers of :meth:`_decode` per tile
-        cost ~3 % of the crop engine's time."""
+        cost the crop engine a few per cent."""
         import imagecodecs
 
         decode = imagecodecs.jpeg8_decode
@@ -207,7 +206,9 @@ class TileReader:
             yield tile
 
     def _check_open(self) -> None:
-        if self._closed:  # checked per tile: a closed descriptor number may be reused
+        """Checked before every tile, not once a run: a closed descriptor's number may be
+        reused by another file."""
+        if self._closed:
             raise ValueError(f"{self.path}: tile reader is closed")
 
     def _read_together(self, lv: Level, indices: list[int]) -> dict[int, memoryview]:
@@ -237,8 +238,7 @@ class TileReader:
     def read(self, origin: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """The window of ``size`` (w, h) at ``origin`` (level pixels), through the tile cache;
         white outside the level."""
-        if self._closed:
-            raise ValueError(f"{self.path}: tile reader is closed")
+        self._check_open()
         x0, y0 = origin
         out = np.full((size[1], size[0], 3), 255, np.uint8)
         lv = self._levels[level]
