@@ -15,8 +15,9 @@
        RGBA → RGB, resized to the target, one thread;
    (c) the decode limit: every distinct tile the crop windows touch, its JPEG bytes read
        beforehand (tifffile byte ranges), decoded exactly once by libjpeg-turbo (imagecodecs)
-       on a thread per core, into a reused buffer placed where it decodes fastest — the
-       physical limit of any reader that must decode those tiles;
+       on a thread per core (the threads draw 8 tiles at a time from one queue, so a core the
+       host interrupts does not hold the run up), into a reused buffer placed where it decodes
+       fastest — the physical limit of any reader that must decode those tiles;
    (d) the same tiles through OpenSlide ``read_region`` of whole tiles (tile cache off, one
        thread × cores): what the limit looked like when measured through OpenSlide.
    The engine runs twice: ``--backend auto`` (wsi-atm's own tile decoder) and ``openslide``.
@@ -37,8 +38,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty, SimpleQueue
 
 import numpy as np
 
@@ -59,6 +62,7 @@ MPP = 0.25
 TILE = 256
 REPEATS = 3  # timed runs of each reader; the best counts
 ROUNDS = 21  # rounds of the engine, each between two runs of the decode limit
+LIMIT_CHUNK = 8  # tiles a limit thread takes at a time (the engine's TILES_PER_TASK)
 
 
 def cores() -> int:
@@ -127,28 +131,42 @@ def decode_limit(path: Path, tiles: list[int], threads: int,
                 fh.seek(page.dataoffsets[k])
                 blobs.append(fh.read(page.databytecounts[k]))
     imagecodecs.jpeg8_decode(blobs[0], tables=tables)  # warm up
-    parts = [blobs[i::threads] for i in range(threads)]
 
-    def work(part: list[bytes]) -> None:
+    def work(chunks: Iterator[int]) -> None:
         # into a buffer placed where libjpeg-turbo writes fastest (see decode_buffer): a
         # fresh array each time lands on the slow side by chance about half the time
         out = decode_buffer((TILE, TILE, 3))
-        for blob in part:
-            imagecodecs.jpeg8_decode(blob, tables=tables, out=out)
+        for lo in chunks:
+            for blob in blobs[lo:lo + LIMIT_CHUNK]:
+                imagecodecs.jpeg8_decode(blob, tables=tables, out=out)
 
     def once() -> float:
         start = time.perf_counter()
-        work(blobs)
+        work(iter(range(0, len(blobs), LIMIT_CHUNK)))
         return time.perf_counter() - start
 
     def spread() -> float:
+        # the threads draw chunks from one shared queue, as the engine's pool does: with a
+        # fixed share each, a core the host interrupts holds the whole run up
+        chunks: SimpleQueue[int] = SimpleQueue()
+        for lo in range(0, len(blobs), LIMIT_CHUNK):
+            chunks.put(lo)
         with ThreadPoolExecutor(threads) as pool:
             start = time.perf_counter()
-            list(pool.map(work, parts))
+            list(pool.map(lambda _: work(_drain(chunks)), range(threads)))
             return time.perf_counter() - start
 
     # best of REPEATS, like the engine: a shared VM's noise only ever slows a run down
     return min(once() for _ in range(repeats)), min(spread() for _ in range(repeats))
+
+
+def _drain(queue: SimpleQueue[int]) -> Iterator[int]:
+    """Items of ``queue`` until it is empty (nothing is added while it drains)."""
+    while True:
+        try:
+            yield queue.get_nowait()
+        except Empty:
+            return
 
 
 def median_interval(values: list[float], level: float = 0.9, draws: int = 4000,
