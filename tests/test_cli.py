@@ -82,15 +82,22 @@ print("torch" in sys.modules, code, file=sys.stderr)
     (["classify", "/nonexistent.svs", "--detections", "DET"], 2),
     (["classify", "SVS", "--detections", "/nonexistent.csv"], 2),
     (["classify", "SVS", "--detections", "README"], 2),
+    (["batch", "/nonexistent"], 2),
+    (["batch", "EMPTY"], 2),
+    (["batch", "SVSDIR", "--model", "nosuch"], 2),
 ])
 def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_path):
-    # Regression: classify built the network (importing torch, seconds) before reading its
-    # inputs, so a misspelt path took seconds to report.
+    # Regressions: classify built the network (importing torch, seconds) before reading its
+    # inputs, so a misspelt path took seconds to report; batch imported torch with its
+    # completion records, before looking at the slide folder.
     det = tmp_path / "d.csv"
     det.write_text("x,y\n10,10\n")
     readme = Path(__file__).parents[1] / "README.md"
-    args = [{"SVS": str(cmu_svs), "DET": str(det), "README": str(readme)}.get(a, a) for a in args]
-    if args[0] == "classify":
+    (tmp_path / "empty").mkdir()
+    names = {"SVS": str(cmu_svs), "DET": str(det), "README": str(readme),
+             "EMPTY": str(tmp_path / "empty"), "SVSDIR": str(cmu_svs.parent)}
+    args = [names.get(a, a) for a in args]
+    if args[0] in ("classify", "batch"):
         args += ["--out-dir", str(tmp_path / "out")]
     proc = subprocess.run([sys.executable, "-c", CHECK_IMPORTS, *args],
                           capture_output=True, text=True, timeout=120)

@@ -81,12 +81,18 @@ def pairing_stem(slide: Path) -> str:
 
 
 def find_slides(folder: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
-    """Files of ``folder`` with a WSI extension, or matching any glob of ``patterns``."""
+    """Files of ``folder`` with a WSI extension, or matching any glob of ``patterns`` (none is
+    bad input)."""
     if not folder.is_dir():
         raise BadInputError(f"slide folder not found: {folder}")
     found = ({p for pat in patterns for p in folder.glob(pat)} if patterns
              else {p for p in folder.iterdir() if slide_extension(p.name)})
-    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    slides = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    if not slides:  # a mistyped pattern or folder, not a cohort of none
+        looked = (f"files matching {', '.join(repr(p) for p in patterns)}" if patterns
+                  else "files with a WSI extension")
+        raise BadInputError(f"no slides in {folder}: looked for {looked}")
+    return slides
 
 
 def _by_prefix(folder: Path) -> dict[str, list[Path]]:

@@ -8,18 +8,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePath
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
-from wsi_atm.infer import pick_device
 from wsi_atm.models.card import ModelCard, verify_weights
 from wsi_atm.options import OutputOptions
 from wsi_atm.pipeline import output_paths, wanted_outputs
+
+if TYPE_CHECKING:
+    import torch
 
 STATE_DIR = ".wsi-atm"
 
@@ -42,6 +42,8 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
     worker resolves ``auto`` itself, so the key holds what was asked for: pass ``--device``
     explicitly on mixed clusters to have resume tell a GPU result from a CPU one.
     """
+    import torch  # here, not at the top: bad input must be reported without importing torch
+
     if distributed and settings.device == "auto":
         device, precision = "auto", "bf16 on cuda, float32 on cpu (per worker)"
     else:  # an explicit device means the same on every machine; auto resolves here
@@ -50,6 +52,13 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
         precision = "bf16-autocast" if device == "cuda" else "float32"
     return {"wsi_atm_version": __version__, "device": device, "precision": precision,
             "compile": settings.compile, "engine": settings.engine}
+
+
+def pick_device(name: str) -> torch.device:
+    """:func:`wsi_atm.infer.pick_device`, imported on first use (it imports torch)."""
+    from wsi_atm.infer import pick_device as pick
+
+    return pick(name)
 
 
 def _is_device(name: str) -> bool:
