@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from tests.batch_helpers import (
@@ -208,7 +207,7 @@ def test_other_version_or_device_reruns_and_says_why(tmp_path, card, capsys, mon
     out = tmp_path / "out"
     args = ["batch", str(slides), "--out-dir", str(out), "--model", str(card), "--device"]
     monkeypatch.setattr(resume, "__version__", "0.0.1")
-    monkeypatch.setattr(resume, "pick_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(resume, "device_type", lambda name, distributed: "cuda")
     assert run_cli([*args, "auto", "--quiet"]) == 0
     record = json.loads((out / ".wsi-atm" / "case0.done.json").read_text())
     assert (record["wsi_atm_version"], record["device"], record["precision"]) == (

@@ -22,6 +22,7 @@ from wsi_atm.classifiers import OnnxClassifier, load_classifier, onnx_only
 from wsi_atm.crops import plan_crops, read_crop
 from wsi_atm.engines import (
     MAX_DELTA_P,
+    cuda_possible,
     graph_path,
     machine_key,
     network_key,
@@ -259,6 +260,32 @@ def test_classify_with_checked_graphs_imports_no_torch(real_crops: np.ndarray, c
     summary = json.loads(next((tmp_path / "out").glob("*.summary.json")).read_text())
     assert summary["model"]["engine"] == "onnx"
     assert summary["counts"]["classified"] == 3
+
+
+def test_batch_with_checked_graphs_imports_no_torch(real_crops: np.ndarray, cache: Path,
+                                                    cmu_svs: Path, tmp_path: Path) -> None:
+    # Regression: batch resolved --device (auto or cpu) through torch for its completion
+    # records, importing torch, timm and torchvision (3-6 s, ~0.7 GB) even where every network
+    # then ran in ONNX Runtime.
+    card = find_card("wsi-atm-default")
+    _checked(card, real_crops)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "a.svs").symlink_to(cmu_svs)
+    (slides / "a.csv").write_text("x,y\n500,400\n900,700\n1500,1200\n")
+    env = {**os.environ, "WSI_ATM_CACHE": str(cache), "WSI_ATM_ENGINE": "onnx"}
+    for device in ("cpu", "auto") if not cuda_possible() else ("cpu",):
+        out = tmp_path / f"out-{device}"
+        proc = subprocess.run(
+            [sys.executable, "-c", CHECK_CLASSIFY, "batch", str(slides), "--out-dir", str(out),
+             "--device", device, "--quiet"],
+            capture_output=True, text=True, timeout=300, env=env)
+        assert proc.stderr.strip().splitlines()[-1].startswith("False False"), proc.stderr
+        record = json.loads((out / ".wsi-atm" / "a.done.json").read_text())
+        assert (record["device"], record["precision"]) == ("cpu", "float32")
+        summary = json.loads((out / "a.summary.json").read_text())
+        assert summary["model"]["engine"] == "onnx"
+        assert summary["counts"]["classified"] == 3
 
 
 def test_a_cache_that_cannot_be_written_never_fails_the_run(real_crops: np.ndarray, cache: Path,

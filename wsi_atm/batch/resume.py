@@ -8,18 +8,16 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
+from wsi_atm.engines import cuda_possible
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
 from wsi_atm.models.card import ModelCard, verify_weights
 from wsi_atm.options import OutputOptions
 from wsi_atm.pipeline import output_paths, wanted_outputs
-
-if TYPE_CHECKING:
-    import torch
 
 STATE_DIR = ".wsi-atm"
 
@@ -42,23 +40,25 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
     worker resolves ``auto`` itself, so the key holds what was asked for: pass ``--device``
     explicitly on mixed clusters to have resume tell a GPU result from a CPU one.
     """
-    import torch  # here, not at the top: bad input must be reported without importing torch
-
     if distributed and settings.device == "auto":
         device, precision = "auto", "bf16 on cuda, float32 on cpu (per worker)"
     else:  # an explicit device means the same on every machine; auto resolves here
-        device = (torch.device(settings.device) if distributed and _is_device(settings.device)
-                  else pick_device(settings.device)).type
+        device = device_type(settings.device, distributed)
         precision = "bf16-autocast" if device == "cuda" else "float32"
     return {"wsi_atm_version": __version__, "device": device, "precision": precision,
             "compile": settings.compile, "engine": settings.engine}
 
 
-def pick_device(name: str) -> torch.device:
-    """:func:`wsi_atm.infer.pick_device`, imported on first use (it imports torch)."""
-    from wsi_atm.infer import pick_device as pick
+def device_type(name: str, distributed: bool) -> str:
+    """``cpu`` or ``cuda`` for ``--device name``. Torch (seconds to import) is asked only where
+    a GPU could be meant here: a batch whose networks run torch-free never imports it."""
+    if name == "cpu" or (name == "auto" and not cuda_possible()):
+        return "cpu"
+    if distributed and _is_device(name):  # resolved on the workers, not on this machine
+        return "cuda" if name.startswith("cuda") else "cpu"
+    from wsi_atm.infer import pick_device  # checks that the GPU asked for is there
 
-    return pick(name)
+    return pick_device(name).type
 
 
 def _is_device(name: str) -> bool:
