@@ -9,7 +9,8 @@ each slide N candidates (the sample's points, repeated with small offsets). Then
 classified; with ``--workers``, a local dask cluster) and ``wsi-atm classify`` as a new process
 per slide, and prints slides/hour for both with the time split into start-up (interpreter,
 imports, model loading and anything else outside the slides: wall time minus the stages), slide
-open, detection reading, crop reading (time inference waited for crops), inference and writing,
+open, detection reading, crop reading (time inference waited for crops), inference, the
+thumbnail, the hotspot search and tissue area, the review picture and writing,
 summed from each slide's ``timings_s``. In batch mode, opening and detection reading of all
 but the first slide overlap the previous slide's classification.
 
@@ -34,7 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = [("cmu_small_region.svs", "cmu_small_region.candidates.csv"),
            ("synthetic_025mpp.tif", "synthetic_025mpp.candidates.csv")]
 STAGES = [("open_s", "slide open"), ("detections_s", "detections"),
-          ("crop_wait_s", "crop reading"), ("inference_s", "inference"), ("write_s", "writing")]
+          ("crop_wait_s", "crop reading"), ("inference_s", "inference"),
+          ("thumbnail_s", "thumbnail"), ("findings_s", "hotspot & tissue"),
+          ("review_png_s", "review picture"), ("write_s", "writing")]
 
 
 def candidates(source: Path, n: int | None) -> str:

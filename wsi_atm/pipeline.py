@@ -170,7 +170,9 @@ def classify_prepared(
     t = time.perf_counter()
     thumbnail = prep.slide.get_thumbnail(THUMBNAIL_PX)
     timings["thumbnail_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
     add_findings(result, calls, folds=classifier.n_models, thumbnail=thumbnail)
+    timings["findings_s"] = round(time.perf_counter() - t, 3)  # hotspot, tissue area
     if figure:
         t = time.perf_counter()
         result.review_png = render_review_png(prep, result, thumbnail)
