@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from tests.cli_helpers import run_cli
 from wsi_atm.density import hotspot_radius_um
+from wsi_atm.density.tissue import fill_holes, saturation
 from wsi_atm.detections import SlideFrame, read_detections
 from wsi_atm.outputs.geojson import HOTSPOT_NAME, HOTSPOT_RGB, REVIEW_NAME
 from wsi_atm.synthetic import place_crops, write_pyramid_tiff
@@ -233,3 +235,30 @@ def test_a_hotspot_larger_than_the_tissue_is_flagged(mosaic: dict, tmp_path: Pat
 def load_run(mosaic: dict, out: Path) -> tuple[dict, list[dict], dict]:
     assert classify(mosaic, out) == 0
     return load(out)
+
+
+def test_saturation_equals_the_hsv_formula() -> None:
+    # the channel-by-channel uint16 form against the plain one: (max - min) * 255 // max
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (300, 211, 3), dtype=np.uint8)
+    rgb[:5] = 0  # black: max 0, saturation 0
+    rgb[5:10] = 255
+    rgb[10:12, :, 0] = 1  # max 1: the largest spread ratio
+    data = rgb.astype(np.int64)
+    hi, lo = data.max(axis=2), data.min(axis=2)
+    expected = np.where(hi > 0, (hi - lo) * 255 // np.maximum(hi, 1), 0)
+    assert np.array_equal(saturation(rgb), expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_equals_scipys(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((180, 240)) < 0.55 + 0.05 * seed)
+    mask[60:120, 80:160] = True
+    mask[80:100, 100:140] = False  # a lumen: filled
+    mask[:, 200:203] = False  # a channel to the border: stays open
+    filled = fill_holes(mask)
+    assert filled[90, 120] and not filled[5, 201]
+    assert np.array_equal(filled, ndimage.binary_fill_holes(mask))
+    assert np.array_equal(fill_holes(np.zeros((7, 9), bool)), np.zeros((7, 9), bool))
+    assert fill_holes(np.ones((7, 9), bool)).all()

@@ -31,10 +31,13 @@ class Tissue:
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (0–255) of an H×W×3 uint8 image; black counts as unsaturated."""
-    data = np.asarray(rgb)[..., :3].astype(np.int32)
-    hi, lo = data.max(axis=2), data.min(axis=2)
-    sat = np.zeros(hi.shape, dtype=np.int32)
-    np.floor_divide((hi - lo) * 255, hi, out=sat, where=hi > 0)
+    data = np.asarray(rgb, dtype=np.uint8)
+    r, g, b = data[..., 0], data[..., 1], data[..., 2]
+    # channel by channel: numpy reduces a length-3 last axis ~10× slower
+    hi = np.maximum(np.maximum(r, g), b)
+    spread = (hi - np.minimum(np.minimum(r, g), b)).astype(np.uint16) * 255  # ≤ 65,025
+    sat = np.zeros(hi.shape, dtype=np.uint16)
+    np.floor_divide(spread, hi, out=sat, where=hi > 0)
     return sat.astype(np.uint8)
 
 
@@ -61,7 +64,20 @@ def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     pad = 2  # edge-padded, so tissue running off the thumbnail is not eroded at the border
     raw = np.pad(sat > cut, pad, mode="edge")
     closed = ndimage.binary_closing(raw, iterations=2)[pad:-pad, pad:-pad]
-    return np.asarray(ndimage.binary_fill_holes(closed), dtype=bool), cut
+    return fill_holes(closed), cut
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not reach the border filled (4-connected,
+    as ``scipy.ndimage.binary_fill_holes``; one labelling pass instead of its dilation to
+    convergence, ~3× faster on a thumbnail)."""
+    labels, count = ndimage.label(~mask)
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    background = np.zeros(count + 1, dtype=bool)
+    background[edge] = True
+    background[0] = False  # label 0 is the mask itself
+    filled: np.ndarray = ~background[labels]
+    return filled
 
 
 def tissue_area(rgb: np.ndarray, slide_size_um: tuple[float, float]) -> Tissue:
