@@ -1,7 +1,7 @@
 """Crop-engine throughput against a naive loop and against the slide's JPEG decode limit.
 
     python benchmarks/crops.py [--size 20000] [--candidates 2000] [--workers N] [--seed 0]
-                               [--keep /path/bench.svs]
+                               [--keep /path/bench.svs] [--rounds 21]
 
 1. Writes a JPEG SVS (Aperio layout, 256-px tiles, levels 1/4/16 in the main IFD chain,
    0.25 µm/px) of ``--size``² tissue-like pixels, tile-row by tile-row so memory stays low
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decode-tiles", type=int, default=300, help="tiles for (c)")
     parser.add_argument("--keep", type=Path, default=None, help="write/reuse the slide here")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="engine rounds (limit between)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="wsi-atm-bench-") as tmp:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         one_s, all_s, engine, engine_one = math.inf, math.inf, 0.0, 0.0
         paired, paired_one = [], []  # engine ÷ limit within each round: all cores, one thread
         before = decode_limit(path, needed, n_cores, repeats=1)
-        for _ in range(ROUNDS):  # each engine run between two limit runs: drift cancels
+        for _ in range(args.rounds):  # each engine run between two limit runs: drift cancels
             rate = engine_rate(path, xs, ys, args.workers, repeats=1)
             rate_one = engine_rate(path, xs, ys, 1, repeats=1)
             after = decode_limit(path, needed, n_cores, repeats=1)
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
           f"threads | {limit:.0f} | {engine / limit:.2f} |")
     print(f"| (d) the same through OpenSlide read_region (1-thread rate × {n_cores}) "
           f"| {openslide_limit:.0f} | {engine / openslide_limit:.2f} |")
-    print(f"\nEngine ÷ decode limit in each of the {ROUNDS} rounds (limit before and after): "
+    print(f"\nEngine ÷ decode limit in each of the {args.rounds} rounds (limit before and after): "
           + ", ".join(f"{r:.2f}" for r in paired) + f" ({describe(paired)}).")
     print(f"One thread: the engine {engine_one:.0f} crops/s, the decode limit "
           f"{len(xs) / one_s:.0f} (best of each); within each round "

@@ -1,0 +1,83 @@
+"""The benchmark scripts run end to end at a small size, and the crop benchmark's decode limit
+decodes exactly the tiles the engine decodes (else its ratio would compare different work)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from wsi_atm.crops import plan_crops
+from wsi_atm.crops.cutting import plan_cuts
+from wsi_atm.crops.plan import tile_order, window_origins
+from wsi_atm.slides import open_slide
+
+
+def _load(name: str) -> ModuleType:
+    """A benchmark script as a module, without putting benchmarks/ on the path."""
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("crops")
+
+SIZE = 3000
+
+
+@pytest.fixture(scope="module")
+def bench_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "bench.svs"
+    bench.ensure_slide(path, SIZE, seed=0)
+    return path
+
+
+def test_the_limit_decodes_the_engines_tiles(bench_slide: Path) -> None:
+    xs, ys = bench.candidates(300, SIZE, seed=0)
+    with open_slide(bench_slide) as slide:
+        plan = plan_crops(slide)
+        order = tile_order(slide, xs, ys, plan)
+        origins = window_origins(slide, xs[order], ys[order], plan)
+        grid = slide.tile_grid(plan.level)
+        assert grid is not None and (grid.tile_w, grid.tile_h) == (bench.TILE, bench.TILE)
+        engine = plan_cuts(grid, origins, plan.read_shape).tiles
+    limit = bench.touched_tiles(xs, ys, plan.read_size, SIZE)
+    assert len(engine) == len(set(engine.tolist()))  # each decoded once
+    assert sorted(engine.tolist()) == limit
+
+
+def test_the_crops_benchmark_runs_and_reports_every_ratio(bench_slide: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "crops.py"), "--size", str(SIZE),
+         "--candidates", "120", "--rounds", "3", "--keep", str(bench_slide)],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
+    assert [r.split(")")[0] + ")" for r in rows] == ["| (a)", "| (a')", "| (b)", "| (c)", "| (d)"]
+    for row in rows:
+        rate, ratio = (float(v) for v in row.strip("| ").split("|")[1:3])
+        assert rate > 0 and ratio > 0
+    intervals = re.findall(r"median ([0-9.]+), 90 % interval ([0-9.]+)–([0-9.]+)", proc.stdout)
+    assert len(intervals) == 2  # all cores and one thread
+    for median, lo, hi in intervals:
+        assert 0 < float(lo) <= float(median) <= float(hi)
+    rounds = re.search(r"in each of the 3 rounds[^:]*: ([0-9., ]+) \(", proc.stdout)
+    assert rounds is not None and len(rounds.group(1).split(",")) == 3
+
+
+def test_median_interval_brackets_the_median() -> None:
+    values = list(np.random.default_rng(1).normal(0.85, 0.05, 21))
+    median, lo, hi = bench.median_interval(values)
+    assert median == pytest.approx(float(np.median(values)))
+    assert lo < median < hi and hi - lo < 0.1
+    assert bench.median_interval([0.8] * 5) == (0.8, 0.8, 0.8)
