@@ -40,6 +40,8 @@ def tiffs(tmp_path_factory: pytest.TempPathFactory, image: np.ndarray) -> dict[s
         # (34712), which it refuses; both lossless as imagecodecs writes them by default
         "svs-jp2k": write_svs(d / "j.svs", image, mpp=0.25, compression="aperio_jp2000_rgb"),
         "jp2k": write_pyramid_tiff(d / "jp2k.tif", image, 0.25, (1, 2), compression="jpeg2000"),
+        # OME-TIFF style: the reduced levels in SubIFDs, which OpenSlide does not see
+        "subifds": write_pyramid_tiff(d / "sub.tif", image, 0.25, (1, 2, 4), subifds=True),
     }
 
 
@@ -96,12 +98,14 @@ def test_lossless_tiles_equal_the_written_image(tiffs: dict[str, Path], image: n
             assert np.array_equal(s.read_level_region((0, 0), 0, (W, H)), image), kind
 
 
-def test_generic_jpeg2000_tiff_is_decoded_directly(tiffs: dict[str, Path]) -> None:
-    # OpenSlide refuses compression 34712; the slide opens through tiffslide and its pixels
-    # come from wsi-atm's own decoder, every level, equal to tiffslide's
-    with open_slide(tiffs["jp2k"], backend="tiffslide") as ref, \
-            open_slide(tiffs["jp2k"]) as fast:
-        assert (fast.backend, fast.pixel_reader, fast.tile_levels) == ("tiffslide", "tiles", (0, 1))
+@pytest.mark.parametrize("kind, levels", [("jp2k", (0, 1)), ("subifds", (0, 1, 2))])
+def test_slides_tiffslide_opens_are_decoded_directly(tiffs: dict[str, Path], kind: str,
+                                                     levels: tuple[int, ...]) -> None:
+    # OpenSlide refuses compression 34712 and sees only level 0 of a SubIFD pyramid; these
+    # slides open through tiffslide and their pixels come from wsi-atm's own decoder, every
+    # level (regression: the SubIFD levels were left to tiffslide), equal to tiffslide's
+    with open_slide(tiffs[kind], backend="tiffslide") as ref, open_slide(tiffs[kind]) as fast:
+        assert (fast.backend, fast.pixel_reader, fast.tile_levels) == ("tiffslide", "tiles", levels)
         for level in range(ref.level_count):
             lw, lh = ref.level_dimensions[level]
             for x, y, w, h in windows(lw, lh, 30, seed=level):

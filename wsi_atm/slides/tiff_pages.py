@@ -65,15 +65,31 @@ def _level(page: Any) -> Level:
 
 
 def find_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, Level]:
-    """Each slide level that a tiled page of the main IFD chain holds exactly, by size.
+    """Each slide level that a tiled page holds exactly, by size: pages of the main IFD chain
+    and the reduced levels a series keeps in SubIFDs (OME-TIFF).
 
     A level is taken only when exactly one usable tiled page has its size, so an associated
     image or a second series of the same size never stands in for it.
     """
-    pages = [p for p in tif.pages if getattr(p, "is_tiled", False)]
+    pages = [p for p in _pages(tif) if getattr(p, "is_tiled", False)]
     found: dict[int, Level] = {}
     for level, (w, h) in enumerate(level_dimensions):
         same = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
         if len(same) == 1 and usable(same[0]):
             found[level] = _level(same[0])
     return found
+
+
+def _pages(tif: Any) -> list[Any]:
+    """The main chain's pages, then each series level's first page not already among them."""
+    pages = list(tif.pages)
+    seen = {int(p.offset) for p in pages}
+    try:
+        levels = [level.keyframe for series in tif.series for level in series.levels[1:]]
+    except Exception:  # a series tifffile cannot make sense of: its SubIFD levels stay with
+        return pages  # the library that opened the slide
+    for page in levels:
+        if int(page.offset) not in seen:
+            seen.add(int(page.offset))
+            pages.append(page)
+    return pages
