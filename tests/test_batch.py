@@ -208,10 +208,21 @@ def test_other_version_or_device_reruns_and_says_why(tmp_path, card, capsys, mon
     args = ["batch", str(slides), "--out-dir", str(out), "--model", str(card), "--device"]
     monkeypatch.setattr(resume, "__version__", "0.0.1")
     monkeypatch.setattr(resume, "device_type", lambda name, distributed: "cuda")
+    asked: list[str] = []
+    real_load = run._load
+
+    def load_on_a_pretend_gpu(*args: object, **kwargs: object) -> object:
+        asked.append(str(kwargs["device"]))
+        return real_load(*args, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(run, "_load", load_on_a_pretend_gpu)
     assert run_cli([*args, "auto", "--quiet"]) == 0
     record = json.loads((out / ".wsi-atm" / "case0.done.json").read_text())
     assert (record["wsi_atm_version"], record["device"], record["precision"]) == (
         "0.0.1", "cuda", "bf16-autocast")
+    # Regression: the classifier got "auto" and resolved it again, so it could run on another
+    # device than the record names (the record's check skips torch; the classifier's asks it)
+    assert asked == ["cuda"]
     monkeypatch.undo()
     capsys.readouterr()
     assert run_cli([*args, "cpu"]) == 0
@@ -319,3 +330,28 @@ def test_dockerfile_passes_hadolint():
     proc = subprocess.run([hadolint, "--failure-threshold", "warning", str(REPO / "Dockerfile")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_device_names_resolve_without_torch_where_no_gpu_can_be(monkeypatch):
+    import torch
+
+    from wsi_atm import infer
+    from wsi_atm.errors import OptionError
+
+    def no_torch(name: str) -> torch.device:
+        raise AssertionError(f"asked torch about {name!r}")
+
+    monkeypatch.setattr(infer, "pick_device", no_torch)
+    monkeypatch.setattr(resume, "cuda_possible", lambda: False)
+    assert resume.device_type("cpu", distributed=False) == "cpu"
+    assert resume.device_type("auto", distributed=False) == "cpu"
+    # on a cluster an explicit device is resolved by the workers: here only its type
+    assert resume.device_type("cuda:1", distributed=True) == "cuda"
+    # a GPU could be there (WSL2, ROCm, a driver): torch decides; bad names are bad input
+    monkeypatch.setattr(resume, "cuda_possible", lambda: True)
+    monkeypatch.setattr(infer, "pick_device", lambda name: torch.device("cuda"))
+    assert resume.device_type("auto", distributed=False) == "cuda"
+    monkeypatch.undo()
+    for name, distributed in (("bogus", False), ("bogus", True), ("cuda:x", True)):
+        with pytest.raises(OptionError):
+            resume.device_type(name, distributed)

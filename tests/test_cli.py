@@ -104,3 +104,24 @@ def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_pat
     last = proc.stderr.strip().splitlines()[-1]
     assert last == f"False {code}", proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:x", "--device must be auto, cpu, cuda or cuda:N, not 'cuda:x'"),
+    ("gpu", "--device must be auto, cpu, cuda or cuda:N, not 'gpu'"),
+    ("cuda:3", "--device cuda:3"),
+])
+def test_a_bad_device_is_one_line_and_exit_2(device, message, tmp_path, capsys):
+    # Regression: "cuda:x" reached torch.device and came back as an internal error
+    import torch
+
+    if device == "cuda:3" and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a cuda:3")
+    out = tmp_path / "out"
+    code = run_cli(["classify", str(SVS), "--detections",
+                    str(REPO / "sample_slides" / "cmu_small_region.candidates.csv"),
+                    "--out-dir", str(out), "--device", device, "--engine", "torch", "--quiet"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("wsi-atm: error:"), errors
+    assert message in errors[0]
+    assert not out.exists()

@@ -284,7 +284,7 @@ def test_batch_with_checked_graphs_imports_no_torch(real_crops: np.ndarray, cach
         record = json.loads((out / ".wsi-atm" / "a.done.json").read_text())
         assert (record["device"], record["precision"]) == ("cpu", "float32")
         summary = json.loads((out / "a.summary.json").read_text())
-        assert summary["model"]["engine"] == "onnx"
+        assert (summary["model"]["engine"], summary["model"]["precision"]) == ("onnx", "float32")
         assert summary["counts"]["classified"] == 3
 
 

@@ -131,3 +131,11 @@ def test_building_a_classifier_leaves_torch_threads_alone(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_precision_says_what_the_networks_compute_in(tmp_path, crops):
+    # the summary records it: a GPU run's bf16 calls can differ from a CPU run's near the cut
+    clf = Classifier(load_card(make_trained_card(tmp_path)), device="cpu", engine="torch")
+    assert clf.precision == "float32"
+    clf.device = torch.device("cuda")  # what the forward pass would autocast to bf16 on
+    assert clf.precision == "bf16-autocast"

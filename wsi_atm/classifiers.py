@@ -45,6 +45,9 @@ class SlideClassifier(Protocol):
     batch_size: int
 
     @property
+    def precision(self) -> str: ...
+
+    @property
     def weight_sha256(self) -> tuple[str, ...]: ...
 
     @property
@@ -57,6 +60,7 @@ class OnnxClassifier:
     """A card's checked ONNX Runtime graphs: P(atypical) per fold model, no torch involved."""
 
     engine = "onnx"
+    precision = "float32"  # ONNX Runtime on the CPU
 
     def __init__(self, card: ModelCard, weights: list[LoadedWeights], graphs: list[Path],
                  batch_size: int, tta: bool, threads: int, max_delta_p: float) -> None:

@@ -245,12 +245,16 @@ def best_time(fn: Callable[[Any], Any], x: Any, repeats: int = 3) -> float:
     return min(times)
 
 
+GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
 def cuda_possible() -> bool:
-    """False only when this machine certainly has no NVIDIA driver (Linux: no /proc entry and
-    no device node), so ``--device auto`` can mean CPU without importing torch to ask."""
+    """False only when this machine certainly has no GPU torch could use as ``cuda`` (Linux: no
+    NVIDIA driver entry or device node, no WSL2 GPU (/dev/dxg), no ROCm (/dev/kfd)), so
+    ``--device auto`` can mean CPU without importing torch to ask."""
     if platform.system() != "Linux":
         return True
-    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+    return any(os.path.exists(p) for p in GPU_NODES)
 
 
 def network_key(card: ModelCard) -> str:

@@ -50,10 +50,16 @@ def set_cpu_threads(threads: int | None = None) -> None:
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda was asked for but no CUDA device is available")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise OptionError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    if not torch.cuda.is_available():
+        raise OptionError(f"--device {device} was asked for but no CUDA device is available")
+    count = torch.cuda.device_count()
+    if device != "cuda" and int(device[5:]) >= count:
+        raise OptionError(f"--device {device}: this machine has {count} CUDA device(s), "
+                          f"cuda:0 to cuda:{count - 1}")
     return torch.device(device)
 
 
@@ -208,6 +214,12 @@ class Classifier:
     @property
     def weight_sha256(self) -> tuple[str, ...]:
         return tuple(w.sha256 for w in self.weights)
+
+    @property
+    def precision(self) -> str:
+        """What the networks compute in: bf16 autocast on a GPU, float32 otherwise."""
+        return "bf16-autocast" if self.device.type == "cuda" and self.engine == "torch" \
+            else "float32"
 
     @torch.inference_mode()
     def _forward_torch(self, crops: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMet
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
         threshold=used, sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
         n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"), tta=classifier.tta,
-        engine=classifier.engine,
+        engine=classifier.engine, precision=classifier.precision,
         # Platt calibration was fitted on plain (no-TTA) probabilities; it does not depend on
         # the threshold, so it survives --threshold but not --tta.
         fraction={} if classifier.tta else dict(card.fraction),

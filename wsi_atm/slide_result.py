@@ -57,6 +57,8 @@ class ModelMeta:
     n_normal: int | None = None  # negatives behind the specificity estimate
     tta: bool = False
     engine: str = "torch"  # what ran the networks: torch, or onnx (ONNX Runtime on CPU)
+    # float32, or bf16-autocast (PyTorch on a GPU): calls near the threshold can differ
+    precision: str = "float32"
     # The card's ``[fraction]`` table (how to estimate the slide's true share); empty when the
     # card has none or when it does not hold for this run (TTA changes the probabilities).
     fraction: dict[str, Any] = field(default_factory=dict)

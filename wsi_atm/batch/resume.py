@@ -62,7 +62,7 @@ def device_type(name: str, distributed: bool) -> str:
 
 
 def _is_device(name: str) -> bool:
-    return name == "cpu" or name == "cuda" or name.startswith("cuda:")
+    return name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
 def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> dict[str, Any]:

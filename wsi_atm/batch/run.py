@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,10 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
     from wsi_atm.batch.cohort import write_cohort
 
     distributed = bool(scheduler or workers)
-    model = {**model_fingerprint(settings.model), **engine_key(settings, distributed)}
+    engine = engine_key(settings, distributed)
+    if not distributed and settings.device == "auto":  # run on the device the records name
+        settings = replace(settings, device=engine["device"])
+    model = {**model_fingerprint(settings.model), **engine}
     with exclusive(out_dir):
         outcomes, pending, keys = _triage(jobs, settings, out_dir, model, quiet)
 

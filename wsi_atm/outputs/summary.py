@@ -196,6 +196,7 @@ def _model(result: SlideResult) -> dict[str, Any]:
         "threshold": m.threshold,
         "tta": m.tta,
         "engine": m.engine,
+        "precision": m.precision,
         "sensitivity": m.sensitivity,
         "specificity": m.specificity,
         "n_atypical": m.n_atypical,
