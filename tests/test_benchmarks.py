@@ -56,6 +56,25 @@ def test_the_limit_decodes_the_engines_tiles(bench_slide: Path) -> None:
     assert sorted(engine.tolist()) == limit
 
 
+def test_the_limit_decodes_each_tile_once_per_run(bench_slide: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles = list(range(0, 60, 3))
+    decoded: list[bytes] = []
+    real = bench.imagecodecs.jpeg8_decode
+
+    def counting(data: bytes, **kwargs: object) -> object:
+        decoded.append(bytes(data))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(bench.imagecodecs, "jpeg8_decode", counting)
+    one, spread = bench.decode_limit(bench_slide, tiles, threads=2, repeats=1)
+    assert one > 0 and spread > 0
+    # a warm-up, then every tile once on one thread and once more spread over two
+    assert len(decoded) == 1 + 2 * len(tiles)
+    assert len(set(decoded[1:])) == len(tiles)
+    assert sorted(decoded[1 : 1 + len(tiles)]) == sorted(decoded[1 + len(tiles) :])
+
+
 def test_the_crops_benchmark_runs_and_reports_every_ratio(bench_slide: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "crops.py"), "--size", str(SIZE),

@@ -243,11 +243,14 @@ def test_saturation_equals_the_hsv_formula() -> None:
     rgb = rng.integers(0, 256, (300, 211, 3), dtype=np.uint8)
     rgb[:5] = 0  # black: max 0, saturation 0
     rgb[5:10] = 255
-    rgb[10:12, :, 0] = 1  # max 1: the largest spread ratio
+    rgb[10:12] = (1, 0, 0)  # max 1: the largest spread ratio (saturation 255)
     data = rgb.astype(np.int64)
     hi, lo = data.max(axis=2), data.min(axis=2)
     expected = np.where(hi > 0, (hi - lo) * 255 // np.maximum(hi, 1), 0)
     assert np.array_equal(saturation(rgb), expected.astype(np.uint8))
+    assert (saturation(rgb)[10:12] == 255).all()
+    with pytest.raises(TypeError):
+        saturation(rgb.astype(np.uint16))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -262,3 +265,4 @@ def test_fill_holes_equals_scipys(seed: int) -> None:
     assert np.array_equal(filled, ndimage.binary_fill_holes(mask))
     assert np.array_equal(fill_holes(np.zeros((7, 9), bool)), np.zeros((7, 9), bool))
     assert fill_holes(np.ones((7, 9), bool)).all()
+    assert fill_holes(np.zeros((0, 4), bool)).shape == (0, 4)

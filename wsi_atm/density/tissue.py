@@ -31,7 +31,9 @@ class Tissue:
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (0–255) of an H×W×3 uint8 image; black counts as unsaturated."""
-    data = np.asarray(rgb, dtype=np.uint8)
+    data = np.asarray(rgb)
+    if data.dtype != np.uint8:
+        raise TypeError(f"saturation needs 8-bit RGB, not {data.dtype}")
     r, g, b = data[..., 0], data[..., 1], data[..., 2]
     # channel by channel: numpy reduces a length-3 last axis ~10× slower
     hi = np.maximum(np.maximum(r, g), b)
@@ -71,6 +73,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every background region that does not reach the border filled (4-connected,
     as ``scipy.ndimage.binary_fill_holes``; one labelling pass instead of its dilation to
     convergence, ~3× faster on a thumbnail)."""
+    if mask.size == 0:
+        return np.zeros(mask.shape, dtype=bool)
     labels, count = ndimage.label(~mask)
     edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     background = np.zeros(count + 1, dtype=bool)

@@ -192,6 +192,7 @@ class Slide:
             bands.append(band if factor == 1 else np.asarray(Image.fromarray(band).reduce(factor)))
         whole = bands[0] if len(bands) == 1 else np.concatenate(bands, axis=0)
         if whole.shape[:2] == (out_h, out_w):
+            whole.setflags(write=False)  # read-only, as PIL's arrays on the other paths
             return whole
         # area averaging: a downscale's right filter, 3× cheaper than Lanczos at this size
         return np.asarray(Image.fromarray(whole).resize((out_w, out_h), Image.Resampling.BOX))
