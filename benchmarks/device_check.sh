@@ -72,6 +72,7 @@ for n in (2000, 20000):
     wall = time.perf_counter() - t
     summary = json.loads(next(out.glob("*.summary.json")).read_text())
     print(n, "candidates:", f"{wall:.1f} s whole command;", "engine",
-          summary["model"].get("engine"), json.dumps(summary["timings_s"]))
+          summary["model"].get("engine"), summary["model"].get("precision"),
+          json.dumps(summary["timings_s"]))
 EOF
 exit 0
