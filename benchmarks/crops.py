@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ import openslide  # noqa: E402
 import tifffile  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from wsi_atm.cpus import usable_cpus  # noqa: E402
 from wsi_atm.crops import plan_crops, stream_crops  # noqa: E402
 from wsi_atm.slides import open_slide  # noqa: E402
 from wsi_atm.slides.tiles import decode_buffer  # noqa: E402
@@ -66,10 +66,7 @@ LIMIT_CHUNK = 8  # tiles a limit thread takes at a time (the engine's TILES_PER_
 
 
 def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cpus()  # affinity and cgroup quota, as wsi-atm sizes its threads
 
 
 def ensure_slide(path: Path, size: int, seed: int) -> float:
@@ -236,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20_000, help="slide width = height in px")
     parser.add_argument("--candidates", type=int, default=2_000)
-    parser.add_argument("--workers", type=int, default=None, help="engine threads (default auto)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="engine threads (default: one per core, as the limit)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decode-tiles", type=int, default=300, help="tiles for (c)")
     parser.add_argument("--keep", type=Path, default=None, help="write/reuse the slide here")
@@ -252,11 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         needed = touched_tiles(xs, ys, plan.read_size, args.size)
         tiles = len(needed)
         n_cores = cores()
+        workers = args.workers or n_cores  # the limit's threads: engine ÷ limit on equal cores
         one_s, all_s, engine, engine_one = math.inf, math.inf, 0.0, 0.0
         paired, paired_one = [], []  # engine ÷ limit within each round: all cores, one thread
         before = decode_limit(path, needed, n_cores, repeats=1)
         for _ in range(args.rounds):  # each engine run between two limit runs: drift cancels
-            rate = engine_rate(path, xs, ys, args.workers, repeats=1)
+            rate = engine_rate(path, xs, ys, workers, repeats=1)
             rate_one = engine_rate(path, xs, ys, 1, repeats=1)
             after = decode_limit(path, needed, n_cores, repeats=1)
             one, spread = math.sqrt(before[0] * after[0]), math.sqrt(before[1] * after[1])
@@ -269,9 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         decode = tile_decode_rate(path, args.size, args.decode_tiles, args.seed)
         openslide_limit = decode * n_cores * len(xs) / tiles
         naive = naive_rate(path, xs, ys, plan.read_size, plan.crop_size)
-        engine_os = engine_rate(path, xs, ys, args.workers, backend="openslide")
+        engine_os = engine_rate(path, xs, ys, workers, backend="openslide")
 
-    workers = args.workers if args.workers is not None else "auto"
     print(f"slide {args.size}×{args.size} px JPEG SVS, {MPP} µm/px, tile {TILE}"
           f"{f', written in {write_s:.0f} s' if write_s else ' (reused)'}; "
           f"{len(xs)} candidates touching {tiles} distinct tiles; {n_cores} cores; "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
     OnnxNet,
     check_engine,
@@ -127,7 +128,7 @@ def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | Non
                     threads: int | None = None) -> SlideClassifier:
     """The classifier for ``card``: ONNX-only when that is known to be right, else PyTorch's."""
     chosen = check_engine(engine or os.environ.get("WSI_ATM_ENGINE") or "auto")
-    n_threads = threads or os.cpu_count() or 1
+    n_threads = threads or usable_cpus()
     fast = onnx_only(card, device, batch_size, tta, compile, chosen, n_threads)
     if fast is not None:
         log.info("%s: ONNX Runtime graphs checked earlier (max |dp| %.2g); torch not loaded",

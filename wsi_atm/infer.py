@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
     FASTER,
     MAX_DELTA_P,
@@ -42,9 +43,9 @@ log = logging.getLogger(__name__)
 
 
 def set_cpu_threads(threads: int | None = None) -> None:
-    """torch's intra-op CPU threads for this process (None: every core). Process-wide, so only
-    entry points call it (the CLI, a batch worker), never a library object."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    """torch's intra-op CPU threads for this process (None: every CPU it may use). Process-wide,
+    so only entry points call it (the CLI, a batch worker), never a library object."""
+    torch.set_num_threads(threads or usable_cpus())
 
 
 def pick_device(device: str = "auto") -> torch.device:

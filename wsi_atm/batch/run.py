@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
+from wsi_atm.cpus import usable_cpus
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
 from wsi_atm.heap import pin_mmap_threshold
@@ -273,4 +273,4 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def local_threads(workers: int | None) -> int | None:
     """CPU threads per model so that ``workers`` local processes share the cores."""
-    return max(1, (os.cpu_count() or 1) // workers) if workers else None
+    return max(1, usable_cpus() // workers) if workers else None

@@ -8,7 +8,6 @@ are read crop by crop through the backend, in chunks of 8 per pool task.
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_atm.cpus import usable_cpus
 from wsi_atm.crops.cutting import cut_crops
 from wsi_atm.crops.plan import (
     CropBatch,
@@ -44,7 +44,7 @@ def _coordinates(xs: Any, ys: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpus()))
 
 
 def stream_crops(

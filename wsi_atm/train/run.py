@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from wsi_atm.cpus import usable_cpus
 from wsi_atm.errors import OptionError
 from wsi_atm.files import atomic_path, atomic_write_text, sha256_file
 from wsi_atm.models.card import ModelCard, read_card
@@ -57,7 +57,7 @@ def train_run(
     card: ModelCard, data_dir: Path, out: Path, cfg: TrainConfig, quiet: bool = False
 ) -> RunSummary:
     cfg = prepare_run_dir(out, cfg)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or usable_cpus())
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
     plans = plan_folds(data, cfg)
     write_folds(out, data, plans)
