@@ -355,3 +355,21 @@ def test_device_names_resolve_without_torch_where_no_gpu_can_be(monkeypatch):
     for name, distributed in (("bogus", False), ("bogus", True), ("cuda:x", True)):
         with pytest.raises(OptionError):
             resume.device_type(name, distributed)
+
+
+def test_a_local_workers_share_of_the_cpus_bounds_its_crop_threads(card, monkeypatch):
+    # Regression: with --workers N each local dask worker split the model's threads but still
+    # ran min(8, CPUs) crop threads, N times over
+    from wsi_atm import cpus
+    from wsi_atm.batch import BatchSettings
+    from wsi_atm.crops import default_workers
+    from wsi_atm.detections import CandidateOptions
+    from wsi_atm.models.card import load_card
+
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv(cpus.CPUS_ENV, "")  # unset, and put back as it was after the test
+    assert default_workers() == 8 or cpus.cgroup_quota(cpus.CGROUP) is not None
+    settings = BatchSettings(model=load_card(card), candidate_options=CandidateOptions(),
+                             device="cpu", engine="torch", threads=2)
+    run.load_classifier(settings)
+    assert default_workers() == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+    if device != "cuda" and not re.fullmatch(r"cuda:[0-9]+", device):
         raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
     if not torch.cuda.is_available():
         raise OptionError(f"--device {device} was asked for but no CUDA device is available")

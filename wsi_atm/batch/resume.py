@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePath
@@ -62,7 +63,7 @@ def device_type(name: str, distributed: bool) -> str:
 
 
 def _is_device(name: str) -> bool:
-    return name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    return name in ("cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", name) is not None
 
 
 def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> dict[str, Any]:

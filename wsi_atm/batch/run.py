@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
-from wsi_atm.cpus import usable_cpus
+from wsi_atm.cpus import CPUS_ENV, usable_cpus
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
 from wsi_atm.heap import pin_mmap_threshold
@@ -59,7 +60,9 @@ def classify_job(prep: Prepared, classifier: SlideClassifier,
 
 def load_classifier(settings: BatchSettings) -> SlideClassifier:
     pin_mmap_threshold()  # this process's heap (a dask worker runs no CLI entry point)
-    # settings.threads: this process's share of the cores
+    # settings.threads: this process's share of the cores, for its crop threads too
+    if settings.threads:
+        os.environ[CPUS_ENV] = str(settings.threads)
     return _load(settings.model, device=settings.device, batch_size=settings.batch_size,
                  tta=settings.tta, compile=settings.compile, engine=settings.engine,
                  threads=settings.threads)
