@@ -125,3 +125,17 @@ def test_a_bad_device_is_one_line_and_exit_2(device, message, tmp_path, capsys):
     assert code == 2 and len(errors) == 1 and errors[0].startswith("wsi-atm: error:"), errors
     assert message in errors[0]
     assert not out.exists()
+
+
+def test_a_bad_cpu_limit_is_reported_before_any_work(tmp_path, monkeypatch, capsys):
+    # Regression: batch created its state folder, then failed on the first slide
+    monkeypatch.setenv("WSI_ATM_CPUS", "two")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "a.svs").symlink_to(SVS)
+    (slides / "a.csv").write_text("x,y\n500,400\n")
+    assert run_cli(["batch", str(slides), "--out-dir", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["wsi-atm: error: $WSI_ATM_CPUS must be a whole number of CPUs, at least 1, "
+                   "not 'two'"]
+    assert not (tmp_path / "out").exists()

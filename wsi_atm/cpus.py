@@ -24,10 +24,11 @@ def usable_cpus(cgroup: Path = CGROUP) -> int:
     except (AttributeError, OSError):  # not Linux
         allowed = os.cpu_count() or 1
     quotas = [q for q in (cgroup_quota(d) for d in cgroup_dirs(cgroup)) if q is not None]
-    return max(1, min([allowed, *quotas, *_env_limit()]))
+    return max(1, min([allowed, *quotas, *env_limit()]))
 
 
-def _env_limit() -> list[int]:
+def env_limit() -> list[int]:
+    """``[$WSI_ATM_CPUS]`` where set (checked: a bad value is bad input), else ``[]``."""
     text = os.environ.get(CPUS_ENV, "").strip()
     if not text:
         return []

@@ -15,6 +15,7 @@ import warnings
 import click
 
 from wsi_atm import __version__
+from wsi_atm.cpus import env_limit
 from wsi_atm.errors import WsiAtmError
 
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
     logging.basicConfig(handlers=[handler], level=logging.WARNING)
     try:
+        env_limit()  # a bad $WSI_ATM_CPUS is reported before any work, not mid-batch
         cli.main(args=argv, prog_name="wsi-atm", standalone_mode=False)
     except WsiAtmError as exc:
         click.echo(f"wsi-atm: error: {exc}", err=True)
