@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -246,6 +247,13 @@ def best_time(fn: Callable[[Any], Any], x: Any, repeats: int = 3) -> float:
 
 
 GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+# what --device may name besides auto
+DEVICE_NAMES = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def precision_on(device_type: str) -> str:
+    """What PyTorch runs the networks in on a device: bf16 autocast on a GPU, else float32."""
+    return "bf16-autocast" if device_type == "cuda" else "float32"
 
 
 def cuda_possible() -> bool:

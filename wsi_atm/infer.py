@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
+    DEVICE_NAMES,
     FASTER,
     MAX_DELTA_P,
     GraphRecord,
@@ -30,6 +30,7 @@ from wsi_atm.engines import (
     machine_key,
     network_key,
     onnx_folds,
+    precision_on,
     read_record,
     version,
     write_record,
@@ -54,7 +55,7 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if device != "cuda" and not re.fullmatch(r"cuda:[0-9]+", device):
+    if not DEVICE_NAMES.fullmatch(device):
         raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
     if not torch.cuda.is_available():
         raise OptionError(f"--device {device} was asked for but no CUDA device is available")
@@ -220,8 +221,7 @@ class Classifier:
     @property
     def precision(self) -> str:
         """What the networks compute in: bf16 autocast on a GPU, float32 otherwise."""
-        return "bf16-autocast" if self.device.type == "cuda" and self.engine == "torch" \
-            else "float32"
+        return precision_on(self.device.type) if self.engine == "torch" else "float32"
 
     @torch.inference_mode()
     def _forward_torch(self, crops: np.ndarray) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePath
@@ -13,7 +12,7 @@ from typing import Any
 
 from wsi_atm import __version__
 from wsi_atm.batch.plan import BatchSettings, Job
-from wsi_atm.engines import cuda_possible
+from wsi_atm.engines import DEVICE_NAMES, cuda_possible, precision_on
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
 from wsi_atm.models.card import ModelCard, verify_weights
@@ -45,7 +44,7 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
         device, precision = "auto", "bf16 on cuda, float32 on cpu (per worker)"
     else:  # an explicit device means the same on every machine; auto resolves here
         device = device_type(settings.device, distributed)
-        precision = "bf16-autocast" if device == "cuda" else "float32"
+        precision = precision_on(device)
     return {"wsi_atm_version": __version__, "device": device, "precision": precision,
             "compile": settings.compile, "engine": settings.engine}
 
@@ -63,7 +62,7 @@ def device_type(name: str, distributed: bool) -> str:
 
 
 def _is_device(name: str) -> bool:
-    return name in ("cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", name) is not None
+    return DEVICE_NAMES.fullmatch(name) is not None
 
 
 def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> dict[str, Any]:
