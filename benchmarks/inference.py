@@ -95,19 +95,27 @@ def vit_h_flops(tokens: int, dim: int = 1280, depth: int = 32, hidden: int = 683
 
 
 def default_gpu_row(model: str | None, n: int) -> str:
-    """The card `classify` would run, on the GPU (its own batch size, bf16 where it uses it)."""
+    """The card `classify` would run, on the GPU, its own batch size: in the precision `auto`
+    picks for it and in the other one, with how far apart their P(atypical) lie."""
     card = find_card(model)
     crops = np.random.default_rng(0).integers(0, 255, (n, card.crop_size, card.crop_size, 3),
                                               dtype=np.uint8)
-    clf = Classifier(card, device="cuda")
+    rows, probs = [], []
+    for precision in ("auto", "float32" if card.kind != "cnn" else "bf16"):
+        clf = Classifier(card, device="cuda", precision=precision)
 
-    def run() -> None:
-        clf.predict(crops)
-        torch.cuda.synchronize()
+        def run(clf: Classifier = clf) -> None:
+            probs.append(clf.predict(crops))
+            torch.cuda.synchronize()
 
-    t = time_it(run)
-    return (f"| {torch.cuda.get_device_name()} | {card.name} ({len(clf.nets)} folds) | "
-            f"classify's engine, batch {clf.batch_size} | {n / t:.0f} img/s | |")
+        t = time_it(run)
+        rows.append(f"| {torch.cuda.get_device_name()} | {card.name} ({len(clf.nets)} folds) | "
+                    f"classify's engine, batch {clf.batch_size}, {clf.precision}"
+                    f"{' (auto)' if precision == 'auto' else ''} | {n / t:.0f} img/s | |")
+    delta = np.abs(probs[0] - probs[-1])
+    rows.append(f"(those two precisions on {n} random crops: max |Δp| {delta.max():.3g}, "
+                f"calls flipped at 0.5: {np.mean((probs[0] > 0.5) != (probs[-1] > 0.5)):.1%})")
+    return "\n".join(rows)
 
 
 def gpu_section(batches: list[int], compiled: bool = False) -> list[str]:

@@ -216,7 +216,7 @@ def test_other_version_or_device_reruns_and_says_why(tmp_path, card, capsys, mon
         return real_load(*args, **{**kwargs, "device": "cpu"})
 
     monkeypatch.setattr(run, "_load", load_on_a_pretend_gpu)
-    assert run_cli([*args, "auto", "--quiet"]) == 0
+    assert run_cli([*args, "auto", "--precision", "bf16", "--quiet"]) == 0
     record = json.loads((out / ".wsi-atm" / "case0.done.json").read_text())
     assert (record["wsi_atm_version"], record["device"], record["precision"]) == (
         "0.0.1", "cuda", "bf16-autocast")
@@ -355,6 +355,24 @@ def test_device_names_resolve_without_torch_where_no_gpu_can_be(monkeypatch):
     for name, distributed in (("bogus", False), ("bogus", True), ("cuda:x", True)):
         with pytest.raises(OptionError):
             resume.device_type(name, distributed)
+
+
+def test_a_cluster_key_names_the_precision_each_worker_will_run(card):
+    from dataclasses import replace
+
+    from wsi_atm.batch import BatchSettings
+    from wsi_atm.detections import CandidateOptions
+    from wsi_atm.models.card import load_card
+
+    cnn = BatchSettings(model=load_card(card), candidate_options=CandidateOptions())
+    vit = replace(cnn, model=replace(cnn.model, kind="vit"))
+    # workers resolve --device auto themselves: a CNN card runs float32 on any of them, a ViT
+    # card's result depends on whether the worker has a GPU, and the key says so
+    assert resume.engine_key(cnn, distributed=True)["precision"] == "float32"
+    assert resume.engine_key(vit, distributed=True)["precision"] == (
+        "bf16-autocast on cuda, float32 on cpu")
+    assert resume.engine_key(replace(vit, precision="float32"),
+                             distributed=True)["precision"] == "float32"
 
 
 def test_a_local_workers_share_of_the_cpus_bounds_its_crop_threads(card, monkeypatch):

@@ -268,3 +268,18 @@ def test_mpp_override_does_not_move_points_given_in_mm(tmp_path):
     finally:
         plain.close()
         forced.close()
+
+
+def test_bf16_is_asked_for_run_and_recorded(crop_slide, card_path, tmp_path):
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert classify(crop_slide["lossless"], crop_slide["detections"], full, card_path) == 0
+    assert classify(crop_slide["lossless"], crop_slide["detections"], half, card_path,
+                    "--precision", "bf16") == 0
+    _, rows_full, summary_full = load_outputs(full, "crops_zlib")
+    _, rows_half, summary_half = load_outputs(half, "crops_zlib")
+    assert summary_full["model"]["precision"] == "float32"
+    assert (summary_half["model"]["engine"], summary_half["model"]["precision"]) == (
+        "torch", "bf16-autocast")
+    p_full, p_half = p_by_id(rows_full), p_by_id(rows_half)
+    delta = max(abs(p_full[k] - p_half[k]) for k in p_full)
+    assert 0 < delta < 0.1, delta

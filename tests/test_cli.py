@@ -85,6 +85,8 @@ print("torch" in sys.modules, code, file=sys.stderr)
     (["batch", "/nonexistent"], 2),
     (["batch", "EMPTY"], 2),
     (["batch", "SVSDIR", "--model", "nosuch"], 2),
+    (["classify", "SVS", "--detections", "DET", "--engine", "onnx", "--precision", "bf16"], 2),
+    (["batch", "SVSDIR", "--engine", "onnx", "--precision", "bf16"], 2),
 ])
 def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_path):
     # Regressions: classify built the network (importing torch, seconds) before reading its

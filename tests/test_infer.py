@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.train_helpers import TINY_CARD
-from wsi_atm.errors import ModelError
+from wsi_atm.engines import precision_on
+from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.files import sha256_file
 from wsi_atm.infer import Classifier, dihedral
 from wsi_atm.models.card import load_card
@@ -133,9 +134,35 @@ def test_building_a_classifier_leaves_torch_threads_alone(tmp_path):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(("device", "kind", "asked", "runs_in"), [
+    ("cpu", "cnn", "auto", "float32"),
+    ("cpu", "foundation", "auto", "float32"),
+    # Regression: every card ran in bf16 autocast on a GPU, so the default CNN's GPU calls
+    # differed from the float32 it was validated in (1.8 % flipped, measured on CPU)
+    ("cuda", "cnn", "auto", "float32"),
+    ("cuda", "vit", "auto", "bf16-autocast"),
+    ("cuda", "foundation", "auto", "bf16-autocast"),
+    ("cuda", "foundation", "float32", "float32"),
+    ("cpu", "cnn", "bf16", "bf16-autocast"),
+])
+def test_precision_follows_the_device_the_card_and_the_option(device, kind, asked, runs_in):
+    assert precision_on(device, kind, asked) == runs_in
+
+
 def test_precision_says_what_the_networks_compute_in(tmp_path, crops):
-    # the summary records it: a GPU run's bf16 calls can differ from a CPU run's near the cut
-    clf = Classifier(load_card(make_trained_card(tmp_path)), device="cpu", engine="torch")
-    assert clf.precision == "float32"
-    clf.device = torch.device("cuda")  # what the forward pass would autocast to bf16 on
-    assert clf.precision == "bf16-autocast"
+    # the summary records it: bf16 calls can differ from float32 ones near the cut
+    card = load_card(make_trained_card(tmp_path))
+    full = Classifier(card, device="cpu", engine="torch")
+    assert full.precision == "float32"
+    half = Classifier(card, device="cpu", precision="bf16")  # engine auto: bf16 needs torch
+    assert (half.engine, half.precision) == ("torch", "bf16-autocast")
+    delta = np.abs(half.predict(crops) - full.predict(crops)).max()
+    assert 0 < delta < 0.1  # autocast really ran, and only rounded
+
+
+def test_bf16_is_refused_on_the_float32_engines(tmp_path):
+    card = load_card(make_trained_card(tmp_path))
+    with pytest.raises(OptionError, match="--engine onnx runs in float32"):
+        Classifier(card, device="cpu", engine="onnx", precision="bf16")
+    with pytest.raises(OptionError, match="--precision must be one of"):
+        Classifier(card, device="cpu", precision="fp16")

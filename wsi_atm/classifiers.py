@@ -19,6 +19,7 @@ from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
     OnnxNet,
     check_engine,
+    check_precision,
     cuda_possible,
     drop_graph,
     graph_path,
@@ -93,9 +94,9 @@ class OnnxClassifier:
 
 
 def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, compile: bool,
-              engine: str, threads: int) -> OnnxClassifier | None:
+              engine: str, threads: int, precision: str = "auto") -> OnnxClassifier | None:
     """The torch-free classifier when its graphs are cached, checked and (auto) faster here."""
-    if engine == "torch" or compile or device not in ("cpu", "auto"):
+    if engine == "torch" or compile or device not in ("cpu", "auto") or precision == "bf16":
         return None
     if device == "auto" and cuda_possible():
         return None  # torch decides whether a GPU is there
@@ -125,11 +126,12 @@ def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, c
 
 def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | None = None,
                     tta: bool = False, compile: bool = False, engine: str | None = None,
-                    threads: int | None = None) -> SlideClassifier:
+                    threads: int | None = None, precision: str = "auto") -> SlideClassifier:
     """The classifier for ``card``: ONNX-only when that is known to be right, else PyTorch's."""
     chosen = check_engine(engine or os.environ.get("WSI_ATM_ENGINE") or "auto")
+    check_precision(precision, chosen)  # before torch is imported
     n_threads = threads or usable_cpus()
-    fast = onnx_only(card, device, batch_size, tta, compile, chosen, n_threads)
+    fast = onnx_only(card, device, batch_size, tta, compile, chosen, n_threads, precision)
     if fast is not None:
         log.info("%s: ONNX Runtime graphs checked earlier (max |dp| %.2g); torch not loaded",
                  card.name, fast.max_delta_p)
@@ -138,4 +140,4 @@ def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | Non
 
     set_cpu_threads(n_threads)
     return Classifier(card, device=device, batch_size=batch_size, tta=tta, compile=compile,
-                      engine=engine)
+                      engine=engine, precision=precision)

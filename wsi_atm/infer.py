@@ -1,16 +1,20 @@
 """The inference engine: a fold ensemble built once from a card, resident on its device.
 
 Crops (uint8 NHWC at the card's crop size) stream in; P(atypical) comes out, the mean over
-fold models. On CUDA: bf16 autocast, channels-last, optional torch.compile, and on out-of-memory
-the batch is halved and the work goes on. On CPU the same code path runs in float32.
+fold models. channels-last, optional torch.compile, and on CUDA out-of-memory the batch is
+halved and the work goes on. The networks run in float32 (TF32 off) unless bf16 autocast is
+asked for or, with ``auto``, the card is a ViT or foundation model on a GPU
+(:func:`~wsi_atm.engines.precision_on`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +29,7 @@ from wsi_atm.engines import (
     OnnxNet,
     best_time,
     check_engine,
+    check_precision,
     drop_graph,
     graph_path,
     machine_key,
@@ -78,9 +83,11 @@ class Classifier:
     def __init__(
         self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
         tta: bool = False, compile: bool = False, engine: str | None = None,
+        precision: str = "auto",
     ) -> None:
         self.card = card
         self.device = pick_device(device)
+        self.torch_precision = precision_on(self.device.type, card.kind, precision)
         self.batch_size = batch_size or card.batch_size
         if self.batch_size < 1:
             raise OptionError("--batch-size must be at least 1")
@@ -93,13 +100,16 @@ class Classifier:
             engine = os.environ.get("WSI_ATM_ENGINE") or "auto"
             if self.device.type != "cpu" and engine == "onnx":
                 engine = "auto"
+        check_precision(precision, engine)
         self.engine = self._choose_engine(check_engine(engine), compile)
         self._verify = self.engine == "onnx"  # on the first real batch
         self.max_delta_p: float | None = None  # ONNX Runtime vs PyTorch on that batch
 
     def _choose_engine(self, asked: str, compile: bool) -> str:
         """torch, or ONNX Runtime on CPU when asked for or (auto) faster on a probe batch."""
-        if asked == "torch" or (asked == "auto" and (self.device.type != "cpu" or compile)):
+        bf16 = self.torch_precision != "float32"
+        if asked == "torch" or (asked == "auto" and (self.device.type != "cpu" or compile
+                                                     or bf16)):
             return "torch"
         if self.device.type != "cpu":
             raise OptionError("--engine onnx runs on the CPU; use --device cpu")
@@ -220,8 +230,19 @@ class Classifier:
 
     @property
     def precision(self) -> str:
-        """What the networks compute in: bf16 autocast on a GPU, float32 otherwise."""
-        return precision_on(self.device.type) if self.engine == "torch" else "float32"
+        """What the networks compute in: ``float32`` or ``bf16-autocast``."""
+        return self.torch_precision if self.engine == "torch" else "float32"
+
+    def _precision_context(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast, or float32 in full: cuDNN's TF32 convolutions (on by default) keep
+        10 bits of mantissa and would move P(atypical) away from the validated float32."""
+        if self.torch_precision != "float32":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.device.type == "cuda":
+            cudnn = torch.backends.cudnn
+            return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                               deterministic=cudnn.deterministic, allow_tf32=False)
+        return contextlib.nullcontext()
 
     @torch.inference_mode()
     def _forward_torch(self, crops: np.ndarray) -> np.ndarray:
@@ -229,7 +250,7 @@ class Classifier:
         x = self._torch_input(torch.from_numpy(np.ascontiguousarray(crops)))
         views = range(8) if self.tta else (0,)
         out = torch.zeros(len(self.nets), x.shape[0], device=self.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with self._precision_context():
             for f, net in enumerate(self.nets):
                 for k in views:
                     out[f] += p_atypical_from_logits(net(dihedral(x, k)), self.card)

@@ -66,6 +66,7 @@ class BatchSettings:
     tta: bool = False
     compile: bool = False
     engine: str = "auto"  # torch, onnx, or auto (ONNX Runtime on CPU when faster)
+    precision: str = "auto"  # auto, float32 or bf16 (PyTorch's; see engines.precision_on)
     threads: int | None = None  # CPU threads per model (None: all cores)
 
 

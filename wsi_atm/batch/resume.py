@@ -40,11 +40,14 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
     worker resolves ``auto`` itself, so the key holds what was asked for: pass ``--device``
     explicitly on mixed clusters to have resume tell a GPU result from a CPU one.
     """
+    kind = settings.model.kind
     if distributed and settings.device == "auto":
-        device, precision = "auto", "bf16 on cuda, float32 on cpu (per worker)"
+        device = "auto"
+        on_gpu, on_cpu = (precision_on(d, kind, settings.precision) for d in ("cuda", "cpu"))
+        precision = on_cpu if on_gpu == on_cpu else f"{on_gpu} on cuda, {on_cpu} on cpu"
     else:  # an explicit device means the same on every machine; auto resolves here
         device = device_type(settings.device, distributed)
-        precision = precision_on(device)
+        precision = precision_on(device, kind, settings.precision)
     return {"wsi_atm_version": __version__, "device": device, "precision": precision,
             "compile": settings.compile, "engine": settings.engine}
 

@@ -65,7 +65,7 @@ def load_classifier(settings: BatchSettings) -> SlideClassifier:
         os.environ[CPUS_ENV] = str(settings.threads)
     return _load(settings.model, device=settings.device, batch_size=settings.batch_size,
                  tta=settings.tta, compile=settings.compile, engine=settings.engine,
-                 threads=settings.threads)
+                 threads=settings.threads, precision=settings.precision)
 
 
 _RESIDENT: dict[str, Any] = {"key": None, "classifier": None, "loads": 0}
@@ -76,7 +76,7 @@ def resident_classifier(settings: BatchSettings) -> SlideClassifier:
     """This process's SlideClassifier, loaded on first use and kept across slides (dask workers)."""
     card = settings.model
     key = (str(card.path), file_sha256(card.path), settings.device, settings.batch_size,
-           settings.tta, settings.threads, settings.compile, settings.engine)
+           settings.tta, settings.threads, settings.compile, settings.engine, settings.precision)
     with _RESIDENT_LOCK:
         if _RESIDENT["key"] != key:
             _RESIDENT.update(key=None, classifier=None)  # one model resident at a time

@@ -63,11 +63,12 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           detections: Path | None, detections_dir: Path | None, patterns: tuple[str, ...],
           scheduler: str | None, workers: int | None, model: str | None,
           threshold: float | None, device: str, batch_size: int | None, tta: bool,
-          compile_model: bool, engine: str, mpp: float | None, backend: str, hotspot_area: float,
-          review_band: float, review_fold_std: float, shape: str, review_class: bool,
-          points_json: bool, quiet: bool, **cand: object) -> None:
+          compile_model: bool, precision: str, engine: str, mpp: float | None, backend: str,
+          hotspot_area: float, review_band: float, review_fold_std: float, shape: str,
+          review_class: bool, points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
     from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
+    from wsi_atm.engines import check_precision
     from wsi_atm.errors import OptionError
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions
@@ -75,6 +76,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
     if cand.get("image"):
         raise OptionError("--image picks one image of a multi-slide file; in a batch each "
                           "slide is matched to its entry by name")
+    check_precision(precision, engine)
     if scheduler and workers:
         raise OptionError("give --scheduler (an existing cluster) or --workers (a local one)")
     settings = BatchSettings(
@@ -83,7 +85,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
         calls=make_call_options(threshold, hotspot_area, review_band, review_fold_std),
         outputs=make_output_options(shape, review_class, points_json),
         device=device, batch_size=batch_size, tta=tta, compile=compile_model, engine=engine,
-        threads=None if scheduler else local_threads(workers))
+        precision=precision, threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)
     outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,
                          quiet=quiet)

@@ -36,10 +36,11 @@ if TYPE_CHECKING:
 @candidate_options
 def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              threshold: float | None, device: str, batch_size: int | None, tta: bool,
-             compile_model: bool, engine: str, mpp: float | None, backend: str, hotspot_area: float,
-             review_band: float, review_fold_std: float, shape: str, review_class: bool,
-             points_json: bool, quiet: bool, **cand: object) -> None:
+             compile_model: bool, precision: str, engine: str, mpp: float | None, backend: str,
+             hotspot_area: float, review_band: float, review_fold_std: float, shape: str,
+             review_class: bool, points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
+    from wsi_atm.engines import check_precision
     from wsi_atm.heap import pin_mmap_threshold
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions
@@ -47,6 +48,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
 
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
+    check_precision(precision, engine)
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
     outputs = make_output_options(shape, review_class, points_json)
@@ -58,7 +60,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
         from wsi_atm.classifiers import load_classifier
 
         return load_classifier(card, device=device, batch_size=batch_size, tta=tta,
-                               compile=compile_model, engine=engine)
+                               compile=compile_model, engine=engine, precision=precision)
 
     result = run_prepared(prep, make_classifier, cand_options, calls, outputs,
                           out_dir=out_dir, quiet=quiet)

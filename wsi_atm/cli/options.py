@@ -59,7 +59,8 @@ def slide_options(func: F) -> F:
 
 
 def model_options(func: F) -> F:
-    """--model, --threshold, --device, --batch-size, --tta, --compile, --engine."""
+    """--model, --threshold, --device, --batch-size, --tta, --compile, --precision,
+    --engine."""
     opts = [
         click.option("--model", default=None,
                      help="bundled model name or card path (default: the bundled default model)"),
@@ -73,6 +74,12 @@ def model_options(func: F) -> F:
                      help="torch.compile the models (CUDA; pays off on large batches)"),
         click.option("--tta", is_flag=True,
                      help="test-time augmentation: mean over the 8 flips/rotations"),
+        click.option("--precision", type=click.Choice(["auto", "float32", "bf16"]),
+                     default="auto", show_default=True,
+                     help="what PyTorch computes in: auto (float32, the precision cards are "
+                          "validated in, except bf16 autocast for ViT/foundation cards on a "
+                          "GPU), float32, or bf16 (autocast, also on CPU; the summary records "
+                          "it)"),
         click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto",
                      show_default=True, envvar="WSI_ATM_ENGINE",
                      help="what runs the networks on CPU: auto (ONNX Runtime when faster on a "
