@@ -133,6 +133,30 @@ def test_coarse_slide_is_upsampled_with_warning(tmp_path: Path) -> None:
     np.testing.assert_array_equal(crop, expected)
 
 
+@pytest.mark.parametrize(("mpp", "read"), [(0.45, 71), (0.504, 63), (0.5, 64), (0.2, 160)])
+def test_a_window_is_centred_on_its_point_odd_or_even(tmp_path: Path, mpp: float,
+                                                      read: int) -> None:
+    # Regression: an odd window (71 px at 0.45 µm/px, 63 at 0.504) was centred half a read
+    # pixel right of and below the point, ~0.9 crop px at 0.45 µm/px
+    path = write_single_level_tiff(tmp_path / "s.tif", tissue_image(600, 600, 2), mpp)
+    xs = 300 + np.random.default_rng(5).random(400)
+    ys = 250 + np.linspace(0, 1, 400, endpoint=False)
+    with open_slide(path) as slide, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UpsamplingWarning)
+        plan = plan_crops(slide)
+        assert plan.read_shape == (read, read)
+        origins = window_origins(slide, xs, ys, plan)
+        centre_x, centre_y = origins[:, 0] + read / 2, origins[:, 1] + read / 2
+        assert np.abs(centre_x - xs).max() <= 0.5 and np.abs(centre_y - ys).max() <= 0.5
+        # and the pixels are those of that window, resampled
+        crop, _ = read_crop(slide, 300.9, 250.2, plan)
+        left, top = (300 if read % 2 else 301) - read // 2, 250 - read // 2
+        image = slide.read_level_region((left, top), 0, (read, read))
+    method = Image.Resampling.BICUBIC if read < 128 else Image.Resampling.LANCZOS
+    expected = np.asarray(Image.fromarray(image).resize((128, 128), method))
+    np.testing.assert_array_equal(crop, expected)
+
+
 def test_slightly_coarse_slide_is_flagged_without_warning(tmp_path: Path) -> None:
     path = write_single_level_tiff(tmp_path / "s.tif", tissue_image(400, 400, 1), 0.29)
     with open_slide(path) as slide, warnings.catch_warnings():

@@ -166,12 +166,15 @@ def _tile_size(slide: Slide, level: int) -> tuple[int, int]:
 
 
 def window_origins(slide: Slide, xs: np.ndarray, ys: np.ndarray, plan: CropPlan) -> np.ndarray:
-    """Top-left (N×2, pixels of the plan's level) of every candidate's read window: the rule
-    of :func:`nearest_pixel`, vectorised (the same float operations, so the same pixels)."""
+    """Top-left (N×2, pixels of the plan's level) of every candidate's read window, placed so
+    that the window's centre lies as near the point as the pixel grid allows. An even window's
+    centre is a pixel corner, the one :func:`nearest_pixel` gives; an odd window's is a pixel's
+    centre, that of the pixel the point lies in (floor(v)), not the next one, which put crops
+    read at 71 or 63 px half a read pixel right and down."""
     ds = slide.level_downsamples[plan.level]
     width, height = plan.read_shape
-    ox = np.floor(xs / ds + 0.5).astype(np.int64) - width // 2
-    oy = np.floor(ys / ds + 0.5).astype(np.int64) - height // 2
+    ox = np.floor(xs / ds + (0.5 if width % 2 == 0 else 0.0)).astype(np.int64) - width // 2
+    oy = np.floor(ys / ds + (0.5 if height % 2 == 0 else 0.0)).astype(np.int64) - height // 2
     return np.stack([ox, oy], axis=1)
 
 
