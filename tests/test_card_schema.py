@@ -34,11 +34,21 @@ def _edited(tmp_path: Path, old: str, new: str) -> Path:
     ("[preprocess.end-to-end]", "[preprocess.end2end]", "preprocess.end2end"),
     ('kind = "cnn"', 'kind = "cnnn"', "kind"),
     ("[metrics]", "[metrics]\nsensitivty = 0.9", "metrics.sensitivty"),
+    # Regression: the schema allowed "em", which classify knows as "calibrated-em", and
+    # silently ran Rogan-Gladen for it
+    ('method = "calibrated-mean"', 'method = "em"', "fraction.method"),
 ])
 def test_misspelt_key_or_value_is_refused_by_name(tmp_path, old, new, named):
     path = _edited(tmp_path, old, new)
     with pytest.raises(ModelError, match=rf"invalid model card \(.*{named}\b"):
         load_card(path)
+
+
+@pytest.mark.parametrize("method", ["raw", "rogan-gladen", "calibrated-mean", "calibrated-em"])
+def test_every_estimator_classify_computes_may_be_named(tmp_path, method):
+    # Regression: "calibrated-em", an estimator classify computes, was refused
+    card = load_card(_edited(tmp_path, 'method = "calibrated-mean"', f'method = "{method}"'))
+    assert card.fraction["method"] == method
 
 
 def test_misspelt_weight_key_is_refused(tmp_path):

@@ -405,6 +405,19 @@ def test_calibrated_mean_is_the_headline_when_the_card_has_a_fraction_table() ->
     assert row["corrected_method"] == corrected["method"] and row["corrected_warning"] == ""
 
 
+def test_the_card_names_the_headline_estimator() -> None:
+    # Regression: a card naming "raw" (or an EM table) got Rogan-Gladen without a word
+    raw = build_summary(make_result(sensitivity=0.75, specificity=0.80,
+                                    fraction={"method": "raw"}))
+    assert raw["atypical_fraction_corrected"]["value"] == raw["atypical_fraction"]["value"]
+    assert raw["atypical_fraction_corrected"]["method"].startswith("raw share")
+    em = build_summary(make_result(fraction=dict(CALIBRATED, method="calibrated-em")))
+    mean = build_summary(make_result(fraction=CALIBRATED))
+    assert "EM" in em["atypical_fraction_corrected"]["method"]
+    assert em["atypical_fraction_corrected"]["value"] != pytest.approx(
+        mean["atypical_fraction_corrected"]["value"])
+
+
 def test_platt_calibration_moves_the_headline() -> None:
     shifted = dict(CALIBRATED, platt_b=1.0)
     plain = build_summary(make_result(fraction=CALIBRATED))["atypical_fraction_corrected"]

@@ -13,13 +13,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from wsi_atm.fraction.estimators import METHODS as FRACTION_METHODS
+
 MODES = ("end-to-end", "linear-probe", "lora")
 ENUMS: dict[str, tuple[str, ...]] = {
     "kind": ("cnn", "vit", "foundation"),
     "status": ("trained", "untrained", "external"),
     "trained_mode": MODES,
     "labels.output": ("p_atypical", "p_normal"),
-    "fraction.method": ("raw", "rogan-gladen", "calibrated-mean", "em"),
+    # the estimators' own names: a card may name only what classify can compute
+    "fraction.method": FRACTION_METHODS,
 }
 # Tables whose keys are fixed; ``None`` marks a sub-table whose own keys are free (timm kwargs,
 # a hub's config, per-group metrics). Keys of [training] are the record of the run's options.

@@ -232,6 +232,8 @@ def corrected_estimate(result: SlideResult) -> Estimate | None:
     if len(p) == 0:
         return None
     f = m.fraction
+    if f.get("method") == "raw":  # the card says no correction holds: the raw share it is
+        return estimate(p, FractionModel(threshold=m.threshold, method="raw"))
     if f.get("method") in CALIBRATED:
         fm = FractionModel(
             threshold=m.threshold, method=str(f["method"]), platt_a=float(f["platt_a"]),
@@ -255,6 +257,8 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
         return None
     out = est.as_dict()
     m = result.model
+    if m.fraction.get("method") == "raw":
+        return out
     if m.fraction.get("method") in CALIBRATED:
         out.update({k: m.fraction.get(k) for k in ("platt_a", "platt_b", "shift_sd", "source")})
         return out
