@@ -437,10 +437,18 @@ def test_qupath_measurement_csv_is_in_qupaths_frame(tmp_path: Path) -> None:
         from_geojson.x.tolist(),
         from_geojson.y.tolist(),
     )
+    # Regression: an uncalibrated image's export ("Centroid X px") was read in OpenSlide's
+    # frame, bounds-x/y off
+    pixels = write(tmp_path / "measurements_px.tsv",
+                   "Image\tName\tClass\tCentroid X px\tCentroid Y px\n"
+                   "s.mrxs\tp\tMitosis\t100\t200\n")
+    from_px = read_detections(pixels, frame)
+    assert (from_px.x.tolist(), from_px.y.tolist()) == ([1100], [2200])
     # other detectors' µm columns and plain centroid pixels are in OpenSlide's frame
     other = write(tmp_path / "um.csv", "x_um,y_um\n25,50\n")
     plain = write(tmp_path / "px.csv", "centroid_x,centroid_y\n100,200\n")
-    for path in (other, plain):
+    own = write(tmp_path / "own_px.csv", "centroid_x_px,centroid_y_px\n100,200\n")
+    for path in (other, plain, own):
         cands = read_detections(path, frame)
         assert (cands.x.tolist(), cands.y.tolist()) == ([100], [200])
 

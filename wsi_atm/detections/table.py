@@ -20,6 +20,9 @@ XY_ALIASES: dict[str, tuple[str, str | None]] = {
 # QuPath's measurement export ("Centroid X µm") is the one producer of these names; its
 # coordinates are in QuPath's frame, which starts at openslide.bounds-x/y (as its GeoJSON).
 QUPATH_XY = ("centroid_x_um", "centroid_x_µm", "centroid_x_μm")
+# An uncalibrated image's export says "Centroid X px": only that exact spelling is taken for
+# QuPath's, as "centroid_x_px" is a common name for a detector's own columns.
+QUPATH_PX = "Centroid X px"
 SCORE_ALIASES = ("score", "probability", "confidence", "prob", "detector_score")
 LABEL_ALIASES = ("label", "class", "classification", "class_name", "category", "name")
 ID_ALIASES = ("id", "uid", "object_id", "candidate_id")
@@ -67,15 +70,18 @@ def find_columns(text: str) -> Columns | None:
     for delimiter in DELIMITERS:
         if delimiter not in line:
             continue
-        names = [_norm(c) for c in next(csv.reader([line], delimiter=delimiter))]
+        cells = next(csv.reader([line], delimiter=delimiter))
+        names = [_norm(c) for c in cells]
         for x_name, (y_name, units) in XY_ALIASES.items():
             if x_name in names and y_name in names:
+                x = names.index(x_name)
                 return Columns(
                     delimiter=delimiter,
-                    x=names.index(x_name),
+                    x=x,
                     y=names.index(y_name),
                     units=units,
-                    qupath_frame=x_name in QUPATH_XY,
+                    qupath_frame=x_name in QUPATH_XY
+                    or cells[x].strip().lstrip("\ufeff") == QUPATH_PX,
                     score=_first(names, SCORE_ALIASES),
                     label=_first(names, LABEL_ALIASES),
                     id=_first(names, ID_ALIASES),
