@@ -120,6 +120,31 @@ def test_bad_config_and_data_exit_2(synthetic, tmp_path, capsys):
     assert err and all(line.startswith("wsi-atm: error:") for line in err)
 
 
+@pytest.mark.parametrize(("asked", "runs"), [(["--mode", "linear-probe"], "linear-probe"),
+                                            ([], "lora")])
+def test_an_explicit_mode_wins_over_the_config_file(synthetic, tmp_path, monkeypatch, asked,
+                                                    runs):
+    # Regression: the config file's mode overrode --mode, so the wrong mode was trained into a
+    # folder named for the asked one
+    from wsi_atm.train import run
+
+    data, card = synthetic
+    config = tmp_path / "cfg.toml"
+    config.write_text('mode = "lora"\nepochs = 3\n')
+    seen: dict[str, object] = {}
+
+    def record(card: object, data: Path, out: Path, cfg: TrainConfig, quiet: bool) -> None:
+        seen.update(mode=cfg.mode, epochs=cfg.epochs, out=out)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(run, "train_run", record)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--config",
+                    str(config), *asked]) == 0
+    assert seen["mode"] == runs and seen["epochs"] == 3
+    assert str(seen["out"]).endswith(f"-{runs}")
+
+
 def _train_cmd(data: Path, card: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "wsi_atm", "train", "--data", str(data), "--model", str(card),
             "--out", str(out), "--folds", "2", "--epochs", "4", "--batch-size", "4",

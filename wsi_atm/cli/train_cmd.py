@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from wsi_atm.models.registry import find_card
-from wsi_atm.train.config import TrainConfig, load_config_file
+from wsi_atm.train.config import CHOICES, TrainConfig, load_config_file
 
 _HELP = {
     "folds": "number of cross-validation folds (grouped by slide)",
@@ -22,6 +22,11 @@ _HELP = {
              "or a column of --groups",
     "groups": "CSV slide → group table (a 'slide' column plus group columns)",
     "soft_labels": "learn the share of expert votes (AMi-Br's three experts), not the majority",
+    "patience": "early stopping after this many epochs without improvement (default: the "
+                "paper's 15, or 10 for LoRA)",
+    "input_size": "resize crops to this many px when loading (default: the card's crop size)",
+    "threads": "torch CPU threads (default: every CPU this process may use)",
+    "max_batches": "cap the batches of an epoch, for smoke tests (default: no cap)",
 }
 
 
@@ -35,7 +40,9 @@ def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
             opt = click.option(name + "/--no-" + f.name.replace("_", "-"), f.name, default=None,
                                help=_HELP.get(f.name))
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind: Any = {"int": int, "float": float}.get(str(f.type), str)
+            if f.name in CHOICES:
+                kind = click.Choice(CHOICES[f.name])
             opt = click.option(name, f.name, type=kind, default=None,
                                help=_HELP.get(f.name, f"default {f.default!r}"))
         func = opt(func)
@@ -46,25 +53,25 @@ def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="AMi-Br layout or {Atypical,Normal}/ folders of crops")
 @click.option("--model", "model", required=True, help="model card name or path")
-@click.option("--mode", type=click.Choice(["end-to-end", "linear-probe", "lora"]),
-              default="end-to-end", show_default=True)
+@click.option("--mode", type=click.Choice(CHOICES["mode"]), default=None,
+              help="what is trained (default: the --config file's, else end-to-end)")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="run directory (default runs/<model>-<mode>); rerun to resume")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="JSON/TOML file of training options (command-line options win)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @_config_options
-def train(data_dir: Path, model: str, mode: str, out: Path | None, config_file: Path | None,
-          quiet: bool, **overrides: object) -> None:
+def train(data_dir: Path, model: str, mode: str | None, out: Path | None,
+          config_file: Path | None, quiet: bool, **overrides: object) -> None:
     """Train a model card with k-fold cross-validation and write a trained card."""
     from wsi_atm.train.run import train_run
 
     card = find_card(model)
-    values: dict[str, Any] = {"mode": mode}
-    if config_file is not None:
-        values.update(load_config_file(config_file))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values: dict[str, Any] = load_config_file(config_file) if config_file is not None else {}
+    # Regression: the config file's mode overrode an explicit --mode
+    values.update({k: v for k, v in {"mode": mode, **overrides}.items() if v is not None})
     cfg = TrainConfig.from_mapping(values)
+    mode = cfg.mode
     out = out or Path("runs") / f"{card.name}-{mode}"
     summary = train_run(card, data_dir, out, cfg, quiet=quiet)
     ba, auc = summary.fold_stats["balanced_accuracy"], summary.fold_stats["auroc"]

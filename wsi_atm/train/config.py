@@ -48,17 +48,7 @@ class TrainConfig:
     only_folds: str = ""  # e.g. "0,2": train just these folds
 
     def __post_init__(self) -> None:
-        checks = {
-            "mode": ("end-to-end", "linear-probe", "lora"),
-            "optimizer": ("adam", "adamw"),
-            "scheduler": ("plateau", "onecycle", "none"),
-            "sampler": ("weighted", "shuffle"),
-            "selection": ("validation", "inner"),
-            "select_metric": ("balanced_accuracy", "auroc"),
-            "threshold": ("fixed", "inner"),
-            "cv": ("kfold", "leave-group-out", "none"),
-        }
-        for name, allowed in checks.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.threshold == "inner" and self.selection != "inner":
@@ -86,6 +76,19 @@ class TrainConfig:
         if unknown:
             raise OptionError(f"unknown training options: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+# the values a text option may take (the command line offers them as choices)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("end-to-end", "linear-probe", "lora"),
+    "optimizer": ("adam", "adamw"),
+    "scheduler": ("plateau", "onecycle", "none"),
+    "sampler": ("weighted", "shuffle"),
+    "selection": ("validation", "inner"),
+    "select_metric": ("balanced_accuracy", "auroc"),
+    "threshold": ("fixed", "inner"),
+    "cv": ("kfold", "leave-group-out", "none"),
+}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
