@@ -87,6 +87,12 @@ print("torch" in sys.modules, code, file=sys.stderr)
     (["batch", "SVSDIR", "--model", "nosuch"], 2),
     (["classify", "SVS", "--detections", "DET", "--engine", "onnx", "--precision", "bf16"], 2),
     (["batch", "SVSDIR", "--engine", "onnx", "--precision", "bf16"], 2),
+    # Regressions: a misspelt --device was found by torch, seconds in; batch took --mpp -1,
+    # failed every slide and wrote a cohort
+    (["classify", "SVS", "--detections", "DET", "--device", "gpu"], 2),
+    (["batch", "SVSDIR", "--device", "gpu"], 2),
+    (["batch", "SVSDIR", "--mpp", "-1"], 2),
+    (["batch", "SVSDIR", "--mpp", "nan"], 2),
 ])
 def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_path):
     # Regressions: classify built the network (importing torch, seconds) before reading its
@@ -127,6 +133,22 @@ def test_a_bad_device_is_one_line_and_exit_2(device, message, tmp_path, capsys):
     assert code == 2 and len(errors) == 1 and errors[0].startswith("wsi-atm: error:"), errors
     assert message in errors[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["classify", "batch"])
+def test_an_out_dir_that_is_a_file_is_bad_input(command, tmp_path, capsys):
+    # Regression: an internal error (FileExistsError), for classify only once the whole slide
+    # had been classified
+    in_the_way = tmp_path / "results"
+    in_the_way.write_text("not a folder\n")
+    detections = REPO / "sample_slides" / "cmu_small_region.candidates.csv"
+    args = ([str(SVS), "--detections", str(detections)] if command == "classify"
+            else [str(SVS.parent), "--detections", str(detections)])
+    for out in (in_the_way, in_the_way / "deeper"):
+        assert run_cli([command, *args, "--out-dir", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"wsi-atm: error: --out-dir {out}: {in_the_way} is a file, not a folder"]
+    assert in_the_way.read_text() == "not a folder\n"
 
 
 def test_a_bad_cpu_limit_is_reported_before_any_work(tmp_path, monkeypatch, capsys):

@@ -251,6 +251,13 @@ GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 DEVICE_NAMES = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
+def check_device(name: str) -> str:
+    """``name``, checked as a --device value (whether that GPU exists is torch's to say)."""
+    if name != "auto" and not DEVICE_NAMES.fullmatch(name):
+        raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    return name
+
+
 # what --precision may ask for
 PRECISIONS = ("auto", "float32", "bf16")
 

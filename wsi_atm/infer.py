@@ -22,12 +22,12 @@ from torch import nn
 
 from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
-    DEVICE_NAMES,
     FASTER,
     MAX_DELTA_P,
     GraphRecord,
     OnnxNet,
     best_time,
+    check_device,
     check_engine,
     check_precision,
     drop_graph,
@@ -60,8 +60,7 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if not DEVICE_NAMES.fullmatch(device):
-        raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    check_device(device)
     if not torch.cuda.is_available():
         raise OptionError(f"--device {device} was asked for but no CUDA device is available")
     count = torch.cuda.device_count()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from wsi_atm.errors import OptionError
@@ -21,12 +22,33 @@ REVIEW_FOLD_STD = 0.15
 HOTSPOT_AREA_MM2 = 2.0
 
 
+def check_mpp(mpp: float | None) -> float | None:
+    """A µm/px override: None, or a finite number above 0."""
+    if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
+        raise OptionError(f"--mpp must be a positive number of µm per pixel, got {mpp!r}")
+    return mpp
+
+
+def check_out_dir(out_dir: Path) -> Path:
+    """An output folder: one that exists or can be made (a file in the way is bad input, found
+    before any work instead of when the outputs are written)."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OptionError(f"--out-dir {out_dir}: {folder} is a file, not a folder")
+            break
+    return out_dir
+
+
 @dataclass(frozen=True)
 class OpenOptions:
     """How to open a slide: the reading library and a µm/px override."""
 
     backend: str = "auto"
     mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        check_mpp(self.mpp)
 
 
 @dataclass(frozen=True)

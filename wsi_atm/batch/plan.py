@@ -16,7 +16,13 @@ from wsi_atm.detections import CandidateOptions, detect_format, list_images
 from wsi_atm.detections.records import MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError
 from wsi_atm.models.card import ModelCard
-from wsi_atm.options import CallOptions, OpenOptions, OutputOptions
+from wsi_atm.options import (
+    CallOptions,
+    OpenOptions,
+    OutputOptions,
+    check_mpp,
+    check_out_dir,
+)
 from wsi_atm.pipeline import output_paths
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
@@ -260,6 +266,8 @@ def plan_jobs(slide_dir: Path | None, manifest: Path | None, detections: Path | 
               detections_dir: Path | None, out_dir: Path, patterns: tuple[str, ...] = (),
               mpp: float | None = None) -> list[Job]:
     """The jobs of a batch, or a ``BadInputError`` (exit 2) before any work."""
+    check_mpp(mpp)
+    check_out_dir(out_dir)
     if manifest is not None:
         if slide_dir is not None or detections is not None or detections_dir is not None:
             raise BadInputError("--manifest lists slides and detections: give no SLIDE_DIR, "

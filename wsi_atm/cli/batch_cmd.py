@@ -68,7 +68,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           review_class: bool, points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify every slide of SLIDE_DIR (or of --manifest) into --out-dir."""
     from wsi_atm.batch import BatchSettings, local_threads, plan_jobs, run_batch
-    from wsi_atm.engines import check_precision
+    from wsi_atm.engines import check_device, check_precision
     from wsi_atm.errors import OptionError
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions
@@ -76,6 +76,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
     if cand.get("image"):
         raise OptionError("--image picks one image of a multi-slide file; in a batch each "
                           "slide is matched to its entry by name")
+    check_device(device)
     check_precision(precision, engine)
     if scheduler and workers:
         raise OptionError("give --scheduler (an existing cluster) or --workers (a local one)")

@@ -40,15 +40,17 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              hotspot_area: float, review_band: float, review_fold_std: float, shape: str,
              review_class: bool, points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
-    from wsi_atm.engines import check_precision
+    from wsi_atm.engines import check_device, check_precision
     from wsi_atm.heap import pin_mmap_threshold
     from wsi_atm.models.registry import find_card
-    from wsi_atm.options import OpenOptions
+    from wsi_atm.options import OpenOptions, check_out_dir
     from wsi_atm.pipeline import output_paths, prepare_slide, run_prepared
 
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
+    check_device(device)
     check_precision(precision, engine)
+    check_out_dir(out_dir)
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
     outputs = make_output_options(shape, review_class, points_json)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from wsi_atm.errors import MppUnknownError, OptionError, SlideError
 from wsi_atm.faults import inject
+from wsi_atm.options import check_mpp
 from wsi_atm.slides.backends import Backend, inspect_tiff, open_auto, open_backend, short_error
 from wsi_atm.slides.mpp import Mpp, parse_float, resolve_mpp, unknown_mpp_message
 from wsi_atm.slides.tiles import TileGrid, TileReader
@@ -278,8 +279,7 @@ def open_slide(
     """
     if backend not in BACKENDS:
         raise OptionError(f"unknown slide backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
-        raise OptionError(f"--mpp must be a positive number of µm per pixel, got {mpp!r}")
+    check_mpp(mpp)
     path = Path(path)
     if not path.exists():
         raise SlideError(f"{path}: no such file")
