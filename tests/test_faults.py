@@ -109,15 +109,32 @@ def test_classify_tiffslide_fails_cleanly(stage, kind, tmp_path):
     assert not out.exists() or looks_complete(out) == []
 
 
-def test_failed_rerun_leaves_no_summary_describing_other_files(tmp_path):
+@pytest.mark.parametrize("stage", ["crop", "inference", "write"])
+def test_failed_rerun_leaves_no_summary_describing_other_files(stage, tmp_path):
+    # Regression: a rerun that failed reading crops or in inference left the previous run's
+    # summary (and its files) in place, as if this run had produced them
     out = tmp_path / "out"
     ok = classify(SVS, SVS_CANDIDATES, out, "")
     assert ok.returncode == 0, ok.stderr
     assert (out / "cmu_small_region.summary.json").is_file()
     (out / ".cmu_small_region.csv.0123456789ab.tmp").write_text("left by a killed run")
-    proc = classify(SVS, SVS_CANDIDATES, out, "write:error")
+    proc = classify(SVS, SVS_CANDIDATES, out, f"{stage}:error")
     assert proc.returncode == 1
-    # The new GeoJSON is written, the old CSV/PNG are still there: no summary may vouch for them.
+    # The old CSV/PNG (and with "write" the new GeoJSON) are there: no summary may vouch for them.
+    assert looks_complete(out) == []
+
+
+def test_failed_batch_rerun_leaves_no_summary_of_the_earlier_run(tmp_path):
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path, n=1)
+    ok = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet"], "")
+    assert ok.returncode == 0, ok.stderr
+    proc = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet",
+                    "--threshold", "0.3"], "inference:error")
+    assert proc.returncode == 1, proc.stderr
+    # --quiet hides the progress bar, not why a slide ran again
+    assert "re-running slide0.svs: changed since its last run: threshold" in proc.stderr
+    assert _cohort_status(out) == {"slide0": "failed"}
     assert looks_complete(out) == []
 
 

@@ -222,6 +222,8 @@ def run_prepared(
         t = time.perf_counter()
         classifier = make_classifier()
         prep.timings["model_load_s"] = round(time.perf_counter() - t, 3)
+        if out_dir is not None:  # inputs and model are good: the work starts here
+            retire_outputs(Path(prep.slide.path).name, out_dir)
         result = classify_prepared(prep, classifier, cand_options, calls,
                                    figure=outputs.figure and out_dir is not None, quiet=quiet)
     finally:
@@ -253,10 +255,22 @@ def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> di
     return paths
 
 
+def retire_outputs(slide_name: str, out_dir: Path) -> None:
+    """Before a slide is classified again: its previous summary (which vouches for the other
+    files) and any temp files a killed run left go, so a run that then fails leaves no summary
+    that looks like this run's."""
+    from wsi_atm.files import remove_temps
+
+    every = output_paths(slide_name, out_dir)
+    every["summary"].unlink(missing_ok=True)
+    for path in every.values():
+        remove_temps(path)
+
+
 def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     """Write the slide's outputs from its result alone; the summary goes last, so its presence
     means all are complete."""
-    from wsi_atm.files import atomic_write_bytes, remove_temps
+    from wsi_atm.files import atomic_write_bytes
     from wsi_atm.outputs.geojson import write_geojson
     from wsi_atm.outputs.points import write_points_json
     from wsi_atm.outputs.summary import write_summary
@@ -269,9 +283,8 @@ def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) ->
     # One unit: no summary of an earlier run may vouch for files this run is replacing, a file
     # this run does not write (an earlier --points-json) must not pass for current, and a
     # killed run's temp files go; the new summary is written last.
-    every["summary"].unlink(missing_ok=True)
+    retire_outputs(result.slide.name, out_dir)
     for key, path in every.items():
-        remove_temps(path)
         if key not in paths:
             path.unlink(missing_ok=True)
     write_geojson(result, paths["geojson"], shape=outputs.shape,

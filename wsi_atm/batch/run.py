@@ -32,7 +32,13 @@ from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
 from wsi_atm.heap import pin_mmap_threshold
 from wsi_atm.options import OpenOptions
-from wsi_atm.pipeline import PreparedSlide, output_paths, prepare_slide, write_outputs
+from wsi_atm.pipeline import (
+    PreparedSlide,
+    output_paths,
+    prepare_slide,
+    retire_outputs,
+    write_outputs,
+)
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import SlideResult
 
@@ -227,8 +233,10 @@ def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict
         if reason is None:
             outcomes[job.slide] = Outcome(job, SlideStatus.SKIPPED)
             continue
-        if reason and not quiet:
+        if reason:  # --quiet is for the progress bar; why a slide runs again is always said
             print(f"wsi-atm: re-running {job.slide.name}: {reason}", file=sys.stderr)
+        remove_leftovers(out_dir, job)  # not up to date: no record or summary may say it is
+        retire_outputs(job.slide.name, out_dir)
         pending.append(job)
     return outcomes, pending, keys
 
