@@ -15,7 +15,6 @@ import signal
 import threading
 
 STAGES = ("open", "detections", "crop", "inference", "write")
-KINDS = ("error", "interrupt")
 _calls: dict[str, int] = {}
 _lock = threading.Lock()
 

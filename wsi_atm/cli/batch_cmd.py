@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from wsi_atm.cli.options import (
+    batch_candidate_options,
     call_options,
-    candidate_options,
     make_call_options,
     make_candidate_options,
     make_output_options,
@@ -25,10 +25,11 @@ none → status no_detections, several → that slide fails, listing them. A man
 with columns slide,detections[,mpp] (paths relative to the manifest's folder).
 
 \b
-Resume: OUT/.wsi-atm/<stem>.done.json is written after a slide's four outputs; a rerun skips
-a slide only when it matches (slide path, size and mtime; detections sha256; model card and
-weight sha256s; wsi-atm version, device, precision; threshold, review band, hotspot area,
-candidate options, mpp, backend, outputs asked for, tta).
+Resume: OUT/.wsi-atm/<stem>.done.json is written after a slide's outputs; a rerun skips a
+slide only when it matches (slide path, size and mtime; detections sha256; model card and
+weight sha256s; wsi-atm version, device, precision, engine, compile; threshold, review band,
+review fold std, hotspot area, candidate options, mpp, backend, outputs asked for, tta) and
+its outputs are all there.
 
 \b
 Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any work
@@ -58,7 +59,7 @@ Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any 
 @call_options
 @output_options
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@candidate_options
+@batch_candidate_options
 def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
           detections: Path | None, detections_dir: Path | None, patterns: tuple[str, ...],
           scheduler: str | None, workers: int | None, model: str | None,
@@ -73,9 +74,6 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions
 
-    if cand.get("image"):
-        raise OptionError("--image picks one image of a multi-slide file; in a batch each "
-                          "slide is matched to its entry by name")
     check_device(device)
     check_precision(precision, engine)
     if scheduler and workers:

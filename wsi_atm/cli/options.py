@@ -13,28 +13,42 @@ from wsi_atm.slides import BACKENDS
 F = Callable[..., Any]
 
 
-def candidate_options(func: F) -> F:
-    """--min-score, --include-imposters, --units, --image, --merge-radius."""
-    opts = [
+def _candidate_opts(image: bool) -> list[Callable[[F], F]]:
+    opts: list[Callable[[F], F]] = [
         click.option("--min-score", type=float, default=None,
                      help="drop candidates whose detector score is below this"),
         click.option("--include-imposters", is_flag=True,
                      help="also classify imposters / sub-threshold 'non-mitotic figure' points"),
         click.option("--units", type=click.Choice(["mm", "um", "px"]), default=None,
                      help="units of the detection coordinates (default: the format's own)"),
-        click.option("--image", default=None,
-                     help="image name or id inside a multi-slide file (default: the slide's name)"),
         click.option("--merge-radius", type=float, default=3.0, show_default=True,
                      help="merge candidates closer than this many µm (0 disables)"),
     ]
-    for opt in reversed(opts):
+    if image:
+        opts.insert(3, click.option(
+            "--image", default=None,
+            help="image name or id inside a multi-slide file (default: the slide's name)"))
+    return opts
+
+
+def candidate_options(func: F) -> F:
+    """--min-score, --include-imposters, --units, --image, --merge-radius."""
+    for opt in reversed(_candidate_opts(image=True)):
+        func = opt(func)
+    return func
+
+
+def batch_candidate_options(func: F) -> F:
+    """As :func:`candidate_options`, without --image: in a batch each slide is matched to its
+    entry of a multi-slide file by name."""
+    for opt in reversed(_candidate_opts(image=False)):
         func = opt(func)
     return func
 
 
 def make_candidate_options(
-    min_score: float | None, include_imposters: bool, units: str | None, image: str | None,
-    merge_radius: float,
+    min_score: float | None, include_imposters: bool, units: str | None,
+    merge_radius: float, image: str | None = None,
 ) -> CandidateOptions:
     return CandidateOptions(
         min_score=min_score, include_imposters=include_imposters, units=units, image=image,

@@ -1,7 +1,7 @@
 """Adapting a pretrained backbone: linear probes on frozen embeddings, and LoRA (peft).
 
 Both map a normalised float batch (N, 3, H, W) to one logit per image (N,), like every net that
-:func:`wsi_atm.nets.build_net` returns.
+:func:`wsi_atm.models.nets.build_net` returns.
 
 Linear probe (``[embedding]`` of the card): the backbone, built with ``num_classes=0``, is frozen
 and always in eval mode. ``method = "cls"`` embeds an image as its CLS token (token 0; for CNNs

@@ -25,7 +25,7 @@ def timm_name(card: ModelCard) -> str:
 def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: object) -> Any:
     kwargs = {**card.kwargs, **overrides}
     _resolve_layer_names(kwargs)
-    if card.is_hub:  # offline cache, gated repos, token and one-line errors: see wsi_atm.hub
+    if card.is_hub:  # offline cache, gated repos, token and one-line errors: see wsi_atm.models.hub
         return create_hub_backbone(card, pretrained, **kwargs)
     from_package = pretrained and is_package_source(card.pretrained)
     try:

@@ -10,9 +10,9 @@ k = 1..5 (wsi-atm counts folds from 0):
 - end-to-end: a wrapper with the timm model at ``model.`` (Swin-B: head at ``classifier.1.``);
 - linear probe: only the head, ``classifier.weight`` / ``classifier.bias``.
 
-Files are read by :func:`wsi_atm.weights.load_weights`: safetensors, or ``torch.load`` with
-``weights_only=True``; a checkpoint that needs to unpickle arbitrary objects is refused with a
-:class:`ModelError`, never executed.
+Files are read by :func:`wsi_atm.models.weight_files.load_weights`: safetensors, or
+``torch.load`` with ``weights_only=True``; a checkpoint that needs to unpickle arbitrary objects
+is refused with a :class:`ModelError`, never executed.
 
 Label convention. Upstream trained with Atypical = 0, Normal = 1, so the sigmoid of its logit is
 P(normal); cards for such weights say ``[labels] output = "p_normal"``. wsi-atm always reports

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,3 @@ def card_fraction(pred: Predictions, method: str) -> dict[str, Any]:
             "source": "pooled leave-scanner-out predictions; shift_sd = RMS error on each "
                       "held-out scanner and its 2,000-mitosis pseudo-slides (fitted without "
                       "it)"}
-
-
-def with_rates(fm: FractionModel, **rates: Any) -> FractionModel:
-    return replace(fm, **rates)
