@@ -60,6 +60,26 @@ def test_rogan_gladen_flags_and_widens_when_the_rates_are_contradicted():
     assert ok.warning is None and ok.ci95[0] < ok.value < ok.ci95[1]
 
 
+@pytest.mark.parametrize("method", ["calibrated-mean", "calibrated-em"])
+def test_a_slide_scored_unlike_validation_is_flagged(method):
+    # Regression: the calibrated estimators never flagged anything, even a slide whose scores
+    # no share could produce on the validation scanners
+    fm = FractionModel(threshold=0.5, method=method, shift_sd=0.1,
+                       extra={"prior": 0.22, "q_atypical": 0.44, "q_normal": 0.16})
+    rng = np.random.default_rng(0)
+    inside = estimate(rng.uniform(0.1, 0.5, 200), fm)  # identity Platt: mean q ≈ 0.30
+    assert inside.warning is None
+    low = estimate(np.full(200, 0.05), fm)
+    assert low.warning and "below 0.160" in low.warning and "only normal" in low.warning
+    high = estimate(np.full(200, 0.7), fm)
+    assert high.warning and "above 0.440" in high.warning
+    # a few mitoses: sampling noise alone can carry the mean that far
+    assert estimate(np.array([0.02, 0.3, 0.05]), fm).warning is None
+    # a card without the class means: nothing to check against
+    plain = FractionModel(threshold=0.5, method=method, shift_sd=0.1, extra={"prior": 0.22})
+    assert estimate(np.full(200, 0.05), plain).warning is None
+
+
 def test_no_candidates_give_no_estimate_rather_than_a_number():
     for method in ("raw", "rogan-gladen", "calibrated-mean"):
         fm = FractionModel(threshold=0.5, method=method, sensitivity=0.8, specificity=0.8)
@@ -73,7 +93,10 @@ def test_study_is_nested_and_calibration_beats_the_raw_share_out_of_domain():
     result = study(pred, reps=10)
     assert set(result) == {"raw", "rogan-gladen", "calibrated-mean", "calibrated-em"}
     raw, cal = result["raw"]["pseudo"], result["calibrated-mean"]["pseudo"]
-    assert raw["n"] == cal["n"] == 4 * 10 * 16  # 4 groups × 16 (size, prevalence) cells × reps
+    # 4 groups × 24 (size, share) cells × reps; shares up to 0.5, the range of real slides
+    assert raw["n"] == cal["n"] == 4 * 10 * 24
+    assert result["calibrated-mean"]["share 0.50"]["n"] == 4 * 10 * 4
+    assert result["calibrated-mean"]["share 0.00"]["n"] == 4 * 10 * 4
     assert cal["mae"] < raw["mae"]
     assert result["calibrated-mean"]["pooled"]["n"] == 4
     assert result["raw"]["real"]["n"] == 4 * 12  # 50 crops per slide ≥ 30
@@ -86,6 +109,18 @@ def test_card_fraction_is_fitted_on_all_groups():
     assert table["platt_a"] == pytest.approx(fm.platt_a, abs=1e-6)
     assert 0 < table["platt_a"] < 1  # the synthetic classifier is overconfident
     assert table["shift_sd"] > 0
+    assert 0 < table["q_normal"] < table["prior"] < table["q_atypical"] < 1
+
+
+def test_the_default_cards_fraction_table_rebuilds_from_its_predictions():
+    from pathlib import Path
+
+    from wsi_atm.models.registry import find_card
+    from wsi_atm.train.fraction_study import load_prediction_table
+
+    repo = Path(__file__).parents[1]
+    pred = load_prediction_table(repo / "docs" / "ablation" / "a4-robust-soft-norm.csv")
+    assert card_fraction(pred, "calibrated-mean") == find_card(None).fraction
 
 
 def _write_run(run, pred: Predictions) -> None:

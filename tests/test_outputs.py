@@ -46,6 +46,7 @@ def make_result(
     specificity: float | None = None,
     resample_factor: float = 1.0,
     fraction: dict | None = None,
+    rates_sd: tuple[float, float] | None = None,
 ) -> SlideResult:
     ids, xs, ys, scores, det_status, status, p, border = (
         (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 8
@@ -83,6 +84,8 @@ def make_result(
             specificity=specificity,
             n_atypical=120 if sensitivity is not None else None,
             n_normal=400 if specificity is not None else None,
+            sensitivity_sd=rates_sd[0] if rates_sd else None,
+            specificity_sd=rates_sd[1] if rates_sd else None,
             fraction=fraction or {},
         ),
         candidates=candidates,
@@ -416,6 +419,28 @@ def test_the_card_names_the_headline_estimator() -> None:
     assert "EM" in em["atypical_fraction_corrected"]["method"]
     assert em["atypical_fraction_corrected"]["value"] != pytest.approx(
         mean["atypical_fraction_corrected"]["value"])
+
+
+def test_rogan_gladen_headline_takes_in_the_rates_spread_or_says_it_has_none() -> None:
+    rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.9 if i % 2 else 0.1,
+             False) for i in range(400)]
+    bare = build_summary(make_result(rows, sensitivity=0.75, specificity=0.80))
+    spread = build_summary(make_result(rows, sensitivity=0.75, specificity=0.80,
+                                       rates_sd=(0.07, 0.08)))
+    b, s = bare["atypical_fraction_corrected"], spread["atypical_fraction_corrected"]
+    assert b["value"] == s["value"]
+    assert s["ci95"][0] <= b["ci95"][0] and s["ci95"][1] > b["ci95"][1]
+    assert "spread between cross-validation folds" in s["method"]
+    assert (s["sensitivity_sd"], s["specificity_sd"]) == (0.07, 0.08)
+    assert "can be larger than this interval" in b["method"]
+
+
+def test_a_calibrated_headline_the_data_contradict_is_flagged() -> None:
+    table = dict(CALIBRATED, q_atypical=0.44, q_normal=0.16)
+    low = [(*r[:6], 0.01, *r[7:]) for r in ROWS]  # every classified p far below validation's
+    corrected = build_summary(make_result(low, fraction=table))["atypical_fraction_corrected"]
+    assert "only normal" in corrected["warning"]
+    assert (corrected["q_normal"], corrected["q_atypical"]) == (0.16, 0.44)
 
 
 def test_platt_calibration_moves_the_headline() -> None:

@@ -63,6 +63,20 @@ def test_rogan_gladen_interval_contains_point_and_widens_with_smaller_validation
     assert widths[-1] > 1.5 * widths[0]
 
 
+def test_rogan_gladen_interval_takes_in_the_rates_spread_between_scanners() -> None:
+    # Regression: only binomial error of the rates counted, so the interval covered the truth
+    # on 48 % of held-out-scanner pseudo-slides (93 % with the spread, scripts/fraction_study.py)
+    k, n = 200, 400  # θ ≈ 0.55: both intervals clear of 0 and 1
+    lo, hi = rogan_gladen_interval(k, n, 0.75, 600, 0.80, 2000)
+    lo2, hi2 = rogan_gladen_interval(k, n, 0.75, 600, 0.80, 2000, sens_sd=0.07, spec_sd=0.08)
+    assert lo2 < lo and hi2 > hi
+    # by the delta method: the spread's variance adds, weighted as the binomial one
+    theta = (k / n + 0.80 - 1) / 0.55
+    extra = (theta**2 * 0.07**2 + (1 - theta) ** 2 * 0.08**2) / 0.55**2
+    half, half2 = (hi - lo) / 2, (hi2 - lo2) / 2
+    assert half2**2 - half**2 == pytest.approx(1.96**2 * extra, rel=1e-6)
+
+
 def test_rogan_gladen_interval_undefined_cases_and_bounds() -> None:
     assert rogan_gladen_interval(0, 0, 0.75, 100, 0.8, 100) is None
     assert rogan_gladen_interval(3, 10, 0.5, 100, 0.5, 100) is None

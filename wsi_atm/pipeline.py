@@ -44,7 +44,9 @@ def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMet
     return ModelMeta(
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
         threshold=used, sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
-        n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"), tta=classifier.tta,
+        n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"),
+        sensitivity_sd=m.get("cv_sensitivity_std"), specificity_sd=m.get("cv_specificity_std"),
+        tta=classifier.tta,
         engine=classifier.engine, precision=classifier.precision,
         # Platt calibration was fitted on plain (no-TTA) probabilities; it does not depend on
         # the threshold, so it survives --threshold but not --tta.

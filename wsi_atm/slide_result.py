@@ -55,6 +55,9 @@ class ModelMeta:
     specificity: float | None = None
     n_atypical: int | None = None  # positives behind the sensitivity estimate
     n_normal: int | None = None  # negatives behind the specificity estimate
+    # the rates' SD between cross-validation folds (between scanners for leave-group-out)
+    sensitivity_sd: float | None = None
+    specificity_sd: float | None = None
     tta: bool = False
     engine: str = "torch"  # what ran the networks: torch, or onnx (ONNX Runtime on CPU)
     # float32, or bf16-autocast (PyTorch on a GPU): calls near the threshold can differ

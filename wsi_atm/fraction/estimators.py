@@ -7,9 +7,13 @@
 
 Every interval is a 95 % interval that never collapses to a point: the calibrated mean adds
 the between-domain spread of its error measured in leave-scanner-out validation (``shift_sd``);
-Rogan–Gladen flags shares the card's rates cannot produce and widens its interval to the raw
-share's Wilson interval. Card ``[fraction]`` keys: ``method``, ``platt_a``, ``platt_b``,
-``shift_sd``, ``source``.
+Rogan–Gladen adds the spread of the rates between folds/scanners when the card has it, flags
+shares the card's rates cannot produce and widens its interval to the raw share's Wilson
+interval. The calibrated estimators flag a slide whose mean calibrated probability lies
+outside what any share could give on the validation scanners (``q_normal``..``q_atypical``,
+the mean of each class there), sampling noise allowed for. Card ``[fraction]`` keys:
+``method``, ``platt_a``, ``platt_b``, ``shift_sd``, ``prior``, ``q_atypical``, ``q_normal``,
+``source``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class FractionModel:
     specificity: float | None = None
     n_atypical: int | None = None
     n_normal: int | None = None
+    # between-fold (or between-scanner) SD of the rates: how far they move on other data
+    sensitivity_sd: float = 0.0
+    specificity_sd: float = 0.0
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -106,7 +113,26 @@ def calibrated_mean(p: np.ndarray, fm: FractionModel) -> Estimate:
     return Estimate(value, _clip_interval(value, half),
                     "mean of Platt-calibrated probabilities (out-of-domain calibration); "
                     "interval adds the between-scanner error measured in leave-scanner-out "
-                    "validation")
+                    "validation", outside_validation(q, fm))
+
+
+def outside_validation(q: np.ndarray, fm: FractionModel) -> str | None:
+    """A warning when the slide's mean calibrated probability lies beyond what a slide of only
+    normal (``q_normal``) or only atypical (``q_atypical``) mitoses gives on the validation
+    scanners, by more than its sampling noise: its scores are unlike validation's, so the
+    calibration, and with it the estimate and its interval, may not hold here."""
+    low, high = fm.extra.get("q_normal"), fm.extra.get("q_atypical")
+    if low is None or high is None:
+        return None
+    mean = float(q.mean())
+    noise = Z95 * math.sqrt(float(np.sum(q * (1 - q)))) / len(q)
+    if low - noise <= mean <= high + noise:
+        return None
+    side = "below" if mean < low else "above"
+    edge, who = (low, "only normal") if mean < low else (high, "only atypical")
+    return (f"mean calibrated probability {mean:.3f} lies {side} {edge:.3f}, what a slide of "
+            f"{who} mitoses gives on the validation scanners: this slide's scores are unlike "
+            "validation's, so the estimate and its interval may not hold")
 
 
 def prior_adjusted(q: np.ndarray, prior: float, iterations: int = 200) -> float:
@@ -138,7 +164,7 @@ def calibrated_em(p: np.ndarray, fm: FractionModel) -> Estimate:
     value = prior_adjusted(q, prior)
     var = float(np.sum(q * (1 - q))) / n**2 + fm.shift_sd**2
     half = Z95 * math.sqrt(max(var, 1.0 / (4 * n * n)))
-    return Estimate(value, _clip_interval(value, half), method)
+    return Estimate(value, _clip_interval(value, half), method, outside_validation(q, fm))
 
 
 def rogan_gladen_estimate(p: np.ndarray, fm: FractionModel) -> Estimate:
@@ -150,7 +176,8 @@ def rogan_gladen_estimate(p: np.ndarray, fm: FractionModel) -> Estimate:
     k = int(np.sum(p >= fm.threshold))
     share = k / n
     value = rogan_gladen(share, se, sp)
-    ci = rogan_gladen_interval(k, n, se, fm.n_atypical, sp, fm.n_normal, Z95)
+    ci = rogan_gladen_interval(k, n, se, fm.n_atypical, sp, fm.n_normal, Z95,
+                               sens_sd=fm.sensitivity_sd, spec_sd=fm.specificity_sd)
     wilson = wilson_interval(k, n, Z95)
     warning = None
     if share < 1 - sp or share > se:

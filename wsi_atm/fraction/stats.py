@@ -80,6 +80,8 @@ def rogan_gladen_interval(
     spec: float,
     n_neg: int | None,
     z: float = 1.96,
+    sens_sd: float = 0.0,
+    spec_sd: float = 0.0,
 ) -> tuple[float, float] | None:
     """Interval of the Rogan–Gladen estimate for ``k`` of ``n`` called positive.
 
@@ -90,7 +92,10 @@ def rogan_gladen_interval(
     where ``var p``, ``var se`` and ``var sp`` are binomial variances from ``n``, ``n_pos``
     (the positives behind the sensitivity estimate) and ``n_neg`` (the negatives behind the
     specificity estimate), each with the Agresti–Coull adjustment. ``n_pos``/``n_neg`` of
-    ``None`` treat that rate as exactly known. The interval is centred on the unclipped θ and
+    ``None`` treat that rate as exactly known. ``sens_sd``/``spec_sd``, the rates' spread
+    between folds or scanners, add to their variances: the rates of the slide at hand are not
+    those of the validation data, and binomial error alone gave 95 % intervals that covered
+    the truth on 1–66 % of held-out-scanner slides. The interval is centred on the unclipped θ and
     then clipped to [0, 1], so it always contains the clipped point estimate.
     ``None`` when ``n == 0`` or ``sens + spec ≤ 1``.
     """
@@ -104,8 +109,8 @@ def rogan_gladen_interval(
     theta = (p + spec - 1.0) / youden
     var = (
         _adjusted_variance(p, n, z)
-        + theta**2 * _adjusted_variance(sens, n_pos, z)
-        + (1 - theta) ** 2 * _adjusted_variance(spec, n_neg, z)
+        + theta**2 * (_adjusted_variance(sens, n_pos, z) + sens_sd**2)
+        + (1 - theta) ** 2 * (_adjusted_variance(spec, n_neg, z) + spec_sd**2)
     ) / youden**2
     half = z * math.sqrt(var)
     return _clip01(theta - half), _clip01(theta + half)

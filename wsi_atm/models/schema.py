@@ -42,7 +42,7 @@ FIXED: dict[str, dict[str, Any]] = {
     "weights": {"file": 1, "sha256": 1, "fold": 1},
     "preprocess.*": {"train": 1, "eval": 1, "mean": 1, "std": 1},
     "fraction": {"method": 1, "platt_a": 1, "platt_b": 1, "shift_sd": 1, "prior": 1,
-                 "source": 1},
+                 "q_atypical": 1, "q_normal": 1, "source": 1},
 }
 METRIC_STATS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
 METRICS = {"source", "cv", "cv_group", "sensitivity", "specificity", "cv_n_atypical",

@@ -33,9 +33,12 @@ NOTES = {
         "headline estimate of the true atypical share, by the card's [fraction] method: "
         "'calibrated-mean' is the mean of Platt-calibrated probabilities, calibrated on "
         "leave-scanner-out predictions, its ci95 adding the between-scanner error measured "
-        "there; without a [fraction] table, Rogan-Gladen with the card's sensitivity and "
-        "specificity (delta-method ci95). A 'warning' says when the data contradict the "
-        "card's rates (the interval is then widened, never collapsed). null when the run's "
+        "there (it is pulled towards the training share, 0.22: see the README); without a "
+        "[fraction] table, Rogan-Gladen with the card's sensitivity and specificity "
+        "(delta-method ci95, with their spread between folds when the card has it). A "
+        "'warning' says when the data contradict the card: a raw share its rates cannot "
+        "produce (the interval is then widened, never collapsed), or a mean calibrated "
+        "probability outside what its validation scanners gave. null when the run's "
         "operating point (--threshold for Rogan-Gladen, --tta for both) is not the card's."
     ),
     "atypical_to_normal_ratio": "atypical / normal calls; null when there are no normal calls.",
@@ -238,7 +241,9 @@ def corrected_estimate(result: SlideResult) -> Estimate | None:
         fm = FractionModel(
             threshold=m.threshold, method=str(f["method"]), platt_a=float(f["platt_a"]),
             platt_b=float(f["platt_b"]), shift_sd=float(f.get("shift_sd", 0.0)),
-            source=str(f.get("source", "")), extra={"prior": float(f.get("prior", 0.224))},
+            source=str(f.get("source", "")),
+            extra={"prior": float(f.get("prior", 0.224)),
+                   **{k: float(f[k]) for k in ("q_atypical", "q_normal") if k in f}},
         )
         return estimate(p, fm)
     if m.sensitivity is None or m.specificity is None:
@@ -246,6 +251,7 @@ def corrected_estimate(result: SlideResult) -> Estimate | None:
     fm = FractionModel(
         threshold=m.threshold, method="rogan-gladen", sensitivity=m.sensitivity,
         specificity=m.specificity, n_atypical=m.n_atypical, n_normal=m.n_normal,
+        sensitivity_sd=m.sensitivity_sd or 0.0, specificity_sd=m.specificity_sd or 0.0,
     )
     est = estimate(p, fm)
     return est if est.value is not None else None
@@ -260,7 +266,8 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
     if m.fraction.get("method") == "raw":
         return out
     if m.fraction.get("method") in CALIBRATED:
-        out.update({k: m.fraction.get(k) for k in ("platt_a", "platt_b", "shift_sd", "source")})
+        out.update({k: m.fraction.get(k) for k in ("platt_a", "platt_b", "shift_sd", "q_normal",
+                                                   "q_atypical", "source") if k in m.fraction})
         return out
     exact = [
         name
@@ -271,8 +278,14 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
                      "uncertainty")
     if exact:
         out["method"] += f" ({' and '.join(exact)} taken as exact: sample size unknown)"
+    if m.sensitivity_sd or m.specificity_sd:
+        out["method"] += " and their spread between cross-validation folds"
+    else:
+        out["method"] += (" (the card gives no spread of the rates between folds or scanners: "
+                          "on other data the error can be larger than this interval)")
     out.update({"sensitivity": m.sensitivity, "specificity": m.specificity,
-                "n_atypical": m.n_atypical, "n_normal": m.n_normal})
+                "n_atypical": m.n_atypical, "n_normal": m.n_normal,
+                "sensitivity_sd": m.sensitivity_sd, "specificity_sd": m.specificity_sd})
     return out
 
 

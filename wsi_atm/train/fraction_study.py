@@ -4,7 +4,8 @@ Input: a leave-group-out run (each fold model's predictions on the group it neve
 every held-out group, the estimators' parameters (threshold, sensitivity/specificity, Platt
 calibration, between-domain error) are fitted on the *other* groups' predictions only, then
 judged on the held-out group: pooled as one slide, on pseudo-slides resampled from it
-(100–2,000 mitoses at prevalence 0.05–0.35), and on its real slides with ≥ 30 mitoses.
+(100–2,000 mitoses at true shares 0–0.5, the range of AMi-Br's slides with ≥ 30 mitoses:
+0.05–0.49), and on its real slides with ≥ 30 mitoses.
 """
 
 from __future__ import annotations
@@ -17,12 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from wsi_atm.fraction.estimators import METHODS, FractionModel, estimate, fit_platt
+from wsi_atm.fraction.estimators import (
+    METHODS,
+    Estimate,
+    FractionModel,
+    calibrate,
+    estimate,
+    fit_platt,
+)
 from wsi_atm.train.metrics import best_threshold, binary_metrics
 from wsi_atm.train.results import FoldResult
 
 SIZES = (100, 300, 1000, 2000)
-PREVALENCES = (0.05, 0.10, 0.20, 0.35)
+# Shares up to 0.5: a calibrated mean is pulled towards the training share (0.22), so its error
+# measured only near it (0.05-0.35, as before) understated the error on slides far from it.
+PREVALENCES = (0.0, 0.05, 0.10, 0.20, 0.35, 0.50)
 MIN_SLIDE = 30
 
 
@@ -37,6 +47,23 @@ class Predictions:
 
     def take(self, mask: np.ndarray) -> Predictions:
         return Predictions(self.p[mask], self.labels[mask], self.group[mask], self.slide[mask])
+
+
+def load_prediction_table(path: Path, slides: Path | None = None) -> Predictions:
+    """Out-of-domain predictions from a CSV (``name``, ``held_out``, ``label``,
+    ``p_atypical``, as ``docs/ablation/*.csv``); ``slides``, AMi-Br's split table, names each
+    crop's slide (else every group is one slide)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    slide_of: dict[str, str] = {}
+    if slides is not None:
+        with open(slides, newline="", encoding="utf-8") as fh:
+            slide_of = {r["dataset_uid"]: r["slide"] for r in csv.DictReader(fh)}
+    group = np.array([r["held_out"] for r in rows])
+    slide = np.array([f"{r['held_out']}/{slide_of.get(r['name'].split('/')[-1], '')}"
+                      for r in rows])
+    return Predictions(np.array([float(r["p_atypical"]) for r in rows]),
+                       np.array([int(r["label"]) for r in rows]), group, slide)
 
 
 def load_predictions(run: Path) -> Predictions:
@@ -57,10 +84,20 @@ def fit_fraction_model(pred: Predictions, method: str, shift_sd: float = 0.0) ->
     t = best_threshold(pred.labels, pred.p)
     m = binary_metrics(pred.labels, pred.p, t)
     a, b = fit_platt(pred.p, pred.labels)
+    q = calibrate(pred.p, a, b)
+    groups = sorted(set(pred.group.tolist()))
+    rates = [binary_metrics(pred.labels[pred.group == g], pred.p[pred.group == g], t)
+             for g in groups]
+    spread = {k: float(np.std([r[k] for r in rates], ddof=1)) if len(rates) > 1 else 0.0
+              for k in ("sensitivity", "specificity")}
     return FractionModel(threshold=t, method=method, platt_a=a, platt_b=b, shift_sd=shift_sd,
                          sensitivity=m["sensitivity"], specificity=m["specificity"],
                          n_atypical=m["n_atypical"], n_normal=m["n_normal"],
-                         extra={"prior": float(pred.labels.mean())})
+                         sensitivity_sd=spread["sensitivity"],
+                         specificity_sd=spread["specificity"],
+                         extra={"prior": float(pred.labels.mean()),
+                                "q_atypical": float(q[pred.labels == 1].mean()),
+                                "q_normal": float(q[pred.labels == 0].mean())})
 
 
 def between_group_error(pred: Predictions, method: str, seed: int = 99) -> float:
@@ -97,13 +134,21 @@ def pseudo_slides(held: Predictions, seed: int, reps: int) -> list[tuple[np.ndar
     return out
 
 
-def _score(values: list[tuple[float | None, tuple[float, float] | None, float]]) -> dict[str, Any]:
-    ok = [(v, ci, t) for v, ci, t in values if v is not None]
-    err = np.array([v - t for v, _, t in ok])
-    covered = [ci is not None and ci[0] <= t <= ci[1] for _, ci, t in ok]
+Judged = tuple[float | None, tuple[float, float] | None, float, bool]  # value, ci, truth, warned
+
+
+def _judge(e: Estimate, truth: float) -> Judged:
+    return e.value, e.ci95, truth, e.warning is not None
+
+
+def _score(values: list[Judged]) -> dict[str, Any]:
+    ok = [(v, ci, t, w) for v, ci, t, w in values if v is not None]
+    err = np.array([v - t for v, _, t, _ in ok])
+    covered = [ci is not None and ci[0] <= t <= ci[1] for _, ci, t, _ in ok]
     return {"mae": float(np.mean(np.abs(err))) if len(err) else None,
             "bias": float(np.mean(err)) if len(err) else None,
             "coverage": float(np.mean(covered)) if covered else None,
+            "warned": float(np.mean([w for *_, w in ok])) if ok else None,
             "n": len(ok), "undefined": len(values) - len(ok)}
 
 
@@ -122,14 +167,13 @@ def study(pred: Predictions, reps: int = 25, seed: int = 0,
         real = [r for r in real if len(r.p) >= MIN_SLIDE]
         for name, fm in models.items():
             row = rows.setdefault(name, {"pooled": [], "pseudo": [], "real": []})
-            e = estimate(held.p, fm)
-            row["pooled"].append((e.value, e.ci95, float(held.labels.mean())))
+            row["pooled"].append(_judge(estimate(held.p, fm), float(held.labels.mean())))
             for p, truth in slides:
-                e = estimate(p, fm)
-                row["pseudo"].append((e.value, e.ci95, truth))
+                judged = _judge(estimate(p, fm), truth)
+                row["pseudo"].append(judged)
+                row.setdefault(f"share {truth:.2f}", []).append(judged)
             for r in real:
-                e = estimate(r.p, fm)
-                row["real"].append((e.value, e.ci95, float(r.labels.mean())))
+                row["real"].append(_judge(estimate(r.p, fm), float(r.labels.mean())))
     return {name: {k: _score(v) for k, v in parts.items()} for name, parts in rows.items()}
 
 
@@ -138,6 +182,9 @@ def card_fraction(pred: Predictions, method: str) -> dict[str, Any]:
     fm = fit_fraction_model(pred, method, between_group_error(pred, method))
     return {"method": method, "platt_a": round(fm.platt_a, 6), "platt_b": round(fm.platt_b, 6),
             "shift_sd": round(fm.shift_sd, 6), "prior": round(fm.extra["prior"], 6),
+            "q_atypical": round(fm.extra["q_atypical"], 6),
+            "q_normal": round(fm.extra["q_normal"], 6),
             "source": "pooled leave-scanner-out predictions; shift_sd = RMS error on each "
-                      "held-out scanner and its 2,000-mitosis pseudo-slides (fitted without "
-                      "it)"}
+                      "held-out scanner and its 2,000-mitosis pseudo-slides at true shares "
+                      "0-0.5 (fitted without it); q_atypical / q_normal = mean calibrated "
+                      "probability of each class"}
