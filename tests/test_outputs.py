@@ -441,6 +441,9 @@ def test_a_calibrated_headline_the_data_contradict_is_flagged() -> None:
     corrected = build_summary(make_result(low, fraction=table))["atypical_fraction_corrected"]
     assert "only normal" in corrected["warning"]
     assert (corrected["q_normal"], corrected["q_atypical"]) == (0.16, 0.44)
+    _, lines = _header_lines(make_result(low, fraction=table))
+    line = next(ln for ln in lines if ln.startswith("Estimated true atypical share"))
+    assert "calibrated mean)" in line and "the data contradict the card here" in line
 
 
 def test_platt_calibration_moves_the_headline() -> None:

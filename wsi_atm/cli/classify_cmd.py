@@ -86,7 +86,8 @@ def _headline(result: SlideResult) -> str:
     if est is None or est.value is None or est.ci95 is None:
         return ""
     text = f"; estimated true atypical share {est.value:.1%} [{est.ci95[0]:.1%}, {est.ci95[1]:.1%}]"
-    return text + (" (card's rates contradicted: see summary warning)" if est.warning else "")
+    return text + (" (the data contradict the card here: see the summary's warning)"
+                   if est.warning else "")
 
 
 def _hotspot(result: SlideResult) -> str:

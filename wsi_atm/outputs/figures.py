@@ -141,9 +141,12 @@ def _corrected_line(result: SlideResult) -> str | None:
     if est is None or est.value is None or est.ci95 is None:
         return None
     lo, hi = est.ci95
-    name = "calibrated" if result.model.fraction.get("method") else "Rogan-Gladen"
+    names = {"raw": "raw share", "calibrated-mean": "calibrated mean",
+             "calibrated-em": "calibrated EM"}
+    name = names.get(str(result.model.fraction.get("method")), "Rogan-Gladen")
     line = f"Estimated true atypical share: {est.value:.1%} (95% CI {lo:.1%} - {hi:.1%}, {name})"
-    return line + ("  [rates contradicted: see summary warning]" if est.warning else "")
+    return line + ("  [the data contradict the card here: see the summary's warning]"
+                   if est.warning else "")
 
 
 def _thumbnail_panel(thumbnail: np.ndarray, thumb_scale: float, result: SlideResult) -> Image.Image:
