@@ -72,8 +72,9 @@ def looks_complete(out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("kind", ["error", "interrupt"])
+@pytest.mark.parametrize("kind", ["error", "interrupt", "terminate"])
 def test_classify_openslide_fails_cleanly_at_every_stage(stage, kind, tmp_path):
+    # Regression (terminate): SIGTERM killed the process by signal, leaving a lone GeoJSON
     out = tmp_path / "out"
     proc = classify(SVS, many_candidates(tmp_path), out, f"{stage}:{kind}", "--backend",
                     "openslide")
@@ -81,6 +82,9 @@ def test_classify_openslide_fails_cleanly_at_every_stage(stage, kind, tmp_path):
     if kind == "interrupt":
         assert proc.returncode == 130, proc.stderr
         assert stderr_lines(proc) == ["wsi-atm: interrupted"]
+    elif kind == "terminate":
+        assert proc.returncode == 143, proc.stderr
+        assert stderr_lines(proc) == ["wsi-atm: terminated"]
     else:
         assert proc.returncode == 1, proc.stderr
         lines = stderr_lines(proc)
@@ -169,6 +173,44 @@ def test_local_batch_records_the_failed_slide_and_goes_on(stage, tmp_path):
     failed = next(s for s, v in status.items() if v == "failed")
     assert not (out / f"{failed}.summary.json").exists()
     assert list(out.glob(".*.tmp")) == []
+
+
+def test_local_batch_terminated_stops_cleanly(tmp_path):
+    # Regression: SIGTERM (a scheduler's or docker stop's) killed batch by signal
+    out = tmp_path / "out"
+    proc = wsi_atm(["batch", "--manifest", str(_manifest(tmp_path)), "--out-dir", str(out),
+                    "--quiet"], "inference:terminate")
+    assert_no_signal_death(proc)
+    assert proc.returncode == 143, proc.stderr
+    assert "wsi-atm: terminated" in stderr_lines(proc)
+    assert looks_complete(out) == []
+
+
+def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeypatch, capsys):
+    # Regression: Ctrl-C while the CLI was being imported printed a traceback and the process
+    # died by SIGINT; once it ends, late signals are ignored (none can kill the exit)
+    import types
+
+    from wsi_atm import entry
+    from wsi_atm.errors import Terminated
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for raised, code, word in ((KeyboardInterrupt(), 130, "interrupted"),
+                                   (Terminated(), 143, "terminated")):
+            def stopped(raised: BaseException = raised) -> None:
+                raise raised
+
+            monkeypatch.setitem(sys.modules, "wsi_atm.cli", types.SimpleNamespace(main=stopped))
+            with pytest.raises(SystemExit) as exit_info:
+                entry.run()
+            assert exit_info.value.code == code
+            assert capsys.readouterr().err == f"wsi-atm: {word}\n"
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 @pytest.mark.parametrize("stage", STAGES)

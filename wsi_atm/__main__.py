@@ -1,3 +1,3 @@
-from wsi_atm.cli import main
+from wsi_atm.entry import run
 
-main()
+run()

@@ -38,3 +38,8 @@ class ModelError(BadInputError):
 
 class OptionError(BadInputError):
     """A command-line option or configuration value is invalid."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``docker stop``, ``kill``), raised in the main thread as Ctrl-C is,
+    so the same clean-up runs and the process exits with a status instead of dying by signal."""

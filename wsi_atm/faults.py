@@ -4,8 +4,9 @@ Makes the n-th call (default 1) of one pipeline stage fail, so tests can check i
 that every failure ends cleanly (an exit status, never a signal death; nothing half-written).
 Stages: ``open`` (opening the slide), ``detections`` (reading the detector file), ``crop``
 (a crop read, in a reader thread), ``inference`` (a batch forward pass), ``write`` (after the
-first output file is written). Kinds: ``error`` (RuntimeError) or ``interrupt`` (SIGINT to
-this process, as Ctrl-C would). Unset, it costs one dictionary lookup per call.
+first output file is written). Kinds: ``error`` (RuntimeError), ``interrupt`` (SIGINT to
+this process, as Ctrl-C would) or ``terminate`` (SIGTERM, as ``kill`` or ``docker stop``
+would). Unset, it costs one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def inject(stage: str) -> None:
         _calls[stage] = _calls.get(stage, 0) + 1
         if _calls[stage] != int(nth or 1):
             return
-    if kind == "interrupt":
-        os.kill(os.getpid(), signal.SIGINT)
+    if kind in ("interrupt", "terminate"):
+        os.kill(os.getpid(), signal.SIGINT if kind == "interrupt" else signal.SIGTERM)
         return
     raise InjectedFault(f"injected fault at stage {stage!r}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -16,7 +18,8 @@ import click
 
 from wsi_atm import __version__
 from wsi_atm.cpus import env_limit
-from wsi_atm.errors import WsiAtmError
+from wsi_atm.entry import terminate
+from wsi_atm.errors import Terminated, WsiAtmError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,29 +59,38 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     click.echo(f"wsi-atm: warning: {message}", err=True)
 
 
+def _stopped(exc: BaseException) -> int:
+    """Exit status (and the line) for Ctrl-C (130) or SIGTERM (143)."""
+    cause = exc.__cause__ or exc.__context__  # click wraps KeyboardInterrupt in Abort
+    if isinstance(exc, Terminated) or isinstance(cause, Terminated):
+        click.echo("wsi-atm: terminated", err=True)
+        return 143
+    click.echo("wsi-atm: interrupted", err=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> None:
     _register()
     warnings.showwarning = _show_warning
     handler = logging.StreamHandler()
     handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
     logging.basicConfig(handlers=[handler], level=logging.WARNING)
+    on_term = None
+    if threading.current_thread() is threading.main_thread():
+        on_term = signal.signal(signal.SIGTERM, terminate)
     try:
         env_limit()  # a bad $WSI_ATM_CPUS is reported before any work, not mid-batch
         cli.main(args=argv, prog_name="wsi-atm", standalone_mode=False)
     except WsiAtmError as exc:
         click.echo(f"wsi-atm: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
-        click.echo("wsi-atm: interrupted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Abort: click's Ctrl-C
+        sys.exit(_stopped(exc))
     except click.ClickException as exc:
         click.echo(f"wsi-atm: error: {exc.format_message()}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("wsi-atm: interrupted", err=True)
-        sys.exit(130)
     except Exception as exc:  # internal error: say where, exit 1
         if os.environ.get("WSI_ATM_DEBUG"):
             traceback.print_exc()
@@ -86,3 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}"
         click.echo(f"wsi-atm: internal error ({type(exc).__name__} at {where}): {exc}", err=True)
         sys.exit(1)
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)

@@ -1,0 +1,34 @@
+"""The console entry point, kept apart from the CLI so that the signals are taken over before
+click, numpy and the rest are imported: a Ctrl-C during those imports (or during the
+interpreter's shutdown after the work is done) used to end in a traceback and death by signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+from wsi_atm.errors import Terminated
+
+
+def terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def run() -> None:
+    """``wsi-atm``: the CLI, with SIGTERM handled like Ctrl-C and both ignored once it ends."""
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        from wsi_atm.cli import main
+
+        main()
+    except KeyboardInterrupt as exc:  # before main's own handling began
+        code = 143 if isinstance(exc, Terminated) else 130
+        print("wsi-atm: " + ("terminated" if code == 143 else "interrupted"), file=sys.stderr)
+        sys.exit(code)
+    finally:
+        # The outputs are complete or abandoned by now: a late signal must not turn the exit
+        # status into a death by signal while the interpreter shuts down.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
