@@ -151,6 +151,25 @@ def test_an_out_dir_that_is_a_file_is_bad_input(command, tmp_path, capsys):
     assert in_the_way.read_text() == "not a folder\n"
 
 
+@pytest.mark.parametrize(("slide_name", "det_name"), [("s.png", "d.csv"),
+                                                      ("slide.svs", "slide.csv")])
+def test_classify_never_writes_over_its_inputs(slide_name, det_name, tmp_path, capsys):
+    # Regression: the review PNG replaced a slide named s.png, the CSV a detections file
+    # slide.csv beside slide.svs, when --out-dir was their folder (batch refused; classify
+    # did not)
+    import shutil
+
+    shutil.copyfile(SVS, tmp_path / slide_name)
+    shutil.copyfile(REPO / "sample_slides" / "cmu_small_region.candidates.csv",
+                    tmp_path / det_name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert run_cli(["classify", str(tmp_path / slide_name), "--detections",
+                    str(tmp_path / det_name), "--out-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would overwrite an input file" in err[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_a_bad_cpu_limit_is_reported_before_any_work(tmp_path, monkeypatch, capsys):
     # Regression: batch created its state folder, then failed on the first slide
     monkeypatch.setenv("WSI_ATM_CPUS", "two")

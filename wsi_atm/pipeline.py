@@ -247,6 +247,12 @@ def output_paths(slide_name: str, out_dir: Path) -> dict[str, Path]:
     }
 
 
+def overwritten_inputs(slide_name: str, inputs: list[Path], out_dir: Path) -> list[Path]:
+    """The slide's output paths that are one of ``inputs`` (a slide or detections file)."""
+    taken = {p.resolve() for p in inputs}
+    return [p for p in output_paths(slide_name, out_dir).values() if p.resolve() in taken]
+
+
 def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     """The files a run with ``outputs`` writes for a slide (the summary among them)."""
     paths = output_paths(slide_name, out_dir)

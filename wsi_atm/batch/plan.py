@@ -23,7 +23,7 @@ from wsi_atm.options import (
     check_mpp,
     check_out_dir,
 )
-from wsi_atm.pipeline import output_paths
+from wsi_atm.pipeline import overwritten_inputs
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
                     ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
@@ -225,7 +225,7 @@ def read_manifest(path: Path) -> list[Job]:
 
 def check_outputs(jobs: list[Job], out_dir: Path) -> None:
     """Refuse plans where two slides write the same outputs or an output overwrites an input."""
-    inputs = {p.resolve() for j in jobs for p in (j.slide, j.detections) if p is not None}
+    inputs = [p for j in jobs for p in (j.slide, j.detections) if p is not None]
     owners: dict[str, Path] = {}
     clashes: dict[str, None] = {}  # ordered, without repeats
     for job in jobs:
@@ -233,8 +233,8 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
         if stem in owners:
             clashes[f"{owners[stem]} and {job.slide} both write {stem}.*"] = None
         owners.setdefault(stem, job.slide)
-        clashes |= {f"{p} would overwrite an input file": None for p in
-                    output_paths(job.slide.name, out_dir).values() if p.resolve() in inputs}
+        clashes |= {f"{p} would overwrite an input file": None
+                    for p in overwritten_inputs(job.slide.name, inputs, out_dir)}
     if clashes:
         raise BadInputError(f"{len(clashes)} output clash(es), nothing was started:\n  "
                             + "\n  ".join(clashes))

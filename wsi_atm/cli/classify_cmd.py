@@ -41,16 +41,21 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
              review_class: bool, points_json: bool, quiet: bool, **cand: object) -> None:
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
     from wsi_atm.engines import check_device, check_precision
+    from wsi_atm.errors import OptionError
     from wsi_atm.heap import pin_mmap_threshold
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions, check_out_dir
-    from wsi_atm.pipeline import output_paths, prepare_slide, run_prepared
+    from wsi_atm.pipeline import output_paths, overwritten_inputs, prepare_slide, run_prepared
 
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
     check_device(device)
     check_precision(precision, engine)
     check_out_dir(out_dir)
+    clash = overwritten_inputs(slide.name, [slide, detections], out_dir)
+    if clash:  # Regression: the review PNG replaced a slide named *.png, the CSV a *.csv
+        raise OptionError(f"--out-dir {out_dir}: {clash[0].name} would overwrite an input "
+                          "file; choose another folder")
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
     outputs = make_output_options(shape, review_class, points_json)
