@@ -51,6 +51,20 @@ def test_every_estimator_classify_computes_may_be_named(tmp_path, method):
     assert card.fraction["method"] == method
 
 
+@pytest.mark.parametrize(("old", "new", "named"), [
+    # Regression: a threshold of 7 or nan called every mitosis normal; a sensitivity of 2.0
+    # was used in the slide estimate
+    ("threshold = 0.332895", "threshold = 7", "decision.threshold"),
+    ("threshold = 0.332895", "threshold = nan", "decision.threshold"),
+    ("sensitivity = 0.739198", "sensitivity = 2.0", "metrics.sensitivity"),
+    ("shift_sd = 0.1243", "shift_sd = -0.1", "fraction.shift_sd"),
+    ("q_normal = 0.161507", 'q_normal = "low"', "fraction.q_normal"),
+])
+def test_numbers_outside_their_range_are_refused(tmp_path, old, new, named):
+    with pytest.raises(ModelError, match=rf"invalid model card \(.*{named} = .* must be"):
+        load_card(_edited(tmp_path, old, new))
+
+
 def test_misspelt_weight_key_is_refused(tmp_path):
     path = _edited(tmp_path, "sha256 =", "sha265 =")
     with pytest.raises(ModelError, match=r"weights\[0\]\.sha265"):

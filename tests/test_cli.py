@@ -93,6 +93,9 @@ print("torch" in sys.modules, code, file=sys.stderr)
     (["batch", "SVSDIR", "--device", "gpu"], 2),
     (["batch", "SVSDIR", "--mpp", "-1"], 2),
     (["batch", "SVSDIR", "--mpp", "nan"], 2),
+    # Regression: --threshold nan called every mitosis normal, exit 0
+    (["classify", "SVS", "--detections", "DET", "--threshold", "nan"], 2),
+    (["batch", "SVSDIR", "--threshold", "nan"], 2),
 ])
 def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_path):
     # Regressions: classify built the network (importing torch, seconds) before reading its

@@ -66,6 +66,9 @@ class CallOptions:
     hotspot_area_mm2: float = HOTSPOT_AREA_MM2
 
     def __post_init__(self) -> None:
+        # Regression: --threshold nan passed click's [0, 1] range and called every mitosis normal
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise OptionError(f"--threshold must be between 0 and 1, not {self.threshold}")
         if not 0 <= self.review_band <= 0.5:
             raise OptionError(f"--review-band must be between 0 and 0.5, not {self.review_band}")
         if not 0 < self.review_fold_std <= 0.5:

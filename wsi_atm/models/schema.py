@@ -44,6 +44,11 @@ FIXED: dict[str, dict[str, Any]] = {
     "fraction": {"method": 1, "platt_a": 1, "platt_b": 1, "shift_sd": 1, "prior": 1,
                  "q_atypical": 1, "q_normal": 1, "source": 1},
 }
+# Numbers that are shares or probabilities: a threshold of 7 or nan would call every mitosis
+# normal without a word, a sensitivity of 2 would bend the slide estimate.
+UNIT_INTERVAL = ("decision.threshold", "metrics.sensitivity", "metrics.specificity",
+                 "fraction.prior", "fraction.q_atypical", "fraction.q_normal")
+NON_NEGATIVE = ("fraction.shift_sd", "metrics.cv_sensitivity_std", "metrics.cv_specificity_std")
 METRIC_STATS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
 METRICS = {"source", "cv", "cv_group", "sensitivity", "specificity", "cv_n_atypical",
            "cv_n_normal", "cv_out_of_fold_balanced_accuracy", "threshold_source",
@@ -75,6 +80,15 @@ def validate(raw: dict[str, Any]) -> None:
         value = _get(raw, dotted)
         if value is not None and value not in allowed:
             raise ValueError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}")
+    for dotted in (*UNIT_INTERVAL, *NON_NEGATIVE):
+        value = _get(raw, dotted)
+        if value is None:
+            continue
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (
+            0 <= value <= 1 if dotted in UNIT_INTERVAL else 0 <= value < math.inf)
+        if not ok:
+            span = "between 0 and 1" if dotted in UNIT_INTERVAL else "a number of at least 0"
+            raise ValueError(f"{dotted} = {value!r} must be {span}")
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
