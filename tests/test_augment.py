@@ -81,6 +81,17 @@ def test_soft_labels_train_on_the_expert_share(tmp_path):
         assert torch.allclose(trainer.target(idx), torch.as_tensor(expected, dtype=torch.float32))
 
 
+def test_reinhard_leaves_a_flat_crop_flat_at_the_target_mean():
+    op = _op({"op": "reinhard", "mean": [-1.0, 0.01, 0.005], "std": [0.2, 0.03, 0.01]})
+    for value in (0, 30, 128, 255):
+        flat = torch.full((2, 3, 32, 32), value, dtype=torch.uint8)
+        out = op(flat)
+        assert out.shape == flat.shape
+        assert bool((out == out[:, :, :1, :1]).all())  # still flat: no rounding noise blown up
+    assert torch.equal(op(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)),
+                       op(torch.full((1, 3, 32, 32), 1, dtype=torch.uint8)))  # both clamp to 1
+
+
 def test_reinhard_moves_each_image_to_the_target_statistics():
     # two differently stained versions of one patch: pale and dark
     base = _tissue(1).float()

@@ -110,6 +110,9 @@ def _lab(img: torch.Tensor) -> torch.Tensor:
     return lab
 
 
+FLAT_SPREAD = 1e-3  # lαβ spread below which a crop's channel counts as flat
+
+
 class ReinhardNormalise(torch.nn.Module):
     """Stain normalisation: move each image's lαβ mean and spread to fixed targets.
 
@@ -130,8 +133,14 @@ class ReinhardNormalise(torch.nn.Module):
         m = lab.mean(dim=-1, keepdim=True)
         d = lab - m
         # sample spread (n - 1), as torch.std; two passes are cheaper than var_mean on CPU
-        s = ((d * d).sum(dim=-1, keepdim=True) / (d.shape[-1] - 1)).sqrt().clamp(min=1e-4)
-        lab = d * (self.std.to(dev) / s) + self.mean.to(dev)
+        s = ((d * d).sum(dim=-1, keepdim=True) / (d.shape[-1] - 1)).sqrt()
+        # A flat channel has no spread to move: its deviations are float rounding, which the
+        # scale amplified a thousandfold into a pattern that differed between PyTorch and ONNX
+        # Runtime (a black crop: |dp| 0.25, and the graph was dropped for good). It keeps only
+        # the target mean. No AMi-Br crop has a channel this flat (the least spread: 0.003).
+        scale = torch.where(s > FLAT_SPREAD, self.std.to(dev) / s.clamp(min=FLAT_SPREAD),
+                            torch.zeros_like(s))
+        lab = d * scale + self.mean.to(dev)
         out: torch.Tensor = _RGB255_FROM_LMS.to(dev) @ torch.exp(_LNLMS_FROM_LAB.to(dev) @ lab)
         return out.clamp(0, 255).round().to(torch.uint8).reshape(img.shape)
 
