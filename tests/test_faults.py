@@ -142,6 +142,25 @@ def test_failed_batch_rerun_leaves_no_summary_of_the_earlier_run(tmp_path):
     assert looks_complete(out) == []
 
 
+def test_a_batch_stopped_before_a_slide_starts_leaves_its_outputs_alone(tmp_path):
+    # Regression: every slide to rerun lost its summary when the batch began, so a batch that
+    # then stopped on bad input (exit 2) or was interrupted on its first slide lost them all
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path)
+    ok = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet"], "")
+    assert ok.returncode == 0, ok.stderr
+    done = looks_complete(out)
+    assert done == ["slide0.summary.json", "slide1.summary.json"]
+    bad = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet",
+                   "--threshold", "0.3", "--scheduler", "tcp://127.0.0.1:1"], "")
+    assert bad.returncode == 2, bad.stderr
+    assert looks_complete(out) == done
+    stopped = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet",
+                       "--threshold", "0.3"], "crop:interrupt")
+    assert stopped.returncode == 130, stopped.stderr
+    assert looks_complete(out) == ["slide1.summary.json"]  # slide0 had started, slide1 not
+
+
 def _manifest(tmp_path: Path, n: int = 2) -> Path:
     rows = []
     for i in range(n):

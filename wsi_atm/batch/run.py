@@ -109,9 +109,11 @@ def one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------ runners
 Write = Callable[[SlideResult, Job], None]
+Begin = Callable[[Job], None]  # a slide's work starts: its earlier outputs stop vouching
 
 
-def run_local(jobs: list[Job], settings: BatchSettings, write: Write) -> Iterator[Outcome]:
+def run_local(jobs: list[Job], settings: BatchSettings, write: Write,
+              begin: Begin = lambda job: None) -> Iterator[Outcome]:
     """One process, model resident; slide i+1 is prepared in a thread while slide i runs."""
     if not jobs:
         return
@@ -123,7 +125,7 @@ def run_local(jobs: list[Job], settings: BatchSettings, write: Write) -> Iterato
             current, ahead = ahead, (pool.submit(prepare, jobs[i + 1], settings)
                                      if i + 1 < len(jobs) else None)
             assert current is not None
-            yield _finish_local(current, job, classifier, settings, write)
+            yield _finish_local(current, job, classifier, settings, write, begin)
     finally:
         if ahead is not None and not ahead.cancel():
             with contextlib.suppress(Exception):
@@ -132,7 +134,7 @@ def run_local(jobs: list[Job], settings: BatchSettings, write: Write) -> Iterato
 
 
 def _finish_local(future: Future[Prepared], job: Job, classifier: SlideClassifier,
-                  settings: BatchSettings, write: Write) -> Outcome:
+                  settings: BatchSettings, write: Write, begin: Begin) -> Outcome:
     t0 = time.perf_counter()
     try:
         prep = future.result()
@@ -140,6 +142,7 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: SlideClassifie
         elapsed = round(time.perf_counter() - t0, 3)
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
     try:
+        begin(job)
         result = classify_job(prep, classifier, settings)
     except Exception as exc:
         elapsed = round(time.perf_counter() - prep.started, 3)
@@ -168,7 +171,7 @@ def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
 
 
 def run_dask(jobs: list[Job], settings: BatchSettings, write: Write, scheduler: str | None,
-             workers: int | None) -> Iterator[Outcome]:
+             workers: int | None, begin: Begin = lambda job: None) -> Iterator[Outcome]:
     """Workers classify (model resident per worker process); this process writes outputs."""
     from dask.distributed import as_completed
 
@@ -177,8 +180,10 @@ def run_dask(jobs: list[Job], settings: BatchSettings, write: Write, scheduler: 
     client, cluster = _connect(scheduler, workers)
     try:
         _preload(client, settings)
-        futures = {client.submit(classify_on_worker, job, settings, pure=False): job
-                   for job in jobs}
+        futures = {}
+        for job in jobs:
+            begin(job)
+            futures[client.submit(classify_on_worker, job, settings, pure=False)] = job
         for future in as_completed(futures):
             job = futures.pop(future)
             yield _finish_remote(future, job, settings, write)
@@ -235,8 +240,6 @@ def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict
             continue
         if reason:  # --quiet is for the progress bar; why a slide runs again is always said
             print(f"wsi-atm: re-running {job.slide.name}: {reason}", file=sys.stderr)
-        remove_leftovers(out_dir, job)  # not up to date: no record or summary may say it is
-        retire_outputs(job.slide.name, out_dir)
         pending.append(job)
     return outcomes, pending, keys
 
@@ -254,13 +257,19 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
     with exclusive(out_dir):
         outcomes, pending, keys = _triage(jobs, settings, out_dir, model, quiet)
 
+        def begin(job: Job) -> None:
+            # only once the model and (locally) the slide are good: a batch stopped by bad
+            # input or before reaching a slide leaves that slide's earlier outputs as they were
+            remove_leftovers(out_dir, job)
+            retire_outputs(job.slide.name, out_dir)
+
         def write(result: SlideResult, job: Job) -> None:
             remove_leftovers(out_dir, job)
             write_outputs(result, out_dir, settings.outputs)
             atomic_write_text(record_path(out_dir, job), json.dumps(keys[job.slide], indent=1))
 
-        runner = (run_dask(pending, settings, write, scheduler, workers)
-                  if distributed else run_local(pending, settings, write))
+        runner = (run_dask(pending, settings, write, scheduler, workers, begin)
+                  if distributed else run_local(pending, settings, write, begin))
         bar = progress_bar(len(pending), "slides", quiet=quiet, unit="slide")
         for outcome in runner:
             outcomes[outcome.job.slide] = outcome
