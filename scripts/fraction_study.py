@@ -31,7 +31,8 @@ def _cell(score: dict) -> str:
     if score["mae"] is None:
         return "n/a"
     warned = f", {score['warned']:.0%} warned" if score["warned"] else ""
-    return f"{score['mae']:.3f} ({score['bias']:+.3f}, {score['coverage']:.2f}{warned})"
+    coverage = "–" if score["coverage"] is None else f"{score['coverage']:.2f}"
+    return f"{score['mae']:.3f} ({score['bias']:+.3f}, {coverage}{warned})"
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def test_every_estimator_classify_computes_may_be_named(tmp_path, method):
     ("threshold = 0.332895", "threshold = nan", "decision.threshold"),
     ("sensitivity = 0.739198", "sensitivity = 2.0", "metrics.sensitivity"),
     ("shift_sd = 0.1243", "shift_sd = -0.1", "fraction.shift_sd"),
-    ("q_normal = 0.161507", 'q_normal = "low"', "fraction.q_normal"),
+    ("q_normal = 0.102244", 'q_normal = "low"', "fraction.q_normal"),
 ])
 def test_numbers_outside_their_range_are_refused(tmp_path, old, new, named):
     with pytest.raises(ModelError, match=rf"invalid model card \(.*{named} = .* must be"):

@@ -91,7 +91,11 @@ def test_no_candidates_give_no_estimate_rather_than_a_number():
 def test_study_is_nested_and_calibration_beats_the_raw_share_out_of_domain():
     pred = _domains()
     result = study(pred, reps=10)
-    assert set(result) == {"raw", "rogan-gladen", "calibrated-mean", "calibrated-em"}
+    assert set(result) == {"raw", "rogan-gladen", "calibrated-mean", "calibrated-em",
+                           "training share (no slide data)"}
+    # the yardstick has no interval, so no coverage; its error is the spread of the shares
+    yardstick = result["training share (no slide data)"]["share 0.50"]
+    assert yardstick["coverage"] is None and yardstick["bias"] < -0.2
     raw, cal = result["raw"]["pseudo"], result["calibrated-mean"]["pseudo"]
     # 4 groups × 24 (size, share) cells × reps; shares up to 0.5, the range of real slides
     assert raw["n"] == cal["n"] == 4 * 10 * 24

@@ -265,10 +265,11 @@ PRECISIONS = ("auto", "float32", "bf16")
 def precision_on(device_type: str, kind: str, asked: str = "auto") -> str:
     """What PyTorch runs a card's networks in: ``float32`` or ``bf16-autocast``.
 
-    ``auto`` keeps float32, the precision the cards are trained and cross-validated in, except
-    for ViT and foundation cards on a GPU: there bf16 autocast buys several times the
-    throughput. A small CNN on a GPU waits on its crops, not on its arithmetic, and in bf16 it
-    flips ~1-2 % of the default model's calls against float32 (measured on CPU)."""
+    ``auto`` keeps float32, the precision the bundled default model was trained and
+    cross-validated in (on CPU), except for ViT and foundation cards on a GPU: there bf16
+    autocast buys several times the throughput. A small CNN on a GPU waits on its crops, not
+    on its arithmetic, and in bf16 it flips ~1-2 % of the default model's calls against
+    float32 (measured on CPU)."""
     check_precision(asked)
     if asked == "auto":
         asked = "bf16" if device_type == "cuda" and kind != "cnn" else "float32"

@@ -87,6 +87,12 @@ class Classifier:
         self.card = card
         self.device = pick_device(device)
         self.torch_precision = precision_on(self.device.type, card.kind, precision)
+        if self.device.type == "cuda" and self.torch_precision == "float32":
+            # float32 in full: TF32 (cuDNN's default for convolutions) keeps 10 bits of
+            # mantissa. Process-wide, set once here: a per-call context would race between
+            # threads sharing the classifier (a dask worker with several threads).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.batch_size = batch_size or card.batch_size
         if self.batch_size < 1:
             raise OptionError("--batch-size must be at least 1")
@@ -233,14 +239,9 @@ class Classifier:
         return self.torch_precision if self.engine == "torch" else "float32"
 
     def _precision_context(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast, or float32 in full: cuDNN's TF32 convolutions (on by default) keep
-        10 bits of mantissa and would move P(atypical) away from the validated float32."""
+        """bf16 autocast, or nothing (float32; TF32 was switched off when the model loaded)."""
         if self.torch_precision != "float32":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.device.type == "cuda":
-            cudnn = torch.backends.cudnn
-            return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
-                               deterministic=cudnn.deterministic, allow_tf32=False)
         return contextlib.nullcontext()
 
     @torch.inference_mode()

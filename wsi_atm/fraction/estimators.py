@@ -10,10 +10,10 @@ the between-domain spread of its error measured in leave-scanner-out validation 
 Rogan–Gladen adds the spread of the rates between folds/scanners when the card has it, flags
 shares the card's rates cannot produce and widens its interval to the raw share's Wilson
 interval. The calibrated estimators flag a slide whose mean calibrated probability lies
-outside what any share could give on the validation scanners (``q_normal``..``q_atypical``,
-the mean of each class there), sampling noise allowed for. Card ``[fraction]`` keys:
-``method``, ``platt_a``, ``platt_b``, ``shift_sd``, ``prior``, ``q_atypical``, ``q_normal``,
-``source``.
+outside what any share gave on any validation scanner (``q_normal``..``q_atypical``: the lowest
+mean of normal mitoses on a scanner, the highest of atypical ones), sampling noise allowed
+for. Card ``[fraction]`` keys: ``method``, ``platt_a``, ``platt_b``, ``shift_sd``, ``prior``,
+``q_atypical``, ``q_normal``, ``source``.
 """
 
 from __future__ import annotations
@@ -118,20 +118,21 @@ def calibrated_mean(p: np.ndarray, fm: FractionModel) -> Estimate:
 
 def outside_validation(q: np.ndarray, fm: FractionModel) -> str | None:
     """A warning when the slide's mean calibrated probability lies beyond what a slide of only
-    normal (``q_normal``) or only atypical (``q_atypical``) mitoses gives on the validation
-    scanners, by more than its sampling noise: its scores are unlike validation's, so the
+    normal mitoses (``q_normal``, the lowest of any validation scanner) or only atypical ones
+    (``q_atypical``, the highest) gave, by more than the sampling noise of that mean (the
+    slide's own spread of q over √n): its scores are unlike every validation scanner's, so the
     calibration, and with it the estimate and its interval, may not hold here."""
     low, high = fm.extra.get("q_normal"), fm.extra.get("q_atypical")
-    if low is None or high is None:
+    if low is None or high is None or len(q) < 2:
         return None
     mean = float(q.mean())
-    noise = Z95 * math.sqrt(float(np.sum(q * (1 - q)))) / len(q)
+    noise = Z95 * float(np.std(q, ddof=1)) / math.sqrt(len(q))
     if low - noise <= mean <= high + noise:
         return None
     side = "below" if mean < low else "above"
     edge, who = (low, "only normal") if mean < low else (high, "only atypical")
     return (f"mean calibrated probability {mean:.3f} lies {side} {edge:.3f}, what a slide of "
-            f"{who} mitoses gives on the validation scanners: this slide's scores are unlike "
+            f"{who} mitoses gave on any validation scanner: this slide's scores are unlike "
             "validation's, so the estimate and its interval may not hold")
 
 
