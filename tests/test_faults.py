@@ -128,6 +128,19 @@ def test_failed_rerun_leaves_no_summary_describing_other_files(stage, tmp_path):
     assert looks_complete(out) == []
 
 
+@pytest.mark.parametrize("kind", ["interrupt", "error"])
+def test_a_rerun_stopped_while_writing_leaves_no_mix_of_old_and_new_files(kind, tmp_path):
+    # Regression: the new GeoJSON (400 candidates) was left beside the old run's CSV and PNG
+    # (60), with no summary; now the files are staged and renamed together, summary last
+    out = tmp_path / "out"
+    ok = classify(SVS, SVS_CANDIDATES, out, "")
+    assert ok.returncode == 0, ok.stderr
+    proc = classify(SVS, many_candidates(tmp_path, 400), out, f"write:{kind}")
+    assert_no_signal_death(proc)
+    assert proc.returncode == (130 if kind == "interrupt" else 1), proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_failed_batch_rerun_leaves_no_summary_of_the_earlier_run(tmp_path):
     out = tmp_path / "out"
     manifest = _manifest(tmp_path, n=1)

@@ -27,6 +27,11 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def sync_dir(directory: Path) -> None:
+    """Make the renames done in ``directory`` durable (where the file system allows)."""
+    _fsync_dir(directory)
+
+
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every platform/file system allows it.
     with contextlib.suppress(OSError):
@@ -79,8 +84,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 def remove_temps(path: str | os.PathLike[str]) -> None:
     """Remove the temp files a killed write of ``path`` may have left (``.<name>.<hex>.tmp``)."""
     target = Path(path)
-    for tmp in target.parent.glob(glob.escape(f".{target.name}.") + "*.tmp"):
-        tmp.unlink(missing_ok=True)
+    # ".name.*.tmp", and "..name.*.tmp": the temp of a staged ".name.<hex>.tmp" (pipeline)
+    for prefix in (f".{target.name}.", f"..{target.name}."):
+        for tmp in target.parent.glob(glob.escape(prefix) + "*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

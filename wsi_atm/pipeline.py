@@ -7,6 +7,8 @@ hotspot, tissue, review flags, review picture → GeoJSON / CSV / summary JSON /
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -264,21 +266,23 @@ def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> di
 
 
 def retire_outputs(slide_name: str, out_dir: Path) -> None:
-    """Before a slide is classified again: its previous summary (which vouches for the other
-    files) and any temp files a killed run left go, so a run that then fails leaves no summary
-    that looks like this run's."""
+    """Before a slide is classified again: its earlier outputs go, summary first (it vouches
+    for the others), and any temp files a killed run left, so a run that then fails or is
+    stopped leaves nothing that could pass for its own result or mix with it."""
     from wsi_atm.files import remove_temps
 
     every = output_paths(slide_name, out_dir)
     every["summary"].unlink(missing_ok=True)
     for path in every.values():
+        path.unlink(missing_ok=True)
         remove_temps(path)
 
 
 def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
-    """Write the slide's outputs from its result alone; the summary goes last, so its presence
-    means all are complete."""
-    from wsi_atm.files import atomic_write_bytes
+    """Write the slide's outputs from its result alone. Every file is written to a temp name
+    first and all are renamed together once written, the summary last, so its presence means
+    all are complete, and an error or a stop while writing leaves none of them."""
+    from wsi_atm.files import atomic_write_bytes, sync_dir
     from wsi_atm.outputs.geojson import write_geojson
     from wsi_atm.outputs.points import write_points_json
     from wsi_atm.outputs.summary import write_summary
@@ -286,25 +290,32 @@ def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) ->
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    every = output_paths(result.slide.name, out_dir)
     paths = wanted_outputs(result.slide.name, out_dir, outputs)
-    # One unit: no summary of an earlier run may vouch for files this run is replacing, a file
-    # this run does not write (an earlier --points-json) must not pass for current, and a
-    # killed run's temp files go; the new summary is written last.
     retire_outputs(result.slide.name, out_dir)
-    for key, path in every.items():
-        if key not in paths:
-            path.unlink(missing_ok=True)
-    write_geojson(result, paths["geojson"], shape=outputs.shape,
-                  review_class=outputs.review_class)
-    inject("write")
-    write_candidates_csv(result, paths["csv"])
-    if "points" in paths:
-        write_points_json(result, paths["points"])
-    if "png" in paths:
-        if result.review_png is None:
-            raise ValueError("the review picture was not rendered for this result")
-        atomic_write_bytes(paths["png"], result.review_png)
+    if "png" in paths and result.review_png is None:
+        raise ValueError("the review picture was not rendered for this result")
+    writers: dict[str, Callable[[Path], None]] = {
+        "geojson": lambda p: write_geojson(result, p, shape=outputs.shape,
+                                           review_class=outputs.review_class),
+        "csv": lambda p: write_candidates_csv(result, p),
+        "points": lambda p: write_points_json(result, p),
+        "png": lambda p: atomic_write_bytes(p, result.review_png or b""),
+    }
+    token = secrets.token_hex(6)
+    staged: dict[str, Path] = {}
+    try:
+        for key, write in writers.items():
+            if key in paths:
+                staged[key] = out_dir / f".{paths[key].name}.{token}.tmp"
+                write(staged[key])
+                inject("write")
+        for key, tmp in staged.items():
+            os.replace(tmp, paths[key])
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    sync_dir(out_dir)
     timings = {**result.timings, "write_s": round(time.perf_counter() - t0, 3)}
     write_summary(result, paths["summary"], timings=timings)
     return paths
