@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,15 @@ print("torch" in sys.modules, code, file=sys.stderr)
     # Regression: --threshold nan called every mitosis normal, exit 0
     (["classify", "SVS", "--detections", "DET", "--threshold", "nan"], 2),
     (["batch", "SVSDIR", "--threshold", "nan"], 2),
+    # Regressions (an audit): a FIFO for a slide hung for ever; --mpp 1e-4 asked for a 286 GiB
+    # window and --batch-size 99999999999 for an impossible batch (internal errors, exit 1);
+    # `results` of a JSON file of the wrong shape was a KeyError
+    (["classify", "FIFO", "--detections", "DET"], 2),
+    (["classify", "SVS", "--detections", "DET", "--mpp", "1e-4"], 2),
+    (["batch", "SVSDIR", "--mpp", "1e-9"], 2),
+    (["classify", "SVS", "--detections", "DET", "--batch-size", "99999999999"], 2),
+    (["results", "EJSON"], 2),
+    (["batch", "SVSDIR", "--scheduler", "bogus"], 2),
 ])
 def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_path):
     # Regressions: classify built the network (importing torch, seconds) before reading its
@@ -105,8 +115,11 @@ def test_start_up_and_bad_input_do_not_import_torch(args, code, cmu_svs, tmp_pat
     det.write_text("x,y\n10,10\n")
     readme = Path(__file__).parents[1] / "README.md"
     (tmp_path / "empty").mkdir()
+    os.mkfifo(tmp_path / "slide.svs")
+    (tmp_path / "e.json").write_text("{}")
     names = {"SVS": str(cmu_svs), "DET": str(det), "README": str(readme),
-             "EMPTY": str(tmp_path / "empty"), "SVSDIR": str(cmu_svs.parent)}
+             "EMPTY": str(tmp_path / "empty"), "SVSDIR": str(cmu_svs.parent),
+             "FIFO": str(tmp_path / "slide.svs"), "EJSON": str(tmp_path / "e.json")}
     args = [names.get(a, a) for a in args]
     if args[0] in ("classify", "batch"):
         args += ["--out-dir", str(tmp_path / "out")]
@@ -171,6 +184,21 @@ def test_classify_never_writes_over_its_inputs(slide_name, det_name, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "would overwrite an input file" in err[0]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_out_dir_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch, capsys):
+    # Regression: a read-only mount gave an internal error once the slide was classified
+    # (root ignores permission bits, so the read-only answer is simulated)
+    from wsi_atm import options
+
+    monkeypatch.setattr(options.os, "access", lambda path, mode: Path(path) != tmp_path)
+    out = tmp_path / "out"
+    assert run_cli(["classify", str(SVS), "--detections",
+                    str(REPO / "sample_slides" / "cmu_small_region.candidates.csv"),
+                    "--out-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wsi-atm: error: --out-dir {out}: {tmp_path} cannot be written to"]
+    assert not out.exists()
 
 
 def test_a_bad_cpu_limit_is_reported_before_any_work(tmp_path, monkeypatch, capsys):

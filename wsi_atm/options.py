@@ -8,6 +8,7 @@ they look. The batch completion key holds all three.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,20 +23,32 @@ REVIEW_FOLD_STD = 0.15
 HOTSPOT_AREA_MM2 = 2.0
 
 
+# µm/px a slide can have: from ~0.05 (beyond 100× optics) to 20 (a low-power overview). The
+# same range decides which TIFF resolution tags are believed (slides/mpp.py).
+MPP_RANGE = (0.05, 20.0)
+
+
 def check_mpp(mpp: float | None) -> float | None:
-    """A µm/px override: None, or a finite number above 0."""
+    """A µm/px override: None, or a number in :data:`MPP_RANGE` (--mpp 1e-4 asked for a
+    286 GiB crop window)."""
     if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
         raise OptionError(f"--mpp must be a positive number of µm per pixel, got {mpp!r}")
+    if mpp is not None and not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
+        raise OptionError(f"--mpp {mpp:g} µm per pixel is not a slide's: expected "
+                          f"{MPP_RANGE[0]:g} to {MPP_RANGE[1]:g}")
     return mpp
 
 
 def check_out_dir(out_dir: Path) -> Path:
-    """An output folder: one that exists or can be made (a file in the way is bad input, found
-    before any work instead of when the outputs are written)."""
-    for folder in (out_dir, *out_dir.parents):
+    """An output folder: one that exists or can be made, and written to (a file in the way or
+    a read-only folder is bad input, found before any work instead of when the outputs are
+    written)."""
+    for folder in (out_dir, *out_dir.resolve().parents):
         if folder.exists():
             if not folder.is_dir():
                 raise OptionError(f"--out-dir {out_dir}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):  # read-only mounts too, even for root
+                raise OptionError(f"--out-dir {out_dir}: {folder} cannot be written to")
             break
     return out_dir
 

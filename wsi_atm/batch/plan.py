@@ -14,9 +14,10 @@ from typing import Any
 
 from wsi_atm.detections import CandidateOptions, detect_format, list_images
 from wsi_atm.detections.records import MIDOG_JSON, SLIDERUNNER
-from wsi_atm.errors import BadInputError, DetectionsError
+from wsi_atm.errors import BadInputError, DetectionsError, OptionError
 from wsi_atm.models.card import ModelCard
 from wsi_atm.options import (
+    MPP_RANGE,
     CallOptions,
     OpenOptions,
     OutputOptions,
@@ -189,11 +190,10 @@ def _manifest_job(base: Path, row: dict[str, str]) -> tuple[Job, list[str]]:
         problems.append(f"detections not found: {det_text!r}")
     if mpp_text:
         try:
-            mpp = float(mpp_text)
-        except ValueError:
-            mpp = -1.0
-        if not 0 < mpp < float("inf"):
-            problems.append(f"mpp is not a positive number: {mpp_text!r}")
+            mpp = check_mpp(float(mpp_text))
+        except (ValueError, OptionError):
+            problems.append(f"mpp is not a slide's µm per pixel ({MPP_RANGE[0]:g} to "
+                            f"{MPP_RANGE[1]:g}): {mpp_text!r}")
     missing = (SlideStatus.NO_DETECTIONS, "no detections given") if det is None else ()
     job = Job(slide, det, mpp, *missing)
     return job, problems

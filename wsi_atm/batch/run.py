@@ -166,7 +166,7 @@ def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="30s"), None
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: not an address
         raise BadInputError(f"cannot reach the dask scheduler {scheduler}: {exc}") from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from wsi_atm.cli.options import (
     output_options,
     slide_options,
 )
+
+# PROTOCOL://HOST:PORT or HOST:PORT (an IPv6 host in brackets), as dask takes them
+SCHEDULER = re.compile(r"([a-z]+://)?(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):[0-9]{1,5}")
 
 EPILOG = """\b
 Pairing without a manifest: the detections of NAME.<wsi extension> are the files NAME.* in
@@ -76,6 +80,9 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
 
     check_device(device)
     check_precision(precision, engine)
+    if scheduler and not SCHEDULER.fullmatch(scheduler):
+        raise OptionError(f"--scheduler must be a dask scheduler's address such as "
+                          f"tcp://host:8786, not {scheduler!r}")
     if scheduler and workers:
         raise OptionError("give --scheduler (an existing cluster) or --workers (a local one)")
     settings = BatchSettings(

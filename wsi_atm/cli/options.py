@@ -11,6 +11,7 @@ from wsi_atm.detections import CandidateOptions
 from wsi_atm.slides import BACKENDS
 
 F = Callable[..., Any]
+MAX_BATCH = 16384  # crops per forward pass; 99999999999 was an allocation error mid-run
 
 
 def _candidate_opts(image: bool) -> list[Callable[[F], F]]:
@@ -82,7 +83,7 @@ def model_options(func: F) -> F:
                      help="decision threshold on P(atypical) (default: the card's)"),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cpu, cuda or cuda:N"),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+        click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
                      help="crops per forward pass (default: the card's)"),
         click.option("--compile", "compile_model", is_flag=True,
                      help="torch.compile the models (CUDA; pays off on large batches)"),

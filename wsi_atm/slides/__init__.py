@@ -6,7 +6,8 @@
 - :mod:`~wsi_atm.slides.tiles`: wsi-atm's own decoder for tiled TIFF levels.
 """
 
-from wsi_atm.slides.mpp import MPP_RANGE, Mpp
+from wsi_atm.options import MPP_RANGE
+from wsi_atm.slides.mpp import Mpp
 from wsi_atm.slides.slide import BACKENDS, Slide, open_slide
 
 __all__ = ["BACKENDS", "MPP_RANGE", "Mpp", "Slide", "open_slide"]

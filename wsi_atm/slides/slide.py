@@ -285,6 +285,8 @@ def open_slide(
         raise SlideError(f"{path}: no such file")
     if path.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
+    if not path.is_file():  # Regression: a FIFO hung the reader for ever
+        raise SlideError(f"{path}: not a regular file (a pipe or device cannot be a slide)")
     inject("open")
     direct = backend in ("auto", "tiles")
     tiff = inspect_tiff(path)

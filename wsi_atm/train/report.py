@@ -33,8 +33,16 @@ def _run_entries(path: Path) -> list[tuple[str, str, str]]:
 
 def load_entry(path: Path) -> list[tuple[str, str, str]]:
     """(model, dataset, cell) rows from a run directory or an ``evaluate --json`` file."""
-    if path.is_dir():
-        return _run_entries(path)
+    try:
+        return _run_entries(path) if path.is_dir() else _evaluate_entries(path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # Regression: '{}' was a
+        # KeyError, an internal error; a file of the wrong shape is bad input
+        what = "run directory" if path.is_dir() else "evaluate --json file"
+        raise BadInputError(f"{path}: not a readable {what} (missing or malformed "
+                            f"{exc.__class__.__name__}: {exc})") from None
+
+
+def _evaluate_entries(path: Path) -> list[tuple[str, str, str]]:
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
