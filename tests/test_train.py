@@ -145,6 +145,26 @@ def test_an_explicit_mode_wins_over_the_config_file(synthetic, tmp_path, monkeyp
     assert str(seen["out"]).endswith(f"-{runs}")
 
 
+@pytest.mark.parametrize(("option", "value"), [
+    ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"), ("--weight-decay", "nan"),
+    ("--batch-size", "0"), ("--batch-size", "-5"), ("--seed", "-1"), ("--epochs", "0"),
+    ("--only-folds", "zz"), ("--only-folds", "7"), ("--threads", "-1"),
+    ("--input-size", "-1"), ("--plateau-factor", "5"), ("--ema", "2"), ("--ema", "nan"),
+    ("--inner-splits", "0"), ("--max-batches", "-1"),
+])
+def test_a_bad_number_is_refused_before_the_run_folder_is_written(synthetic, tmp_path, capsys,
+                                                                   option, value):
+    # Regression: internal errors after config.json (a NaN in it) was written, so the
+    # corrected command then failed on "a different configuration"; or silently accepted
+    data, card = synthetic
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"wsi-atm: error: {option} must"), err
+    assert not out.exists()
+
+
 def _train_cmd(data: Path, card: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "wsi_atm", "train", "--data", str(data), "--model", str(card),
             "--out", str(out), "--folds", "2", "--epochs", "4", "--batch-size", "4",

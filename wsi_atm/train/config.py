@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,32 @@ class TrainConfig:
             raise OptionError("--threshold inner needs --selection inner")
         if self.folds < 2:
             raise OptionError("--folds must be at least 2")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Ranges of the numeric options, checked before anything is written (a NaN learning
+        rate was an internal error after config.json, itself invalid JSON, was written)."""
+        ranges: dict[str, tuple[float, float, bool]] = {  # low, high, high included
+            "epochs": (1, math.inf, False), "batch_size": (1, math.inf, False),
+            "seed": (0, 2**32 - 1, True), "lr": (0, 10, True), "weight_decay": (0, 10, True),
+            "plateau_factor": (0, 1, False), "plateau_patience": (0, math.inf, False),
+            "min_lr": (0, 10, True), "patience": (0, math.inf, False),
+            "inner_splits": (2, math.inf, False), "ema": (0, 1, False),
+            "input_size": (0, math.inf, False), "threads": (0, math.inf, False),
+            "max_batches": (0, math.inf, False),
+        }
+        for name, (low, high, closed) in ranges.items():
+            value = getattr(self, name)
+            inside = low <= value <= high if closed else low <= value < high
+            if not inside or (name == "lr" and value == 0):
+                top = f"at most {high:g}" if closed else f"below {high:g}"
+                bottom = "above 0" if name == "lr" else f"at least {low:g}"
+                span = bottom + ("" if high == math.inf else f" and {top}")
+                raise OptionError(f"--{name.replace('_', '-')} must be {span}, not {value!r}")
+        if self.only_folds and not all(
+                f.isdigit() and int(f) < self.folds for f in self.only_folds.split(",")):
+            raise OptionError(f"--only-folds must list fold numbers below --folds "
+                              f"({self.folds}), like 0,2; not {self.only_folds!r}")
 
     @property
     def early_stop(self) -> int:
