@@ -201,6 +201,32 @@ def test_an_out_dir_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch, c
     assert not out.exists()
 
 
+def test_a_name_that_is_not_utf8_is_bad_input_for_classify_and_one_slide_in_batch(
+        tmp_path, capsys):
+    # Regression: a slide named b"n\xffame.svs" crashed classify (UnicodeEncodeError in the
+    # GeoJSON ids) after writing outputs, and crashed a whole batch at cohort.csv, every rerun
+    import shutil
+
+    detections = REPO / "sample_slides" / "cmu_small_region.candidates.csv"
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    odd = slides / os.fsdecode(b"n\xffame.svs")
+    shutil.copyfile(SVS, odd)
+    shutil.copyfile(detections, slides / os.fsdecode(b"n\xffame.csv"))
+    shutil.copyfile(SVS, slides / "good.svs")
+    shutil.copyfile(detections, slides / "good.csv")
+    out = tmp_path / "out"
+    assert run_cli(["classify", str(odd), "--detections", str(detections), "--out-dir",
+                    str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n\\xffame.svs: the name is not valid UTF-8" in err[0], err
+    assert not out.exists()
+    assert run_cli(["batch", str(slides), "--out-dir", str(out), "--quiet"]) == 1
+    rows = (out / "cohort.csv").read_text(encoding="utf-8")
+    assert "n\\xffame.svs" in rows and "good.svs" in rows
+    assert (out / "good.summary.json").is_file() and (out / "report.html").is_file()
+
+
 def test_a_bad_cpu_limit_is_reported_before_any_work(tmp_path, monkeypatch, capsys):
     # Regression: batch created its state folder, then failed on the first slide
     monkeypatch.setenv("WSI_ATM_CPUS", "two")

@@ -90,6 +90,21 @@ def remove_temps(path: str | os.PathLike[str]) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def utf8_name(path: str | os.PathLike[str]) -> bool:
+    """Whether a path is valid UTF-8 (Python keeps other bytes as lone surrogates, which no
+    UTF-8 output, JSON, CSV or GeoJSON, can hold)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str | os.PathLike[str]) -> str:
+    """A path as text any UTF-8 output can hold: bytes that are not UTF-8 as \\x escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsi_atm.batch.plan import SlideStatus
 from wsi_atm.batch.report import write_report
-from wsi_atm.files import atomic_path, atomic_write_text
+from wsi_atm.files import atomic_path, atomic_write_text, printable
 
 if TYPE_CHECKING:
     from wsi_atm.batch.plan import Outcome
@@ -46,7 +46,8 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     # skipped: the time of the run that made the outputs; not run: blank
     elapsed = s.get("elapsed_s") if o.status == SlideStatus.SKIPPED else (o.elapsed_s or None)
     row = {
-        "slide": str(o.job.slide), "detections": str(o.job.detections or ""), "status": o.status,
+        "slide": printable(o.job.slide), "detections": printable(o.job.detections or ""),
+        "status": o.status,
         "candidates": counts.get("candidates"), "classified": counts.get("classified"),
         "atypical": counts.get("atypical"), "normal": counts.get("normal"),
         "atypical_fraction": frac.get("value"), "fraction_ci95_low": ci[0],

@@ -15,6 +15,7 @@ from typing import Any
 from wsi_atm.detections import CandidateOptions, detect_format, list_images
 from wsi_atm.detections.records import MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError, OptionError
+from wsi_atm.files import printable, utf8_name
 from wsi_atm.models.card import ModelCard
 from wsi_atm.options import (
     MPP_RANGE,
@@ -281,5 +282,16 @@ def plan_jobs(slide_dir: Path | None, manifest: Path | None, detections: Path | 
         jobs = pair_folder(find_slides(slide_dir, patterns), detections_dir, out_dir)
     if mpp is not None:
         jobs = [j if j.mpp is not None else replace(j, mpp=mpp) for j in jobs]
+    jobs = [_with_utf8_names(j) for j in jobs]
     check_outputs(jobs, out_dir)
     return jobs
+
+
+def _with_utf8_names(job: Job) -> Job:
+    """A job whose slide or detections name is not UTF-8 fails by itself: its outputs (UTF-8
+    JSON, CSV, GeoJSON) cannot name it. It crashed the whole batch at the cohort's write."""
+    bad = [p for p in (job.slide, job.detections) if p is not None and not utf8_name(p)]
+    if not bad or job.status:
+        return job
+    return replace(job, status=SlideStatus.FAILED,
+                   note=f"{printable(bad[0])}: the file name is not valid UTF-8; rename it")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from wsi_atm.files import atomic_write_text
+from wsi_atm.files import atomic_write_text, printable
 from wsi_atm.pipeline import output_paths
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def row_values(o: Outcome) -> dict[str, tuple[str, Any]]:
         return ("" if v is None else str(v)), v
 
     return {
-        "slide": (o.job.slide.name, o.job.slide.name), "status": (str(o.status), str(o.status)),
+        "slide": (printable(o.job.slide.name),) * 2, "status": (str(o.status), str(o.status)),
         "candidates": num(counts.get("candidates")), "classified": num(counts.get("classified")),
         "atypical": num(counts.get("atypical")), "normal": num(counts.get("normal")),
         "fraction": _with_ci(s.get("atypical_fraction")),
@@ -139,7 +139,7 @@ def _row(o: Outcome, out_dir: Path) -> str:
     png = paths["png"]
     if png.is_file():
         picture = (f'<img src="{_attr(quote(png.name))}" loading="eager" '
-                   f'alt="review picture of {_attr(o.job.slide.name)}">')
+                   f'alt="review picture of {_attr(printable(o.job.slide.name))}">')
     else:
         picture = '<p class="muted">no review picture for this slide</p>'
     files = " · ".join(f'<a href="{_attr(quote(name))}">{html.escape(name)}</a>'

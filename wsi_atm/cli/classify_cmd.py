@@ -42,6 +42,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     """Classify the candidate mitoses of SLIDE as atypical or normal."""
     from wsi_atm.engines import check_device, check_precision
     from wsi_atm.errors import OptionError
+    from wsi_atm.files import printable, utf8_name
     from wsi_atm.heap import pin_mmap_threshold
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions, check_out_dir
@@ -52,6 +53,9 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     check_device(device)
     check_precision(precision, engine)
     check_out_dir(out_dir)
+    for path in (slide, detections, out_dir):
+        if not utf8_name(path):  # the outputs (UTF-8 JSON, CSV, GeoJSON) could not name it
+            raise OptionError(f"{printable(path)}: the name is not valid UTF-8; rename it")
     clash = overwritten_inputs(slide.name, [slide, detections], out_dir)
     if clash:  # Regression: the review PNG replaced a slide named *.png, the CSV a *.csv
         raise OptionError(f"--out-dir {out_dir}: {clash[0].name} would overwrite an input "
