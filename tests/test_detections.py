@@ -638,6 +638,40 @@ def test_duplicates_merge_keeping_higher_score(tmp_path: Path) -> None:
     assert len(unmerged) == 4 and unmerged.report.merged_duplicates == 0
 
 
+def test_merging_points_far_beyond_any_slide_is_quiet_and_exact() -> None:
+    # Regression: a point at 1e300 px warned "invalid value encountered in cast" twice
+    import warnings
+
+    from wsi_atm.detections.postprocess import merge_duplicates
+
+    x = np.array([1e300, -1e300, 500.0, 501.0, 1e300])
+    y = np.array([5.0, 1e300, 400.0, 400.0, 5.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keep = merge_duplicates(x, y, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), radius=12.0)
+    assert keep.tolist() == [True, True, True, False, False]
+
+
+def test_console_says_a_damaged_tiffs_complaint_once_as_a_warning(capsys) -> None:
+    import logging
+
+    from wsi_atm.console import _LowerLevelFormatter, _OnceAsWarning
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
+    handler.addFilter(_OnceAsWarning())
+    log = logging.getLogger("tifffile.test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        for _ in range(3):
+            log.error("<TiffPages @1275950> invalid page offset 1938212")
+    finally:
+        log.removeHandler(handler)
+    assert capsys.readouterr().err.splitlines() == [
+        "wsi-atm: warning: <TiffPages @1275950> invalid page offset 1938212"]
+
+
 def test_merge_is_greedy_not_transitive() -> None:
     x = np.array([0.0, 10.0, 20.0])
     keep = merge_duplicates(x, np.zeros(3), np.array([0.9, 0.8, 0.7]), radius=12.0)

@@ -273,6 +273,10 @@ def test_dask_batch_worker_error_fails_the_slide_not_the_worker(stage, tmp_path)
     # One worker process: the first slide's fault must not kill it, so the second completes.
     assert sorted(_cohort_status(out).values()) == ["failed", "ok"]
     assert "KilledWorker" not in proc.stderr
+    # Regression: a local cluster printed two dozen 'info' lines, its worker raw warnings
+    lines = proc.stderr.splitlines()
+    assert all(ln.startswith("wsi-atm: ") for ln in lines if ln.strip()), lines
+    assert not [ln for ln in lines if ln.startswith("wsi-atm: info:")], lines
 
 
 @pytest.mark.parametrize("stage", ["open", "detections", "write"])

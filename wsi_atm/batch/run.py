@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,7 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
+from wsi_atm.console import setup_console
 from wsi_atm.cpus import CPUS_ENV, usable_cpus
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
@@ -66,6 +68,7 @@ def classify_job(prep: Prepared, classifier: SlideClassifier,
 
 def load_classifier(settings: BatchSettings) -> SlideClassifier:
     pin_mmap_threshold()  # this process's heap (a dask worker runs no CLI entry point)
+    setup_console()  # and its warnings one line each, as the CLI's
     # settings.threads: this process's share of the cores, for its crop threads too
     if settings.threads:
         os.environ[CPUS_ENV] = str(settings.threads)
@@ -160,9 +163,12 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: SlideClassifie
 def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
     from dask.distributed import Client, LocalCluster
 
+    setup_console()  # importing distributed set its loggers to INFO: two dozen lines a batch
+
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
+                               host="127.0.0.1", dashboard_address=None,
+                               silence_logs=logging.WARNING)
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="30s"), None

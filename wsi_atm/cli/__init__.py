@@ -6,17 +6,16 @@ gets exit status 1 and a line saying where it happened (``WSI_ATM_DEBUG=1`` show
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 import threading
 import traceback
-import warnings
 
 import click
 
 from wsi_atm import __version__
+from wsi_atm.console import setup_console
 from wsi_atm.cpus import env_limit
 from wsi_atm.entry import terminate
 from wsi_atm.errors import Terminated, WsiAtmError
@@ -48,17 +47,6 @@ def _register() -> None:
     cli.add_command(train_cmd.train)
 
 
-class _LowerLevelFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname = record.levelname.lower()
-        return super().format(record)
-
-
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: object = None, line: str | None = None) -> None:
-    click.echo(f"wsi-atm: warning: {message}", err=True)
-
-
 def _stopped(exc: BaseException) -> int:
     """Exit status (and the line) for Ctrl-C (130) or SIGTERM (143)."""
     cause = exc.__cause__ or exc.__context__  # click wraps KeyboardInterrupt in Abort
@@ -71,10 +59,7 @@ def _stopped(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     _register()
-    warnings.showwarning = _show_warning
-    handler = logging.StreamHandler()
-    handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
-    logging.basicConfig(handlers=[handler], level=logging.WARNING)
+    setup_console()
     on_term = None
     if threading.current_thread() is threading.main_thread():
         on_term = signal.signal(signal.SIGTERM, terminate)

@@ -96,8 +96,10 @@ def merge_duplicates(x: np.ndarray, y: np.ndarray, score: np.ndarray, radius: fl
         return keep
     order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf)))
     xl, yl = x.tolist(), y.tolist()
-    gx = np.floor(x / radius).astype(np.int64).tolist()
-    gy = np.floor(y / radius).astype(np.int64).tolist()
+    # cells clipped into int64 (a point at 1e300 px warned on the cast); points that far out
+    # may share a cell, and the distance test below still tells them apart
+    gx = np.clip(np.floor(x / radius), -2.0**62, 2.0**62).astype(np.int64).tolist()
+    gy = np.clip(np.floor(y / radius), -2.0**62, 2.0**62).astype(np.int64).tolist()
     r2 = radius * radius
     grid: dict[tuple[int, int], list[int]] = {}
     for i in order.tolist():

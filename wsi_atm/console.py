@@ -1,0 +1,61 @@
+"""What wsi-atm prints on stderr besides errors: warnings and log records as one line each,
+``wsi-atm: warning: …``, in the CLI process and in its dask worker processes alike."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# Libraries that log at INFO to their own handlers (a local dask cluster: two dozen lines a
+# batch) are held to warnings; tifffile's complaints about a damaged file are warnings too,
+# said once, as wsi-atm carries on or fails with its own error.
+QUIET = ("distributed", "dask", "tornado", "bokeh")
+# A task's failure is reported once, by the batch, as that slide's one line; the worker's own
+# multi-line "Compute Failed" record with its traceback would repeat it.
+SILENT = ("distributed.worker",)
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+class _OnceAsWarning(logging.Filter):
+    """tifffile's records as warnings, each message once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("tifffile"):
+            message = record.getMessage()
+            if message in self._seen:
+                return False
+            self._seen.add(message)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    print(f"wsi-atm: warning: {message}", file=sys.stderr)
+
+
+def setup_console() -> None:
+    """One line per warning or log record on stderr, ``wsi-atm: <level>: <message>``."""
+    import warnings
+
+    warnings.showwarning = _show_warning
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: a host program's own set-up stays
+        handler = logging.StreamHandler()
+        handler.setFormatter(_LowerLevelFormatter("wsi-atm: %(levelname)s: %(message)s"))
+        handler.addFilter(_OnceAsWarning())
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENT:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
