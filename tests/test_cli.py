@@ -60,6 +60,13 @@ def test_python_m_and_version():
     assert out.startswith("wsi-atm, version")
 
 
+def test_bare_command_shows_the_help(capsys):
+    # Regression: it printed the help as an error ("wsi-atm: error: Usage: …"), exit 2
+    assert run_cli([]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("Usage: wsi-atm") and "classify" in out.out and out.err == ""
+
+
 def test_unknown_option_is_exit_2(capsys):
     assert run_cli(["classify", str(SVS), "--no-such-option"]) == 2
     assert capsys.readouterr().err.startswith("wsi-atm: error:")

@@ -417,6 +417,19 @@ def test_tsv_and_other_delimiters(tmp_path: Path, text: str, expected_x: list[fl
     assert cands.ids.tolist() == [str(i) for i in range(len(expected_x))]
 
 
+@pytest.mark.parametrize(("header", "said"), [
+    ("x,x,y", "names x more than once"),
+    ("x,y,x_um,y_um", "two coordinate pairs, x,y and x_um,y_um"),
+    ("X,Y,centroid_x,centroid_y", "two coordinate pairs"),
+])
+def test_ambiguous_coordinate_columns_are_refused(tmp_path: Path, header: str, said: str) -> None:
+    # Regression: one of the columns was used without a word
+    row = ",".join(["10"] * len(header.split(",")))
+    path = write(tmp_path / "d.csv", f"{header}\n{row}\n")
+    with pytest.raises(DetectionsError, match=said):
+        read_detections(path, FRAME)
+
+
 def test_qupath_measurement_csv_is_in_qupaths_frame(tmp_path: Path) -> None:
     # Regression: "Centroid X µm" (QuPath's measurement export) ignored openslide.bounds-x/y,
     # while the same points exported as QuPath GeoJSON were shifted back; a MIRAX slide with a

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Abort: click's Ctrl-C
         sys.exit(_stopped(exc))
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `wsi-atm`: the help, no "error"
+        click.echo(exc.format_message())
+        sys.exit(0)
     except click.ClickException as exc:
         click.echo(f"wsi-atm: error: {exc.format_message()}", err=True)
         sys.exit(2)

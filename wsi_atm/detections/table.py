@@ -42,6 +42,7 @@ class Columns:
     score: int | None
     label: int | None
     id: int | None
+    ambiguity: str = ""  # why the x/y columns cannot be told apart, if they cannot
 
 
 def _norm(name: str) -> str:
@@ -62,6 +63,21 @@ def _header(text: str) -> str | None:
     return None
 
 
+def _ambiguity(names: list[str], cells: list[str]) -> str:
+    """Why the header's coordinates are ambiguous ("" if they are not): a column named twice,
+    or two coordinate pairs (x,y and x_um,y_um), of which wsi-atm would silently pick one."""
+    pairs = [(x, y) for x, (y, _) in XY_ALIASES.items() if x in names and y in names]
+    twice = sorted({c.strip() for c, n in zip(cells, names, strict=True)
+                    if names.count(n) > 1 and any(n in pair for pair in pairs)})
+    if twice:
+        return f"the header names {', '.join(twice)} more than once"
+    if len(pairs) > 1:
+        shown = " and ".join(f"{cells[names.index(x)].strip()},{cells[names.index(y)].strip()}"
+                             for x, y in pairs)
+        return f"the header has two coordinate pairs, {shown}: keep one"
+    return ""
+
+
 def find_columns(text: str) -> Columns | None:
     """The header's x/y (and optional) columns, trying each delimiter; ``None`` if it has none."""
     line = _header(text)
@@ -76,6 +92,7 @@ def find_columns(text: str) -> Columns | None:
             if x_name in names and y_name in names:
                 x = names.index(x_name)
                 return Columns(
+                    ambiguity=_ambiguity(names, cells),
                     delimiter=delimiter,
                     x=x,
                     y=names.index(y_name),
@@ -102,6 +119,8 @@ def read_table(text: str, name: str) -> RawDetections:
     cols = find_columns(text)
     if cols is None:  # pragma: no cover - sniffing guarantees columns
         raise DetectionsError(f"{name}: no x/y columns ({accepted_xy_text()})")
+    if cols.ambiguity:  # Regression: x,x,y or x,y plus x_um,y_um silently used one column
+        raise DetectionsError(f"{name}: {cols.ambiguity}")
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")), delimiter=cols.delimiter)
     ids: list[str] = []
     xs: list[float] = []
