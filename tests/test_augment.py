@@ -92,6 +92,20 @@ def test_reinhard_leaves_a_flat_crop_flat_at_the_target_mean():
                        op(torch.full((1, 3, 32, 32), 1, dtype=torch.uint8)))  # both clamp to 1
 
 
+def test_reinhard_has_no_cliff_between_flat_and_textured():
+    # Regression (review): the scale jumped from 0 to target/s at the flatness floor, so two
+    # crops whose spreads straddled it by a rounding error came out far apart
+    from wsi_atm.models.preprocess import FLAT_SPREAD, spread_scale
+
+    target = torch.tensor([0.2])
+    for edge in (FLAT_SPREAD, 2 * FLAT_SPREAD):
+        below, above = (spread_scale(torch.tensor([edge * f]), target) for f in (1 - 1e-6,
+                                                                                   1 + 1e-6))
+        assert float((above - below).abs()) < 1e-3 * float(target / FLAT_SPREAD)
+    assert float(spread_scale(torch.tensor([0.0]), target)) == 0.0
+    assert float(spread_scale(torch.tensor([0.003]), target)) == pytest.approx(0.2 / 0.003)
+
+
 def test_reinhard_moves_each_image_to_the_target_statistics():
     # two differently stained versions of one patch: pale and dark
     base = _tissue(1).float()

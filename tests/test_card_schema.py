@@ -65,6 +65,23 @@ def test_numbers_outside_their_range_are_refused(tmp_path, old, new, named):
         load_card(_edited(tmp_path, old, new))
 
 
+def test_an_undefined_fold_spread_is_kept_as_nan(tmp_path):
+    # Regression: train wrote cv_sensitivity_std = nan (a fold without atypical mitoses) and
+    # the range check made writing the card an internal error at the end of the run
+    from wsi_atm.models.schema import dump, validate
+
+    text = DEFAULT.read_text(encoding="utf-8").replace(
+        "cv_n_atypical = 648", "cv_n_atypical = 648\ncv_sensitivity_std = nan")
+    path = tmp_path / "card.toml"
+    path.write_text(text, encoding="utf-8")
+    card = load_card(path)
+    assert card.metrics["cv_sensitivity_std"] != card.metrics["cv_sensitivity_std"]
+    validate({"metrics": {"cv_sensitivity_std": float("nan")}})
+    with pytest.raises(ValueError, match="shift_sd"):
+        validate({"fraction": {"shift_sd": float("nan")}})
+    assert "nan" in dump({"name": "x", "metrics": {"cv_sensitivity_std": float("nan")}})
+
+
 def test_misspelt_weight_key_is_refused(tmp_path):
     path = _edited(tmp_path, "sha256 =", "sha265 =")
     with pytest.raises(ModelError, match=r"weights\[0\]\.sha265"):

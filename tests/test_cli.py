@@ -193,6 +193,22 @@ def test_classify_never_writes_over_its_inputs(slide_name, det_name, tmp_path, c
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_classify_never_writes_over_its_inputs_through_a_link(tmp_path, capsys):
+    # the same file under another name (a hard link) is the same input
+    import shutil
+
+    shutil.copyfile(REPO / "sample_slides" / "cmu_small_region.candidates.csv",
+                    tmp_path / "det.csv")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(tmp_path / "det.csv", out / "cmu_small_region.csv")
+    before = (tmp_path / "det.csv").read_bytes()
+    assert run_cli(["classify", str(SVS), "--detections", str(tmp_path / "det.csv"),
+                    "--out-dir", str(out), "--quiet"]) == 2
+    assert "would overwrite an input file" in capsys.readouterr().err
+    assert (tmp_path / "det.csv").read_bytes() == before
+
+
 def test_an_out_dir_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch, capsys):
     # Regression: a read-only mount gave an internal error once the slide was classified
     # (root ignores permission bits, so the read-only answer is simulated)

@@ -419,8 +419,8 @@ def test_tsv_and_other_delimiters(tmp_path: Path, text: str, expected_x: list[fl
 
 @pytest.mark.parametrize(("header", "said"), [
     ("x,x,y", "names x more than once"),
-    ("x,y,x_um,y_um", "two coordinate pairs, x,y and x_um,y_um"),
-    ("X,Y,centroid_x,centroid_y", "two coordinate pairs"),
+    ("x,y,w,h,centroid_x,centroid_y", "two coordinate pairs, x,y and centroid_x,centroid_y"),
+    ("x_um,y_um,x_mm,y_mm", "two coordinate pairs, x_um,y_um and x_mm,y_mm"),
 ])
 def test_ambiguous_coordinate_columns_are_refused(tmp_path: Path, header: str, said: str) -> None:
     # Regression: one of the columns was used without a word
@@ -428,6 +428,17 @@ def test_ambiguous_coordinate_columns_are_refused(tmp_path: Path, header: str, s
     path = write(tmp_path / "d.csv", f"{header}\n{row}\n")
     with pytest.raises(DetectionsError, match=said):
         read_detections(path, FRAME)
+
+
+def test_a_pixel_pair_beside_a_physical_one_is_read_in_pixels(tmp_path: Path) -> None:
+    # the pixel pair is exact; a detector writing both is not ambiguous (and read so before)
+    for header in ("id,x,y,x_um,y_um,score", "x_um,y_um,centroid_x,centroid_y"):
+        names = header.split(",")
+        values = {"x": 400, "y": 300, "centroid_x": 400, "centroid_y": 300, "x_um": 100,
+                  "y_um": 75, "id": "a", "score": 0.9}
+        row = ",".join(str(values[n]) for n in names)
+        cands = read_detections(write(tmp_path / "d.csv", f"{header}\n{row}\n"), FRAME)
+        assert (cands.x.tolist(), cands.y.tolist()) == ([400.0], [300.0]), header
 
 
 def test_qupath_measurement_csv_is_in_qupaths_frame(tmp_path: Path) -> None:

@@ -116,6 +116,15 @@ def test_card_fraction_is_fitted_on_all_groups():
     assert 0 < table["q_normal"] < table["prior"] < table["q_atypical"] < 1
 
 
+def test_a_group_without_one_class_does_not_bound_it():
+    # Regression (review): the mean of an empty class was NaN, which max/min kept, so the
+    # card got q_atypical = nan (refused by the schema) and the warning never fired
+    pred = _domains(4)
+    only_normal = (pred.group == "d0") & (pred.labels == 1)
+    table = card_fraction(pred.take(~only_normal), "calibrated-mean")
+    assert 0 < table["q_normal"] < table["q_atypical"] < 1
+
+
 def test_the_default_cards_fraction_table_rebuilds_from_its_predictions():
     from pathlib import Path
 

@@ -155,6 +155,23 @@ def test_failed_batch_rerun_leaves_no_summary_of_the_earlier_run(tmp_path):
     assert looks_complete(out) == []
 
 
+def test_the_report_shows_no_earlier_files_beside_a_failed_slide(tmp_path):
+    # Regression: a rerun whose slide failed to read its detections kept the earlier run's
+    # outputs (as classify does on bad input) and report.html showed their review picture
+    # beside the status "failed"
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path, n=1)
+    ok = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet"], "")
+    assert ok.returncode == 0, ok.stderr
+    assert "review picture of slide0" in (out / "report.html").read_text()
+    bad = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet",
+                   "--threshold", "0.3"], "detections:error")
+    assert bad.returncode == 1, bad.stderr
+    assert _cohort_status(out) == {"slide0": "failed"}
+    report = (out / "report.html").read_text()
+    assert "review picture of slide0" not in report and "slide0.csv" not in report
+
+
 def test_a_batch_stopped_before_a_slide_starts_leaves_its_outputs_alone(tmp_path):
     # Regression: every slide to rerun lost its summary when the batch began, so a batch that
     # then stopped on bad input (exit 2) or was interrupted on its first slide lost them all
@@ -220,7 +237,7 @@ def test_local_batch_terminated_stops_cleanly(tmp_path):
 
 def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeypatch, capsys):
     # Regression: Ctrl-C while the CLI was being imported printed a traceback and the process
-    # died by SIGINT; once it ends, late signals are ignored (none can kill the exit)
+    # died by SIGINT; once it ends, a late signal exits at once with its status
     import types
 
     from wsi_atm import entry
@@ -238,8 +255,8 @@ def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeyp
                 entry.run()
             assert exit_info.value.code == code
             assert capsys.readouterr().err == f"wsi-atm: {word}\n"
-            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) == entry.exit_now
+            assert signal.getsignal(signal.SIGTERM) == entry.exit_now
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)

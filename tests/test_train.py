@@ -148,7 +148,7 @@ def test_an_explicit_mode_wins_over_the_config_file(synthetic, tmp_path, monkeyp
 @pytest.mark.parametrize(("option", "value"), [
     ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"), ("--weight-decay", "nan"),
     ("--batch-size", "0"), ("--batch-size", "-5"), ("--seed", "-1"), ("--epochs", "0"),
-    ("--only-folds", "zz"), ("--only-folds", "7"), ("--threads", "-1"),
+    ("--only-folds", "zz"), ("--only-folds", "7"), ("--only-folds", "²"), ("--threads", "-1"),
     ("--input-size", "-1"), ("--plateau-factor", "5"), ("--ema", "2"), ("--ema", "nan"),
     ("--inner-splits", "0"), ("--max-batches", "-1"),
 ])

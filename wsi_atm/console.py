@@ -10,9 +10,18 @@ import sys
 # batch) are held to warnings; tifffile's complaints about a damaged file are warnings too,
 # said once, as wsi-atm carries on or fails with its own error.
 QUIET = ("distributed", "dask", "tornado", "bokeh")
-# A task's failure is reported once, by the batch, as that slide's one line; the worker's own
-# multi-line "Compute Failed" record with its traceback would repeat it.
-SILENT = ("distributed.worker",)
+# Set in the environment of the local dask workers wsi-atm starts, which inherit it: their
+# console is wsi-atm's (a user's own --scheduler workers are left as they are).
+LOCAL_WORKER_ENV = "WSI_ATM_LOCAL_WORKER"
+
+
+class _NotComputeFailed(logging.Filter):
+    """A task's failure is reported once, by the batch, as that slide's one line; a worker's
+    multi-line "Compute Failed" record with its traceback would repeat it. Only that record
+    is held back: the worker's memory warnings and the rest still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
 
 
 class _LowerLevelFormatter(logging.Formatter):
@@ -57,5 +66,6 @@ def setup_console() -> None:
         root.setLevel(logging.WARNING)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in SILENT:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    worker = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _NotComputeFailed) for f in worker.filters):
+        worker.addFilter(_NotComputeFailed())

@@ -44,7 +44,7 @@ MAX_DELTA_P = 1e-3
 RECORD_VERSION = 2
 # Bump when wsi-atm's graph-building code changes what a graph computes (transform ops, export):
 # cached graphs of the old code are then rebuilt and checked again, never trusted.
-GRAPH_VERSION = 3  # 3: Reinhard leaves flat channels flat (a black crop dropped the graph)
+GRAPH_VERSION = 4  # 3, 4: Reinhard leaves flat channels flat (a black crop dropped the graph)
 MIN_CHECK_CROPS = 32  # real crops a graph must have matched PyTorch on before it is trusted
 FASTER = 0.95  # ONNX Runtime must take at most this share of PyTorch's time to be chosen
 

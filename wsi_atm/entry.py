@@ -5,6 +5,7 @@ interpreter's shutdown after the work is done) used to end in a traceback and de
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -29,6 +30,12 @@ def run() -> None:
         sys.exit(code)
     finally:
         # The outputs are complete or abandoned by now: a late signal must not turn the exit
-        # status into a death by signal while the interpreter shuts down.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # into a death by signal (or a traceback) while the interpreter shuts down, nor be
+        # ignored should the shutdown hang (a reader stuck on a stalled network mount).
+        signal.signal(signal.SIGINT, exit_now)
+        signal.signal(signal.SIGTERM, exit_now)
+
+
+def exit_now(signum: int, frame: FrameType | None) -> None:
+    """A signal after the work ended: leave at once, with the status the signal means."""
+    os._exit(143 if signum == signal.SIGTERM else 130)

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 THUMBNAIL_PX = 1600  # longest side of the thumbnail behind tissue area and the review picture
 
 
+def _defined(value: float | None) -> float | None:
+    """None for a missing or NaN (undefined: a fold without one class) number."""
+    return None if value is None or value != value else float(value)
+
+
 def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMeta:
     card = classifier.card
     used = card.threshold if threshold is None else threshold
@@ -47,7 +52,8 @@ def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMet
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
         threshold=used, sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
         n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"),
-        sensitivity_sd=m.get("cv_sensitivity_std"), specificity_sd=m.get("cv_specificity_std"),
+        sensitivity_sd=_defined(m.get("cv_sensitivity_std")),
+        specificity_sd=_defined(m.get("cv_specificity_std")),
         tta=classifier.tta,
         engine=classifier.engine, precision=classifier.precision,
         # Platt calibration was fitted on plain (no-TTA) probabilities; it does not depend on
@@ -249,10 +255,23 @@ def output_paths(slide_name: str, out_dir: Path) -> dict[str, Path]:
     }
 
 
-def overwritten_inputs(slide_name: str, inputs: list[Path], out_dir: Path) -> list[Path]:
-    """The slide's output paths that are one of ``inputs`` (a slide or detections file)."""
-    taken = {p.resolve() for p in inputs}
-    return [p for p in output_paths(slide_name, out_dir).values() if p.resolve() in taken]
+def file_ids(paths: list[Path]) -> set[tuple[int, int]]:
+    """(device, inode) of each existing file: the same file under any name or link."""
+    ids = set()
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def overwritten_inputs(slide_name: str, inputs: set[tuple[int, int]],
+                       out_dir: Path) -> list[Path]:
+    """The slide's output paths that are one of ``inputs`` (:func:`file_ids` of its slide and
+    detections files; computed once for a whole batch)."""
+    return [p for p in output_paths(slide_name, out_dir).values() if file_ids([p]) & inputs]
 
 
 def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
@@ -281,7 +300,8 @@ def retire_outputs(slide_name: str, out_dir: Path) -> None:
 def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     """Write the slide's outputs from its result alone. Every file is written to a temp name
     first and all are renamed together once written, the summary last, so its presence means
-    all are complete, and an error or a stop while writing leaves none of them."""
+    all are complete, and an error or a stop while writing leaves none of them (a stop in the
+    instant of the renames may leave some, never the summary)."""
     from wsi_atm.files import atomic_write_bytes, sync_dir
     from wsi_atm.outputs.geojson import write_geojson
     from wsi_atm.outputs.points import write_points_json

@@ -25,7 +25,7 @@ from wsi_atm.options import (
     check_mpp,
     check_out_dir,
 )
-from wsi_atm.pipeline import overwritten_inputs
+from wsi_atm.pipeline import file_ids, overwritten_inputs
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
                     ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
@@ -226,7 +226,7 @@ def read_manifest(path: Path) -> list[Job]:
 
 def check_outputs(jobs: list[Job], out_dir: Path) -> None:
     """Refuse plans where two slides write the same outputs or an output overwrites an input."""
-    inputs = [p for j in jobs for p in (j.slide, j.detections) if p is not None]
+    inputs = file_ids([p for j in jobs for p in (j.slide, j.detections) if p is not None])
     owners: dict[str, Path] = {}
     clashes: dict[str, None] = {}  # ordered, without repeats
     for job in jobs:

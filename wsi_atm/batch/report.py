@@ -134,14 +134,16 @@ def _row(o: Outcome, out_dir: Path) -> str:
                     for c in COLUMNS)
     cells = "".join(f'<td class="{"num" if c.numeric else ""}">'
                     f"{html.escape(values[c.key][0])}</td>" for c in COLUMNS)
-    paths = output_paths(o.job.slide.name, out_dir)
+    # Only a finished slide's files are this run's: a failed one's may be an earlier run's
+    # (a slide that failed to open keeps them), so they are not shown beside its failure.
+    paths = output_paths(o.job.slide.name, out_dir) if o.status in ("ok", "skipped") else {}
     links = [(k, p.name) for k, p in paths.items() if k != "png" and p.is_file()]
-    png = paths["png"]
-    if png.is_file():
+    png = paths.get("png")
+    if png is not None and png.is_file():
         picture = (f'<img src="{_attr(quote(png.name))}" loading="eager" '
                    f'alt="review picture of {_attr(printable(o.job.slide.name))}">')
     else:
-        picture = '<p class="muted">no review picture for this slide</p>'
+        picture = '<p class="muted">no review picture from this run</p>'
     files = " · ".join(f'<a href="{_attr(quote(name))}">{html.escape(name)}</a>'
                        for _, name in links)
     detail = (f'<tr class="detail" hidden><td colspan="{len(COLUMNS)}">{picture}'

@@ -28,7 +28,7 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
-from wsi_atm.console import setup_console
+from wsi_atm.console import LOCAL_WORKER_ENV, setup_console
 from wsi_atm.cpus import CPUS_ENV, usable_cpus
 from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256
@@ -68,7 +68,8 @@ def classify_job(prep: Prepared, classifier: SlideClassifier,
 
 def load_classifier(settings: BatchSettings) -> SlideClassifier:
     pin_mmap_threshold()  # this process's heap (a dask worker runs no CLI entry point)
-    setup_console()  # and its warnings one line each, as the CLI's
+    if os.environ.get(LOCAL_WORKER_ENV):  # a local worker of ours: one line per warning
+        setup_console()
     # settings.threads: this process's share of the cores, for its crop threads too
     if settings.threads:
         os.environ[CPUS_ENV] = str(settings.threads)
@@ -166,6 +167,7 @@ def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
     setup_console()  # importing distributed set its loggers to INFO: two dozen lines a batch
 
     if scheduler is None:
+        os.environ[LOCAL_WORKER_ENV] = "1"  # the workers inherit it (see console.py)
         cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
                                silence_logs=logging.WARNING)
@@ -186,13 +188,11 @@ def run_dask(jobs: list[Job], settings: BatchSettings, write: Write, scheduler: 
     client, cluster = _connect(scheduler, workers)
     try:
         _preload(client, settings)
-        futures = {}
-        for job in jobs:
-            begin(job)
-            futures[client.submit(classify_on_worker, job, settings, pure=False)] = job
+        futures = {client.submit(classify_on_worker, job, settings, pure=False): job
+                   for job in jobs}
         for future in as_completed(futures):
             job = futures.pop(future)
-            yield _finish_remote(future, job, settings, write)
+            yield _finish_remote(future, job, settings, write, begin)
     finally:
         client.close()
         if cluster is not None:
@@ -211,9 +211,13 @@ def _preload(client: Any, settings: BatchSettings) -> None:
                                  allow_other_workers=False) for w in workers])
 
 
-def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write) -> Outcome:
+def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write,
+                   begin: Begin) -> Outcome:
+    """A worker's result written here; the slide's earlier outputs are retired only now that
+    its result (or failure) is back, so a batch stopped early leaves the others' alone."""
     t0 = time.perf_counter()
     try:
+        begin(job)
         result: SlideResult = future.result()
         write(result, job)
     except Exception as exc:

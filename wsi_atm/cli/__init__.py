@@ -21,6 +21,15 @@ from wsi_atm.entry import terminate
 from wsi_atm.errors import Terminated, WsiAtmError
 
 
+class _NeverRaised(click.ClickException):
+    pass
+
+
+# click 8.2 raises this for a bare group; click 8.1 has no such class (and shows the help itself)
+NO_ARGS_HELP: type[click.ClickException] = getattr(click.exceptions, "NoArgsIsHelpError",
+                                                   _NeverRaised)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsi-atm")
 def cli() -> None:
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Abort: click's Ctrl-C
         sys.exit(_stopped(exc))
-    except click.exceptions.NoArgsIsHelpError as exc:  # bare `wsi-atm`: the help, no "error"
+    except NO_ARGS_HELP as exc:  # bare `wsi-atm`: the help, not an error
         click.echo(exc.format_message())
         sys.exit(0)
     except click.ClickException as exc:

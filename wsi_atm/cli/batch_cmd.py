@@ -20,7 +20,7 @@ from wsi_atm.cli.options import (
 )
 
 # PROTOCOL://HOST:PORT or HOST:PORT (an IPv6 host in brackets), as dask takes them
-SCHEDULER = re.compile(r"([a-z]+://)?(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):[0-9]{1,5}")
+SCHEDULER = re.compile(r"([a-z]+://)?(\[[0-9a-fA-F:.]+(%[\w.-]+)?\]|[^\s:/\[\]]+):[0-9]{1,5}")
 
 EPILOG = """\b
 Pairing without a manifest: the detections of NAME.<wsi extension> are the files NAME.* in

@@ -46,7 +46,13 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     from wsi_atm.heap import pin_mmap_threshold
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions, check_out_dir
-    from wsi_atm.pipeline import output_paths, overwritten_inputs, prepare_slide, run_prepared
+    from wsi_atm.pipeline import (
+        file_ids,
+        output_paths,
+        overwritten_inputs,
+        prepare_slide,
+        run_prepared,
+    )
 
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
@@ -56,7 +62,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     for path in (slide, detections, out_dir):
         if not utf8_name(path):  # the outputs (UTF-8 JSON, CSV, GeoJSON) could not name it
             raise OptionError(f"{printable(path)}: the name is not valid UTF-8; rename it")
-    clash = overwritten_inputs(slide.name, [slide, detections], out_dir)
+    clash = overwritten_inputs(slide.name, file_ids([slide, detections]), out_dir)
     if clash:  # Regression: the review PNG replaced a slide named *.png, the CSV a *.csv
         raise OptionError(f"--out-dir {out_dir}: {clash[0].name} would overwrite an input "
                           "file; choose another folder")

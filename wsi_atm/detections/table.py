@@ -66,16 +66,25 @@ def _header(text: str) -> str | None:
 def _ambiguity(names: list[str], cells: list[str]) -> str:
     """Why the header's coordinates are ambiguous ("" if they are not): a column named twice,
     or two coordinate pairs (x,y and x_um,y_um), of which wsi-atm would silently pick one."""
-    pairs = [(x, y) for x, (y, _) in XY_ALIASES.items() if x in names and y in names]
+    pairs = _pairs(names)
     twice = sorted({c.strip() for c, n in zip(cells, names, strict=True)
-                    if names.count(n) > 1 and any(n in pair for pair in pairs)})
+                    if names.count(n) > 1 and any(n in pair[:2] for pair in pairs)})
     if twice:
         return f"the header names {', '.join(twice)} more than once"
-    if len(pairs) > 1:
-        shown = " and ".join(f"{cells[names.index(x)].strip()},{cells[names.index(y)].strip()}"
-                             for x, y in pairs)
-        return f"the header has two coordinate pairs, {shown}: keep one"
+    for kind in ("px", "physical"):  # a pixel pair beside a µm or mm pair is read in pixels
+        same = [(x, y) for x, y, units in pairs if (units in (None, "px")) == (kind == "px")]
+        if len(same) > 1 and (kind == "px" or len(same) == len(pairs)):
+            shown = " and ".join(f"{cells[names.index(x)].strip()},"
+                                 f"{cells[names.index(y)].strip()}" for x, y in same)
+            return f"the header has two coordinate pairs, {shown}: keep one"
     return ""
+
+
+def _pairs(names: list[str]) -> list[tuple[str, str, str | None]]:
+    """Every x/y pair of the header (x name, y name, units), pixel pairs first."""
+    found = [(x, y, units) for x, (y, units) in XY_ALIASES.items()
+             if x in names and y in names]
+    return sorted(found, key=lambda pair: pair[2] not in (None, "px"))
 
 
 def find_columns(text: str) -> Columns | None:
@@ -88,21 +97,20 @@ def find_columns(text: str) -> Columns | None:
             continue
         cells = next(csv.reader([line], delimiter=delimiter))
         names = [_norm(c) for c in cells]
-        for x_name, (y_name, units) in XY_ALIASES.items():
-            if x_name in names and y_name in names:
-                x = names.index(x_name)
-                return Columns(
-                    ambiguity=_ambiguity(names, cells),
-                    delimiter=delimiter,
-                    x=x,
-                    y=names.index(y_name),
-                    units=units,
-                    qupath_frame=x_name in QUPATH_XY
-                    or cells[x].strip().lstrip("\ufeff") == QUPATH_PX,
-                    score=_first(names, SCORE_ALIASES),
-                    label=_first(names, LABEL_ALIASES),
-                    id=_first(names, ID_ALIASES),
-                )
+        for x_name, y_name, units in _pairs(names)[:1]:
+            x = names.index(x_name)
+            return Columns(
+                ambiguity=_ambiguity(names, cells),
+                delimiter=delimiter,
+                x=x,
+                y=names.index(y_name),
+                units=units,
+                qupath_frame=x_name in QUPATH_XY
+                or cells[x].strip().lstrip("\ufeff") == QUPATH_PX,
+                score=_first(names, SCORE_ALIASES),
+                label=_first(names, LABEL_ALIASES),
+                id=_first(names, ID_ALIASES),
+            )
     return None
 
 

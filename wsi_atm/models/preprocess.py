@@ -110,7 +110,13 @@ def _lab(img: torch.Tensor) -> torch.Tensor:
     return lab
 
 
-FLAT_SPREAD = 1e-3  # lαβ spread below which a crop's channel counts as flat
+FLAT_SPREAD = 1e-4  # lαβ spread below which a crop's channel counts as flat
+
+
+def spread_scale(s: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``target / s``, ramped to 0 for a flat channel (continuous in ``s``)."""
+    ramp = ((s - FLAT_SPREAD) / FLAT_SPREAD).clamp(0.0, 1.0)
+    return ramp * target / s.clamp(min=FLAT_SPREAD)
 
 
 class ReinhardNormalise(torch.nn.Module):
@@ -137,10 +143,9 @@ class ReinhardNormalise(torch.nn.Module):
         # A flat channel has no spread to move: its deviations are float rounding, which the
         # scale amplified a thousandfold into a pattern that differed between PyTorch and ONNX
         # Runtime (a black crop: |dp| 0.25, and the graph was dropped for good). It keeps only
-        # the target mean. No AMi-Br crop has a channel this flat (the least spread: 0.003).
-        scale = torch.where(s > FLAT_SPREAD, self.std.to(dev) / s.clamp(min=FLAT_SPREAD),
-                            torch.zeros_like(s))
-        lab = d * scale + self.mean.to(dev)
+        # the target mean; the scale ramps in linearly between FLAT_SPREAD and twice that, so
+        # no crop sits at a cliff. No AMi-Br crop has a channel this flat (least spread 0.003).
+        lab = d * spread_scale(s, self.std.to(dev)) + self.mean.to(dev)
         out: torch.Tensor = _RGB255_FROM_LMS.to(dev) @ torch.exp(_LNLMS_FROM_LAB.to(dev) @ lab)
         return out.clamp(0, 255).round().to(torch.uint8).reshape(img.shape)
 

@@ -79,7 +79,8 @@ class TrainConfig:
                 span = bottom + ("" if high == math.inf else f" and {top}")
                 raise OptionError(f"--{name.replace('_', '-')} must be {span}, not {value!r}")
         if self.only_folds and not all(
-                f.isdigit() and int(f) < self.folds for f in self.only_folds.split(",")):
+                f.isascii() and f.isdigit() and int(f) < self.folds
+                for f in self.only_folds.split(",")):
             raise OptionError(f"--only-folds must list fold numbers below --folds "
                               f"({self.folds}), like 0,2; not {self.only_folds!r}")
 

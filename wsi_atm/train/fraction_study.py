@@ -95,16 +95,17 @@ def fit_fraction_model(pred: Predictions, method: str, shift_sd: float = 0.0) ->
     # study then measures the interval classify computes from a card
     spread = {k: float(np.std([r[k] for r in rates])) for k in ("sensitivity", "specificity")}
     # the envelope of the validation groups: a slide beyond it is unlike every one of them
-    means = [(q[(pred.group == g) & (pred.labels == 0)].mean(),
-              q[(pred.group == g) & (pred.labels == 1)].mean()) for g in groups]
+    # (a group without one class has no mean of it: it does not bound that side)
+    normal = [q[(pred.group == g) & (pred.labels == 0)] for g in groups]
+    atypical = [q[(pred.group == g) & (pred.labels == 1)] for g in groups]
     return FractionModel(threshold=t, method=method, platt_a=a, platt_b=b, shift_sd=shift_sd,
                          sensitivity=m["sensitivity"], specificity=m["specificity"],
                          n_atypical=m["n_atypical"], n_normal=m["n_normal"],
                          sensitivity_sd=spread["sensitivity"],
                          specificity_sd=spread["specificity"],
                          extra={"prior": float(pred.labels.mean()),
-                                "q_atypical": float(max(m[1] for m in means)),
-                                "q_normal": float(min(m[0] for m in means))})
+                                "q_atypical": float(max(a.mean() for a in atypical if len(a))),
+                                "q_normal": float(min(n.mean() for n in normal if len(n)))})
 
 
 def between_group_error(pred: Predictions, method: str, seed: int = 99) -> float:
@@ -135,6 +136,8 @@ def pseudo_slides(held: Predictions, seed: int, reps: int) -> list[tuple[np.ndar
     for n in SIZES:
         for prev in PREVALENCES:
             k = round(n * prev)
+            if (k and not len(pos)) or (n - k and not len(neg)):
+                continue  # a group without that class cannot make such a slide
             for _ in range(reps):
                 p = np.concatenate([rng.choice(pos, k), rng.choice(neg, n - k)])
                 out.append((p, k / n))
