@@ -242,6 +242,7 @@ def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeyp
 
     from wsi_atm import entry
     from wsi_atm.errors import Terminated
+    from wsi_atm.signals import exit_now
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -255,8 +256,8 @@ def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeyp
                 entry.run()
             assert exit_info.value.code == code
             assert capsys.readouterr().err == f"wsi-atm: {word}\n"
-            assert signal.getsignal(signal.SIGINT) == entry.exit_now
-            assert signal.getsignal(signal.SIGTERM) == entry.exit_now
+            assert signal.getsignal(signal.SIGINT) == exit_now
+            assert signal.getsignal(signal.SIGTERM) == exit_now
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)

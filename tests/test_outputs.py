@@ -446,6 +446,25 @@ def test_a_calibrated_headline_the_data_contradict_is_flagged() -> None:
     assert "calibrated mean)" in line and "the data contradict the card here" in line
 
 
+def test_undefined_rates_give_no_corrected_estimate_rather_than_a_crash() -> None:
+    # a `--cv none` refit has no out-of-fold rates: NaN in its card, which the Rogan-Gladen
+    # fallback took for numbers (and rejected with a ValueError while writing the summary)
+    import types
+
+    from wsi_atm.pipeline import model_meta
+
+    card = types.SimpleNamespace(
+        name="refit", path=Path("refit.toml"), threshold=0.5, fraction={},
+        metrics={"sensitivity": math.nan, "specificity": math.nan, "cv_sensitivity_std": math.nan})
+    clf = types.SimpleNamespace(card=card, weight_sha256=("ab" * 32,), tta=False,
+                                engine="onnx", precision="float32")
+    meta = model_meta(clf, None)  # type: ignore[arg-type]
+    assert (meta.sensitivity, meta.specificity, meta.sensitivity_sd) == (None, None, None)
+    result = make_result()
+    summary = build_summary(type(result)(**{**result.__dict__, "model": meta}))
+    assert summary["atypical_fraction_corrected"] is None
+
+
 def test_platt_calibration_moves_the_headline() -> None:
     shifted = dict(CALIBRATED, platt_b=1.0)
     plain = build_summary(make_result(fraction=CALIBRATED))["atypical_fraction_corrected"]

@@ -5,20 +5,15 @@ interpreter's shutdown after the work is done) used to end in a traceback and de
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-from types import FrameType
 
 from wsi_atm.errors import Terminated
-
-
-def terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+from wsi_atm.signals import exit_now, terminate
 
 
 def run() -> None:
-    """``wsi-atm``: the CLI, with SIGTERM handled like Ctrl-C and both ignored once it ends."""
+    """``wsi-atm``: the CLI, with SIGTERM handled like Ctrl-C and a late signal exiting at once."""
     signal.signal(signal.SIGTERM, terminate)
     try:
         from wsi_atm.cli import main
@@ -35,7 +30,3 @@ def run() -> None:
         signal.signal(signal.SIGINT, exit_now)
         signal.signal(signal.SIGTERM, exit_now)
 
-
-def exit_now(signum: int, frame: FrameType | None) -> None:
-    """A signal after the work ended: leave at once, with the status the signal means."""
-    os._exit(143 if signum == signal.SIGTERM else 130)

@@ -50,7 +50,8 @@ def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMet
     m = card.metrics if used == card.threshold and not classifier.tta else {}
     return ModelMeta(
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
-        threshold=used, sensitivity=m.get("sensitivity"), specificity=m.get("specificity"),
+        threshold=used, sensitivity=_defined(m.get("sensitivity")),
+        specificity=_defined(m.get("specificity")),
         n_atypical=m.get("cv_n_atypical"), n_normal=m.get("cv_n_normal"),
         sensitivity_sd=_defined(m.get("cv_sensitivity_std")),
         specificity_sd=_defined(m.get("cv_specificity_std")),

@@ -17,8 +17,8 @@ import click
 from wsi_atm import __version__
 from wsi_atm.console import setup_console
 from wsi_atm.cpus import env_limit
-from wsi_atm.entry import terminate
 from wsi_atm.errors import Terminated, WsiAtmError
+from wsi_atm.signals import terminate
 
 
 class _NeverRaised(click.ClickException):

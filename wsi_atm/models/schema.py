@@ -84,10 +84,11 @@ def validate(raw: dict[str, Any]) -> None:
         value = _get(raw, dotted)
         if value is None:
             continue
-        undefined = dotted.startswith("metrics.") and dotted in NON_NEGATIVE and value != value
+        # NaN metrics are undefined, not wrong: a fold without atypical mitoses has no spread
+        # of sensitivity, a `--cv none` refit no out-of-fold rates at all
+        undefined = dotted.startswith("metrics.") and value != value
         ok = isinstance(value, int | float) and not isinstance(value, bool) and (
-            undefined  # NaN: a fold without atypical mitoses has no sensitivity to spread
-            or (0 <= value <= 1 if dotted in UNIT_INTERVAL else 0 <= value < math.inf))
+            undefined or (0 <= value <= 1 if dotted in UNIT_INTERVAL else 0 <= value < math.inf))
         if not ok:
             span = "between 0 and 1" if dotted in UNIT_INTERVAL else "a number of at least 0"
             raise ValueError(f"{dotted} = {value!r} must be {span}")
