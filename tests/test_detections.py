@@ -432,7 +432,8 @@ def test_ambiguous_coordinate_columns_are_refused(tmp_path: Path, header: str, s
 
 def test_a_pixel_pair_beside_a_physical_one_is_read_in_pixels(tmp_path: Path) -> None:
     # the pixel pair is exact; a detector writing both is not ambiguous (and read so before)
-    for header in ("id,x,y,x_um,y_um,score", "x_um,y_um,centroid_x,centroid_y"):
+    for header in ("id,x,y,x_um,y_um,score", "x_um,y_um,centroid_x,centroid_y",
+                   "x,y,x_um,x_um,y_um"):  # a repeat in the unused pair does not matter
         names = header.split(",")
         values = {"x": 400, "y": 300, "centroid_x": 400, "centroid_y": 300, "x_um": 100,
                   "y_um": 75, "id": "a", "score": 0.9}

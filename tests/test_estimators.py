@@ -123,6 +123,9 @@ def test_a_group_without_one_class_does_not_bound_it():
     only_normal = (pred.group == "d0") & (pred.labels == 1)
     table = card_fraction(pred.take(~only_normal), "calibrated-mean")
     assert 0 < table["q_normal"] < table["q_atypical"] < 1
+    # nor does its undefined sensitivity make the rates' spread NaN
+    fm = fit_fraction_model(pred.take(~only_normal), "rogan-gladen")
+    assert fm.sensitivity_sd == fm.sensitivity_sd > 0
 
 
 def test_the_default_cards_fraction_table_rebuilds_from_its_predictions():

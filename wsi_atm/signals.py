@@ -3,8 +3,10 @@ thread as Ctrl-C is, and a late signal after the work ended exiting at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 from types import FrameType
 
 from wsi_atm.errors import Terminated
@@ -15,5 +17,9 @@ def terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def exit_now(signum: int, frame: FrameType | None) -> None:
-    """A signal after the work ended: leave at once, with the status the signal means."""
+    """A signal after the work ended: leave at once, with the status the signal means (what
+    was printed is flushed first: os._exit does not)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     os._exit(143 if signum == signal.SIGTERM else 130)

@@ -67,8 +67,9 @@ def _ambiguity(names: list[str], cells: list[str]) -> str:
     """Why the header's coordinates are ambiguous ("" if they are not): a column named twice,
     or two coordinate pairs (x,y and x_um,y_um), of which wsi-atm would silently pick one."""
     pairs = _pairs(names)
+    used = [p for p in pairs if (p[2] in (None, "px")) == (pairs[0][2] in (None, "px"))]
     twice = sorted({c.strip() for c, n in zip(cells, names, strict=True)
-                    if names.count(n) > 1 and any(n in pair[:2] for pair in pairs)})
+                    if names.count(n) > 1 and any(n in pair[:2] for pair in used)})
     if twice:
         return f"the header names {', '.join(twice)} more than once"
     for kind in ("px", "physical"):  # a pixel pair beside a µm or mm pair is read in pixels

@@ -93,7 +93,7 @@ def fit_fraction_model(pred: Predictions, method: str, shift_sd: float = 0.0) ->
              for g in groups]
     # population SD (ddof 0), as the cv_*_std that `wsi-atm train` writes into a card: the
     # study then measures the interval classify computes from a card
-    spread = {k: float(np.std([r[k] for r in rates])) for k in ("sensitivity", "specificity")}
+    spread = {k: _spread([r[k] for r in rates]) for k in ("sensitivity", "specificity")}
     # the envelope of the validation groups: a slide beyond it is unlike every one of them
     # (a group without one class has no mean of it: it does not bound that side)
     normal = [q[(pred.group == g) & (pred.labels == 0)] for g in groups]
@@ -106,6 +106,13 @@ def fit_fraction_model(pred: Predictions, method: str, shift_sd: float = 0.0) ->
                          extra={"prior": float(pred.labels.mean()),
                                 "q_atypical": float(max(a.mean() for a in atypical if len(a))),
                                 "q_normal": float(min(n.mean() for n in normal if len(n)))})
+
+
+def _spread(values: list[float]) -> float:
+    """Population SD of the groups' rates that are defined (a group without atypical mitoses
+    has no sensitivity); 0 with fewer than two."""
+    defined = [v for v in values if v == v]
+    return float(np.std(defined)) if len(defined) > 1 else 0.0
 
 
 def between_group_error(pred: Predictions, method: str, seed: int = 99) -> float:
