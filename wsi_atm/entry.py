@@ -8,8 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from wsi_atm.errors import Terminated
-from wsi_atm.signals import exit_now, terminate
+from wsi_atm.signals import exit_now, stopped, terminate
 
 
 def run() -> None:
@@ -20,9 +19,7 @@ def run() -> None:
 
         main()
     except KeyboardInterrupt as exc:  # before main's own handling began
-        code = 143 if isinstance(exc, Terminated) else 130
-        print("wsi-atm: " + ("terminated" if code == 143 else "interrupted"), file=sys.stderr)
-        sys.exit(code)
+        sys.exit(stopped(exc))
     finally:
         # The outputs are complete or abandoned by now: a late signal must not turn the exit
         # into a death by signal (or a traceback) while the interpreter shuts down, nor be

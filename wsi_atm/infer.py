@@ -9,12 +9,10 @@ asked for or, with ``auto``, the card is a ViT or foundation model on a GPU
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -238,19 +236,15 @@ class Classifier:
         """What the networks compute in: ``float32`` or ``bf16-autocast``."""
         return self.torch_precision if self.engine == "torch" else "float32"
 
-    def _precision_context(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast, or nothing (float32; TF32 was switched off when the model loaded)."""
-        if self.torch_precision != "float32":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @torch.inference_mode()
     def _forward_torch(self, crops: np.ndarray) -> np.ndarray:
         """P(atypical) per fold model (F, N), averaged over the 8 dihedral views with TTA."""
         x = self._torch_input(torch.from_numpy(np.ascontiguousarray(crops)))
         views = range(8) if self.tta else (0,)
         out = torch.zeros(len(self.nets), x.shape[0], device=self.device)
-        with self._precision_context():
+        # float32 needs no context: TF32 was switched off when the model loaded
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.torch_precision != "float32"):
             for f, net in enumerate(self.nets):
                 for k in views:
                     out[f] += p_atypical_from_logits(net(dihedral(x, k)), self.card)

@@ -23,3 +23,12 @@ def exit_now(signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(143 if signum == signal.SIGTERM else 130)
+
+
+def stopped(exc: BaseException) -> int:
+    """Say why the run stopped and return its status: 143 for SIGTERM, 130 for Ctrl-C (also
+    when wrapped, as click wraps KeyboardInterrupt in Abort)."""
+    cause = exc.__cause__ or exc.__context__
+    term = isinstance(exc, Terminated) or isinstance(cause, Terminated)
+    print(f"wsi-atm: {'terminated' if term else 'interrupted'}", file=sys.stderr)
+    return 143 if term else 130

@@ -17,8 +17,8 @@ import click
 from wsi_atm import __version__
 from wsi_atm.console import setup_console
 from wsi_atm.cpus import env_limit
-from wsi_atm.errors import Terminated, WsiAtmError
-from wsi_atm.signals import terminate
+from wsi_atm.errors import WsiAtmError
+from wsi_atm.signals import stopped, terminate
 
 
 class _NeverRaised(click.ClickException):
@@ -56,16 +56,6 @@ def _register() -> None:
     cli.add_command(train_cmd.train)
 
 
-def _stopped(exc: BaseException) -> int:
-    """Exit status (and the line) for Ctrl-C (130) or SIGTERM (143)."""
-    cause = exc.__cause__ or exc.__context__  # click wraps KeyboardInterrupt in Abort
-    if isinstance(exc, Terminated) or isinstance(cause, Terminated):
-        click.echo("wsi-atm: terminated", err=True)
-        return 143
-    click.echo("wsi-atm: interrupted", err=True)
-    return 130
-
-
 def main(argv: list[str] | None = None) -> None:
     _register()
     setup_console()
@@ -79,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"wsi-atm: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Abort: click's Ctrl-C
-        sys.exit(_stopped(exc))
+        sys.exit(stopped(exc))
     except NO_ARGS_HELP as exc:  # bare `wsi-atm`: the help, not an error
         click.echo(exc.format_message())
         sys.exit(0)
