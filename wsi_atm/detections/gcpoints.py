@@ -5,17 +5,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from wsi_atm.detections.records import RawDetections, is_imposter_name
+from wsi_atm.detections.records import (
+    RawDetections,
+    as_float,
+    first_floats,
+    is_imposter_name,
+)
 from wsi_atm.errors import DetectionsError
 
 
 def _score(value: Any, where: str, name: str) -> float:
     if value is None:
         return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise DetectionsError(f"{name}: {where}: probability {value!r} is not a number") from None
+    score = as_float(value)
+    if score is None:
+        raise DetectionsError(f"{name}: {where}: probability {value!r} is not a number")
+    return score
 
 
 def read_points(doc: dict[str, Any], name: str) -> RawDetections:
@@ -28,10 +33,10 @@ def read_points(doc: dict[str, Any], name: str) -> RawDetections:
     for i, item in enumerate(points):
         where = f"point #{i}"
         coords = item.get("point") if isinstance(item, dict) else None
-        try:
-            x, y = float(coords[0]), float(coords[1])  # type: ignore[index]
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise DetectionsError(f"{name}: {where} has no [x, y, z] 'point': {coords!r}") from None
+        xy = first_floats(coords, 2)
+        if xy is None:
+            raise DetectionsError(f"{name}: {where} has no [x, y, z] 'point': {coords!r}")
+        x, y = xy
         label = str(item.get("name") or "")
         ids.append(str(item.get("id", i)))
         xs.append(x)

@@ -68,8 +68,12 @@ def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, fl
             return [(float(c[0]), float(c[1])) for c in coords]
         if kind in _AREAS:
             centroid = shape(geom).centroid
-            return None if centroid.is_empty else [(centroid.x, centroid.y)]
-    except (TypeError, ValueError, IndexError, KeyError, AttributeError, GEOSException) as exc:
+            # to a millionth of a pixel: GEOS's centroid of a circle centred on a half pixel
+            # (wsi-atm's own --shape circle output) comes back a hair below it, and the crop
+            # would move by a whole pixel when rounded
+            return None if centroid.is_empty else [(round(centroid.x, 6), round(centroid.y, 6))]
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError, AttributeError,
+            GEOSException) as exc:
         raise DetectionsError(f"{name}: {where}: invalid {kind} coordinates ({exc})") from None
     return None
 

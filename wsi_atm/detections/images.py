@@ -30,6 +30,11 @@ def _base(name: str) -> str:
     return PurePath(name.replace("\\", "/")).name.lower()
 
 
+def names_match(a: str, b: str) -> bool:
+    """Whether two image names are the same file name or stem, ignoring case and folders."""
+    return _base(a) == _base(b) or _stem(a) == _stem(b)
+
+
 def select_image(
     images: Sequence[ImageInfo], slide_name: str, wanted: str | None, file_name: str
 ) -> ImageInfo:

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsi_atm.detections.images import ImageInfo, select_image, size_warning
-from wsi_atm.detections.records import CandidateOptions, RawDetections, SlideFrame
+from wsi_atm.detections.records import (
+    CandidateOptions,
+    RawDetections,
+    SlideFrame,
+    as_float,
+    first_floats,
+)
 from wsi_atm.errors import DetectionsError
 
 MITOSIS_CATEGORY_ID = 1
@@ -31,10 +37,9 @@ def _key(value: Any) -> str:
 
 
 def _size(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
+    """An image's declared width or height; 0 (unknown) when it is not a usable number."""
+    size = as_float(value)
+    return int(size) if size is not None and math.isfinite(size) and size > 0 else 0
 
 
 def index(doc: dict[str, Any], name: str) -> MidogIndex:
@@ -84,13 +89,38 @@ def _mitosis_ids(idx: MidogIndex, wanted: str, name: str) -> set[str]:
 
 def _centre(ann: dict[str, Any], name: str) -> tuple[float, float]:
     bbox = ann.get("bbox")
-    try:
-        x1, y1, x2, y2 = (float(v) for v in bbox)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+    values = first_floats(bbox, 4) if isinstance(bbox, list) and len(bbox) == 4 else None
+    if values is None:
         raise DetectionsError(
             f"{name}: annotation id {ann.get('id')} has no [x1, y1, x2, y2] bbox: {bbox!r}"
-        ) from None
+        )
+    x1, y1, x2, y2 = values
+    # Regression: a COCO export ([x, y, width, height]) read as corners put every centre at
+    # about half its true position, silently.
+    if x2 < x1 or y2 < y1:
+        raise DetectionsError(
+            f"{name}: annotation id {ann.get('id')} has bbox {bbox!r} with x2 < x1 or y2 < y1; "
+            "MIDOG JSON boxes are [x1, y1, x2, y2] (a COCO [x, y, width, height] export must "
+            "be converted first)"
+        )
     return (x1 + x2) / 2.0, (y1 + y2) / 2.0
+
+
+SCORE_KEYS = ("score", "probability", "confidence")
+
+
+def _score(ann: dict[str, Any], name: str) -> float:
+    """The detector's score when the annotation carries one (detector output in this format
+    does: ``score``), NaN when not."""
+    for key in SCORE_KEYS:
+        if ann.get(key) is not None:
+            value = as_float(ann[key])
+            if value is None:
+                raise DetectionsError(
+                    f"{name}: annotation id {ann.get('id')}: {key} {ann[key]!r} is not a number"
+                )
+            return value
+    return math.nan
 
 
 def read_midog(
@@ -98,9 +128,10 @@ def read_midog(
 ) -> RawDetections:
     image = select_image(idx.images, frame.name, options.image, name)
     mitosis = _mitosis_ids(idx, options.mitosis_class, name)
-    ids, xs, ys, labels, imposters = [], [], [], [], []
+    ids, xs, ys, scores, labels, imposters = [], [], [], [], [], []
     for i, ann in enumerate(idx.by_image.get(image.id, [])):
         x, y = _centre(ann, name)
+        scores.append(_score(ann, name))
         cid = _key(ann.get("category_id"))
         ids.append(_key(ann["id"]) if "id" in ann else str(i))
         xs.append(x)
@@ -111,7 +142,7 @@ def read_midog(
         ids,
         xs,
         ys,
-        [math.nan] * len(ids),
+        scores,
         labels,
         imposters,
         image=image.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def _raw(loaded: sniff.Loaded, frame: SlideFrame, options: CandidateOptions) -> 
     if loaded.fmt == SLIDERUNNER:
         return sliderunner.read_sliderunner(loaded.path, frame, options)
     if loaded.fmt == CSV:
-        return table.read_table(loaded.payload, name)
+        return table.read_table(loaded.payload, name, frame.name, options.image)
     if loaded.fmt == QUPATH_GEOJSON:
         return geojson.read_geojson(loaded.payload, name)
     if loaded.fmt != EMPTY:  # pragma: no cover - sniff only yields known formats
@@ -70,13 +71,14 @@ def _raw(loaded: sniff.Loaded, frame: SlideFrame, options: CandidateOptions) -> 
     return empty
 
 
-def _check_finite(raw: RawDetections, name: str) -> None:
+def _check_finite(raw: RawDetections, name: str, when: str = "") -> None:
     bad = np.flatnonzero(~(np.isfinite(raw.x) & np.isfinite(raw.y)))
     if len(bad):
         i = int(bad[0])
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise DetectionsError(
-            f"{name}: non-finite coordinates (x={raw.x[i]}, y={raw.y[i]}) in {raw.where(i)}{more}"
+            f"{name}: non-finite coordinates (x={raw.x[i]}, y={raw.y[i]}){when} in "
+            f"{raw.where(i)}{more}"
         )
 
 
@@ -107,11 +109,18 @@ def read_detections(
         warnings=list(raw.warnings),
     )
     report.warnings += extent_warnings(raw.x, raw.y, units, frame)
+    if options.image and raw.image is None:
+        report.warnings.append(f"the image option ({options.image!r}) is ignored: the file "
+                               "names no images")
 
     mpp_x, mpp_y = frame.detector_mpp_xy
-    x, y = raw.x * px_per_unit(units, mpp_x), raw.y * px_per_unit(units, mpp_y)
+    with np.errstate(over="ignore"):
+        x, y = raw.x * px_per_unit(units, mpp_x), raw.y * px_per_unit(units, mpp_y)
     if raw.qupath_frame:
         x, y = x + frame.bounds_offset[0], y + frame.bounds_offset[1]
+    # Regression: finite millimetres beyond 1e304 became infinite pixels, written as an empty
+    # cell to a CSV that is meant to read back as detections
+    _check_finite(replace(raw, x=x, y=y), name, f" after conversion from {units} to px")
 
     keep = np.ones(len(raw), dtype=bool)
     if not options.include_imposters:
@@ -121,6 +130,11 @@ def read_detections(
         below = keep & (raw.score < options.min_score)  # NaN (no score) compares False: kept
         report.below_min_score = int(np.count_nonzero(below))
         keep &= ~below
+        if len(raw) and not np.isfinite(raw.score).any():
+            report.warnings.append(
+                f"min score {options.min_score:g} has no effect: the file gives no candidate "
+                "a score"
+            )
     idx = np.flatnonzero(keep)
     if options.merge_radius_um > 0:
         kept = merge_duplicates(x[idx], y[idx], raw.score[idx], options.merge_radius_um / frame.mpp)

@@ -56,6 +56,26 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def as_float(value: object) -> float | None:
+    """``value`` as a float, or None when it is not a number Python can hold as one (text,
+    a list, an integer too large for a float: JSON allows any number of digits)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def first_floats(values: object, count: int) -> list[float] | None:
+    """The first ``count`` items of a JSON list as floats, or None when the list is shorter
+    or one of them is not a number (:func:`as_float`)."""
+    if not isinstance(values, list) or len(values) < count:
+        return None
+    found = [as_float(v) for v in values[:count]]
+    return None if None in found else found  # type: ignore[return-value]
+
+
 def supported_formats_text() -> str:
     return ", ".join(f"{name} ({FORMAT_DESCRIPTIONS[name]})" for name in SUPPORTED_FORMATS)
 

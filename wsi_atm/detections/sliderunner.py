@@ -9,13 +9,21 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from wsi_atm.detections.images import ImageInfo, select_image, size_warning
-from wsi_atm.detections.records import CandidateOptions, RawDetections, SlideFrame, one_line
+from wsi_atm.detections.records import (
+    CandidateOptions,
+    RawDetections,
+    SlideFrame,
+    as_float,
+    one_line,
+)
 from wsi_atm.errors import DetectionsError
 
 REQUIRED_TABLES = ("Slides", "Annotations", "Annotations_coordinates", "Classes")
 
 _ANNOTATIONS = """
-SELECT a.uid, c.name, AVG(co.coordinateX), AVG(co.coordinateY), COUNT(co.uid)
+SELECT a.uid, c.name, AVG(co.coordinateX), AVG(co.coordinateY), COUNT(co.uid),
+       SUM(typeof(co.coordinateX) NOT IN ('integer', 'real')
+           OR typeof(co.coordinateY) NOT IN ('integer', 'real'))
 FROM Annotations a
 LEFT JOIN Classes c ON c.uid = a.agreedClass
 LEFT JOIN Annotations_coordinates co ON co.annoId = a.uid
@@ -54,6 +62,12 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
             ) from None
 
 
+def _size(value: object) -> int:
+    """A slide's stored width or height; 0 (unknown) when it is not a usable number."""
+    size = as_float(value)
+    return int(size) if size is not None and math.isfinite(size) and size > 0 else 0
+
+
 def _images(conn: sqlite3.Connection, with_counts: bool) -> list[ImageInfo]:
     counts: dict[str, dict[str, int]] = {}
     if with_counts:
@@ -63,8 +77,8 @@ def _images(conn: sqlite3.Connection, with_counts: bool) -> list[ImageInfo]:
         ImageInfo(
             id=str(uid),
             name=str(filename or uid),
-            width=int(width or 0),
-            height=int(height or 0),
+            width=_size(width),
+            height=_size(height),
             counts=counts.get(str(uid), {}),
         )
         for uid, filename, width, height in conn.execute(
@@ -86,10 +100,14 @@ def read_sliderunner(path: Path, frame: SlideFrame, options: CandidateOptions) -
     wanted = options.mitosis_class.strip().lower()
     ids, xs, ys, labels, imposters = [], [], [], [], []
     empty = 0
-    for uid, cname, x, y, n in rows:
+    for uid, cname, x, y, n, not_numbers in rows:
         if n == 0:
             empty += 1
             continue
+        if not_numbers:  # SQLite averages text as 0: a silent corner, not an error
+            raise DetectionsError(
+                f"{path.name}: annotation {uid} has a coordinate that is not a number"
+            )
         label = str(cname or "")
         ids.append(str(uid))
         xs.append(math.nan if x is None else float(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -86,10 +87,7 @@ def _load_uncached(p: Path) -> Loaded:
             raise DetectionsError(f"{p.name}: corrupt gzip file: {one_line(exc)}") from None
         if data.startswith(SQLITE_MAGIC):
             raise DetectionsError(f"{p.name}: gzip-compressed SQLite is not supported; unpack it")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _unknown(p, "binary content") from None
+    text = _text(data, p)
     stripped = text.lstrip()
     if not stripped:
         return Loaded(EMPTY, None, p)
@@ -109,6 +107,19 @@ def _load_uncached(p: Path) -> Loaded:
     raise _unknown(p, f"text starting {first!r}")
 
 
+def _text(data: bytes, p: Path) -> str:
+    """The file as text: UTF-8 (with or without a BOM), or UTF-16 with its BOM (Excel's
+    "Unicode text" export)."""
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        if b"\0" in data[:4096]:
+            raise _unknown(p, "binary content") from None
+        raise DetectionsError(f"{p.name}: text that is not UTF-8 (nor UTF-16 with a byte-order "
+                              "mark); save it as UTF-8") from None
+
+
 def _unknown(p: Path | str, what: str) -> DetectionsError:
     name = p.name if isinstance(p, Path) else p
     return DetectionsError(
@@ -125,6 +136,8 @@ def parse_json(text: str, name: str) -> Any:
         ) from None
     except RecursionError:
         raise DetectionsError(f"{name}: malformed JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+        raise DetectionsError(f"{name}: unreadable JSON: {one_line(exc)}") from None
 
 
 def json_format(doc: Any, name: str) -> str:
@@ -137,7 +150,7 @@ def json_format(doc: Any, name: str) -> str:
             return GC_POINTS
         if kind in ("featurecollection", "feature"):
             return QUPATH_GEOJSON
-        keys = ", ".join(sorted(map(str, doc))[:8])
+        keys = one_line(", ".join(sorted(map(repr, doc))[:8]))
         what = f"JSON object with type {doc.get('type')!r} and keys {keys}"
     elif isinstance(doc, list):
         if all(isinstance(f, dict) and str(f.get("type", "")).lower() == "feature" for f in doc):

@@ -7,7 +7,9 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
+from wsi_atm.detections.images import ImageInfo, names_match, select_image
 from wsi_atm.detections.records import RawDetections, is_imposter_name
 from wsi_atm.errors import DetectionsError
 
@@ -26,6 +28,9 @@ QUPATH_PX = "Centroid X px"
 SCORE_ALIASES = ("score", "probability", "confidence", "prob", "detector_score")
 LABEL_ALIASES = ("label", "class", "classification", "class_name", "category", "name")
 ID_ALIASES = ("id", "uid", "object_id", "candidate_id")
+# QuPath's measurement export of several images has an "Image" column; detectors' tables
+# covering a cohort name the slide
+IMAGE_ALIASES = ("image", "image_name", "slide", "slide_name", "file_name", "filename")
 
 
 def accepted_xy_text() -> str:
@@ -42,6 +47,7 @@ class Columns:
     score: int | None
     label: int | None
     id: int | None
+    image: int | None = None
     ambiguity: str = ""  # why the x/y columns cannot be told apart, if they cannot
 
 
@@ -111,6 +117,7 @@ def find_columns(text: str) -> Columns | None:
                 score=_first(names, SCORE_ALIASES),
                 label=_first(names, LABEL_ALIASES),
                 id=_first(names, ID_ALIASES),
+                image=_first(names, IMAGE_ALIASES),
             )
     return None
 
@@ -123,20 +130,33 @@ def _number(row: list[str], index: int, what: str, where: str, name: str) -> flo
         raise DetectionsError(f"{name}: {where}: {what} value {cell!r} is not a number") from None
 
 
-def read_table(text: str, name: str) -> RawDetections:
-    """Rows of a CSV/TSV as candidates (units from the column names, else pixels)."""
-    cols = find_columns(text)
-    if cols is None:  # pragma: no cover - sniffing guarantees columns
-        raise DetectionsError(f"{name}: no x/y columns ({accepted_xy_text()})")
-    if cols.ambiguity:  # Regression: x,x,y or x,y plus x_um,y_um silently used one column
-        raise DetectionsError(f"{name}: {cols.ambiguity}")
+def _cell(row: list[str], index: int | None) -> str:
+    return row[index].strip() if index is not None and index < len(row) else ""
+
+
+@dataclass
+class _Rows:
+    """A table's rows as read, before choosing the slide's."""
+
+    ids: list[str]
+    xs: list[float]
+    ys: list[float]
+    scores: list[float]
+    labels: list[str]
+    images: list[str]
+    lines: list[int]
+
+    def subset(self, keep: list[bool]) -> _Rows:
+        def pick(values: list[Any]) -> list[Any]:
+            return [v for v, k in zip(values, keep, strict=True) if k]
+
+        return _Rows(pick(self.ids), pick(self.xs), pick(self.ys), pick(self.scores),
+                     pick(self.labels), pick(self.images), pick(self.lines))
+
+
+def _rows(text: str, cols: Columns, name: str) -> _Rows:
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")), delimiter=cols.delimiter)
-    ids: list[str] = []
-    xs: list[float] = []
-    ys: list[float] = []
-    scores: list[float] = []
-    labels: list[str] = []
-    lines: list[int] = []
+    rows = _Rows([], [], [], [], [], [], [])
     seen_header = False
     for row in reader:
         if not any(cell.strip() for cell in row):
@@ -145,25 +165,65 @@ def read_table(text: str, name: str) -> RawDetections:
             seen_header = True
             continue
         where = f"line {reader.line_num}"
-        xs.append(_number(row, cols.x, "x", where, name))
-        ys.append(_number(row, cols.y, "y", where, name))
+        rows.xs.append(_number(row, cols.x, "x", where, name))
+        rows.ys.append(_number(row, cols.y, "y", where, name))
         score = math.nan
-        if cols.score is not None and cols.score < len(row) and row[cols.score].strip():
-            score = _number(row, cols.score, "score", where, name)
-        scores.append(score)
-        label = row[cols.label].strip() if cols.label is not None and cols.label < len(row) else ""
-        labels.append(label)
-        rid = row[cols.id].strip() if cols.id is not None and cols.id < len(row) else ""
-        ids.append(rid or str(len(ids)))
-        lines.append(reader.line_num)
+        if _cell(row, cols.score):
+            score = _number(row, cols.score, "score", where, name)  # type: ignore[arg-type]
+        rows.scores.append(score)
+        rows.labels.append(_cell(row, cols.label))
+        # without an id column, the row's index; a blank cell in one, an id no number
+        # in that column can equal
+        fallback = str(len(rows.ids)) if cols.id is None else f"line {reader.line_num}"
+        rows.ids.append(_cell(row, cols.id) or fallback)
+        rows.images.append(_cell(row, cols.image))
+        rows.lines.append(reader.line_num)
+    return rows
+
+
+def _this_slide(rows: _Rows, slide_name: str, wanted: str | None,
+                name: str) -> tuple[_Rows, str | None, list[str]]:
+    """The rows of the slide's image when the table names images (its rows, the image's name,
+    warnings); all rows when it names one image and none was asked for."""
+    distinct = list(dict.fromkeys(v for v in rows.images if v))
+    if not distinct:
+        return rows, None, []
+    if len(distinct) == 1 and not wanted:
+        if names_match(distinct[0], slide_name):
+            return rows, distinct[0], []
+        return rows, distinct[0], [f"the table's rows name image {distinct[0]!r}, not the "
+                                   f"slide {slide_name!r}: is it the right file?"]
+    if len(distinct) > 1 and "" in rows.images:
+        line = rows.lines[rows.images.index("")]
+        raise DetectionsError(f"{name}: line {line} names no image, but the table holds "
+                              f"{len(distinct)} images' rows")
+    chosen = select_image([ImageInfo(id=v, name=v) for v in distinct], slide_name, wanted, name)
+    return rows.subset([v == chosen.name for v in rows.images]), chosen.name, []
+
+
+def read_table(text: str, name: str, slide_name: str = "",
+               wanted: str | None = None) -> RawDetections:
+    """Rows of a CSV/TSV as candidates (units from the column names, else pixels); when the
+    table names images (QuPath's measurement export of a project), the rows of the slide
+    ``slide_name``'s image, or of the image ``wanted``."""
+    cols = find_columns(text)
+    if cols is None:  # pragma: no cover - sniffing guarantees columns
+        raise DetectionsError(f"{name}: no x/y columns ({accepted_xy_text()})")
+    if cols.ambiguity:  # Regression: x,x,y or x,y plus x_um,y_um silently used one column
+        raise DetectionsError(f"{name}: {cols.ambiguity}")
+    # Regression: a QuPath export of several images put every image's cells on this slide
+    rows, image, warnings = _this_slide(_rows(text, cols, name), slide_name, wanted, name)
+    lines = rows.lines
     return RawDetections.build(
-        ids,
-        xs,
-        ys,
-        scores,
-        labels,
-        [is_imposter_name(label) for label in labels],
+        rows.ids,
+        rows.xs,
+        rows.ys,
+        rows.scores,
+        rows.labels,
+        [is_imposter_name(label) for label in rows.labels],
         units=cols.units or "px",
         qupath_frame=cols.qupath_frame,
+        image=image,
+        warnings=warnings,
         row_label=lambda i: f"line {lines[i]}",
     )

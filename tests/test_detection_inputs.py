@@ -1,0 +1,184 @@
+"""Detection files that looked readable but were read wrong (or crashed): one regression each."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_detections import FRAME, make_sliderunner, one_line_error, rows, write
+from wsi_atm.detections import CandidateOptions, SlideFrame, read_detections
+from wsi_atm.errors import DetectionsError
+from wsi_atm.outputs.geojson import circle_ring
+
+
+def midog_doc(annotations: list[dict[str, object]], **image: object) -> dict[str, object]:
+    return {
+        "images": [{"id": 1, "file_name": "slide.tiff", **image}],
+        "categories": [{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "imposter"}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": 1, **a}
+                        for i, a in enumerate(annotations)],
+    }
+
+
+def test_coco_boxes_are_refused_not_read_as_corners(tmp_path: Path) -> None:
+    # COCO's [x, y, width, height] read as [x1, y1, x2, y2] put the centre at (175, 225)
+    path = write(tmp_path / "coco.json", midog_doc([{"bbox": [300, 400, 50, 50]}]))
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(path, FRAME)
+    message = one_line_error(excinfo)
+    assert "x2 < x1" in message and "COCO" in message
+    path = write(tmp_path / "midog.json", midog_doc([{"bbox": [300, 400, 350, 450]}]))
+    assert rows(read_detections(path, FRAME))[0]["x"] == 325.0
+
+
+def test_midog_detector_scores_are_read_and_filtered(tmp_path: Path) -> None:
+    annotations = [{"bbox": [100 * i, 100, 100 * i + 50, 150], "score": i / 10}
+                   for i in range(1, 10)]
+    path = write(tmp_path / "det.json", midog_doc(annotations))
+    cands = read_detections(path, FRAME, CandidateOptions(min_score=0.5))
+    assert sorted(r["score"] for r in rows(cands)) == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert cands.report.below_min_score == 4
+    bad = write(tmp_path / "bad.json", midog_doc([{"bbox": [0, 0, 5, 5], "score": "high"}]))
+    with pytest.raises(DetectionsError, match="score 'high' is not a number"):
+        read_detections(bad, FRAME)
+
+
+def test_min_score_without_any_score_says_it_does_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "plain.csv", "x,y\n10,20\n30,40\n")
+    cands = read_detections(path, FRAME, CandidateOptions(min_score=0.99))
+    assert len(cands) == 2
+    assert any("no effect" in w for w in cands.report.warnings)
+    scored = write(tmp_path / "scored.csv", "x,y,score\n10,20,0.1\n30,40,\n")
+    cands = read_detections(scored, FRAME, CandidateOptions(min_score=0.99))
+    assert not any("no effect" in w for w in cands.report.warnings)
+
+
+QUPATH_EXPORT = (
+    "Image\tName\tClass\tCentroid X px\tCentroid Y px\n"
+    "slide.svs\tc1\tMitotic figure\t100\t200\n"
+    "other.svs\tc2\tMitotic figure\t300\t400\n"
+    "other.svs\tc3\tMitotic figure\t500\t600\n"
+)
+
+
+def test_a_table_of_several_images_gives_this_slides_rows(tmp_path: Path) -> None:
+    # a QuPath measurement export of a project put every image's cells on this slide
+    path = write(tmp_path / "export.tsv", QUPATH_EXPORT)
+    cands = read_detections(path, FRAME)
+    assert [(r["x"], r["y"]) for r in rows(cands)] == [(100.0, 200.0)]
+    assert cands.report.image == "slide.svs"
+    other = read_detections(path, FRAME, CandidateOptions(image="other.svs"))
+    assert [r["x"] for r in rows(other)] == [300.0, 500.0]
+    elsewhere = SlideFrame("third.svs", width=10_000, height=8_000, mpp=0.25)
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(path, elsewhere)
+    assert "no entry for slide 'third.svs'" in one_line_error(excinfo)
+
+
+def test_a_table_image_column_with_gaps_or_another_name(tmp_path: Path) -> None:
+    gap = write(tmp_path / "gap.tsv", QUPATH_EXPORT + "\t\tMitotic figure\t7\t8\n")
+    with pytest.raises(DetectionsError, match="names no image"):
+        read_detections(gap, FRAME)
+    single = write(tmp_path / "single.csv", "slide,x,y\ncase_17,10,20\ncase_17,30,40\n")
+    cands = read_detections(single, FRAME)
+    assert len(cands) == 2
+    assert any("'case_17', not the slide 'slide.svs'" in w for w in cands.report.warnings)
+    plain = write(tmp_path / "plain.csv", "x,y\n10,20\n")
+    cands = read_detections(plain, FRAME, CandidateOptions(image="slide.svs"))
+    assert any("image option ('slide.svs') is ignored" in w for w in cands.report.warnings)
+
+
+def test_a_blank_id_cannot_equal_another_rows_id(tmp_path: Path) -> None:
+    # the blank cell of the second row was given "1", the first row's id
+    path = write(tmp_path / "ids.csv", "id,x,y\n1,10,20\n,30,40\n")
+    ids = [r["id"] for r in rows(read_detections(path, FRAME))]
+    assert len(set(ids)) == 2 and ids[0] == "1"
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    # integers JSON allows and Python cannot hold as a float, or at all
+    ("gc.json", '{"type": "Multiple points", "points": [{"point": [1%s, 2, 0]}]}' % ("0" * 400)),
+    ("geo.json", '{"type": "Feature", "geometry": {"type": "Point", "coordinates": '
+                 '[1%s, 2]}, "properties": {}}' % ("0" * 400)),
+    ("huge.json", '{"type": "Multiple points", "points": [{"point": [1%s, 2, 0]}]}'
+                  % ("0" * 5000)),
+    ("bbox.json", json.dumps(midog_doc([{"bbox": [0, 0, 5, 5]}]))
+     .replace("[0, 0, 5, 5]", "[0, 0, 5%s, 5]" % ("0" * 400))),
+])
+def test_numbers_too_large_for_python_are_input_errors(tmp_path: Path, name: str,
+                                                       content: str) -> None:
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(write(tmp_path / name, content), FRAME)
+    one_line_error(excinfo)
+
+
+def test_coordinates_that_overflow_in_conversion_are_refused(tmp_path: Path) -> None:
+    # finite millimetres (1e306) became infinite pixels, an empty cell in the output CSV
+    path = write(tmp_path / "gc.json", {"type": "Multiple points",
+                                        "points": [{"point": [1e306, 0.1, 0]}]})
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(path, FRAME)
+    assert "after conversion from mm to px" in one_line_error(excinfo)
+
+
+def test_an_unusable_declared_image_size_is_unknown_not_a_crash(tmp_path: Path) -> None:
+    text = json.dumps(midog_doc([{"bbox": [0, 0, 10, 10]}], width=1, height=2))
+    text = text.replace('"width": 1', '"width": 1e400').replace('"height": 2', '"height": "x"')
+    cands = read_detections(write(tmp_path / "m.json", text), FRAME)
+    assert len(cands) == 1 and not cands.report.warnings
+    db = make_sliderunner(tmp_path / "sr.sqlite")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE Slides SET width = 'abc' WHERE uid = 1")
+    conn.close()
+    frame = SlideFrame("a1b2_slide.svs", width=10_000, height=8_000, mpp=0.25)
+    assert len(read_detections(db, frame)) == 3  # the imposter left out
+
+
+def test_sliderunner_text_coordinates_are_refused_not_averaged_as_zero(tmp_path: Path) -> None:
+    db = make_sliderunner(tmp_path / "sr.sqlite")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE Annotations_coordinates SET coordinateX = 'abc' "
+                     "WHERE annoId = 2 AND orderIdx = 1")
+    conn.close()
+    frame = SlideFrame("a1b2_slide.svs", width=10_000, height=8_000, mpp=0.25)
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(db, frame)
+    assert "annotation 2 has a coordinate that is not a number" in one_line_error(excinfo)
+
+
+def test_own_circle_output_reads_back_at_its_centres(tmp_path: Path) -> None:
+    # GEOS put a circle's centroid a hair below a half pixel: 1,123 of 2,000 crops moved 1 px
+    rng = np.random.default_rng(0)
+    centres = np.floor(rng.uniform(100, 7000, (2000, 2))) + 0.5
+    features = [{"type": "Feature", "properties": {},
+                 "geometry": {"type": "Polygon", "coordinates": [circle_ring(x, y, 20.0)]}}
+                for x, y in centres.tolist()]
+    path = write(tmp_path / "circles.geojson", {"type": "FeatureCollection",
+                                                "features": features})
+    cands = read_detections(path, FRAME, CandidateOptions(merge_radius_um=0))
+    np.testing.assert_array_equal(cands.x, centres[:, 0])
+    np.testing.assert_array_equal(cands.y, centres[:, 1])
+    assert np.array_equal(np.floor(cands.x + 0.5), centres[:, 0] + 0.5)
+
+
+def test_utf16_tables_are_read_and_other_encodings_named(tmp_path: Path) -> None:
+    text = "x\ty\tclass\n10\t20\tmitosis\n30\t40\tmitosis\n"
+    for bom, codec in ((codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+        path = write(tmp_path / f"{codec}.tsv", bom + text.encode(codec))
+        assert [r["x"] for r in rows(read_detections(path, FRAME))] == [10.0, 30.0]
+    latin = write(tmp_path / "latin1.tsv", "x\ty\tclass\n10\t20\tmitose é\n".encode("latin-1"))
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(latin, FRAME)
+    assert "not UTF-8" in one_line_error(excinfo)
+
+
+def test_unknown_json_keys_with_newlines_stay_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "odd.json", {"weird\nkey": 1, "type": "x\ny"})
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(path, FRAME)
+    assert "unknown detection format" in one_line_error(excinfo)
