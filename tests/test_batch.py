@@ -272,6 +272,9 @@ def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, mo
         def close(self) -> None:
             events.append(("close", self.job.slide.name, time.perf_counter()))
 
+        def start_now(self) -> None:
+            events.append(("turn", self.job.slide.name, time.perf_counter()))
+
     def prepare(job, settings):
         events.append(("prepare", job.slide.name, time.perf_counter()))
         assert threading.current_thread() is not threading.main_thread()
@@ -294,6 +297,7 @@ def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, mo
     for i in (1, 2):  # slide i was opened before slide i-1 finished classifying
         assert at[("prepare", f"s{i}.tif")] < at[("classified", f"s{i - 1}.tif")]
     assert sum(kind == "close" for kind, _, _ in events) == 3
+    assert sum(kind == "turn" for kind, _, _ in events) == 3  # each slide's clock restarted
 
 
 def test_one_batch_per_out_dir_and_leftovers_are_cleared(tmp_path):

@@ -185,10 +185,14 @@ def test_a_batch_stopped_before_a_slide_starts_leaves_its_outputs_alone(tmp_path
                    "--threshold", "0.3", "--scheduler", "tcp://127.0.0.1:1"], "")
     assert bad.returncode == 2, bad.stderr
     assert looks_complete(out) == done
+    assert (out / "cohort.csv").is_file()
     stopped = wsi_atm(["batch", "--manifest", str(manifest), "--out-dir", str(out), "--quiet",
                        "--threshold", "0.3"], "crop:interrupt")
     assert stopped.returncode == 130, stopped.stderr
     assert looks_complete(out) == ["slide1.summary.json"]  # slide0 had started, slide1 not
+    # Regression: the last run's cohort files stayed, showing slide0 as it no longer is
+    assert not [p.name for p in out.iterdir() if p.name in ("cohort.csv", "cohort.png",
+                                                              "report.html")]
 
 
 def _manifest(tmp_path: Path, n: int = 2) -> Path:

@@ -132,9 +132,16 @@ class PreparedSlide:
     plan: CropPlan
     timings: dict[str, float]
     started: float
+    prepare_s: float = 0.0  # opening, detections and planning
 
     def close(self) -> None:
         self.slide.close()
+
+    def start_now(self) -> None:
+        """Count the slide's time from now on, plus its own preparation: a batch prepares the
+        next slide in the background while another is classified, and that wait is not this
+        slide's time (it made a small slide after a large one report the large one's)."""
+        self.started = time.perf_counter() - self.prepare_s
 
 
 def prepare_slide(
@@ -159,7 +166,8 @@ def prepare_slide(
     except BaseException:
         slide.close()
         raise
-    return PreparedSlide(slide, Path(detections_path), cands, plan, timings, t0)
+    return PreparedSlide(slide, Path(detections_path), cands, plan, timings, t0,
+                         time.perf_counter() - t0)
 
 
 def classify_prepared(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from wsi_atm.batch.plan import SlideStatus
+from wsi_atm.batch.plan import COHORT_FILES, SlideStatus
 from wsi_atm.batch.report import write_report
 from wsi_atm.files import atomic_path, atomic_write_text, printable
 
@@ -23,7 +23,8 @@ COLUMNS = ("slide", "detections", "status", "candidates", "classified", "atypica
            "atypical_fraction_corrected", "corrected_ci95_low", "corrected_ci95_high",
            "corrected_method", "corrected_warning", "atypical_to_normal_ratio",
            "hotspot_area_mm2", "hotspot_mitoses", "hotspot_atypical", "hotspot_atypical_fraction",
-           "hotspot_center_x", "hotspot_center_y", "tissue_mm2", "mitoses_per_mm2",
+           "hotspot_fraction_ci95_low", "hotspot_fraction_ci95_high", "hotspot_center_x",
+           "hotspot_center_y", "tissue_mm2", "mitoses_per_mm2",
            "atypical_per_mm2", "review_flagged", "elapsed_s", "error")
 
 
@@ -43,6 +44,7 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     center = hot.get("center_px") or [None, None]
     ci = frac.get("ci95") or [None, None]
     cci = corrected.get("ci95") or [None, None]
+    hci = (hot.get("atypical_fraction") or {}).get("ci95") or [None, None]
     # skipped: the time of the run that made the outputs; not run: blank
     elapsed = s.get("elapsed_s") if o.status == SlideStatus.SKIPPED else (o.elapsed_s or None)
     row = {
@@ -58,6 +60,7 @@ def cohort_row(o: Outcome) -> dict[str, str]:
         "hotspot_area_mm2": hot.get("area_mm2"), "hotspot_mitoses": hot.get("mitoses"),
         "hotspot_atypical": hot.get("atypical"),
         "hotspot_atypical_fraction": (hot.get("atypical_fraction") or {}).get("value"),
+        "hotspot_fraction_ci95_low": hci[0], "hotspot_fraction_ci95_high": hci[1],
         "hotspot_center_x": center[0], "hotspot_center_y": center[1],
         "tissue_mm2": tissue.get("area_mm2"), "mitoses_per_mm2": tissue.get("mitoses_per_mm2"),
         "atypical_per_mm2": tissue.get("atypical_per_mm2"),
@@ -73,7 +76,8 @@ def write_cohort(outcomes: list[Outcome], out_dir: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(cohort_row(o) for o in outcomes)
-    atomic_write_text(out_dir / "cohort.csv", buf.getvalue())
+    table, histogram, _ = (out_dir / name for name in COHORT_FILES)
+    atomic_write_text(table, buf.getvalue())
     raw = [o.summary["atypical_fraction"]["value"] for o in outcomes
            if o.summary.get("atypical_fraction")]
     headline = [o.summary["atypical_fraction_corrected"]["value"] for o in outcomes
@@ -82,7 +86,7 @@ def write_cohort(outcomes: list[Outcome], out_dir: Path) -> None:
     use_headline = bool(headline) and len(headline) == len(raw)
     label = ("estimated true atypical share per slide" if use_headline
              else "atypical / (atypical + normal) per slide")
-    with atomic_path(out_dir / "cohort.png") as tmp:
+    with atomic_path(histogram) as tmp:
         draw_histogram(headline if use_headline else raw, len(outcomes), label=label).save(
             tmp, format="PNG")
     write_report(outcomes, out_dir)  # last: it links the histogram and each slide's files

@@ -25,11 +25,13 @@ from wsi_atm.options import (
     check_mpp,
     check_out_dir,
 )
-from wsi_atm.pipeline import file_ids, overwritten_inputs
+from wsi_atm.pipeline import file_ids, output_paths, overwritten_inputs
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
                     ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
 MAX_DETECTIONS_BYTES = 2 << 30  # larger files next to a slide are not sniffed as detections
+# what a batch writes for the cohort beside the slides' outputs (see batch.cohort)
+COHORT_FILES = ("cohort.csv", "cohort.png", "report.html")
 
 
 class SlideStatus(StrEnum):
@@ -177,6 +179,14 @@ def _manifest_rows(path: Path) -> list[dict[str, str]]:
     if not {"slide", "detections"} <= set(header):
         raise BadInputError(f"{path}: a manifest needs the columns slide,detections[,mpp]; "
                             f"its header is {','.join(header) or '(empty)'}")
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:  # Regression: the last of two "slide" columns was used, silently
+        raise BadInputError(f"{path}: the header names {', '.join(twice)} more than once")
+    for line, row in enumerate(rows[1:], start=2):
+        extra = [c for c in row[len(header):] if c.strip()]
+        if extra:  # Regression: a value beyond the header (an mpp) was dropped, silently
+            raise BadInputError(f"{path}: line {line} has {len(row)} cells but the header "
+                                f"names {len(header)} columns")
     return [dict(zip(header, (c.strip() for c in r), strict=False)) for r in rows[1:]]
 
 
@@ -231,6 +241,12 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
     clashes: dict[str, None] = {}  # ordered, without repeats
     for job in jobs:
         stem = PurePath(job.slide.name).stem
+        # Regression: a slide cohort.svs wrote cohort.csv/.png, then the cohort's overwrote them
+        writes = {p.name.lower() for p in output_paths(job.slide.name, out_dir).values()}
+        taken = [name for name in COHORT_FILES if name in writes]
+        if taken:
+            clashes[f"{job.slide} writes {stem}.*, which the batch's own {', '.join(taken)} "
+                    "would overwrite: rename the slide"] = None
         if stem in owners:
             clashes[f"{owners[stem]} and {job.slide} both write {stem}.*"] = None
         owners.setdefault(stem, job.slide)

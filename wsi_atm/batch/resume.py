@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -16,6 +18,7 @@ from wsi_atm.engines import DEVICE_NAMES, cuda_possible, precision_on
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
 from wsi_atm.models.card import ModelCard, verify_weights
+from wsi_atm.models.sources import cached_revision
 from wsi_atm.options import OutputOptions
 from wsi_atm.pipeline import output_paths, wanted_outputs
 
@@ -30,7 +33,11 @@ def model_fingerprint(card: ModelCard) -> dict[str, Any]:
     if missing:
         raise ModelError(f"model {card.name!r}: weight file missing: {', '.join(missing)}")
     weights = [w.sha256 or file_sha256(card.resolve(w.file)) for w in card.weights]
-    return {"model": card.name, "card_sha256": file_sha256(card.path), "weights_sha256": weights}
+    found = {"model": card.name, "card_sha256": file_sha256(card.path), "weights_sha256": weights}
+    if card.is_hub:  # the weights hold adapters or a head; the backbone is the cached snapshot
+        found["base_model"] = card.architecture
+        found["base_revision"] = card.hub_revision or cached_revision(card.architecture)
+    return found
 
 
 def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
@@ -48,8 +55,20 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
     else:  # an explicit device means the same on every machine; auto resolves here
         device = device_type(settings.device, distributed)
         precision = precision_on(device, kind, settings.precision)
-    return {"wsi_atm_version": __version__, "device": device, "precision": precision,
-            "compile": settings.compile, "engine": settings.engine}
+    return {"wsi_atm_version": __version__, "code_sha256": code_sha256(), "device": device,
+            "precision": precision, "compile": settings.compile, "engine": settings.engine}
+
+
+@functools.cache
+def code_sha256() -> str:
+    """The sha256 of wsi-atm's own source: the version number alone never changed between
+    commits, so upgrading a checkout re-ran nothing whatever the new code computes."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def device_type(name: str, distributed: bool) -> str:
@@ -94,15 +113,26 @@ def record_path(out_dir: Path, job: Job) -> Path:
     return out_dir / STATE_DIR / f"{PurePath(job.slide.name).stem}.done.json"
 
 
+SUMMARY_SHA = "summary_sha256"  # beside the key in a record: the summary the run wrote
+
+
+def record_text(out_dir: Path, job: Job, key: dict[str, Any]) -> str:
+    """The completion record of ``job`` just written with ``key``."""
+    summary = output_paths(job.slide.name, out_dir)["summary"]
+    return json.dumps({**key, SUMMARY_SHA: file_sha256(summary)}, indent=1)
+
+
 def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
-    """``None`` when the slide's record matches ``key`` and all its outputs are there, else
-    why it must run again ("" for a slide never finished here)."""
+    """``None`` when the slide's record matches ``key``, all its outputs are there and its
+    summary is the one that run wrote, else why it must run again ("" for a slide never
+    finished here)."""
     try:
         saved = json.loads(record_path(out_dir, job).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
     if not isinstance(saved, dict):
         return "its completion record is unreadable"
+    written = saved.pop(SUMMARY_SHA, None)
     changed = sorted(k for k in key.keys() | saved.keys() if saved.get(k) != key.get(k))
     if changed:
         return "changed since its last run: " + ", ".join(changed)
@@ -110,6 +140,10 @@ def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
     missing = [p.name for p in wanted.values() if not p.is_file()]
     if missing:
         return "output missing: " + ", ".join(missing)
+    # Regression: a classify run into the same folder replaced the outputs and the batch
+    # still took them for its own
+    if written != file_sha256(wanted["summary"]):
+        return "its outputs were rewritten since (another run into this folder)"
     return None
 
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm import pipeline
-from wsi_atm.batch.plan import BatchSettings, Job, Outcome, SlideStatus
+from wsi_atm.batch.plan import COHORT_FILES, BatchSettings, Job, Outcome, SlideStatus
 from wsi_atm.batch.resume import (
     completion_key,
     engine_key,
     exclusive,
     model_fingerprint,
     record_path,
+    record_text,
     remove_leftovers,
     why_rerun,
 )
@@ -31,7 +32,7 @@ from wsi_atm.classifiers import load_classifier as _load
 from wsi_atm.console import LOCAL_WORKER_ENV, setup_console
 from wsi_atm.cpus import CPUS_ENV, usable_cpus
 from wsi_atm.errors import BadInputError, WsiAtmError
-from wsi_atm.files import atomic_write_text, file_sha256
+from wsi_atm.files import atomic_write_text, file_sha256, remove_temps
 from wsi_atm.heap import pin_mmap_threshold
 from wsi_atm.options import OpenOptions
 from wsi_atm.pipeline import (
@@ -145,6 +146,7 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: SlideClassifie
     except Exception as exc:  # failure isolation: record and go on
         elapsed = round(time.perf_counter() - t0, 3)
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
+    prep.start_now()
     try:
         begin(job)
         result = classify_job(prep, classifier, settings)
@@ -272,11 +274,16 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
             # input or before reaching a slide leaves that slide's earlier outputs as they were
             remove_leftovers(out_dir, job)
             retire_outputs(job.slide.name, out_dir)
+            # Regression: a batch stopped from here on left the last run's cohort files,
+            # describing outputs that had changed since, looking current
+            for name in COHORT_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+                remove_temps(out_dir / name)
 
         def write(result: SlideResult, job: Job) -> None:
             remove_leftovers(out_dir, job)
             write_outputs(result, out_dir, settings.outputs)
-            atomic_write_text(record_path(out_dir, job), json.dumps(keys[job.slide], indent=1))
+            atomic_write_text(record_path(out_dir, job), record_text(out_dir, job, keys[job.slide]))
 
         runner = (run_dask(pending, settings, write, scheduler, workers, begin)
                   if distributed else run_local(pending, settings, write, begin))

@@ -39,8 +39,7 @@ from torch import nn
 from wsi_atm.errors import ModelError
 from wsi_atm.models.backbone import create_backbone
 from wsi_atm.models.card import ModelCard
-from wsi_atm.models.hub import cached_revision
-from wsi_atm.models.sources import is_hub_id, normalise_hub_id
+from wsi_atm.models.sources import cached_revision, is_hub_id, normalise_hub_id
 from wsi_atm.models.weight_files import save_safetensors
 
 EMBEDDINGS = ("cls", "cls+mean")

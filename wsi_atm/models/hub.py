@@ -33,6 +33,9 @@ from torch import nn
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import ModelCard, Preprocess
+from wsi_atm.models.sources import cached_file as cached_file
+from wsi_atm.models.sources import cached_revision as cached_revision
+from wsi_atm.models.sources import hub_cache_dir as hub_cache_dir
 from wsi_atm.models.sources import split_hub_id, timm_hub_name
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -47,34 +50,6 @@ def hub_offline() -> bool:
     if env.strip():
         return env.strip().lower() in _TRUE
     return bool(constants.HF_HUB_OFFLINE)
-
-
-def hub_cache_dir() -> Path:
-    """The hub cache as the environment names it now (``HF_HUB_CACHE``, then ``HF_HOME``/hub)."""
-    from huggingface_hub import constants
-
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.path.expandvars(os.environ[var])).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
-    return Path(constants.HF_HUB_CACHE)
-
-
-def cached_file(model_id: str, filename: str, revision: str = "") -> Path | None:
-    """The cached path of one file of a hub repo (no network), or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    repo, rev = split_hub_id(model_id)
-    found = try_to_load_from_cache(
-        repo, filename, cache_dir=str(hub_cache_dir()), revision=revision or rev or None)
-    return Path(found) if isinstance(found, str) else None
-
-
-def cached_revision(model_id: str, revision: str = "") -> str:
-    """The commit of the cached snapshot (``main`` or ``revision``); ``""`` when not cached."""
-    path = cached_file(model_id, "config.json", revision)
-    return path.parent.name if path is not None else ""
 
 
 @contextmanager

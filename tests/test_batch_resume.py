@@ -1,0 +1,118 @@
+"""``wsi-atm batch``: what resume trusts, manifests and names it refuses, and honest timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.batch_helpers import card_128, cohort_rows, make_cohort, write_candidates
+from tests.cli_helpers import run_cli
+from wsi_atm.batch import plan_jobs, resume
+from wsi_atm.errors import BadInputError
+from wsi_atm.models.card import load_card
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return card_128(tmp_path_factory.mktemp("card"))
+
+
+def batch(args: list[str], card: Path) -> int:
+    return run_cli(["batch", *args, "--model", str(card), "--device", "cpu", "--quiet"])
+
+
+def test_a_slide_named_cohort_is_refused(tmp_path: Path) -> None:
+    # Regression: cohort.svs wrote cohort.csv and cohort.png, and the batch's own cohort files
+    # then overwrote them (a rerun skipped the slide as up to date)
+    slides = tmp_path / "slides"
+    make_cohort(slides, n=1)
+    (slides / "case0.tif").rename(slides / "cohort.tif")
+    (slides / "case0.csv").rename(slides / "cohort.det.csv")
+    (slides / "extra.tif").write_bytes(b"")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide,detections\n{slides / 'cohort.tif'},{slides / 'cohort.det.csv'}\n")
+    with pytest.raises(BadInputError, match=r"cohort\.csv, cohort\.png would overwrite"):
+        plan_jobs(None, manifest, None, None, tmp_path / "out")
+    (slides / "report.tif").write_bytes(b"")  # writes report.csv etc.: no clash with report.html
+    manifest.write_text(f"slide,detections\n{slides / 'report.tif'},{slides / 'cohort.det.csv'}\n")
+    assert len(plan_jobs(None, manifest, None, None, tmp_path / "out")) == 1
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    # Regression: the extra cell (an mpp) was dropped, and of two "slide" columns the last won
+    ("slide,detections\ncase0.tif,case0.csv,0.5\n", "line 2 has 3 cells but the header names 2"),
+    ("slide,detections,slide\ncase0.tif,case0.csv,case1.tif\n", "names slide more than once"),
+])
+def test_manifest_cells_beyond_the_header_or_repeated_columns_are_refused(
+        tmp_path: Path, text: str, said: str) -> None:
+    make_cohort(tmp_path, n=2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    with pytest.raises(BadInputError, match=said):
+        plan_jobs(None, manifest, None, None, tmp_path / "out")
+
+
+def test_outputs_rewritten_by_another_run_are_not_taken_for_the_batchs(
+        tmp_path: Path, card: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: classify into the batch's folder replaced case0's outputs (another threshold)
+    # and the batch's next run skipped it, reporting that run's calls as its own
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    make_cohort(slides, n=2)
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert run_cli(["classify", str(slides / "case0.tif"), "--detections",
+                    str(slides / "case0.csv"), "--out-dir", str(out), "--model", str(card),
+                    "--device", "cpu", "--quiet", "--threshold", "0.01"]) == 0
+    capsys.readouterr()
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert [r["status"] for r in cohort_rows(out)] == ["ok", "skipped"]
+    assert "re-running case0.tif: its outputs were rewritten" in capsys.readouterr().err
+    summary = json.loads((out / "case0.summary.json").read_text())
+    assert summary["model"]["threshold"] != 0.01
+    record = json.loads((out / ".wsi-atm" / "case0.done.json").read_text())
+    assert record[resume.SUMMARY_SHA] == resume.file_sha256(out / "case0.summary.json")
+
+
+def test_a_hub_cards_key_names_its_base_model_snapshot(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a LoRA card's weights hold only the adapters; a new cached snapshot of the
+    # base model changed the results without changing the key
+    folder = tmp_path / "card"
+    shutil.copytree(Path(resume.__file__).parents[1] / "models" / "cards", folder)
+    path = folder / "uni.toml"
+    card = load_card(path)
+    for w in card.weights:
+        target = card.resolve(w.file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+    monkeypatch.setattr(resume, "cached_revision", lambda model_id, revision="": "abc123")
+    key = resume.model_fingerprint(card)
+    assert (key["base_model"], key["base_revision"]) == (card.architecture, "abc123")
+    monkeypatch.setattr(resume, "cached_revision", lambda model_id, revision="": "def456")
+    assert resume.model_fingerprint(card)["base_revision"] == "def456"
+
+
+def test_the_code_itself_is_in_the_key(tmp_path: Path) -> None:
+    # Regression: the key held only the version number, never bumped: upgrading a checkout
+    # re-ran nothing whatever the new code computes
+    digest = resume.code_sha256()
+    assert len(digest) == 64 and int(digest, 16)
+    assert resume.code_sha256() == digest
+
+
+def test_a_slides_time_is_its_own_not_the_wait_for_the_one_before(
+        tmp_path: Path, card: Path) -> None:
+    # Regression: a local batch counted a slide's time from when its background preparation
+    # began, so a small slide after a large one reported the large one's classification
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    make_cohort(slides, n=2)
+    write_candidates(slides / "case0.csv", 1500)
+    assert batch([str(slides), "--out-dir", str(out), "--merge-radius", "0"], card) == 0
+    rows = {r["slide"].rsplit("/", 1)[-1]: float(r["elapsed_s"]) for r in cohort_rows(out)}
+    summary = json.loads((out / "case1.summary.json").read_text())
+    assert summary["elapsed_s"] <= rows["case1.tif"] < summary["elapsed_s"] + 0.5  # + writing
+    assert rows["case1.tif"] < rows["case0.tif"] / 3
+    own = sum(v for k, v in summary["timings_s"].items())
+    assert summary["elapsed_s"] < own + 1.0
