@@ -39,11 +39,11 @@ from torch import nn
 from wsi_atm.errors import ModelError
 from wsi_atm.models.backbone import create_backbone
 from wsi_atm.models.card import ModelCard
+from wsi_atm.models.schema import EMBEDDING_METHODS as EMBEDDINGS
+from wsi_atm.models.schema import LORA_HEADS
 from wsi_atm.models.sources import cached_revision, is_hub_id, normalise_hub_id
 from wsi_atm.models.weight_files import save_safetensors
 
-EMBEDDINGS = ("cls", "cls+mean")
-LORA_HEADS = ("token0", "pooled", "replace")
 LORA_FORMAT = "wsi-atm-lora/1"
 
 

@@ -19,12 +19,9 @@ from torchvision.transforms import v2 as T
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import Preprocess
+from wsi_atm.models.schema import INTERPOLATIONS, check_op
 
-_INTERP = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+_INTERP = {name: InterpolationMode(name) for name in INTERPOLATIONS}
 
 
 class RandomRot90(torch.nn.Module):
@@ -181,8 +178,14 @@ def _probability(spec: dict[str, Any], module: torch.nn.Module) -> torch.nn.Modu
 
 
 def _op(spec: dict[str, Any]) -> torch.nn.Module:
-    kind = spec.get("op")
-    interp = _INTERP.get(spec.get("interpolation", "bilinear"), InterpolationMode.BILINEAR)
+    # Cards are checked when read; this catches op lists built elsewhere (a misspelt
+    # interpolation was silently bilinear, a resize without size a KeyError).
+    try:
+        check_op(spec, "preprocess")
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    kind = spec["op"]
+    interp = _INTERP[spec.get("interpolation", "bilinear")]
     builders: dict[str, Callable[[], torch.nn.Module]] = {
         "resize": lambda: T.Resize(spec["size"], interpolation=interp, antialias=True),
         "center_crop": lambda: T.CenterCrop(spec["size"]),
@@ -202,10 +205,8 @@ def _op(spec: dict[str, Any]) -> torch.nn.Module:
             spec.get("kernel", 5), sigma=tuple(spec.get("sigma", (0.1, 1.0)))),
         "sharpness": lambda: T.RandomAdjustSharpness(spec.get("factor", 2.0), p=1.0),
         "jpeg": lambda: JpegRecompress(tuple(spec.get("quality", (50, 95)))),
-        "reinhard": lambda: ReinhardNormalise(spec.get("mean", ()), spec.get("std", ())),
+        "reinhard": lambda: ReinhardNormalise(spec["mean"], spec["std"]),
     }
-    if kind not in builders:
-        raise ModelError(f"unknown preprocessing op {kind!r}; known: {', '.join(builders)}")
     return _probability(spec, builders[kind]())
 
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from wsi_atm.fraction.estimators import METHODS as FRACTION_METHODS
 
 MODES = ("end-to-end", "linear-probe", "lora")
+EMBEDDING_METHODS = ("cls", "cls+mean")
+LORA_HEADS = ("token0", "pooled", "replace")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CALIBRATED = ("calibrated-mean", "calibrated-em")
 ENUMS: dict[str, tuple[str, ...]] = {
     "kind": ("cnn", "vit", "foundation"),
     "status": ("trained", "untrained", "external"),
@@ -23,6 +28,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "labels.output": ("p_atypical", "p_normal"),
     # the estimators' own names: a card may name only what classify can compute
     "fraction.method": FRACTION_METHODS,
+    "embedding.method": EMBEDDING_METHODS,
+    "lora.head": LORA_HEADS,
 }
 # Tables whose keys are fixed; ``None`` marks a sub-table whose own keys are free (timm kwargs,
 # a hub's config, per-group metrics). Keys of [training] are the record of the run's options.
@@ -47,7 +54,7 @@ FIXED: dict[str, dict[str, Any]] = {
 # Numbers that are shares or probabilities: a threshold of 7 or nan would call every mitosis
 # normal without a word, a sensitivity of 2 would bend the slide estimate.
 UNIT_INTERVAL = ("decision.threshold", "metrics.sensitivity", "metrics.specificity",
-                 "fraction.prior", "fraction.q_atypical", "fraction.q_normal")
+                 "fraction.q_atypical", "fraction.q_normal")
 NON_NEGATIVE = ("fraction.shift_sd", "metrics.cv_sensitivity_std", "metrics.cv_specificity_std")
 METRIC_STATS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
 METRICS = {"source", "cv", "cv_group", "sensitivity", "specificity", "cv_n_atypical",
@@ -56,6 +63,158 @@ METRICS = {"source", "cv", "cv_group", "sensitivity", "specificity", "cv_n_atypi
 METRIC_TABLES = ("held_out", "in_domain", "out_of_domain")
 SECTION_ORDER = ("architecture", "input", "labels", "preprocess", "lora", "embedding",
                  "decision", "metrics", "fraction", "training", "weights")
+
+# A check returns None when a value is fine, else the values it allows (for the error).
+Check = Callable[[Any], str | None]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def number(low: float = -math.inf, high: float = math.inf, *, integer: bool = False,
+           above: bool = False, below: bool = False) -> Check:
+    """A finite number (whole with ``integer``) from ``low`` to ``high`` (``above``/``below``:
+    excluding that end)."""
+    parts = [f"above {low:g}" if above else f"at least {low:g}"] if low > -math.inf else []
+    if high < math.inf:
+        parts.append(f"below {high:g}" if below else f"at most {high:g}")
+    allowed = ("a whole number" if integer else "a finite number") + (
+        ", " + " and ".join(parts) if parts else "")
+
+    def check(value: Any) -> str | None:
+        if not _is_number(value) or (integer and not isinstance(value, int)) \
+                or not math.isfinite(value):
+            return allowed
+        inside = (low < value if above else low <= value) and (
+            value < high if below else value <= high)
+        return None if inside else allowed
+    return check
+
+
+def pair(item: Check) -> Check:
+    """Two values, each passing ``item``, the first not above the second."""
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or len(value) != 2 or any(item(v) for v in value) \
+                or value[0] > value[1]:
+            return f"a pair [low, high], each {item(None)}, low <= high"
+        return None
+    return check
+
+
+def triple(item: Check) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or len(value) != 3 or any(item(v) for v in value):
+            return f"three values, each {item(None)}"
+        return None
+    return check
+
+
+def one_of(options: tuple[str, ...]) -> Check:
+    return lambda value: None if value in options else f"one of {', '.join(options)}"
+
+
+def either(first: Check, second: Check) -> Check:
+    return lambda value: None if first(value) is None or second(value) is None \
+        else f"{first(value)}, or {second(value)}"
+
+
+def _of_type(kind: type, allowed: str) -> Check:
+    return lambda value: None if isinstance(value, kind) else allowed
+
+
+SIZE = number(1, integer=True)
+SHARE = number(0, 1)
+NON_NEG = number(0)
+INTERP = one_of(INTERPOLATIONS)
+# Each preprocessing op's parameters (``p``, the share of images it applies to, is common to
+# all) and which of them it cannot do without.
+OP_PARAMS: dict[str, dict[str, Check]] = {
+    "resize": {"size": SIZE, "interpolation": INTERP},
+    "center_crop": {"size": SIZE},
+    "hflip": {}, "vflip": {}, "rot90": {},
+    "rotate": {"degrees": either(NON_NEG, pair(number())), "interpolation": INTERP},
+    "color_jitter": {"brightness": NON_NEG, "contrast": NON_NEG, "saturation": NON_NEG,
+                     "hue": number(0, 0.5)},
+    "random_resized_crop": {"size": SIZE, "scale": pair(number(0, 1, above=True)),
+                            "ratio": pair(number(0, above=True)), "interpolation": INTERP},
+    "stain_jitter": {"scale": NON_NEG, "shift": NON_NEG},
+    "hed_jitter": {"sigma": NON_NEG, "bias": NON_NEG},
+    "gaussian_blur": {"kernel": number(1, integer=True),
+                      "sigma": pair(number(0, above=True))},
+    "sharpness": {"factor": NON_NEG},
+    "jpeg": {"quality": pair(number(1, 100, integer=True))},
+    "reinhard": {"mean": triple(number()), "std": triple(number(0, above=True))},
+}
+OP_REQUIRED = {"resize": ("size",), "center_crop": ("size",), "rotate": ("degrees",),
+               "random_resized_crop": ("size",), "reinhard": ("mean", "std")}
+# Values whose type or range the code that reads them relies on (a crop size of 32.9, an mpp
+# of 0 or a LoRA rank of -1 were accepted and failed, or misbehaved, far from the card).
+FIELDS: dict[str, Check] = {
+    "name": _of_type(str, "a string"), "description": _of_type(str, "a string"),
+    "batch_size": SIZE, "input.crop_size": SIZE, "input.model_size": SIZE,
+    "input.mpp": number(0, above=True),
+    "lora.r": SIZE, "lora.alpha": number(0, above=True), "lora.dropout": number(0, 1, below=True),
+    "lora.adapt_patch_embed": _of_type(bool, "true or false"),
+    "embedding.patch_start": number(0, integer=True), "embedding.dim": number(0, integer=True),
+    "fraction.platt_a": number(), "fraction.platt_b": number(),
+    "fraction.prior": number(0, 1, above=True, below=True),  # the EM divides by it and 1 - it
+    "metrics.cv_n_atypical": SIZE, "metrics.cv_n_normal": SIZE,
+}
+
+
+def check_op(spec: Any, where: str) -> None:
+    """Raise ValueError naming ``where`` and the parameter for an op a card cannot mean."""
+    kinds = ", ".join(OP_PARAMS)
+    if not isinstance(spec, dict) or spec.get("op") not in OP_PARAMS:
+        op = spec.get("op") if isinstance(spec, dict) else spec
+        raise ValueError(f"{where}: unknown preprocessing op {op!r} (known: {kinds})")
+    op = spec["op"]
+    params = OP_PARAMS[op] | {"p": SHARE}
+    for key, value in spec.items():
+        if key == "op":
+            continue
+        if key not in params:
+            raise ValueError(f"{where}: unknown key {key!r} of op {op!r} "
+                             f"(it takes {', '.join(params)})")
+        allowed = params[key](value)
+        if allowed:
+            raise ValueError(f"{where}.{key} = {value!r} must be {allowed} (op {op!r})")
+    missing = [k for k in OP_REQUIRED.get(op, ()) if k not in spec]
+    if missing:
+        raise ValueError(f"{where}: op {op!r} needs {' and '.join(missing)}")
+
+
+def _check_preprocess(mode: str, spec: dict[str, Any]) -> None:
+    for part in ("train", "eval"):
+        ops = spec.get(part, [])
+        if not isinstance(ops, list):
+            raise ValueError(f"preprocess.{mode}.{part} must be a list of ops")
+        for i, op in enumerate(ops):
+            check_op(op, f"preprocess.{mode}.{part}[{i}]")
+    checks = {"mean": triple(number()), "std": triple(number(0, above=True))}
+    for key, check in checks.items():
+        if key in spec and (allowed := check(spec[key])):
+            raise ValueError(f"preprocess.{mode}.{key} = {spec[key]!r} must be {allowed}")
+
+
+def _check_fraction(raw: dict[str, Any]) -> None:
+    """What the card's fraction method needs (see wsi_atm.fraction.estimators)."""
+    f = _table(raw, "fraction")
+    if not f:
+        return
+    if "method" not in f:
+        raise ValueError(f"fraction.method is missing (one of {', '.join(FRACTION_METHODS)})")
+    missing = [k for k in ("platt_a", "platt_b") if k not in f]
+    if f["method"] in CALIBRATED and missing:
+        raise ValueError(f"fraction.method = {f['method']!r} needs fraction.{missing[0]}")
+    q = [k for k in ("q_normal", "q_atypical") if k in f]
+    if len(q) == 1:
+        raise ValueError(f"fraction.{q[0]} needs its partner: give both q_normal and "
+                         "q_atypical, or neither")
+    if q and not f["q_normal"] < f["q_atypical"]:
+        raise ValueError(f"fraction.q_normal = {f['q_normal']!r} must be below "
+                         f"fraction.q_atypical = {f['q_atypical']!r}")
 
 
 def validate(raw: dict[str, Any]) -> None:
@@ -73,6 +232,10 @@ def validate(raw: dict[str, Any]) -> None:
         if not isinstance(w, dict) or "file" not in w:
             raise ValueError(f"weights[{i}] needs a file")
         _keys(w, FIXED["weights"], f"weights[{i}].")
+        digest = w.get("sha256", "")
+        if not (isinstance(digest, str) and (digest == "" or (
+                len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)))):
+            raise ValueError(f"weights[{i}].sha256 = {digest!r} must be 64 hex digits")
     for key, value in _table(raw, "metrics").items():
         if key not in METRICS and not (key in METRIC_TABLES and isinstance(value, dict)):
             raise ValueError(f"unknown key metrics.{key}")
@@ -92,6 +255,17 @@ def validate(raw: dict[str, Any]) -> None:
         if not ok:
             span = "between 0 and 1" if dotted in UNIT_INTERVAL else "a number of at least 0"
             raise ValueError(f"{dotted} = {value!r} must be {span}")
+    for dotted, check in FIELDS.items():
+        value = _get(raw, dotted)
+        if value is not None and (wanted := check(value)):
+            raise ValueError(f"{dotted} = {value!r} must be {wanted}")
+    for mode, spec in _table(raw, "preprocess").items():
+        _check_preprocess(mode, spec)
+    targets = _get(raw, "lora.target_modules")
+    if targets is not None and (not isinstance(targets, list) or not targets
+                                or not all(isinstance(t, str) and t for t in targets)):
+        raise ValueError(f"lora.target_modules = {targets!r} must be a list of module names")
+    _check_fraction(raw)
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -109,8 +109,11 @@ def run_metrics(summary: RunSummary) -> dict[str, Any]:
         metrics[f"cv_{key}_std"] = round(summary.fold_stats[key].std, 6)
     oof = summary.out_of_fold
     # The operating point classify uses: out-of-fold predictions at the card's threshold.
-    metrics |= {"cv_n_atypical": oof["n_atypical"], "cv_n_normal": oof["n_normal"],
-                "sensitivity": round(oof["sensitivity"], 6),
+    # Counts only when there are some (a --cv none refit holds nothing out): a card's counts
+    # are sample sizes, and a size of 0 would make the slide interval meaningless.
+    counts = {"cv_n_atypical": oof["n_atypical"], "cv_n_normal": oof["n_normal"]}
+    metrics |= {k: n for k, n in counts.items() if n}
+    metrics |= {"sensitivity": round(oof["sensitivity"], 6),
                 "specificity": round(oof["specificity"], 6),
                 "cv_out_of_fold_balanced_accuracy": round(oof["balanced_accuracy"], 6)}
     held = {name: {"balanced_accuracy": round(m["balanced_accuracy"], 6),
