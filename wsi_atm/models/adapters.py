@@ -41,7 +41,7 @@ from wsi_atm.models.backbone import create_backbone
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.schema import EMBEDDING_METHODS as EMBEDDINGS
 from wsi_atm.models.schema import LORA_HEADS
-from wsi_atm.models.sources import cached_revision, is_hub_id, normalise_hub_id
+from wsi_atm.models.sources import cached_revision, is_hub_id, normalise_hub_id, split_hub_id
 from wsi_atm.models.weight_files import save_safetensors
 
 LORA_FORMAT = "wsi-atm-lora/1"
@@ -190,9 +190,17 @@ def base_model_id(card: ModelCard) -> str:
         else card.architecture
 
 
+def pinned_revision(card: ModelCard) -> str:
+    """The base model's revision the card pins: ``[architecture] revision``, else the one in
+    a hub id ``hf-hub:org/name@rev``; ``""`` when none is pinned."""
+    if card.hub_revision or not is_hub_id(card.architecture):
+        return card.hub_revision
+    return split_hub_id(card.architecture)[1]
+
+
 def lora_metadata(card: ModelCard) -> dict[str, str]:
     """safetensors metadata of a LoRA checkpoint (strings only)."""
-    revision = card.hub_revision
+    revision = pinned_revision(card)
     if not revision and is_hub_id(card.architecture):
         revision = cached_revision(card.architecture)  # the snapshot actually used, if cached
     spec = card.lora
@@ -237,10 +245,10 @@ def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str 
     if meta["base_model"] != expected:
         raise ModelError(f"{where}adapters were trained on {meta['base_model']}, "
                          f"but {card.name} uses {expected}")
-    if meta.get("base_revision") and card.hub_revision \
-            and meta["base_revision"] != card.hub_revision:
+    pinned = pinned_revision(card)
+    if meta.get("base_revision") and pinned and meta["base_revision"] != pinned:
         raise ModelError(f"{where}adapters were trained on revision {meta['base_revision']}, "
-                         f"but {card.name} pins {card.hub_revision}")
+                         f"but {card.name} pins {pinned}")
     spec = card.lora
     mine = {"r": str(spec.r), "head": spec.head,
             "adapt_patch_embed": json.dumps(spec.adapt_patch_embed)}
