@@ -70,9 +70,17 @@ def test_rogan_gladen_interval_takes_in_the_rates_spread_between_scanners() -> N
     lo, hi = rogan_gladen_interval(k, n, 0.75, 600, 0.80, 2000)
     lo2, hi2 = rogan_gladen_interval(k, n, 0.75, 600, 0.80, 2000, sens_sd=0.07, spec_sd=0.08)
     assert lo2 < lo and hi2 > hi
-    # by the delta method: the spread's variance adds, weighted as the binomial one
-    theta = (k / n + 0.80 - 1) / 0.55
-    extra = (theta**2 * 0.07**2 + (1 - theta) ** 2 * 0.08**2) / 0.55**2
+    # by the delta method: the spread's variance adds, weighted as the binomial one, at θ of
+    # the Agresti-Coull adjusted proportions
+    z2 = 1.96**2
+
+    def adjusted(rate: float, count: int) -> float:
+        return (rate * count + z2 / 2) / (count + z2)
+
+    p, se, sp = adjusted(k / n, n), adjusted(0.75, 600), adjusted(0.80, 2000)
+    j = se + sp - 1
+    theta = (p + sp - 1) / j
+    extra = (theta**2 * 0.07**2 + (1 - theta) ** 2 * 0.08**2) / j**2
     half, half2 = (hi - lo) / 2, (hi2 - lo2) / 2
     assert half2**2 - half**2 == pytest.approx(1.96**2 * extra, rel=1e-6)
 

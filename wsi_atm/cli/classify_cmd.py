@@ -84,7 +84,12 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     n_aty, n_norm = int(result.atypical.sum()), int(result.normal.sum())
     skipped = len(result.candidates) - n_aty - n_norm
     ratio = f"{n_aty / n_norm:.3f}" if n_norm else "n/a (no normal mitoses)"
-    frac = f"{n_aty / (n_aty + n_norm):.1%}" if n_aty + n_norm else "n/a"
+    frac = "n/a"
+    if n_aty + n_norm:  # with its interval: under --tta it is the only share shown
+        from wsi_atm.fraction.stats import wilson_interval
+
+        low, high = wilson_interval(n_aty, n_aty + n_norm) or (0.0, 1.0)
+        frac = f"{n_aty / (n_aty + n_norm):.1%} [{low:.1%}, {high:.1%}]"
     click.echo(
         f"{result.slide.name}: {len(result.candidates)} candidates, {n_aty} atypical, "
         f"{n_norm} normal, {skipped} skipped; atypical fraction {frac}, "
@@ -101,7 +106,7 @@ def _headline(result: SlideResult) -> str:
     if est is None or est.value is None or est.ci95 is None:
         return ""
     text = f"; estimated true atypical share {est.value:.1%} [{est.ci95[0]:.1%}, {est.ci95[1]:.1%}]"
-    return text + (" (the data contradict the card here: see the summary's warning)"
+    return text + (" (flagged: it may not hold on this slide, see the summary's warning)"
                    if est.warning else "")
 
 

@@ -57,19 +57,18 @@ def rogan_gladen(p_obs: float, sens: float, spec: float) -> float | None:
     return _clip01((p_obs + spec - 1.0) / youden)
 
 
-def _adjusted_variance(p: float, n: int | None, z: float) -> float:
-    """Variance of a proportion estimated from ``n`` trials (0 when ``n`` is None: taken as exact).
-
-    Uses the Agresti–Coull adjusted proportion so that estimates of exactly 0 or 1 (say 0
-    atypical calls, or a sensitivity of 1.0 on a small set) still carry uncertainty.
-    """
+def _adjusted(p: float, n: int | None, z: float) -> tuple[float, float]:
+    """A proportion estimated from ``n`` trials, Agresti–Coull adjusted (``z²/2`` successes and
+    failures added), and the variance of that adjusted proportion; ``(p, 0)`` when ``n`` is
+    None (taken as exact). Estimates of exactly 0 or 1 (no atypical calls, a sensitivity of
+    1.0 on a small set) so still carry uncertainty."""
     if n is None:
-        return 0.0
+        return p, 0.0
     if n <= 0:
         raise ValueError(f"sample size must be positive, got {n}")
     z2 = z * z
     p_adj = (p * n + z2 / 2) / (n + z2)
-    return p_adj * (1 - p_adj) / (n + z2)
+    return p_adj, p_adj * (1 - p_adj) / (n + z2)
 
 
 def rogan_gladen_interval(
@@ -91,13 +90,15 @@ def rogan_gladen_interval(
 
     where ``var p``, ``var se`` and ``var sp`` are binomial variances from ``n``, ``n_pos``
     (the positives behind the sensitivity estimate) and ``n_neg`` (the negatives behind the
-    specificity estimate), each with the Agresti–Coull adjustment. ``n_pos``/``n_neg`` of
+    specificity estimate), each Agresti–Coull adjusted, the interval centred on θ computed from
+    the adjusted proportions (Lang & Reiczigel 2014; centred on the unadjusted θ, as before,
+    95 % intervals covered 0.885 at n = 20, 0.919 at n = 40). ``n_pos``/``n_neg`` of
     ``None`` treat that rate as exactly known. ``sens_sd``/``spec_sd``, the rates' spread
     between folds or scanners, add to their variances: the rates of the slide at hand are not
     those of the validation data: binomial error alone gave 95 % intervals that covered the
     truth on 48 % of held-out-scanner pseudo-slides, 83 % with the between-scanner spread
-    (``scripts/fraction_study.py``). The interval is centred on the unclipped θ and
-    then clipped to [0, 1], so it always contains the clipped point estimate.
+    (``scripts/fraction_study.py``). The interval is clipped to [0, 1] and stretched, if need
+    be, to hold the clipped point estimate.
     ``None`` when ``n == 0`` or ``sens + spec ≤ 1``.
     """
     _check_count(k, n)
@@ -106,12 +107,15 @@ def rogan_gladen_interval(
     youden = sens + spec - 1.0
     if n == 0 or youden <= 0:
         return None
-    p = k / n
-    theta = (p + spec - 1.0) / youden
-    var = (
-        _adjusted_variance(p, n, z)
-        + theta**2 * (_adjusted_variance(sens, n_pos, z) + sens_sd**2)
-        + (1 - theta) ** 2 * (_adjusted_variance(spec, n_neg, z) + spec_sd**2)
-    ) / youden**2
+    point = _clip01((k / n + spec - 1.0) / youden)
+    p, var_p = _adjusted(k / n, n, z)
+    se, var_se = _adjusted(sens, n_pos, z)
+    sp, var_sp = _adjusted(spec, n_neg, z)
+    if se + sp <= 1.0:  # adjusting pulled a barely useful test to chance: use the rates as given
+        se, sp = sens, spec
+    j = se + sp - 1.0
+    theta = (p + sp - 1.0) / j
+    var = (var_p + theta**2 * (var_se + sens_sd**2)
+           + (1 - theta) ** 2 * (var_sp + spec_sd**2)) / j**2
     half = z * math.sqrt(var)
-    return _clip01(theta - half), _clip01(theta + half)
+    return min(point, _clip01(theta - half)), max(point, _clip01(theta + half))

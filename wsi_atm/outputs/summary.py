@@ -17,11 +17,11 @@ from wsi_atm.crops import UPSAMPLE_WARN
 from wsi_atm.files import atomic_write_text
 from wsi_atm.fraction.estimators import Estimate, FractionModel, estimate
 from wsi_atm.fraction.stats import wilson_interval
-from wsi_atm.slide_result import SlideResult
+from wsi_atm.slide_result import ModelMeta, SlideResult
 
 SUMMARY_VERSION = 1
 # Upsampling crops by more than this blurs them enough to doubt the classifier's calls.
-Z95 = 1.96
+Z95 = 1.959964
 
 NOTES = {
     "atypical_fraction": (
@@ -238,23 +238,25 @@ def corrected_estimate(result: SlideResult) -> Estimate | None:
     if f.get("method") == "raw":  # the card says no correction holds: the raw share it is
         return estimate(p, FractionModel(threshold=m.threshold, method="raw"))
     if f.get("method") in CALIBRATED:
+        # the card's rates too: they tell a slide beyond the validated shares (a warning)
         fm = FractionModel(
             threshold=m.threshold, method=str(f["method"]), platt_a=float(f["platt_a"]),
             platt_b=float(f["platt_b"]), shift_sd=float(f.get("shift_sd", 0.0)),
-            source=str(f.get("source", "")),
+            source=str(f.get("source", "")), **_rates(m),
             extra={"prior": float(f.get("prior", 0.224)),
                    **{k: float(f[k]) for k in ("q_atypical", "q_normal") if k in f}},
         )
         return estimate(p, fm)
     if m.sensitivity is None or m.specificity is None:
         return None
-    fm = FractionModel(
-        threshold=m.threshold, method="rogan-gladen", sensitivity=m.sensitivity,
-        specificity=m.specificity, n_atypical=m.n_atypical, n_normal=m.n_normal,
-        sensitivity_sd=m.sensitivity_sd or 0.0, specificity_sd=m.specificity_sd or 0.0,
-    )
-    est = estimate(p, fm)
+    est = estimate(p, FractionModel(threshold=m.threshold, method="rogan-gladen", **_rates(m)))
     return est if est.value is not None else None
+
+
+def _rates(m: ModelMeta) -> dict[str, Any]:
+    return {"sensitivity": m.sensitivity, "specificity": m.specificity,
+            "n_atypical": m.n_atypical, "n_normal": m.n_normal,
+            "sensitivity_sd": m.sensitivity_sd or 0.0, "specificity_sd": m.specificity_sd or 0.0}
 
 
 def _corrected(result: SlideResult) -> dict[str, Any] | None:

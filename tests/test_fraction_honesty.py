@@ -1,0 +1,98 @@
+"""The slide estimates' honesty where they were found wanting: high true shares, flags that fired
+on noise, small-sample Rogan-Gladen coverage. Checked on the default model's real leave-scanner-
+out predictions (``docs/ablation``) and by exact binomial sums."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from wsi_atm.fraction.estimators import FractionModel, estimate
+from wsi_atm.models.registry import find_card
+from wsi_atm.train.fraction_study import load_prediction_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def default() -> FractionModel:
+    card = find_card(None)
+    f, m = card.fraction, card.metrics
+    return FractionModel(
+        threshold=card.threshold, method=f["method"], platt_a=f["platt_a"],
+        platt_b=f["platt_b"], shift_sd=f["shift_sd"], sensitivity=m["sensitivity"],
+        specificity=m["specificity"], n_atypical=m["cv_n_atypical"],
+        n_normal=m["cv_n_normal"],
+        extra={"prior": f["prior"], "q_atypical": f["q_atypical"], "q_normal": f["q_normal"]})
+
+
+@pytest.fixture(scope="module")
+def validation() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pred = load_prediction_table(REPO / "docs" / "ablation" / "a4-robust-soft-norm.csv")
+    return pred.p, pred.labels, pred.group
+
+
+def test_a_slide_of_only_atypical_mitoses_is_flagged_and_its_interval_widened(
+        default: FractionModel, validation: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    # Regression: the calibrated mean of every scanner's atypical crops read 0.39-0.56 with an
+    # interval below 0.82 and no warning: it cannot rise above what validation's slides gave
+    p, labels, groups = validation
+    for group in np.unique(groups):
+        atypical = p[(groups == group) & (labels == 1)]
+        e = estimate(atypical, default)
+        assert e.warning and "beyond the shares" in e.warning, group
+        assert e.ci95 is not None and e.ci95[1] >= 0.9, (group, e.ci95)
+
+
+def test_pseudo_slides_of_validated_shares_are_rarely_flagged(
+        default: FractionModel, validation: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    p, labels, groups = validation
+    rng = np.random.default_rng(0)
+    flagged = covered = 0
+    for _ in range(300):
+        group = rng.choice(np.unique(groups))
+        n_aty = rng.binomial(100, 0.2)
+        idx = np.concatenate([
+            rng.choice(np.flatnonzero((groups == group) & (labels == 1)), n_aty),
+            rng.choice(np.flatnonzero((groups == group) & (labels == 0)), 100 - n_aty)])
+        e = estimate(p[idx], default)
+        flagged += e.warning is not None
+        covered += e.ci95[0] <= n_aty / 100 <= e.ci95[1]  # type: ignore[index]
+    assert flagged <= 9 and covered >= 285
+
+
+RG = FractionModel(threshold=0.5, method="rogan-gladen", sensitivity=0.739198,
+                   specificity=0.741318, n_atypical=648, n_normal=2246)
+
+
+def _calls(k: int, n: int) -> np.ndarray:
+    return np.r_[np.ones(k), np.zeros(n - k)]
+
+
+def test_rogan_gladen_flags_contradictions_not_sampling_noise() -> None:
+    # Regression: with the card's rates exactly true and a true share of 0, half of all slides
+    # (the raw share falls below 1 - specificity half the time) were flagged, at any size
+    n, fp = 1000, 1 - RG.specificity  # type: ignore[operator]
+    flagged = sum(binom.pmf(k, n, fp) for k in range(n + 1)
+                  if estimate(_calls(k, n), RG).warning)
+    assert flagged < 0.03  # a 95 % interval wholly outside: 2.5 % by chance, was 50 %
+    # and the interval no longer jumps where the flag used to switch on
+    a, b = (estimate(_calls(k, n), RG).ci95 for k in (258, 259))
+    assert a is not None and b is not None and abs(a[1] - b[1]) < 0.01
+    assert estimate(_calls(150, n), RG).warning  # 0.15, far below 0.259: contradicted
+
+
+@pytest.mark.parametrize("n", [20, 30, 40])
+def test_rogan_gladen_interval_covers_at_small_n(n: int) -> None:
+    # Regression: centred on the unadjusted share, 95 % intervals covered 0.885 at n = 20
+    truth = 0.5
+    q = truth * RG.sensitivity + (1 - truth) * (1 - RG.specificity)  # type: ignore[operator]
+    coverage = 0.0
+    for k in range(n + 1):
+        ci = estimate(_calls(k, n), RG).ci95
+        assert ci is not None
+        coverage += binom.pmf(k, n, q) * (ci[0] <= truth <= ci[1])
+    assert coverage >= 0.94
