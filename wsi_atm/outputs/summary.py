@@ -36,9 +36,11 @@ NOTES = {
         "there (it is pulled towards the training share, 0.22: see the README); without a "
         "[fraction] table, Rogan-Gladen with the card's sensitivity and specificity "
         "(delta-method ci95, with their spread between folds when the card has it). A "
-        "'warning' says when the data contradict the card: a raw share its rates cannot "
-        "produce (the interval is then widened, never collapsed), or a mean calibrated "
-        "probability outside what its validation scanners gave. null when the run's "
+        "'warning' says when the estimate may not hold: a raw share the card's rates cannot "
+        "produce beyond sampling noise (the interval is then widened, never collapsed), a "
+        "mean calibrated probability outside what its validation scanners gave, or calls "
+        "showing a true share above the 0.5 the calibration was validated at (the interval "
+        "then takes in the Rogan-Gladen one). null when the run's "
         "operating point (--threshold for Rogan-Gladen, --tta for both) is not the card's."
     ),
     "atypical_to_normal_ratio": "atypical / normal calls; null when there are no normal calls.",
