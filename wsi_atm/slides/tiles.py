@@ -75,6 +75,16 @@ def decode_buffer(shape: tuple[int, int, int]) -> np.ndarray:
     return raw[start : start + size].reshape(shape)
 
 
+def check_jpeg_end(blob: bytes | memoryview, what: str) -> None:
+    """A ``SlideError`` unless a JPEG tile's bytes end with the end-of-image marker (trailing
+    zero padding allowed). libjpeg-turbo decodes a cut-short tile without a word, the rows it
+    lacks flat grey, and imagecodecs passes on no warning: the crops were classified as if
+    nothing were wrong, where OpenSlide refuses the tile ("Premature end of JPEG file")."""
+    if not bytes(blob[-64:]).rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise SlideError(f"{what} is cut short (its JPEG data has no end marker): the slide "
+                         "file is damaged or incompletely copied")
+
+
 def pieces(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Where windows' pixels come from: one row ``[window, tile, y0, y1, x0, x1]`` per
     (window, tile) pair, the rectangle in level pixels clipped to the level, for windows of
@@ -196,6 +206,7 @@ class TileReader:
                     yield self._decode(level, index, out, None)
                     continue
                 blob = os.pread(self._fd, lv.counts[index], lv.offsets[index])
+            check_jpeg_end(blob, self._where(level, index))
             try:
                 tile = decode(blob, tables=tables,  # type: ignore[arg-type]
                               colorspace=colorspace, outcolorspace=outcolorspace, out=out)
@@ -204,6 +215,9 @@ class TileReader:
             with self._count_lock:
                 self.decoded += 1
             yield tile
+
+    def _where(self, level: int, index: int) -> str:
+        return f"{self.path.name}: tile {index} of level {level}"
 
     def _check_open(self) -> None:
         """Checked before every tile, not once a run: a closed descriptor's number may be
@@ -316,8 +330,13 @@ class TileReader:
             return np.full((lv.tile_h, lv.tile_w, 3), 255, np.uint8)
         if data is None:
             data = os.pread(self._fd, count, lv.offsets[index])
+        if len(data) < count:  # the file ends before the tile does
+            raise SlideError(f"{self._where(level, index)} lies past the end of the file: the "
+                             "slide file is damaged or incompletely copied")
         if lv.jpeg is not None:  # libjpeg-turbo reads the memoryview in place
             import imagecodecs
+
+            check_jpeg_end(data, self._where(level, index))
 
             shape = (lv.tile_h, lv.tile_w, 3)
             if out is None:
