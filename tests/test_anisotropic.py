@@ -98,3 +98,24 @@ def test_classify_records_both_spacings(slide_path: Path, tmp_path: Path) -> Non
     with (out / "aniso.csv").open() as fh:
         row = next(csv.DictReader(fh))
     assert (float(row["x"]), float(row["y"])) == pytest.approx((3600, 2700))
+
+
+def test_upsampling_of_either_axis_is_reported(tmp_path: Path) -> None:
+    # Regression: a slide of 0.25 × 0.5 µm/px upsampled y 2× while the summary, slide-info and
+    # the review picture said "resample_factor 1.0" and carried no warning (x's factor only)
+    path = write_pyramid_tiff(
+        tmp_path / "tall.tif", tissue_image(800, 600, seed=2), None, levels=(1,),
+        compression="zlib", resolution=(10_000 / 0.25, 10_000 / 0.5),
+        resolution_unit="centimeter",
+    )  # fmt: skip
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+    assert plan.scale == pytest.approx(1.0) and plan.largest_scale == pytest.approx(2.0)
+    detections = tmp_path / "d.csv"
+    detections.write_text("x,y\n400,300\n")
+    out = tmp_path / "out"
+    assert run_cli(["classify", str(path), "--detections", str(detections), "--out-dir",
+                    str(out), "--device", "cpu", "--quiet"]) == 0
+    summary = json.loads((out / "tall.summary.json").read_text())["slide"]
+    assert summary["resample_factor"] == pytest.approx(2.0)
+    assert summary["upsampled"] and "upsampled 2.00x" in summary["upsample_warning"]

@@ -70,7 +70,7 @@ def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
         mpp_x=slide.mpp_xy.x, mpp_y=slide.mpp_xy.y, mpp_source=slide.mpp_source,
         bounds_offset=slide.bounds_offset,
         pixel_reader="tiles" if plan.level in slide.tile_levels else slide.backend,
-        crop_level=plan.level, resample_factor=plan.scale, upsampled=plan.upsampled,
+        crop_level=plan.level, resample_factor=plan.largest_scale, upsampled=plan.upsampled,
         detections_mpp=slide.detections_mpp_xy.value,
         detections_mpp_xy=(slide.detections_mpp_xy.x, slide.detections_mpp_xy.y),
     )

@@ -25,7 +25,7 @@ class SlideMeta:
     mpp_source: str
     bounds_offset: tuple[int, int]
     crop_level: int
-    resample_factor: float  # >1 means upsampled (slide coarser than the model's µm/px)
+    resample_factor: float  # of the larger axis; >1: upsampled (slide coarser than the model)
     upsampled: bool
     # µm/px used to turn a detector's physical units (µm, mm) into pixels: the spacing the file
     # declares (what the detector saw), not a --mpp override; None when the slide declares none.

@@ -27,7 +27,7 @@ def slide_info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> N
             with warnings.catch_warnings():  # the plan below reports upsampling itself
                 warnings.simplefilter("ignore")
                 plan = plan_crops(s)
-            info["crop_plan"] = {"level": plan.level, "resample_factor": plan.scale,
+            info["crop_plan"] = {"level": plan.level, "resample_factor": plan.largest_scale,
                                  "native": plan.native, "upsampled": plan.upsampled}
         else:
             info["crop_plan"] = "unknown µm/px: pass --mpp to classify this slide"

@@ -49,6 +49,12 @@ class CropPlan:
         return self.read_size, self.read_height or self.read_size
 
     @property
+    def largest_scale(self) -> float:
+        """The larger of the two axes' resize factors (> 1: that axis is upsampled). ``scale``
+        is x's alone: a slide of 0.25 × 0.5 µm/px upsampled y 2× while ``scale`` said 1."""
+        return self.crop_size / min(self.read_shape)
+
+    @property
     def effective_mpp(self) -> float:
         """µm/px of the crops as produced (the target, up to rounding of ``read_size``)."""
         return self.level_mpp / self.scale if self.level_mpp else self.target_mpp
