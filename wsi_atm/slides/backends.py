@@ -24,6 +24,7 @@ import numpy as np
 
 from wsi_atm.errors import SlideError
 from wsi_atm.slides.mpp import Mpp, mpp_from_tiff
+from wsi_atm.slides.tiff_pages import PageFacts, page_facts
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class _TiffSlideBackend:
             str(k): _prop_str(v) for k, v in first.properties.items() if v is not None
         }
         self.associated_images = tuple(first.associated_images.keys())
+        self._facts = page_facts(path, self.level_dimensions)
 
     def _open(self) -> Any:
         import tiffslide
@@ -152,8 +154,14 @@ class _TiffSlideBackend:
         ds = self.level_downsamples[level]
         location = (_level0_for(cx0, ds), _level0_for(cy0, ds))
         with self._handle() as handle:
-            arr = handle.read_region(location, level, (cx1 - cx0, cy1 - cy0), as_array=True)
-        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = to_rgb(np.asarray(arr))
+            arr = np.asarray(handle.read_region(location, level, (cx1 - cx0, cy1 - cy0),
+                                                as_array=True))
+        facts = self._facts.get(level)
+        if facts is not None and facts.min_is_white and arr.dtype == np.uint8:
+            arr = 255 - arr  # Regression: white-is-zero grey came out inverted
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = to_rgb(arr)
+        if facts is not None and facts.missing:
+            _whiten_missing(out, facts, (x0, y0), (cx0, cy0, cx1, cy1))
         return out
 
     def close(self) -> None:
@@ -162,6 +170,20 @@ class _TiffSlideBackend:
         for handle in handles:
             with contextlib.suppress(Exception):
                 handle.close()
+
+
+def _whiten_missing(out: np.ndarray, facts: PageFacts, origin: tuple[int, int],
+                    box: tuple[int, int, int, int]) -> None:
+    """White over the tiles the file never wrote (tiffslide paints them black; OpenSlide and
+    wsi-atm's own reader, transparent: white)."""
+    x0, y0 = origin
+    cx0, cy0, cx1, cy1 = box
+    for row in range(cy0 // facts.tile_h, (cy1 - 1) // facts.tile_h + 1):
+        for col in range(cx0 // facts.tile_w, (cx1 - 1) // facts.tile_w + 1):
+            if row * facts.across + col in facts.missing:
+                ty0, tx0 = max(row * facts.tile_h, cy0), max(col * facts.tile_w, cx0)
+                ty1, tx1 = min((row + 1) * facts.tile_h, cy1), min((col + 1) * facts.tile_w, cx1)
+                out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = 255
 
 
 def _level0_for(level_px: int, ds: float) -> int:

@@ -93,3 +93,40 @@ def _pages(tif: Any) -> list[Any]:
             seen.add(int(page.offset))
             pages.append(page)
     return pages
+
+
+@dataclass(frozen=True)
+class PageFacts:
+    """What a library's pixels of a TIFF level lack: its tiles the file never wrote (byte
+    count 0: transparent, so white) and whether it stores grey as white-is-zero."""
+
+    tile_w: int
+    tile_h: int
+    across: int
+    missing: frozenset[int]
+    min_is_white: bool
+
+
+def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, PageFacts]:
+    """:class:`PageFacts` of each level one page of the file holds exactly (none when the file
+    is not a TIFF tifffile reads)."""
+    import tifffile
+
+    found: dict[int, PageFacts] = {}
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = _pages(tif)
+            for level, (w, h) in enumerate(level_dimensions):
+                same = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
+                if len(same) != 1:
+                    continue
+                page = same[0]
+                tiled = bool(page.is_tiled)
+                tile_w = int(page.tilewidth) if tiled else w
+                tile_h = int(page.tilelength) if tiled else int(page.rowsperstrip or h)
+                missing = frozenset(i for i, n in enumerate(page.databytecounts) if not n)
+                found[level] = PageFacts(tile_w, tile_h, -(-w // tile_w), missing,
+                                         int(page.photometric) == 0)
+    except Exception:  # not a TIFF, or one tifffile cannot read: the library's pixels stand
+        return {}
+    return found
