@@ -4,7 +4,9 @@ Planning (:func:`plan_crops`) decides once per slide where crops come from:
 
 - level 0 within ``tolerance`` of the target µm/px, square pixels: read natively, no
   resampling, so a crop equals the slide pixels of its window ``[floor(x + 0.5) - size//2,
-  +size)``;
+  +size)`` (an even window: its centre is the pixel corner nearest the point; an odd read
+  window of a resampled plan is centred on the pixel the point lies in, ``floor(x)``; see
+  :func:`~wsi_atm.crops.plan.window_origins`);
 - non-square pixels (x and y µm/px differ by more than half a pixel over the crop): a
   rectangular window, each side at the target, resized to the square crop;
 - finer than the target: the coarsest level still at least as fine as the target (a level
