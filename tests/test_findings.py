@@ -238,17 +238,20 @@ def load_run(mosaic: dict, out: Path) -> tuple[dict, list[dict], dict]:
 
 
 def test_saturation_equals_the_hsv_formula() -> None:
-    # the channel-by-channel uint16 form against the plain one: (max - min) * 255 // max
+    # the channel-by-channel uint16 form against the plain one: (max - min) * 255 // max;
+    # Regression: near-black pixels (a dark scan margin) were "saturated" and counted as tissue
     rng = np.random.default_rng(4)
     rgb = rng.integers(0, 256, (300, 211, 3), dtype=np.uint8)
     rgb[:5] = 0  # black: max 0, saturation 0
     rgb[5:10] = 255
-    rgb[10:12] = (1, 0, 0)  # max 1: the largest spread ratio (saturation 255)
+    rgb[10:12] = (30, 0, 0)  # the darkest counted: the largest spread ratio (saturation 255)
+    rgb[12:14] = (3, 1, 2)  # near-black: 170 by the formula, counted as unsaturated
     data = rgb.astype(np.int64)
     hi, lo = data.max(axis=2), data.min(axis=2)
-    expected = np.where(hi > 0, (hi - lo) * 255 // np.maximum(hi, 1), 0)
+    expected = np.where(hi >= 30, (hi - lo) * 255 // np.maximum(hi, 1), 0)
     assert np.array_equal(saturation(rgb), expected.astype(np.uint8))
     assert (saturation(rgb)[10:12] == 255).all()
+    assert (saturation(rgb)[12:14] == 0).all()
     with pytest.raises(TypeError):
         saturation(rgb.astype(np.uint16))
 

@@ -283,6 +283,14 @@ def overwritten_inputs(slide_name: str, inputs: set[tuple[int, int]],
     return [p for p in output_paths(slide_name, out_dir).values() if file_ids([p]) & inputs]
 
 
+def blocked_outputs(slide_name: str, out_dir: Path) -> list[Path]:
+    """The slide's output paths taken by something that is not a file (a folder, say): no run
+    could write them. Regression: found only when the earlier outputs were already deleted,
+    as an internal error."""
+    return [p for p in output_paths(slide_name, out_dir).values()
+            if p.exists() and not p.is_file()]
+
+
 def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     """The files a run with ``outputs`` writes for a slide (the summary among them)."""
     paths = output_paths(slide_name, out_dir)

@@ -47,6 +47,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions, check_out_dir
     from wsi_atm.pipeline import (
+        blocked_outputs,
         file_ids,
         output_paths,
         overwritten_inputs,
@@ -66,6 +67,10 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     if clash:  # Regression: the review PNG replaced a slide named *.png, the CSV a *.csv
         raise OptionError(f"--out-dir {out_dir}: {clash[0].name} would overwrite an input "
                           "file; choose another folder")
+    blocked = blocked_outputs(slide.name, out_dir)
+    if blocked:
+        raise OptionError(f"--out-dir {out_dir}: {blocked[0].name} is a folder (or other "
+                          "non-file) where an output must go; move it or choose another folder")
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
     outputs = make_output_options(shape, review_class, points_json)

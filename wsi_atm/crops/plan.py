@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from wsi_atm.detections.records import snap
 from wsi_atm.errors import OptionError
 from wsi_atm.slides import Slide
 
@@ -131,12 +132,13 @@ def _finest_adequate_level(slide: Slide, target_mpp: float, tolerance: float) ->
 
 
 def nearest_pixel(v: float) -> int:
-    """The pixel a coordinate falls nearest to, halves rounded up (floor(v + 0.5)).
+    """The pixel a coordinate falls nearest to, halves rounded up (floor(v + 0.5)), after
+    :func:`~wsi_atm.detections.records.snap`.
 
     Python's round() rounds halves to even (63.5 → 64, 64.5 → 64), so the same point written
     as 270.5 in one detector format and 270.501 in another would crop 1 px apart.
     """
-    return math.floor(v + 0.5)
+    return math.floor(float(snap(v)) + 0.5)
 
 
 def resample(region: np.ndarray, plan: CropPlan) -> np.ndarray:
@@ -179,8 +181,9 @@ def window_origins(slide: Slide, xs: np.ndarray, ys: np.ndarray, plan: CropPlan)
     read at 71 or 63 px half a read pixel right and down."""
     ds = slide.level_downsamples[plan.level]
     width, height = plan.read_shape
-    ox = np.floor(xs / ds + (0.5 if width % 2 == 0 else 0.0)).astype(np.int64) - width // 2
-    oy = np.floor(ys / ds + (0.5 if height % 2 == 0 else 0.0)).astype(np.int64) - height // 2
+    xs, ys = snap(xs) / ds, snap(ys) / ds
+    ox = np.floor(xs + (0.5 if width % 2 == 0 else 0.0)).astype(np.int64) - width // 2
+    oy = np.floor(ys + (0.5 if height % 2 == 0 else 0.0)).astype(np.int64) - height // 2
     return np.stack([ox, oy], axis=1)
 
 

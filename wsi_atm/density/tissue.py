@@ -6,8 +6,8 @@ from the thumbnail's histogram; the cut is never taken below ``MIN_SATURATION`` 
 that is nearly all background (or nearly all tissue) does not turn noise into tissue. Pale
 stroma and small gaps inside tissue fall below the cut pixel by pixel, so the mask is closed
 (two 3×3 dilations then erosions) and its holes filled: lumens and fat enclosed by tissue
-count as tissue, as they do in a pathologist's tissue area. Pen marks, folds and bubbles that
-are saturated count as tissue too: the area is an estimate, stated with the thumbnail size
+count as tissue, as they do in a pathologist's tissue area. Near-black pixels (a dark scan
+margin) never do. Pen marks, folds and bubbles that are saturated count as tissue: the area is an estimate, stated with the thumbnail size
 and the cut it used.
 """
 
@@ -19,6 +19,10 @@ import numpy as np
 from scipy import ndimage
 
 MIN_SATURATION = 20  # of 255: below this a pixel is never tissue
+# Brightest channel below this: near-black (a scanner's dark margin, its noise): saturation
+# means nothing there ((3, 1, 2) is 170), and such pixels had counted as tissue and moved
+# Otsu's cut. Stained tissue, even its darkest nuclei, is far brighter in some channel.
+MIN_VALUE = 30
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,8 @@ class Tissue:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation (0–255) of an H×W×3 uint8 image; black counts as unsaturated."""
+    """HSV saturation (0–255) of an H×W×3 uint8 image; near-black (brightest channel below
+    :data:`MIN_VALUE`) counts as unsaturated."""
     data = np.asarray(rgb)
     if data.dtype != np.uint8:
         raise TypeError(f"saturation needs 8-bit RGB, not {data.dtype}")
@@ -39,7 +44,7 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     hi = np.maximum(np.maximum(r, g), b)
     spread = (hi - np.minimum(np.minimum(r, g), b)).astype(np.uint16) * 255  # ≤ 65,025
     sat = np.zeros(hi.shape, dtype=np.uint16)
-    np.floor_divide(spread, hi, out=sat, where=hi > 0)
+    np.floor_divide(spread, hi, out=sat, where=hi >= MIN_VALUE)
     return sat.astype(np.uint8)
 
 

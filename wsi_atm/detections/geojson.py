@@ -96,7 +96,11 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
             kind = str(geom.get("type")) if isinstance(geom, dict) else "no geometry"
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
-        fid = feature.get("id", props.get("id"))
+        meta = props.get("metadata")
+        # wsi-atm's own output names the detector's id there (its feature id is a UUID made
+        # from it): read back, the candidates keep their ids and QuPath objects their UUIDs
+        own = meta.get("candidate_id") if isinstance(meta, dict) else None
+        fid = own if own is not None else feature.get("id", props.get("id"))
         base = str(i) if fid is None else str(fid)
         for k, (x, y) in enumerate(points):
             ids.append(base if len(points) == 1 else f"{base}.{k}")

@@ -51,6 +51,21 @@ UNIT_ALIASES: dict[str, str] = {
 MICRONS_PER_UNIT: dict[str, float] = {"um": 1.0, "mm": 1000.0}
 
 
+# Candidates' level-0 coordinates count to a ten-thousandth of a pixel: the crop engine snaps
+# them there before placing a window (crops.plan.window_origins) and the outputs write as many
+# decimals (points.json in mm to match), so a coordinate read back from any of them, or from
+# millimetres, or as a polygon's centroid, lands in the same crop. Without it 500.5 px written
+# as 0.125125 mm came back as 500.49999999999994, and 1000.4996 written as 1000.500: each
+# crop moved a pixel.
+SNAP_DECIMALS = 4
+
+
+def snap(v: np.ndarray | float) -> np.ndarray:
+    """Level-0 coordinates to :data:`SNAP_DECIMALS`."""
+    out: np.ndarray = np.round(np.asarray(v, np.float64), SNAP_DECIMALS)
+    return out
+
+
 def one_line(text: object) -> str:
     """``text`` with all whitespace runs (newlines included) collapsed to one space."""
     return " ".join(str(text).split())

@@ -124,10 +124,12 @@ def _header_lines(result: SlideResult) -> tuple[str, list[str]]:
 def _findings_line(result: SlideResult) -> str | None:
     parts = []
     h = result.hotspot
-    if h is not None:
-        parts.append(f"Hotspot ({h.area_mm2:g} mm2, blue): {h.mitoses} mitoses, "
-                     f"{h.atypical} atypical")
     t = result.tissue
+    if h is not None:
+        # its outline can lie wholly off the picture then: say why there is no blue
+        larger = " - larger than the tissue" if t is not None and h.area_mm2 > t.area_mm2 else ""
+        parts.append(f"Hotspot ({h.area_mm2:g} mm2, blue{larger}): {h.mitoses} mitoses, "
+                     f"{h.atypical} atypical")
     if t is not None and t.area_mm2 > 0:
         n = int(np.count_nonzero(result.classified))
         parts.append(f"tissue {t.area_mm2:.1f} mm2, {n / t.area_mm2:.2f} mitoses/mm2")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from wsi_atm.detections.geojson import HOTSPOT_CLASS
+from wsi_atm.detections.records import SNAP_DECIMALS, snap
 from wsi_atm.files import atomic_text_file
 from wsi_atm.options import SHAPES, Shape
 from wsi_atm.slide_result import SlideResult
@@ -34,7 +35,7 @@ HOTSPOT_RGB: tuple[int, int, int] = (30, 110, 230)
 HOTSPOT_VERTICES = 128
 
 CIRCLE_VERTICES = 32
-COORD_DECIMALS = 3
+COORD_DECIMALS = SNAP_DECIMALS  # as the crops are placed by: read back, they crop the same
 
 # Fixed namespace so feature ids are stable across reruns for the same slide and candidate.
 FEATURE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/wsi-atm/feature")
@@ -159,7 +160,8 @@ def features(result: SlideResult, shape: Shape, circle_diameter_px: float,
             "type": "Feature",
             "id": feature_id(result.slide.name, cid, occurrence),
             "geometry": _geometry(
-                float(cands.x[i]) - dx, float(cands.y[i]) - dy, shape, circle_diameter_px
+                float(snap(cands.x[i])) - dx, float(snap(cands.y[i])) - dy, shape,
+                circle_diameter_px,
             ),
             "properties": {
                 "objectType": "detection",

@@ -13,10 +13,11 @@ import json
 import os
 from typing import Any
 
+from wsi_atm.detections.records import snap
 from wsi_atm.files import atomic_write_text
 from wsi_atm.slide_result import SlideResult
 
-MM_DECIMALS = 9
+MM_DECIMALS = 12  # of a snapped coordinate: read back, it snaps to the same pixel position
 
 
 def points_document(result: SlideResult) -> dict[str, Any]:
@@ -28,8 +29,8 @@ def points_document(result: SlideResult) -> dict[str, Any]:
     for i in map(int, result.classified.nonzero()[0]):
         points.append({
             "name": "atypical" if atypical[i] else "normal",
-            "point": [round(float(cands.x[i]) * mx / 1000, MM_DECIMALS),
-                      round(float(cands.y[i]) * my / 1000, MM_DECIMALS), 0],
+            "point": [round(float(snap(cands.x[i])) * mx / 1000, MM_DECIMALS),
+                      round(float(snap(cands.y[i])) * my / 1000, MM_DECIMALS), 0],
             "probability": round(float(result.p_atypical[i]), 6),
             "id": str(cands.ids[i]),
         })

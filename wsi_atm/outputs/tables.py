@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterator
 
+from wsi_atm.detections.records import SNAP_DECIMALS, snap
 from wsi_atm.files import atomic_text_file
 from wsi_atm.slide_result import SlideResult
 
@@ -56,8 +57,8 @@ def candidate_rows(result: SlideResult) -> Iterator[list[str]]:
         label = ("atypical" if atypical[i] else "normal") if done else ""
         yield [
             str(cands.ids[i]),
-            _number(float(cands.x[i]), 3),
-            _number(float(cands.y[i]), 3),
+            _number(float(snap(cands.x[i])), SNAP_DECIMALS),
+            _number(float(snap(cands.y[i])), SNAP_DECIMALS),
             _number(float(result.p_atypical[i]), 6) if done else "",
             label,
             _number(float(cands.score[i]), 6),

@@ -1,0 +1,119 @@
+"""wsi-atm's own outputs read back as detections crop exactly where the first run did, keep
+their ids; an output path blocked by a folder is refused up front; the tissue area ignores a
+dark scan margin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.batch_helpers import card_128
+from tests.cli_helpers import run_cli
+from wsi_atm.crops import plan_crops
+from wsi_atm.crops.plan import window_origins
+from wsi_atm.density.tissue import tissue_area
+from wsi_atm.detections import CandidateOptions, SlideFrame, read_detections
+from wsi_atm.slides import open_slide
+from wsi_atm.synthetic import tissue_image, write_pyramid_tiff
+
+# Coordinates where rounding decides the pixel: halves, just under halves, plain values.
+XS = [500.5, 1000.4996, 700.49999, 300.25, 1203.5, 99.5]
+YS = [300.5, 800.4996, 650.5, 410.75, 901.5, 1100.49995]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("roundtrip")
+    slide = write_pyramid_tiff(d / "s.tif", tissue_image(1400, 1300, seed=4), 0.25, (1, 4))
+    dets = d / "dets.csv"
+    dets.write_text("id,x,y,score\n" + "".join(
+        f"k{i},{x},{y},0.9\n" for i, (x, y) in enumerate(zip(XS, YS, strict=True))))
+    card = card_128(d / "card")
+    outs = {}
+    for shape in ("point", "circle"):
+        out = d / shape
+        assert run_cli(["classify", str(slide), "--detections", str(dets), "--out-dir", str(out),
+                        "--model", str(card), "--device", "cpu", "--quiet", "--points-json",
+                        "--shape", shape, "--merge-radius", "0"]) == 0
+        outs[shape] = out
+    return {"slide": slide, "dets": dets, **outs}
+
+
+def _origins(run: dict[str, Path], path: Path) -> dict[str, tuple[int, int]]:
+    with open_slide(run["slide"]) as slide:
+        frame = SlideFrame(slide.path.name, *slide.dimensions, mpp=slide.mpp)
+        cands = read_detections(path, frame, CandidateOptions(merge_radius_um=0))
+        origins = window_origins(slide, cands.x, cands.y, plan_crops(slide))
+    return {str(i): (int(o[0]), int(o[1])) for i, o in zip(cands.ids, origins, strict=True)}
+
+
+@pytest.mark.parametrize("output", ["point/s.csv", "point/s.geojson", "point/s.points.json",
+                                    "circle/s.geojson"])
+def test_every_output_reads_back_to_the_same_crops_and_ids(run: dict[str, Path],
+                                                            output: str) -> None:
+    # Regression: 500.5 px written as 0.125125 mm read back as 500.49999999999994, and
+    # 1000.4996 written as 1000.500: both crops moved a pixel; the GeoJSON's ids came back as
+    # its feature UUIDs
+    expected = _origins(run, run["dets"])
+    shape, name = output.split("/")
+    got = _origins(run, run[shape] / name)
+    assert got == expected
+
+
+def test_a_rerun_from_its_own_csv_gives_the_same_calls(run: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    card = next((run["slide"].parent / "card").glob("*.toml"))
+    out = tmp_path / "again"
+    assert run_cli(["classify", str(run["slide"]), "--detections", str(run["point"] / "s.csv"),
+                    "--out-dir", str(out), "--model", str(card), "--device", "cpu", "--quiet",
+                    "--merge-radius", "0"]) == 0
+
+    def calls(path: Path) -> dict[str, str]:
+        rows = [ln.split(",") for ln in path.read_text().splitlines()[1:]]
+        return {r[0]: r[3] for r in rows}
+
+    assert calls(out / "s.csv") == calls(run["point"] / "s.csv")
+
+
+def test_an_output_path_taken_by_a_folder_is_refused_before_anything(
+        run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: an internal error (exit 1) after the model loaded and the earlier outputs
+    # were deleted
+    out = tmp_path / "out"
+    (out / "s.png").mkdir(parents=True)
+    (out / "s.summary.json").write_text("{}")
+    card = next((run["slide"].parent / "card").glob("*.toml"))
+    code = run_cli(["classify", str(run["slide"]), "--detections", str(run["dets"]),
+                    "--out-dir", str(out), "--model", str(card), "--device", "cpu", "--quiet"])
+    assert code == 2
+    assert "s.png is a folder" in capsys.readouterr().err
+    assert (out / "s.summary.json").read_text() == "{}"
+
+
+def test_a_dark_scan_margin_is_not_tissue() -> None:
+    # Regression: near-black noise had HSV saturation up to 255, counted as tissue and moved
+    # Otsu's cut (fraction 0.54 against 0.38 beside white)
+    rng = np.random.default_rng(0)
+    tissue = tissue_image(200, 200, seed=1)
+    white = np.concatenate([tissue, np.full_like(tissue, 255)], axis=1)
+    dark = np.concatenate([tissue, rng.integers(0, 4, tissue.shape, dtype=np.uint8)], axis=1)
+    size = (400 * 0.25, 200 * 0.25)
+    assert tissue_area(dark, size).fraction == pytest.approx(tissue_area(white, size).fraction,
+                                                             abs=0.01)
+
+
+def test_the_review_header_says_when_the_hotspot_is_larger_than_the_tissue() -> None:
+    # Regression: the header promised a blue outline that lay wholly off the picture
+    from types import SimpleNamespace
+
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.figures import _findings_line
+
+    result = make_result()
+    result.hotspot = SimpleNamespace(area_mm2=2.0, mitoses=3, atypical=1)  # type: ignore[assignment]
+    result.tissue = SimpleNamespace(area_mm2=0.45)  # type: ignore[assignment]
+    assert "blue - larger than the tissue" in str(_findings_line(result))
+    result.tissue = SimpleNamespace(area_mm2=20.0)  # type: ignore[assignment]
+    assert "larger than the tissue" not in str(_findings_line(result))
