@@ -158,7 +158,8 @@ def write_outputs(slide_path: Path, cands: list, mpp: float) -> list[Path]:
     points = [
         {
             "name": "mitotic figure",
-            "point": [round(x * mpp / 1000, 6), round(y * mpp / 1000, 6), 0],
+            # 12 decimals: read back, each point snaps to the pixel position it was written at
+            "point": [round(x * mpp / 1000, 12), round(y * mpp / 1000, 12), 0],
             "probability": s,
         }
         for x, y, s in rows
