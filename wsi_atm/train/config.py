@@ -78,11 +78,15 @@ class TrainConfig:
                 bottom = "above 0" if name == "lr" else f"at least {low:g}"
                 span = bottom + ("" if high == math.inf else f" and {top}")
                 raise OptionError(f"--{name.replace('_', '-')} must be {span}, not {value!r}")
+        # Under leave-group-out the number of folds is the number of groups, known only once
+        # the data is read: train_run checks the numbers against the planned folds.
+        limit = self.folds if self.cv == "kfold" else math.inf
         if self.only_folds and not all(
-                f.isascii() and f.isdigit() and int(f) < self.folds
+                f.isascii() and f.isdigit() and int(f) < limit
                 for f in self.only_folds.split(",")):
-            raise OptionError(f"--only-folds must list fold numbers below --folds "
-                              f"({self.folds}), like 0,2; not {self.only_folds!r}")
+            below = f" below --folds ({self.folds})" if self.cv == "kfold" else ""
+            raise OptionError(f"--only-folds must list fold numbers{below}, like 0,2; "
+                              f"not {self.only_folds!r}")
 
     @property
     def early_stop(self) -> int:
@@ -98,12 +102,32 @@ class TrainConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
+    def from_mapping(cls, values: Any) -> TrainConfig:
+        """A config from option = value pairs (a --config file, the command line), each value
+        of its field's type: ``pretrained = "false"`` counted as true, ``epochs = "5"`` or
+        ``folds = 2.5`` failed inside the run."""
+        if not isinstance(values, dict):
+            raise OptionError("training options must be a table of option = value, "
+                              f"not a {type(values).__name__}")
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        unknown = set(values) - set(kinds)
         if unknown:
             raise OptionError(f"unknown training options: {', '.join(sorted(unknown))}")
-        return cls(**values)
+        typed: dict[str, Any] = {}
+        for name, value in values.items():
+            kind = kinds[name]
+            ok = {"bool": isinstance(value, bool), "str": isinstance(value, str),
+                  "int": isinstance(value, int) and not isinstance(value, bool),
+                  "float": isinstance(value, int | float) and not isinstance(value, bool)}[kind]
+            if not ok:
+                raise OptionError(f"training option {name} must be {_KIND_WORDS[kind]}, "
+                                  f"not {value!r}")
+            typed[name] = float(value) if kind == "float" else value
+        return cls(**typed)
+
+
+_KIND_WORDS = {"bool": "true or false", "str": "a string", "int": "a whole number",
+               "float": "a number"}
 
 
 # the values a text option may take (the command line offers them as choices)
@@ -125,6 +149,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
     try:
         text = path.read_text(encoding="utf-8")
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
         raise OptionError(f"cannot read training config {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise OptionError(f"training config {path} must be a table of option = value, "
+                          f"not a {type(values).__name__}")
+    return values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -20,21 +21,67 @@ from wsi_atm.train.data import CropDataset, load_dataset
 from wsi_atm.train.protocol import FoldData, FoldTrainer, plan_folds
 from wsi_atm.train.results import SUMMARY_KEYS, FoldResult, RunSummary, summarise
 
+RUN_KEY = "run_key.json"
 
-def prepare_run_dir(out: Path, cfg: TrainConfig) -> TrainConfig:
-    """Create the run dir, or resume one: a saved config must match the requested one."""
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
+
+def run_key(card: ModelCard, data: CropDataset, cfg: TrainConfig) -> dict[str, str]:
+    """What a run's results depend on besides its config: the crops as training sees them
+    (names, labels, groups, expert votes, pixels after resizing), the card, the groups table."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([data.names, data.labels.tolist(),
+                              None if data.groups is None else data.groups.tolist(),
+                              None if data.soft is None else data.soft.tolist(),
+                              {k: v.tolist() for k, v in sorted(data.columns.items())}]).encode())
+    digest.update(data.images.numpy().tobytes())
+    card_text = json.dumps(read_card(card.path), sort_keys=True, default=str)
+    key = {"data": digest.hexdigest(),
+           "card": hashlib.sha256(card_text.encode()).hexdigest()}
+    if cfg.cv == "leave-group-out" and cfg.groups:
+        key["groups"] = sha256_file(Path(cfg.groups))
+    return key
+
+
+def prepare_run_dir(out: Path, cfg: TrainConfig, key: dict[str, str]) -> TrainConfig:
+    """Create the run dir, or resume one: its config, data and card must match the request's
+    (another --data or card into the same --out reused the old fold models)."""
+    saved, saved_key = out / "config.json", out / RUN_KEY
     if saved.is_file():
-        previous = TrainConfig.from_mapping(json.loads(saved.read_text()))
+        try:
+            previous = TrainConfig.from_mapping(json.loads(saved.read_text()))
+        except (OptionError, ValueError) as exc:
+            raise OptionError(f"{out} holds an unreadable config.json ({exc}); "
+                              "choose another --out") from None
         # Which folds this process trains and its thread count may differ between resumes.
         if replace(previous, only_folds="", threads=0) != replace(cfg, only_folds="", threads=0):
             raise OptionError(
                 f"{out} holds a run with a different configuration; resume it with the same "
                 "options or choose another --out")
+        old = json.loads(saved_key.read_text()) if saved_key.is_file() else None
+        if old is not None and old != key:  # no key: a run begun before keys were kept
+            changed = " and ".join(k for k in ("data", "card", "groups")
+                                   if old.get(k) != key.get(k))
+            raise OptionError(f"{out} holds a run on other {changed}; resume it with the same "
+                              "--data and --model or choose another --out")
+        atomic_write_text(saved_key, json.dumps(key, indent=1))
         return replace(previous, only_folds=cfg.only_folds, threads=cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved_key, json.dumps(key, indent=1))
     atomic_write_text(saved, cfg.to_json())
     return cfg
+
+
+def chosen_plans(plans: list[FoldData], cfg: TrainConfig) -> list[FoldData]:
+    """The folds this process trains: --only-folds' among the planned ones (under
+    leave-group-out one per group, with --cv none one)."""
+    if not cfg.only_folds:
+        return plans
+    wanted = set(cfg.fold_list)
+    planned = {p.fold for p in plans}
+    if not wanted <= planned:
+        unknown = ", ".join(str(k) for k in sorted(wanted - planned))
+        raise OptionError(f"--only-folds {unknown}: this run has folds 0 to {len(plans) - 1} "
+                          f"only ({len(plans)} planned)")
+    return [p for p in plans if p.fold in wanted]
 
 
 def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
@@ -56,21 +103,20 @@ def write_folds(out: Path, data: CropDataset, plans: list[FoldData]) -> None:
 def train_run(
     card: ModelCard, data_dir: Path, out: Path, cfg: TrainConfig, quiet: bool = False
 ) -> RunSummary:
-    cfg = prepare_run_dir(out, cfg)
-    torch.set_num_threads(cfg.threads or usable_cpus())
+    # Everything that can refuse the request does so before the run folder is written.
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
     plans = plan_folds(data, cfg)
+    chosen = chosen_plans(plans, cfg)
+    cfg = prepare_run_dir(out, cfg, run_key(card, data, cfg))
+    torch.set_num_threads(cfg.threads or usable_cpus())
     write_folds(out, data, plans)
     if cfg.mode == "linear-probe":
         from wsi_atm.train.probe import train_probe_folds
 
-        results = train_probe_folds(card, data, plans, cfg, out, quiet)
+        results = train_probe_folds(card, data, chosen, cfg, out, quiet)
     else:
-        wanted = set(cfg.fold_list) if cfg.only_folds else {p.fold for p in plans}
-        results = [
-            FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
-            for p in plans if p.fold in wanted
-        ]
+        results = [FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
+                   for p in chosen]
     summary = summarise(results, cfg.cv, cfg.group if cfg.cv == "leave-group-out" else "slide")
     atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=2))
     write_run_card(card, cfg, out, results, summary)
@@ -81,10 +127,16 @@ def write_run_card(
     card: ModelCard, cfg: TrainConfig, out: Path, results: list[FoldResult],
     summary: RunSummary,
 ) -> Path:
-    """A card for the trained fold ensemble, next to the weights it names."""
+    """A card for the trained fold ensemble, next to the weights it names.
+
+    What described the source card's weights goes: its threshold, metrics, training record,
+    weight files and ``[fraction]`` calibration (fitted on another model's predictions).
+    """
     raw = {k: v for k, v in read_card(card.path).items()
-           if k not in ("decision", "metrics", "training", "weights")}
+           if k not in ("decision", "metrics", "training", "weights", "fraction")}
     raw |= {"status": "trained", "trained_mode": cfg.mode}
+    if cfg.input_size and cfg.input_size != card.crop_size:
+        raw["input"] = resized_input(raw.get("input", {}), card, cfg.input_size)
     raw["decision"] = {"threshold": round(summary.threshold, 6)}
     raw["metrics"] = run_metrics(summary)
     raw["training"] = json.loads(cfg.to_json())
@@ -95,6 +147,17 @@ def write_run_card(
     card_path = out / "card.toml"
     atomic_write_text(card_path, dump(raw, comment=leading_comment(card.path)))
     return card_path
+
+
+def resized_input(table: dict[str, Any], card: ModelCard, size: int) -> dict[str, Any]:
+    """The card's ``[input]`` for crops resized to ``size`` px, as --input-size trained on:
+    the same field of view (the card's crop_size px at its mpp) in ``size`` px, so classify
+    cuts, and evaluate reads, what the fold models saw. A model size equal to the crop size
+    (no resize among the eval ops) follows it."""
+    out = dict(table) | {"crop_size": size, "mpp": round(card.mpp * card.crop_size / size, 6)}
+    if card.input_size == card.crop_size:
+        out["model_size"] = size
+    return out
 
 
 def run_metrics(summary: RunSummary) -> dict[str, Any]:

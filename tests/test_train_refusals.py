@@ -1,0 +1,90 @@
+"""Training requests refused in one line (exit 2) before the run folder is written: config
+files of the wrong types, --only-folds beyond the planned folds, resuming on other data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli_helpers import run_cli
+from tests.train_helpers import TINY_CARD, write_synthetic_crops, write_tiny_card
+from wsi_atm.errors import OptionError
+from wsi_atm.train.config import TrainConfig
+
+QUICK = ["--epochs", "1", "--max-batches", "1", "--batch-size", "8", "--threads", "1",
+         "--quiet"]
+
+
+def _one_error(capsys: pytest.CaptureFixture[str], *words: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wsi-atm: error:"), err
+    assert all(w in err[0] for w in words), err
+
+
+@pytest.mark.parametrize(("name", "text", "words"), [
+    # Regression: accepted as true; a TypeError; a ValueError after config.json was written;
+    # an AttributeError
+    ("c.toml", 'pretrained = "false"', ("pretrained must be true or false", "'false'")),
+    ("c.json", '{"epochs": "5"}', ("epochs must be a whole number", "'5'")),
+    ("c.json", '{"folds": 2.5}', ("folds must be a whole number", "2.5")),
+    ("c.json", '{"epochs": true}', ("epochs must be a whole number",)),
+    ("c.json", '{"lr": "fast"}', ("lr must be a number",)),
+    ("c.json", '{"optimizer": 3}', ("optimizer must be a string",)),
+    ("c.json", '["epochs", 5]', ("must be a table", "list")),
+])
+def test_a_config_file_value_of_the_wrong_type_is_refused(tmp_path, capsys, name, text, words):
+    data, card = write_synthetic_crops(tmp_path / "data"), write_tiny_card(tmp_path / "cards")
+    config, out = tmp_path / name, tmp_path / "run"
+    config.write_text(text)
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--config",
+                    str(config), "--out", str(out)]) == 2
+    _one_error(capsys, *words)
+    assert not out.exists()
+
+
+def test_numbers_of_a_config_file_are_kept_as_their_fields_types():
+    cfg = TrainConfig.from_mapping({"lr": 1, "pretrained": False})
+    assert isinstance(cfg.lr, float) and cfg.pretrained is False
+
+
+@pytest.mark.parametrize(("slides", "only", "cv"), [
+    (3, "4", ["--cv", "leave-group-out", "--group", "slide"]),  # was an internal ValueError
+    (8, "1", ["--cv", "none"]),
+])
+def test_only_folds_beyond_the_planned_folds_is_refused_before_writing(tmp_path, capsys,
+                                                                       slides, only, cv):
+    data = write_synthetic_crops(tmp_path / "data", slides=slides)
+    card, out = write_tiny_card(tmp_path / "cards"), tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    *cv, "--only-folds", only, *QUICK]) == 2
+    _one_error(capsys, f"--only-folds {only}")
+    assert not out.exists()
+
+
+def test_only_folds_under_leave_group_out_is_not_bounded_by_folds():
+    # Regression: with 8 groups --only-folds 6 was refused as not below --folds (5)
+    assert TrainConfig(cv="leave-group-out", only_folds="6").fold_list == [6]
+    with pytest.raises(OptionError, match="below --folds"):
+        TrainConfig(only_folds="6")
+
+
+def test_resuming_on_other_data_or_another_card_is_refused(tmp_path, capsys):
+    # Regression: the old fold models were reused (or a multi-line internal error)
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--folds", "2", "--only-folds", "0", *QUICK]
+    assert run_cli(["train", "--data", str(data), "--model", str(card), *args]) == 0
+    key = json.loads((out / "run_key.json").read_text())
+    other = write_synthetic_crops(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert run_cli(["train", "--data", str(other), "--model", str(card), *args]) == 2
+    _one_error(capsys, str(out), "other data")
+    changed = write_tiny_card(tmp_path / "cards2", TINY_CARD.replace(
+        '{ op = "rot90" }', '{ op = "vflip" }'))
+    assert run_cli(["train", "--data", str(data), "--model", str(changed), *args]) == 2
+    _one_error(capsys, "other card")
+    assert json.loads((out / "run_key.json").read_text()) == key
+    # the same data and card resume (here: the finished fold is kept)
+    assert run_cli(["train", "--data", str(data), "--model", str(card), *args]) == 0
