@@ -20,8 +20,10 @@ upstream did); ``adapt_patch_embed = false`` excludes it. The one-logit head att
 - ``"pooled"`` (UNI, UNI2-h, Prov-GigaPath): built with ``num_classes=1`` (timm's pooled head);
 - ``"replace"`` (H-optimus-0/-1): built with ``num_classes=0``, then ``head = Linear(D, 1)``.
 
-A LoRA checkpoint holds only adapters and the head (:func:`lora_state`, :func:`save_lora`); its
-safetensors metadata records the base model's hub id and revision, which loading checks
+A LoRA checkpoint holds only adapters and the head (:func:`lora_state`, :func:`save_lora`), or,
+when trained without the card's pretrained weights, every weight (the random base model cannot
+be rebuilt; loading then skips the hub, as for upstream checkpoints). Its safetensors metadata
+records the base model's hub id and revision, which loading checks
 (``wsi_atm.models.loading.load_checkpoint``). :func:`merge_for_inference` folds the adapters
 into the base weights.
 """
@@ -219,10 +221,13 @@ def lora_metadata(card: ModelCard) -> dict[str, str]:
     }
 
 
-def save_lora(net: nn.Module, card: ModelCard, path: Path, half: bool = False) -> dict[str, str]:
-    """Write :func:`lora_state` as safetensors with :func:`lora_metadata`; returns the metadata."""
+def save_lora(net: nn.Module, card: ModelCard, path: Path, half: bool = False,
+              full: bool = False) -> dict[str, str]:
+    """Write :func:`lora_state` (``full``: every weight, for a base model that is not the
+    card's pretrained one) as safetensors with :func:`lora_metadata`; returns the metadata."""
     meta = lora_metadata(card)
-    save_safetensors(lora_state(net), Path(path), half=half, metadata=meta)
+    state = {k: v.detach() for k, v in net.state_dict().items()} if full else lora_state(net)
+    save_safetensors(state, Path(path), half=half, metadata=meta)
     return meta
 
 

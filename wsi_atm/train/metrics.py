@@ -48,11 +48,12 @@ def binary_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
     }
 
 
-def best_threshold(labels: np.ndarray, prob: np.ndarray) -> float:
-    """Threshold maximising balanced accuracy (Youden's J), midway between adjacent scores."""
+def best_threshold(labels: np.ndarray, prob: np.ndarray, default: float = 0.5) -> float:
+    """Threshold maximising balanced accuracy (Youden's J), midway between adjacent scores;
+    ``default`` when that is undefined (one class, or one score)."""
     order = np.unique(prob)
-    if len(order) < 2:
-        return 0.5
+    if len(order) < 2 or len(np.unique(labels)) < 2:
+        return default
     cuts = np.concatenate([[order[0] - 1e-6], (order[:-1] + order[1:]) / 2])
     pos, neg = labels == 1, labels == 0
     sens = np.array([(prob[pos] >= c).mean() for c in cuts])

@@ -15,7 +15,7 @@ from wsi_atm.models.preprocess import BatchTransform
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
-from wsi_atm.train.protocol import FoldData, FoldTrainer
+from wsi_atm.train.protocol import FoldData, FoldTrainer, uses_pretrained
 from wsi_atm.train.results import FoldResult
 
 
@@ -54,23 +54,31 @@ def train_probe_folds(
     card: ModelCard, data: CropDataset, plans: list[FoldData], cfg: TrainConfig, out: Path,
     quiet: bool,
 ) -> list[FoldResult]:
+    """A head per planned fold in ``plans`` (the folds this process trains)."""
     cache = out / "features.pt"
-    probe = build_net(card, "linear-probe", pretrained=cfg.pretrained and card.pretrained != "none")
+    pretrained = uses_pretrained(card, cfg)
+    # Seeded: a resumed run rebuilds the backbone its cached features came from (it matters
+    # without pretrained weights, when the backbone is random).
+    torch.manual_seed(cfg.seed)
+    probe = build_net(card, "linear-probe", pretrained=pretrained)
+    assert isinstance(probe, LinearProbe)  # build_net's linear-probe mode
     if cache.is_file():
         features = torch.load(cache, map_location="cpu", weights_only=True)
     else:
         pre = card.preprocess_for("linear-probe")
-        assert isinstance(probe, LinearProbe)  # build_net's linear-probe mode
         features = compute_features(probe, data, BatchTransform(pre, False), quiet=quiet)
         with atomic_path(cache) as tmp:
             torch.save(features, tmp)
+    # The card could not rebuild a random backbone: each fold's checkpoint then holds it.
+    frozen = {} if pretrained else {k: v for k, v in probe.state_dict().items()
+                                    if not k.startswith("head.")}
     feat_data = CropDataset(images=features, labels=data.labels, groups=data.groups,
-                            names=data.names, root=data.root)
+                            names=data.names, root=data.root, soft=data.soft)
     results: list[FoldResult] = []
-    for k in cfg.fold_list:
-        torch.manual_seed(cfg.seed + k)
+    for plan in plans:
+        torch.manual_seed(cfg.seed + plan.fold)
         head = ProbeHead(nn.Linear(features.shape[1], 1))
-        trainer = FoldTrainer(card, feat_data, plans[k], cfg, out / f"fold_{k}", quiet,
-                              net=head, transform=lambda x: x.float())
+        trainer = FoldTrainer(card, feat_data, plan, cfg, out / f"fold_{plan.fold}", quiet,
+                              net=head, transform=lambda x: x.float(), frozen=frozen)
         results.append(trainer.run())
     return results

@@ -2,13 +2,20 @@
 
 A run directory holds ``config.json``, ``folds.csv``, per fold ``fold_K/metrics.jsonl``,
 ``fold_K/state.pt`` (resume point, tensors only), ``fold_K/best.safetensors`` and
-``fold_K/result.json``, and at the end ``card.toml`` that ``classify``/``evaluate`` accept.
+``fold_K/result.json``, and at the end ``card.toml`` that ``classify``/``evaluate`` accept;
+``run_key.json`` names the data and card it was trained on (a resume must match them).
+
+A LoRA or linear-probe checkpoint holds only what was trained (adapters, head) when the
+backbone is the card's pretrained one; without pretrained weights (``pretrained = "none"``,
+``--no-pretrained``) it also holds the run's random backbone, so the card rebuilds exactly the
+trained network.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +41,13 @@ from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.folds import fold_splits, inner_split
 from wsi_atm.train.metrics import best_threshold, binary_metrics
 from wsi_atm.train.results import FoldResult, fold_result
+
+log = logging.getLogger(__name__)
+
+
+def uses_pretrained(card: ModelCard, cfg: TrainConfig) -> bool:
+    """Whether the backbone starts from the card's pretrained weights."""
+    return cfg.pretrained and card.pretrained != "none"
 
 
 @dataclass
@@ -140,17 +154,20 @@ class FoldTrainer:
         self, card: ModelCard, data: CropDataset, plan: FoldData, cfg: TrainConfig,
         fold_dir: Path, quiet: bool = False, net: nn.Module | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        frozen: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """``net``/``transform`` replace the card's network and preprocessing (linear probes
-        train a head on precomputed features)."""
+        train a head on precomputed features); ``frozen`` is written into each checkpoint
+        besides the trained weights (the probe's backbone when it is not the pretrained one)."""
         self.card, self.data, self.plan, self.cfg = card, data, plan, cfg
-        self.dir, self.quiet = fold_dir, quiet
+        self.dir, self.quiet, self.frozen = fold_dir, quiet, frozen or {}
         pre = card.preprocess_for(cfg.mode)
         self.train_tf = transform or BatchTransform(pre, True)
         self.eval_tf = transform or BatchTransform(pre, False)
         torch.manual_seed(cfg.seed + plan.fold)
-        pretrained = cfg.pretrained and card.pretrained != "none"
-        self.net = net if net is not None else build_net(card, cfg.mode, pretrained=pretrained)
+        self.pretrained = uses_pretrained(card, cfg)
+        self.net = net if net is not None else build_net(card, cfg.mode,
+                                                         pretrained=self.pretrained)
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.full = cfg.mode == "end-to-end"
@@ -161,6 +178,14 @@ class FoldTrainer:
         self.ema = Ema(self.net, cfg.ema) if cfg.ema > 0 else None
         self.loss = nn.BCEWithLogitsLoss()
         self.epoch, self.best, self.best_epoch, self.bad = 0, -1.0, -1, 0
+        # Balanced accuracy and AUROC are undefined on one class: every epoch scored NaN, no
+        # checkpoint was kept and the run crashed at its end. Such a fold takes its last epoch.
+        chosen = data.labels[plan.select]
+        self.note = "" if not len(chosen) or len(np.unique(chosen)) == 2 else (
+            f"the selection set holds only {'atypical' if chosen[0] else 'normal'} mitoses: "
+            "no epoch can be chosen on it, the last epoch is the model and the threshold 0.5")
+        if self.note:
+            log.warning("fold %d: %s", plan.fold, self.note)
 
     # --- resume ------------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -243,10 +268,10 @@ class FoldTrainer:
             loss = self.train_epoch()
             select = self.plan.select
             sel: dict[str, Any]
-            if len(select):
+            if len(select) and not self.note:
                 sel = dict(binary_metrics(self.data.labels[select], self.p_atypical(select)))
                 score = float(sel[self.cfg.select_metric])
-            else:  # nothing held out (--cv none): the schedule's last epoch is the model
+            else:  # nothing (--cv none) or one class held out: the last epoch is the model
                 sel, score = {"balanced_accuracy": float(self.epoch)}, float(self.epoch)
             if self.cfg.scheduler == "plateau":
                 self.sched.step(sel["balanced_accuracy"])
@@ -258,16 +283,21 @@ class FoldTrainer:
                 self.bad += 1
             lr = self.opt.param_groups[0]["lr"]
             self._log({"epoch": self.epoch, "train_loss": loss, "lr": lr, "select": sel,
-                       "seconds": round(time.time() - t0, 2)})
+                       "seconds": round(time.time() - t0, 2)} | ({"note": self.note}
+                                                                 if self.note else {}))
             self.save_state()
         return self.finish()
 
     def save_best(self) -> None:
         path, half = self.dir / "best.safetensors", self.cfg.half_weights
-        if self.cfg.mode == "lora":
-            save_lora(self.eval_net, self.card, path, half=half)  # records the base model id
+        # Without pretrained weights the frozen backbone is this run's random one: the card
+        # could not rebuild it, so the checkpoint holds it too (loading then skips the hub).
+        full = self.full or not self.pretrained
+        if self.cfg.mode == "lora":  # records the base model id
+            save_lora(self.eval_net, self.card, path, half=half, full=full)
         else:
-            save_safetensors(trainable_state(self.eval_net, self.full), path, half=half)
+            state = trainable_state(self.eval_net, full) | self.frozen
+            save_safetensors(state, path, half=half)
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
@@ -279,13 +309,13 @@ class FoldTrainer:
             {k: v.float() if v.is_floating_point() else v for k, v in best.items()},
             strict=self.full)
         threshold = 0.5
-        if self.cfg.threshold == "inner":
+        if self.cfg.threshold == "inner" and not self.note:
             sel = self.plan.select
             threshold = best_threshold(self.data.labels[sel], self.p_atypical(sel))
         report = self.plan.report
         probs = self.p_atypical(report)
         result = fold_result(self.plan.fold, self.plan.held_out, self.best_epoch, self.epoch,
                              threshold, [self.data.names[i] for i in report],
-                             self.data.labels[report], probs)
+                             self.data.labels[report], probs, note=self.note)
         atomic_write_text(self.dir / "result.json", json.dumps(result.to_json(), indent=1))
         return result

@@ -38,6 +38,7 @@ class FoldResult:
     metrics: BinaryMetrics  # at the fold's own threshold
     metrics_at_half: BinaryMetrics  # at 0.5, the paper's rule
     predictions: FoldPredictions
+    note: str = ""  # how the epoch was chosen when the selection set could not choose it
 
     @property
     def group_name(self) -> str:
@@ -50,7 +51,7 @@ class FoldResult:
             "metrics": self.metrics, "metrics_at_0.5": self.metrics_at_half,
             "predictions": {"names": self.predictions.names, "labels": self.predictions.labels,
                             "p_atypical": self.predictions.p_atypical},
-        }
+        } | ({"note": self.note} if self.note else {})
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> FoldResult:
@@ -61,7 +62,8 @@ class FoldResult:
             threshold=float(raw["threshold"]), metrics=raw["metrics"],
             metrics_at_half=raw["metrics_at_0.5"],
             predictions=FoldPredictions(list(pred["names"]), [int(v) for v in pred["labels"]],
-                                        [float(v) for v in pred["p_atypical"]]))
+                                        [float(v) for v in pred["p_atypical"]]),
+            note=str(raw.get("note", "")))
 
     @classmethod
     def read(cls, path: Path) -> FoldResult:
@@ -70,14 +72,14 @@ class FoldResult:
 
 def fold_result(fold: int, held_out: str | None, best_epoch: int, epochs_run: int,
                 threshold: float, names: list[str], labels: np.ndarray,
-                probs: np.ndarray) -> FoldResult:
+                probs: np.ndarray, note: str = "") -> FoldResult:
     """Score one fold model's predictions at its threshold and at 0.5."""
     return FoldResult(
         fold=fold, held_out=held_out, best_epoch=best_epoch, epochs_run=epochs_run,
         threshold=threshold, metrics=binary_metrics(labels, probs, threshold),
         metrics_at_half=binary_metrics(labels, probs, 0.5),
         predictions=FoldPredictions(names, [int(v) for v in labels],
-                                    [round(float(p), 6) for p in probs]))
+                                    [round(float(p), 6) for p in probs]), note=note)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,94 @@
+"""Which folds a run trains and how each chooses its epoch: linear probes follow the planned
+folds, learn soft labels when asked, and a one-class selection set takes the last epoch."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli_helpers import run_cli
+from tests.train_helpers import TINY_VIT_CARD, write_synthetic_crops, write_tiny_card
+from wsi_atm.models.card import load_card
+from wsi_atm.train.metrics import best_threshold
+
+QUICK = ["--epochs", "1", "--max-batches", "1", "--batch-size", "8", "--threads", "1",
+         "--quiet"]
+
+
+@pytest.mark.parametrize(("slides", "cv", "expected"), [
+    (3, ["--cv", "leave-group-out", "--group", "slide"], 3),  # was IndexError after work
+    (8, ["--cv", "leave-group-out", "--group", "slide"], 8),  # trained only 5
+    (8, ["--cv", "none"], 1),  # was IndexError
+])
+def test_a_linear_probe_trains_the_planned_folds(tmp_path, slides, cv, expected):
+    data = write_synthetic_crops(tmp_path / "data", slides=slides)
+    card = write_tiny_card(tmp_path / "cards", TINY_VIT_CARD)
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--mode",
+                    "linear-probe", "--out", str(out), *cv, *QUICK]) == 0
+    assert len(load_card(out / "card.toml").weights) == expected
+
+
+def _with_votes(root: Path) -> Path:
+    path = root / "amibr_train_split.csv"
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    votes = ("expert1_atypical", "expert2_atypical", "expert3_atypical")
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*rows[0], *votes])
+        w.writeheader()
+        for r in rows:  # atypical by two votes of three
+            w.writerow(r | dict(zip(votes, ["True", "True", "False"] if r["final_label"]
+                                    == "Atypical" else ["False"] * 3, strict=True)))
+    return root
+
+
+def test_a_linear_probe_learns_soft_labels(tmp_path, monkeypatch):
+    # Regression: --soft-labels was silently ignored in linear-probe mode
+    from wsi_atm.train import protocol
+
+    data = _with_votes(write_synthetic_crops(tmp_path / "data"))
+    card = write_tiny_card(tmp_path / "cards", TINY_VIT_CARD)
+    seen: set[float] = set()
+    target = protocol.FoldTrainer.target
+
+    def spy(self: protocol.FoldTrainer, idx: np.ndarray) -> object:
+        y = target(self, idx)
+        seen.update(round(float(v), 4) for v in y)
+        return y
+
+    monkeypatch.setattr(protocol.FoldTrainer, "target", spy)
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--mode",
+                    "linear-probe", "--out", str(tmp_path / "run"), "--soft-labels",
+                    "--folds", "2", "--only-folds", "0", *QUICK, "--batch-size", "32"]) == 0
+    assert round(2 / 3, 4) in seen and 1.0 not in seen
+
+
+def test_a_one_class_selection_set_takes_the_last_epoch(tmp_path, synthetic_card):
+    # Regression: balanced accuracy was NaN every epoch, no checkpoint was kept, and the run
+    # crashed at its end ("weight file not found")
+    data = write_synthetic_crops(tmp_path / "data", n_atypical=4, n_normal=12, slides=6)
+    out = tmp_path / "run"
+    # slide s4.tiff holds only normal mitoses: fold 4 of leave-one-slide-out
+    assert run_cli(["train", "--data", str(data), "--model", str(synthetic_card), "--out",
+                    str(out), "--cv", "leave-group-out", "--group", "slide", "--only-folds",
+                    "4", *QUICK, "--epochs", "2"]) == 0
+    result = json.loads((out / "fold_4" / "result.json").read_text())
+    assert result["best_epoch"] == 2 and result["threshold"] == 0.5
+    assert "only normal mitoses" in result["note"] and "last epoch" in result["note"]
+    assert load_card(out / "card.toml").weights
+
+
+def test_the_best_threshold_of_one_class_is_the_default():
+    # Regression: IndexError
+    p = np.array([0.1, 0.4, 0.7])
+    assert best_threshold(np.zeros(3, dtype=int), p) == 0.5
+    assert best_threshold(np.ones(3, dtype=int), p, default=0.3) == 0.3
+
+
+@pytest.fixture()
+def synthetic_card(tmp_path: Path) -> Path:
+    return write_tiny_card(tmp_path / "cards")
