@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.batch_helpers import card_128, cohort_rows, make_cohort, write_candidates
+from tests.batch_helpers import card_128, cohort_rows, make_cohort, midog_json, write_candidates
 from tests.cli_helpers import run_cli
 from wsi_atm.batch import plan_jobs, resume
 from wsi_atm.errors import BadInputError
@@ -116,3 +116,22 @@ def test_a_slides_time_is_its_own_not_the_wait_for_the_one_before(
     assert rows["case1.tif"] < rows["case0.tif"] / 3
     own = sum(v for k, v in summary["timings_s"].items())
     assert summary["elapsed_s"] < own + 1.0
+
+
+def test_a_manifests_image_column_picks_the_entry_of_a_multi_slide_file(
+        tmp_path: Path, card: Path) -> None:
+    # Regression: a slide matching two entries failed, told to use --image, which batch lacks
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    make_cohort(slides, n=1)
+    shared = midog_json(tmp_path / "shared.json", {"case0.svs": [(200.0, 200.0)],
+                                                   "case0.tiff": [(300.0, 300.0), (400, 400)]})
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide,detections\n{slides / 'case0.tif'},{shared}\n")
+    assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 1
+    assert "a manifest's image column" in cohort_rows(out)[0]["error"]
+    manifest.write_text(f"slide,detections,image\n{slides / 'case0.tif'},{shared},case0.tiff\n")
+    assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 0
+    row = cohort_rows(out)[0]
+    assert (row["status"], row["candidates"]) == ("ok", "2")
+    summary = json.loads((out / "case0.summary.json").read_text())
+    assert summary["detections"]["report"]["image"] == "case0.tiff"

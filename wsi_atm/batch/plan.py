@@ -53,6 +53,7 @@ class Job:
     mpp: float | None = None
     status: str = ""  # set when planning already decided: FAILED or NO_DETECTIONS
     note: str = ""  # why
+    image: str | None = None  # a manifest's image column: the entry of a multi-slide file
 
 
 @dataclass
@@ -78,6 +79,13 @@ class BatchSettings:
     engine: str = "auto"  # torch, onnx, or auto (ONNX Runtime on CPU when faster)
     precision: str = "auto"  # auto, float32 or bf16 (PyTorch's; see engines.precision_on)
     threads: int | None = None  # CPU threads per model (None: all cores)
+
+
+def job_options(job: Job, settings: BatchSettings) -> CandidateOptions:
+    """The batch's candidate options with the job's own image choice, if it has one."""
+    if job.image:
+        return replace(settings.candidate_options, image=job.image)
+    return settings.candidate_options
 
 
 def slide_extension(name: str) -> str:
@@ -177,7 +185,7 @@ def _manifest_rows(path: Path) -> list[dict[str, str]]:
         raise BadInputError(f"cannot read manifest {path}: {exc}") from None
     header = [h.strip().lower() for h in rows[0]] if rows else []
     if not {"slide", "detections"} <= set(header):
-        raise BadInputError(f"{path}: a manifest needs the columns slide,detections[,mpp]; "
+        raise BadInputError(f"{path}: a manifest needs the columns slide,detections[,mpp,image]; "
                             f"its header is {','.join(header) or '(empty)'}")
     twice = sorted({h for h in header if h and header.count(h) > 1})
     if twice:  # Regression: the last of two "slide" columns was used, silently
@@ -192,7 +200,8 @@ def _manifest_rows(path: Path) -> list[dict[str, str]]:
 
 def _manifest_job(base: Path, row: dict[str, str]) -> tuple[Job, list[str]]:
     problems, mpp = [], None
-    slide_text, det_text, mpp_text = (row.get(k) or "" for k in ("slide", "detections", "mpp"))
+    slide_text, det_text, mpp_text, image = (row.get(k) or "" for k in
+                                             ("slide", "detections", "mpp", "image"))
     slide = base / slide_text
     det = base / det_text if det_text else None
     if not slide_text or not slide.is_file():
@@ -205,9 +214,8 @@ def _manifest_job(base: Path, row: dict[str, str]) -> tuple[Job, list[str]]:
         except (ValueError, OptionError):
             problems.append(f"mpp is not a slide's µm per pixel ({MPP_RANGE[0]:g} to "
                             f"{MPP_RANGE[1]:g}): {mpp_text!r}")
-    missing = (SlideStatus.NO_DETECTIONS, "no detections given") if det is None else ()
-    job = Job(slide, det, mpp, *missing)
-    return job, problems
+    status, note = (SlideStatus.NO_DETECTIONS, "no detections given") if det is None else ("", "")
+    return Job(slide, det, mpp, status, note, image=image or None), problems
 
 
 def read_manifest(path: Path) -> list[Job]:

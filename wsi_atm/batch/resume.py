@@ -13,7 +13,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from wsi_atm import __version__
-from wsi_atm.batch.plan import BatchSettings, Job
+from wsi_atm.batch.plan import BatchSettings, Job, job_options
 from wsi_atm.engines import DEVICE_NAMES, cuda_possible, precision_on
 from wsi_atm.errors import BadInputError, ModelError
 from wsi_atm.files import file_sha256, remove_temps
@@ -99,7 +99,7 @@ def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> 
         "detections_sha256": file_sha256(job.detections), **model, "threshold": threshold,
         "review_band": calls.review_band, "review_fold_std": calls.review_fold_std,
         "hotspot_area_mm2": calls.hotspot_area_mm2,
-        "candidate_options": asdict(settings.candidate_options), "mpp": job.mpp,
+        "candidate_options": asdict(job_options(job, settings)), "mpp": job.mpp,
         "backend": settings.opening.backend, "outputs": asdict(outputs), "tta": settings.tta,
     }
 

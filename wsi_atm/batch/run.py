@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm import pipeline
-from wsi_atm.batch.plan import COHORT_FILES, BatchSettings, Job, Outcome, SlideStatus
+from wsi_atm.batch.plan import (
+    COHORT_FILES,
+    BatchSettings,
+    Job,
+    Outcome,
+    SlideStatus,
+    job_options,
+)
 from wsi_atm.batch.resume import (
     completion_key,
     engine_key,
@@ -56,15 +63,16 @@ class Prepared(PreparedSlide):
 def prepare(job: Job, settings: BatchSettings) -> Prepared:
     assert job.detections is not None
     opening = OpenOptions(backend=settings.opening.backend, mpp=job.mpp)
-    prep = prepare_slide(job.slide, job.detections, settings.model, settings.candidate_options,
+    prep = prepare_slide(job.slide, job.detections, settings.model, job_options(job, settings),
                          opening)
     return Prepared(**{f.name: getattr(prep, f.name) for f in fields(prep)}, job=job)
 
 
 def classify_job(prep: Prepared, classifier: SlideClassifier,
                       settings: BatchSettings) -> SlideResult:
-    return pipeline.classify_prepared(prep, classifier, settings.candidate_options,
-                                      settings.calls, figure=settings.outputs.figure)
+    options = job_options(prep.job, settings) if prep.job else settings.candidate_options
+    return pipeline.classify_prepared(prep, classifier, options, settings.calls,
+                                      figure=settings.outputs.figure)
 
 
 def load_classifier(settings: BatchSettings) -> SlideClassifier:

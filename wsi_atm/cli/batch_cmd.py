@@ -26,14 +26,16 @@ EPILOG = """\b
 Pairing without a manifest: the detections of NAME.<wsi extension> are the files NAME.* in
 --detections-dir (default: beside the slide) whose format is recognised from their content;
 none → status no_detections, several → that slide fails, listing them. A manifest is a CSV
-with columns slide,detections[,mpp] (paths relative to the manifest's folder).
+with columns slide,detections[,mpp,image] (paths relative to the manifest's folder; image: the
+entry of a multi-slide detections file, when the slide's name matches more than one).
 
 \b
 Resume: OUT/.wsi-atm/<stem>.done.json is written after a slide's outputs; a rerun skips a
 slide only when it matches (slide path, size and mtime; detections sha256; model card and
-weight sha256s; wsi-atm version, device, precision, engine, compile; threshold, review band,
-review fold std, hotspot area, candidate options, mpp, backend, outputs asked for, tta) and
-its outputs are all there.
+weight sha256s, a hub card's base model snapshot; wsi-atm version and source sha256, device,
+precision, engine, compile; threshold, review band, review fold std, hotspot area, candidate
+options, mpp, backend, outputs asked for, tta), its outputs are all there and its summary is
+the one that run wrote.
 
 \b
 Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any work
@@ -44,7 +46,8 @@ Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any 
 @click.command(epilog=EPILOG)
 @click.argument("slide_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(path_type=Path), default=None,
-              help="CSV with columns slide,detections[,mpp] (paths relative to the manifest)")
+              help="CSV with columns slide,detections[,mpp,image] (paths relative to the "
+                   "manifest)")
 @click.option("--out-dir", type=click.Path(path_type=Path), required=True,
               help="per-slide outputs, cohort.csv, cohort.png and .wsi-atm/ completion records")
 @click.option("--detections", type=click.Path(path_type=Path), default=None,

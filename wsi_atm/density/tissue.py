@@ -7,8 +7,8 @@ that is nearly all background (or nearly all tissue) does not turn noise into ti
 stroma and small gaps inside tissue fall below the cut pixel by pixel, so the mask is closed
 (two 3×3 dilations then erosions) and its holes filled: lumens and fat enclosed by tissue
 count as tissue, as they do in a pathologist's tissue area. Near-black pixels (a dark scan
-margin) never do. Pen marks, folds and bubbles that are saturated count as tissue: the area is an estimate, stated with the thumbnail size
-and the cut it used.
+margin) never do. Pen marks, folds and bubbles that are saturated count as tissue: the area
+is an estimate, stated with the thumbnail size and the cut it used.
 """
 
 from __future__ import annotations

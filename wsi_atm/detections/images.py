@@ -58,13 +58,14 @@ def select_image(
             names = ", ".join(f"{im.name} (id {im.id})" for im in found[:_SHOWN])
             raise DetectionsError(
                 f"{file_name}: {what} matches {len(found)} images ({names}); "
-                "choose one with the image option (--image NAME|ID)"
+                "choose one with --image NAME|ID (in a batch, a manifest's image column)"
             )
     shown = ", ".join(im.name for im in images[:_SHOWN])
     more = ", …" if len(images) > _SHOWN else ""
     raise DetectionsError(
         f"{file_name}: no entry for {what} among its {len(images)} images "
-        f"({shown}{more}); choose one with the image option (--image NAME|ID)"
+        f"({shown}{more}); choose one with --image NAME|ID (in a batch, a manifest's "
+        "image column)"
     )
 
 
