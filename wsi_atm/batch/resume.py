@@ -142,6 +142,8 @@ def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
         return "output missing: " + ", ".join(missing)
     # Regression: a classify run into the same folder replaced the outputs and the batch
     # still took them for its own
+    if written is None:
+        return "its completion record is from an older wsi-atm (no summary sha256)"
     if written != file_sha256(wanted["summary"]):
         return "its outputs were rewritten since (another run into this folder)"
     return None
