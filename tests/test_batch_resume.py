@@ -10,7 +10,8 @@ import pytest
 
 from tests.batch_helpers import card_128, cohort_rows, make_cohort, midog_json, write_candidates
 from tests.cli_helpers import run_cli
-from wsi_atm.batch import plan_jobs, resume
+from wsi_atm.batch import BatchSettings, Job, plan_jobs, resume
+from wsi_atm.detections import CandidateOptions
 from wsi_atm.errors import BadInputError
 from wsi_atm.models.card import load_card
 
@@ -94,12 +95,34 @@ def test_a_hub_cards_key_names_its_base_model_snapshot(tmp_path: Path,
     assert resume.model_fingerprint(card)["base_revision"] == "def456"
 
 
-def test_the_code_itself_is_in_the_key(tmp_path: Path) -> None:
+def test_the_code_itself_is_in_the_key(tmp_path: Path, card: Path) -> None:
     # Regression: the key held only the version number, never bumped: upgrading a checkout
     # re-ran nothing whatever the new code computes
-    digest = resume.code_sha256()
-    assert len(digest) == 64 and int(digest, 16)
-    assert resume.code_sha256() == digest
+    tree = tmp_path / "pkg"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.py").write_text("x = 1\n")
+    (tree / "sub" / "b.py").write_text("y = 2\n")
+    before = resume.tree_sha256(tree)
+    (tree / "sub" / "b.py").write_text("y = 3\n")
+    assert resume.tree_sha256(tree) != before
+    (tree / "sub" / "b.py").write_text("y = 2\n")
+    assert resume.tree_sha256(tree) == before
+    settings = BatchSettings(model=load_card(card), candidate_options=CandidateOptions())
+    assert resume.engine_key(settings, False)["code_sha256"] == resume.code_sha256()
+
+
+def test_a_hub_base_model_fetched_by_the_run_is_recorded_by_its_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression (review): a base model not yet cached keyed every record with "", and the
+    # next batch, finding it cached, ran every slide again
+    out, job = tmp_path / "out", Job(tmp_path / "s.tif", tmp_path / "s.csv")
+    out.mkdir()
+    (out / "s.summary.json").write_text("{}")
+    monkeypatch.setattr(resume, "cached_revision", lambda model_id, revision="": "abc123")
+    key = {"base_model": "hf-hub:org/name", "base_revision": ""}
+    assert json.loads(resume.record_text(out, job, key))["base_revision"] == "abc123"
+    pinned = {"base_model": "hf-hub:org/name", "base_revision": "fixed"}
+    assert json.loads(resume.record_text(out, job, pinned))["base_revision"] == "fixed"
 
 
 def test_a_slides_time_is_its_own_not_the_wait_for_the_one_before(

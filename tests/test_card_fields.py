@@ -77,7 +77,6 @@ FRACTION = DEFAULT.read_text(encoding="utf-8")
     # Regression: nan ran with a wrong interval; 0, -5, "many" were internal errors after all
     # inference; 2.5 was accepted
     ("cv_n_atypical = 648", "cv_n_atypical = nan", "metrics.cv_n_atypical = nan"),
-    ("cv_n_atypical = 648", "cv_n_atypical = 0", "metrics.cv_n_atypical = 0"),
     ("cv_n_atypical = 648", "cv_n_atypical = -5", "metrics.cv_n_atypical"),
     ("cv_n_atypical = 648", 'cv_n_atypical = "many"', "metrics.cv_n_atypical"),
     ("cv_n_atypical = 648", "cv_n_atypical = 2.5", "metrics.cv_n_atypical = 2.5"),
@@ -105,3 +104,13 @@ def test_a_raw_fraction_needs_no_calibration(tmp_path):
     path = tmp_path / "card.toml"
     path.write_text(text, encoding="utf-8")
     assert load_card(path).fraction["method"] == "raw"
+
+
+def test_a_zero_count_means_no_count_as_older_run_cards_wrote_it(tmp_path):
+    # Regression (review): `--cv none` run cards written before these checks hold
+    # cv_n_atypical = 0 and were refused, the deployable refit among them
+    path = tmp_path / "card.toml"
+    path.write_text(FRACTION.replace("cv_n_atypical = 648", "cv_n_atypical = 0", 1)
+                    .replace("cv_n_normal = 2246", "cv_n_normal = 0", 1), encoding="utf-8")
+    card = load_card(path)
+    assert card.metrics["cv_n_atypical"] == 0

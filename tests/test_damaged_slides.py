@@ -42,7 +42,8 @@ def test_a_tile_cut_short_is_an_error_not_grey_rows(svs: Path) -> None:
     _assert_every_path_refuses(svs, rf"tile {TILE} of level 0 is cut short")
 
 
-def test_zero_padding_after_the_end_marker_is_accepted(svs: Path) -> None:
+@pytest.mark.parametrize("padding", [7, 200])  # 200: past the 64 bytes looked at first
+def test_zero_padding_after_the_end_marker_is_accepted(svs: Path, padding: int) -> None:
     with open_slide(svs, backend="tiles") as slide:
         before = slide.read_level_region((300, 300), 0, (64, 64))
     with tifffile.TiffFile(svs) as tif:
@@ -51,11 +52,11 @@ def test_zero_padding_after_the_end_marker_is_accepted(svs: Path) -> None:
     data = svs.read_bytes()
     with open(svs, "ab") as fh:
         end = fh.seek(0, 2)
-        fh.write(data[offset:offset + count] + b"\0" * 7)
+        fh.write(data[offset:offset + count] + b"\0" * padding)
     with tifffile.TiffFile(svs, mode="r+b") as tif:
         offsets, counts = tif.pages[0].tags["TileOffsets"], tif.pages[0].tags["TileByteCounts"]
         new_offsets, new_counts = list(offsets.value), list(counts.value)
-        new_offsets[TILE], new_counts[TILE] = end, count + 7
+        new_offsets[TILE], new_counts[TILE] = end, count + padding
         offsets.overwrite(new_offsets)
         counts.overwrite(new_counts)
     with open_slide(svs, backend="tiles") as slide:

@@ -93,6 +93,15 @@ def test_a_table_image_column_with_gaps_or_another_name(tmp_path: Path) -> None:
     assert any("image option ('slide.svs') is ignored" in w for w in cands.report.warnings)
 
 
+def test_a_per_candidate_filename_column_is_not_an_image_column(tmp_path: Path) -> None:
+    # Regression (review): "filename" (each candidate's patch, as detectors write it) was taken
+    # for the image column and the table refused
+    path = write(tmp_path / "d.csv", "x,y,score,filename\n10,20,0.9,cand_000.png\n"
+                                     "30,40,0.8,cand_001.png\n")
+    cands = read_detections(path, FRAME)
+    assert len(cands) == 2 and not cands.report.warnings
+
+
 def test_a_blank_id_cannot_equal_another_rows_id(tmp_path: Path) -> None:
     # the blank cell of the second row was given "1", the first row's id
     path = write(tmp_path / "ids.csv", "id,x,y\n1,10,20\n,30,40\n")

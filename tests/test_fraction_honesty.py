@@ -96,3 +96,26 @@ def test_rogan_gladen_interval_covers_at_small_n(n: int) -> None:
         assert ci is not None
         coverage += binom.pmf(k, n, q) * (ci[0] <= truth <= ci[1])
     assert coverage >= 0.94
+
+
+def test_the_high_share_flag_holds_at_another_threshold() -> None:
+    # Regression (review): --threshold dropped the card's rates, and with them the flag, while
+    # the calibrated headline (which ignores thresholds) stayed, reading low with no warning
+    from dataclasses import replace
+
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.summary import corrected_estimate
+
+    card = find_card(None)
+    rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.45, False)
+            for i in range(100)]
+    result = make_result(rows, fraction=dict(card.fraction))
+    rates = {"threshold": card.threshold, "sensitivity": card.metrics["sensitivity"],
+             "specificity": card.metrics["specificity"]}
+    result.model = replace(result.model, threshold=0.4, sensitivity=None, specificity=None,
+                           card_rates=rates)
+    est = corrected_estimate(result)
+    assert est is not None and est.warning and "beyond the shares" in est.warning
+    result.model = replace(result.model, card_rates={})
+    est = corrected_estimate(result)
+    assert est is not None and not est.warning  # what --threshold runs got before

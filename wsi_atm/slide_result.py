@@ -65,6 +65,10 @@ class ModelMeta:
     # The card's ``[fraction]`` table (how to estimate the slide's true share); empty when the
     # card has none or when it does not hold for this run (TTA changes the probabilities).
     fraction: dict[str, Any] = field(default_factory=dict)
+    # The card's own threshold and cross-validated rates whatever --threshold this run used
+    # (FractionModel keywords; empty under TTA or without rates): the calibrated estimates,
+    # which hold at any threshold, use them to tell a slide beyond the validated shares.
+    card_rates: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

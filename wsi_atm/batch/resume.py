@@ -63,7 +63,11 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
 def code_sha256() -> str:
     """The sha256 of wsi-atm's own source: the version number alone never changed between
     commits, so upgrading a checkout re-ran nothing whatever the new code computes."""
-    root = Path(__file__).resolve().parent.parent
+    return tree_sha256(Path(__file__).resolve().parent.parent)
+
+
+def tree_sha256(root: Path) -> str:
+    """One sha256 over the names and contents of the ``.py`` files under ``root``."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -117,7 +121,11 @@ SUMMARY_SHA = "summary_sha256"  # beside the key in a record: the summary the ru
 
 
 def record_text(out_dir: Path, job: Job, key: dict[str, Any]) -> str:
-    """The completion record of ``job`` just written with ``key``."""
+    """The completion record of ``job`` just written with ``key``; a hub base model that was
+    not cached when the key was made (the run fetched it) is named by the snapshot now cached,
+    as the next run's key will name it (else every slide ran again once)."""
+    if "base_model" in key and not key.get("base_revision"):
+        key = {**key, "base_revision": cached_revision(key["base_model"])}
     summary = output_paths(job.slide.name, out_dir)["summary"]
     return json.dumps({**key, SUMMARY_SHA: file_sha256(summary)}, indent=1)
 

@@ -29,8 +29,8 @@ SCORE_ALIASES = ("score", "probability", "confidence", "prob", "detector_score")
 LABEL_ALIASES = ("label", "class", "classification", "class_name", "category", "name")
 ID_ALIASES = ("id", "uid", "object_id", "candidate_id")
 # QuPath's measurement export of several images has an "Image" column; detectors' tables
-# covering a cohort name the slide
-IMAGE_ALIASES = ("image", "image_name", "slide", "slide_name", "file_name", "filename")
+# covering a cohort name the slide. Not "filename": detectors name each candidate's patch so.
+IMAGE_ALIASES = ("image", "image_name", "slide", "slide_name")
 
 
 def accepted_xy_text() -> str:

@@ -159,7 +159,9 @@ FIELDS: dict[str, Check] = {
     "embedding.patch_start": number(0, integer=True), "embedding.dim": number(0, integer=True),
     "fraction.platt_a": number(), "fraction.platt_b": number(),
     "fraction.prior": number(0, 1, above=True, below=True),  # the EM divides by it and 1 - it
-    "metrics.cv_n_atypical": SIZE, "metrics.cv_n_normal": SIZE,
+    # 0: no count (run cards of `--cv none` refits written before these checks say so)
+    "metrics.cv_n_atypical": number(0, integer=True),
+    "metrics.cv_n_normal": number(0, integer=True),
 }
 
 

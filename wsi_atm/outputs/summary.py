@@ -240,11 +240,12 @@ def corrected_estimate(result: SlideResult) -> Estimate | None:
     if f.get("method") == "raw":  # the card says no correction holds: the raw share it is
         return estimate(p, FractionModel(threshold=m.threshold, method="raw"))
     if f.get("method") in CALIBRATED:
-        # the card's rates too: they tell a slide beyond the validated shares (a warning)
+        # the card's own operating point, whatever this run's threshold (the calibrated mean
+        # ignores thresholds): it tells a slide beyond the validated shares (a warning)
         fm = FractionModel(
-            threshold=m.threshold, method=str(f["method"]), platt_a=float(f["platt_a"]),
-            platt_b=float(f["platt_b"]), shift_sd=float(f.get("shift_sd", 0.0)),
-            source=str(f.get("source", "")), **_rates(m),
+            **{"threshold": m.threshold, **m.card_rates}, method=str(f["method"]),
+            platt_a=float(f["platt_a"]), platt_b=float(f["platt_b"]),
+            shift_sd=float(f.get("shift_sd", 0.0)), source=str(f.get("source", "")),
             extra={"prior": float(f.get("prior", 0.224)),
                    **{k: float(f[k]) for k in ("q_atypical", "q_normal") if k in f}},
         )
