@@ -114,3 +114,16 @@ def test_a_zero_count_means_no_count_as_older_run_cards_wrote_it(tmp_path):
                     .replace("cv_n_normal = 2246", "cv_n_normal = 0", 1), encoding="utf-8")
     card = load_card(path)
     assert card.metrics["cv_n_atypical"] == 0
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    # Regression: a misspelt source was read as ImageNet, and a card could have no name
+    ('pretrained = "none"', 'pretrained = "imagent"', "architecture.pretrained = 'imagent'"),
+    ('name = "wsi-atm-default"', 'name = ""', "name = ''"),
+])
+def test_a_misspelt_weight_source_or_an_empty_name_is_refused(tmp_path, old, new, named):
+    text = FRACTION.replace(old, new, 1)
+    assert text != FRACTION
+    path = tmp_path / "card.toml"
+    path.write_text(text, encoding="utf-8")
+    _refused(path, named)

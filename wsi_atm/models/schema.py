@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm.fraction.estimators import METHODS as FRACTION_METHODS
+from wsi_atm.models.sources import is_hub_id
 
 MODES = ("end-to-end", "linear-probe", "lora")
 EMBEDDING_METHODS = ("cls", "cls+mean")
@@ -151,7 +152,8 @@ OP_REQUIRED = {"resize": ("size",), "center_crop": ("size",), "rotate": ("degree
 # Values whose type or range the code that reads them relies on (a crop size of 32.9, an mpp
 # of 0 or a LoRA rank of -1 were accepted and failed, or misbehaved, far from the card).
 FIELDS: dict[str, Check] = {
-    "name": _of_type(str, "a string"), "description": _of_type(str, "a string"),
+    "name": lambda v: None if isinstance(v, str) and v.strip() else "a non-empty string",
+    "description": _of_type(str, "a string"),
     "batch_size": SIZE, "input.crop_size": SIZE, "input.model_size": SIZE,
     "input.mpp": number(0, above=True),
     "lora.r": SIZE, "lora.alpha": number(0, above=True), "lora.dropout": number(0, 1, below=True),
@@ -219,6 +221,15 @@ def _check_fraction(raw: dict[str, Any]) -> None:
                          f"fraction.q_atypical = {f['q_atypical']!r}")
 
 
+def _check_source(value: Any) -> None:
+    """Where pretrained weights come from; anything else was silently read as ImageNet."""
+    if value is None or value in ("none", "imagenet") or (isinstance(value, str) and (
+            is_hub_id(value) or value.startswith("package:"))):
+        return
+    raise ValueError(f"architecture.pretrained = {value!r} is not one of none, imagenet, "
+                     "hf-hub:ORG/NAME or package:PACKAGE/FILE")
+
+
 def validate(raw: dict[str, Any]) -> None:
     """Raise ValueError naming the first unknown key or disallowed value."""
     _keys(raw, FIXED[""], "")
@@ -245,6 +256,7 @@ def validate(raw: dict[str, Any]) -> None:
         value = _get(raw, dotted)
         if value is not None and value not in allowed:
             raise ValueError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}")
+    _check_source(_get(raw, "architecture.pretrained"))
     for dotted in (*UNIT_INTERVAL, *NON_NEGATIVE):
         value = _get(raw, dotted)
         if value is None:
