@@ -335,3 +335,27 @@ def test_a_damaged_cached_graph_is_rebuilt(real_crops: np.ndarray, cache: Path) 
     torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
     assert np.abs(clf.predict(real_crops[:32]) - torch_p).max() <= MAX_DELTA_P
     assert isinstance(load_classifier(card, device="cpu", engine="onnx"), OnnxClassifier)
+
+
+def test_a_well_formed_graph_other_than_the_checked_one_is_not_trusted(
+        real_crops: np.ndarray, cache: Path) -> None:
+    # Regression: the record held nothing tied to the graph's contents, so a graph with one
+    # weight negated (its record untouched) ran torch-free and flipped 54 of 90 calls
+    import onnx
+    from onnx import numpy_helper
+
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    record = read_record(graph)
+    assert record is not None and len(record.graph_sha256) == 64
+    model = onnx.load(str(graph))
+    largest = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    largest.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(largest), largest.name))
+    onnx.save(model, str(graph))
+    args = dict(device="cpu", batch_size=None, tta=False, compile=False, engine="onnx",
+                threads=2)
+    assert onnx_only(card, **args) is None  # dropped: the torch path rebuilds and checks it
+    assert not graph.exists()
+    clf = load_classifier(card, device="cpu", engine="onnx")
+    torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
+    assert np.abs(clf.predict(real_crops[:32]) - torch_p).max() <= MAX_DELTA_P

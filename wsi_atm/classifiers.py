@@ -30,6 +30,7 @@ from wsi_atm.engines import (
 )
 from wsi_atm.errors import OptionError
 from wsi_atm.faults import inject
+from wsi_atm.files import file_sha256
 from wsi_atm.models.card import LoadedWeights, ModelCard, atypical_sign, verify_weights
 
 if TYPE_CHECKING:
@@ -109,6 +110,12 @@ def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, c
     records = [read_record(g) if g.is_file() else None for g in graphs]
     if not all(r is not None and r.trusted(tta) for r in records):
         return None
+    for graph, record in zip(graphs, records, strict=True):
+        if record is not None and file_sha256(graph) != record.graph_sha256:
+            log.warning("%s: cached ONNX graph %s is not the one checked; rebuilding it",
+                        card.name, graph.name)
+            drop_graph(graph)
+            return None
     if engine == "auto":
         machine = machine_key(threads, size)
         if not all(r is not None and r.faster_here(machine) for r in records):

@@ -118,6 +118,9 @@ class GraphRecord:
     checked_crops_tta: int = 0
     probes: dict[str, dict[str, float]] = field(default_factory=dict)  # machine → seconds
     version: int = RECORD_VERSION
+    # the sha256 of the graph file the checks were made on: the torch-free path trusts the
+    # file only while it still has it (a damaged or swapped graph flipped calls silently)
+    graph_sha256: str = ""
 
     def _current(self) -> bool:
         return self.onnxruntime == version("onnxruntime")
@@ -127,7 +130,7 @@ class GraphRecord:
         delta, crops = ((self.max_delta_p_tta, self.checked_crops_tta) if tta
                         else (self.max_delta_p, self.checked_crops))
         return (self._current() and delta is not None and delta <= MAX_DELTA_P
-                and crops >= MIN_CHECK_CROPS)
+                and crops >= MIN_CHECK_CROPS and bool(self.graph_sha256))
 
     @property
     def failed(self) -> bool:

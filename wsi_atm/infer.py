@@ -40,6 +40,7 @@ from wsi_atm.engines import (
 )
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.faults import inject
+from wsi_atm.files import file_sha256
 from wsi_atm.models.card import ModelCard, atypical_sign, verify_weights
 from wsi_atm.models.loading import build_from_checkpoint, p_atypical_from_logits
 from wsi_atm.models.preprocess import BatchTransform
@@ -195,6 +196,10 @@ class Classifier:
 
     def _record_check(self, path: Path, delta: float, crops: int) -> None:
         rec = read_record(path) or GraphRecord(onnxruntime=version("onnxruntime"))
+        digest = file_sha256(path) if path.is_file() else rec.graph_sha256
+        if rec.graph_sha256 and digest != rec.graph_sha256:  # another graph: start over
+            rec = GraphRecord(onnxruntime=version("onnxruntime"))
+        rec.graph_sha256 = digest
         rec.add_check(delta if delta == delta else 1.0, crops, self.tta)  # NaN: a failure
         write_record(path, rec)
 
