@@ -39,16 +39,19 @@ def check_mpp(mpp: float | None) -> float | None:
     return mpp
 
 
-def check_out_dir(out_dir: Path) -> Path:
+def check_out_dir(out_dir: Path, flag: str = "--out-dir") -> Path:
     """An output folder: one that exists or can be made, and written to (a file in the way or
     a read-only folder is bad input, found before any work instead of when the outputs are
     written)."""
-    for folder in (out_dir, *out_dir.resolve().parents):
+    # resolved first: "missing/../ro" named a folder that does not exist, so the check went
+    # on to ro's parent and passed a read-only ro
+    resolved = out_dir.resolve()
+    for folder in (resolved, *resolved.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise OptionError(f"--out-dir {out_dir}: {folder} is a file, not a folder")
+                raise OptionError(f"{flag} {out_dir}: {folder} is a file, not a folder")
             if not os.access(folder, os.W_OK | os.X_OK):  # read-only mounts too, even for root
-                raise OptionError(f"--out-dir {out_dir}: {folder} cannot be written to")
+                raise OptionError(f"{flag} {out_dir}: {folder} cannot be written to")
             break
     return out_dir
 

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
+
+from wsi_atm.cli.options import MAX_BATCH
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 @click.command()
@@ -13,7 +26,7 @@ import click
               help="AMi-Br layout or {Atypical,Normal}/ folders of crops")
 @click.option("--model", default=None, help="model name or card (default: the bundled default)")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None)
 @click.option("--tta", is_flag=True, help="mean over the 8 flips/rotations")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object to stdout")
 @click.option("--group", default=None,
@@ -30,8 +43,8 @@ def evaluate(data_dir: Path, model: str | None, device: str, batch_size: int | N
 
     report = run(find_card(model), data_dir, device=device, batch_size=batch_size, tta=tta,
                  quiet=quiet or as_json, group=group, groups_table=groups_table)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
+    if as_json:  # strict JSON: an undefined metric (a group of one class) is null, not NaN
+        click.echo(json.dumps(_nan_to_none(report), indent=2, allow_nan=False))
         return
     click.echo(f"{report['model']} on {data_dir} (n={report['n']}: {report['n_atypical']} "
                f"atypical, {report['n_normal']} normal; threshold {report['threshold']:.3f})")

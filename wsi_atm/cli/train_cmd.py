@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from wsi_atm.models.registry import find_card
+from wsi_atm.options import check_out_dir
 from wsi_atm.train.config import CHOICES, TrainConfig, load_config_file
 
 _HELP = {
@@ -72,7 +73,7 @@ def train(data_dir: Path, model: str, mode: str | None, out: Path | None,
     values.update({k: v for k, v in {"mode": mode, **overrides}.items() if v is not None})
     cfg = TrainConfig.from_mapping(values)
     mode = cfg.mode
-    out = out or Path("runs") / f"{card.name}-{mode}"
+    out = check_out_dir(out or Path("runs") / f"{card.name}-{mode}", "--out")
     summary = train_run(card, data_dir, out, cfg, quiet=quiet)
     ba, auc = summary.fold_stats["balanced_accuracy"], summary.fold_stats["auroc"]
     click.echo(

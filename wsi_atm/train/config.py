@@ -67,7 +67,7 @@ class TrainConfig:
             "plateau_factor": (0, 1, False), "plateau_patience": (0, math.inf, False),
             "min_lr": (0, 10, True), "patience": (0, math.inf, False),
             "inner_splits": (2, math.inf, False), "ema": (0, 1, False),
-            "input_size": (0, math.inf, False), "threads": (0, math.inf, False),
+            "input_size": (0, 4096, True), "threads": (0, math.inf, False),
             "max_batches": (0, math.inf, False),
         }
         for name, (low, high, closed) in ranges.items():

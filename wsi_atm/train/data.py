@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from wsi_atm.errors import BadInputError
 
+log = logging.getLogger("wsi_atm.train")
 CLASSES = ("Atypical", "Normal")
 AMIBR_CSV = "amibr_train_split.csv"
 
@@ -51,15 +53,17 @@ def load_dataset(root: str | Path, size: int | None = None) -> CropDataset:
     if not all((root / c).is_dir() for c in CLASSES):
         raise BadInputError(f"{root}: expected sub-folders {' and '.join(CLASSES)} of crops")
     rows = _csv_rows(root)
+    found = [(c, p.name, "") for c in CLASSES for p in sorted((root / c).iterdir())
+             if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]
     if rows is not None:
         entries = [(r["final_label"], r["dataset_uid"], r["slide"]) for r in rows]
+        listed = {(c, name) for c, name, _ in entries}
+        unlisted = sum((c, name) not in listed for c, name, _ in found)
+        if unlisted:  # Regression: they were left out without a word
+            log.warning("%s: %d crops in the class folders are not in %s and are left out",
+                        root, unlisted, AMIBR_CSV)
     else:
-        entries = [
-            (c, p.name, "")
-            for c in CLASSES
-            for p in sorted((root / c).iterdir())
-            if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-        ]
+        entries = found
     if not entries:
         raise BadInputError(f"{root}: no crops found")
     images = np.stack([_read(root / c / name, size) for c, name, _ in entries])

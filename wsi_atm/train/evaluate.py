@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_atm.errors import BadInputError
 from wsi_atm.infer import Classifier
 from wsi_atm.models.card import ModelCard
 from wsi_atm.progress import progress_bar
@@ -26,10 +27,15 @@ def evaluate(
     With ``group`` (``scanner``, ``dataset``, ``slide`` or a column of ``groups_table``), the
     ensemble's metrics are also given per group under ``by_group``.
     """
-    classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta)
+    # The data and groups before the model (torch, weights, an ONNX build): bad input fails
+    # at once, not 20 s later
     data = load_dataset(data_dir, size=card.crop_size)
-    # Resolve the groups before the slow part, so a bad --group fails at once.
+    if len(set(data.labels.tolist())) < 2:
+        only = "atypical" if data.labels[0] else "normal"
+        raise BadInputError(f"{data_dir}: every crop is {only}: balanced accuracy, AUROC and "
+                            "the rates need both classes")
     group_of = crop_groups(data, group, groups_table) if group else None
+    classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta)
     images = data.images.permute(0, 2, 3, 1).numpy()
     step = max(classifier.batch_size, 1)
     bar = progress_bar(len(images), "evaluating", quiet=quiet, unit="crop")

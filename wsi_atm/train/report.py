@@ -21,6 +21,8 @@ def _run_entries(path: Path) -> list[tuple[str, str, str]]:
     s = json.loads(summary_path.read_text())
     name = read_card(config_path).get("name", path.name) if config_path.is_file() else path.name
     cv = s.get("cv", {"kind": "kfold"})
+    if cv["kind"] == "none":  # a refit on all the data: it has no held-out score
+        return [(name, "refit, no cross-validation", "–")]
     if cv["kind"] != "leave-group-out":
         return [(name, "cross-validation", _cell(s["balanced_accuracy"], s["auroc"]))]
     # Leave-group-out: the mean over held-out groups, then each group the fold never saw.
@@ -56,7 +58,16 @@ def _evaluate_entries(path: Path) -> list[tuple[str, str, str]]:
 
 
 def results_table(paths: list[Path]) -> str:
-    entries = [e for p in paths for e in load_entry(p)]
+    loaded = [(p, load_entry(p)) for p in paths]
+    sources: dict[tuple[str, str], set[Path]] = {}
+    for p, found in loaded:
+        for m, d, _ in found:
+            sources.setdefault((m, d), set()).add(p)
+    # Regression: two runs of one card (its name) on one dataset shared a cell and the last
+    # one silently replaced the other; such runs are told apart by their folder's name
+    clash = {p for ps in sources.values() if len(ps) > 1 for p in ps}
+    entries = [(f"{m} [{p.name}]" if p in clash else m, d, c)
+               for p, found in loaded for m, d, c in found]
     models = list(dict.fromkeys(m for m, _, _ in entries))
     datasets = list(dict.fromkeys(d for _, d, _ in entries))
     cells = {(m, d): c for m, d, c in entries}

@@ -1,0 +1,89 @@
+"""evaluate, results and train's output folder: bad input found first, every run shown, strict
+JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import run_cli
+from tests.train_helpers import write_synthetic_crops, write_tiny_card
+from wsi_atm.cli.evaluate_cmd import _nan_to_none
+from wsi_atm.errors import OptionError
+from wsi_atm.options import check_out_dir
+from wsi_atm.train.data import load_dataset
+from wsi_atm.train.report import results_table
+
+
+def _run(folder: Path, card_text: str, kind: str, ba: float) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "card.toml").write_text(card_text)
+    stats = {"mean": ba, "std": 0.01}
+    (folder / "summary.json").write_text(json.dumps(
+        {"balanced_accuracy": stats, "auroc": stats, "cv": {"kind": kind}}))
+    return folder
+
+
+def test_results_keep_every_run_and_name_a_refit(tmp_path: Path) -> None:
+    # Regression: two runs of one card shared a cell (the last replaced the other), and a
+    # --cv none refit was labelled "cross-validation" with nan
+    text = write_tiny_card(tmp_path / "c").read_text()
+    a = _run(tmp_path / "k5", text, "kfold", 0.61)
+    b = _run(tmp_path / "k5-again", text, "kfold", 0.72)
+    refit = _run(tmp_path / "refit", text, "none", float("nan"))
+    table = results_table([a, b, refit])
+    assert "0.6100" in table and "0.7200" in table
+    assert "[k5]" in table and "[k5-again]" in table
+    assert "refit, no cross-validation" in table and "nan" not in table
+
+
+def test_evaluate_refuses_a_set_of_one_class_before_loading_the_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_synthetic_crops(tmp_path / "d", n_atypical=0, n_normal=6)
+    card = write_tiny_card(tmp_path / "c")  # untrained: loading it would fail differently
+    assert run_cli(["evaluate", "--model", str(card), "--data", str(data), "--json"]) == 2
+    assert "every crop is normal" in capsys.readouterr().err
+
+
+def test_evaluate_json_is_strict() -> None:
+    # Regression: a group of one class printed bare NaN, which strict JSON parsers reject
+    report = {"by_group": {"g": {"auroc": float("nan"), "n": 3}}, "folds": [float("nan"), 0.5]}
+    text = json.dumps(_nan_to_none(report), allow_nan=False)
+    assert json.loads(text) == {"by_group": {"g": {"auroc": None, "n": 3}},
+                                "folds": [None, 0.5]}
+
+
+def test_crops_the_split_table_does_not_list_are_named(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: evaluate reported n=120 of a folder of 210 crops without a word
+    data = write_synthetic_crops(tmp_path / "d", n_atypical=4, n_normal=4)
+    (data / "Normal" / "extra.png").write_bytes((data / "Normal" / "N0.png").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="wsi_atm.train"):
+        assert len(load_dataset(data)) == 8
+    assert "1 crops in the class folders are not in" in caplog.text
+
+
+def test_an_output_folder_through_a_missing_one_is_checked_where_it_lands(
+        tmp_path: Path) -> None:
+    # Regression: "missing/../x" did not exist as written, so the check went on to x's parent
+    # and passed what was really a file (or a read-only folder)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OptionError, match="is a file"):
+        check_out_dir(tmp_path / "missing" / ".." / "afile")
+
+
+def test_train_refuses_a_file_as_out_and_a_huge_input_size(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: --out FILE was an internal error (FileExistsError), --input-size 100000 a
+    # silent death after a minute
+    data = write_synthetic_crops(tmp_path / "d", n_atypical=2, n_normal=2)
+    card = write_tiny_card(tmp_path / "c")
+    (tmp_path / "run.csv").write_text("")
+    base = ["train", "--data", str(data), "--model", str(card), "--quiet"]
+    assert run_cli([*base, "--out", str(tmp_path / "run.csv")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert run_cli([*base, "--out", str(tmp_path / "r"), "--input-size", "100000"]) == 2
+    assert "--input-size must be" in capsys.readouterr().err
