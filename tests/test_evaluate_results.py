@@ -87,3 +87,13 @@ def test_train_refuses_a_file_as_out_and_a_huge_input_size(
     assert "--out" in capsys.readouterr().err
     assert run_cli([*base, "--out", str(tmp_path / "r"), "--input-size", "100000"]) == 2
     assert "--input-size must be" in capsys.readouterr().err
+
+
+def test_too_few_crops_for_the_folds_is_bad_input(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: an internal error from scikit-learn's splitter (n_splits > n_samples)
+    data = write_synthetic_crops(tmp_path / "d", n_atypical=2, n_normal=2)
+    card = write_tiny_card(tmp_path / "c")
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--quiet",
+                    "--out", str(tmp_path / "r")]) == 2
+    assert "cannot split 4 crops" in capsys.readouterr().err
