@@ -359,3 +359,34 @@ def test_a_well_formed_graph_other_than_the_checked_one_is_not_trusted(
     clf = load_classifier(card, device="cpu", engine="onnx")
     torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
     assert np.abs(clf.predict(real_crops[:32]) - torch_p).max() <= MAX_DELTA_P
+
+
+@pytest.mark.parametrize(("env", "argv", "expected"), [
+    ("onnx", [], None),  # the environment's: the classifier applies it to CPUs only
+    ("onnx", ["--engine", "onnx"], "onnx"),
+    (None, ["--engine", "torch"], "torch"),
+    (None, [], None),
+])
+def test_the_environments_engine_is_left_to_the_classifier(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | None, argv: list[str],
+        expected: str | None) -> None:
+    # Regression: click turned WSI_ATM_ENGINE=onnx into an explicit --engine onnx, so a GPU
+    # machine sharing a cluster's environment refused to classify ("runs on the CPU")
+    from tests.cli_helpers import run_cli
+
+    if env:
+        monkeypatch.setenv("WSI_ATM_ENGINE", env)
+    else:
+        monkeypatch.delenv("WSI_ATM_ENGINE", raising=False)
+    asked: list[str | None] = []
+
+    def capture(card: object, **kwargs: object) -> object:
+        asked.append(kwargs["engine"])  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wsi_atm.classifiers.load_classifier", capture)
+    repo = Path(__file__).resolve().parents[1] / "sample_slides"
+    code = run_cli(["classify", str(repo / "cmu_small_region.svs"), "--detections",
+                    str(repo / "cmu_small_region.candidates.csv"), "--out-dir",
+                    str(tmp_path / "out"), "--quiet", *argv])
+    assert code == 130 and asked == [expected]

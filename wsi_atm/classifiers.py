@@ -136,7 +136,8 @@ def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | Non
                     threads: int | None = None, precision: str = "auto") -> SlideClassifier:
     """The classifier for ``card``: ONNX-only when that is known to be right, else PyTorch's."""
     chosen = check_engine(engine or os.environ.get("WSI_ATM_ENGINE") or "auto")
-    check_precision(precision, chosen)  # before torch is imported
+    if engine is not None:  # the environment's onnx does not bind a GPU (see Classifier)
+        check_precision(precision, chosen)  # before torch is imported
     n_threads = threads or usable_cpus()
     fast = onnx_only(card, device, batch_size, tta, compile, chosen, n_threads, precision)
     if fast is not None:

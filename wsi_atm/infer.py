@@ -75,6 +75,9 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
+PROBE_CROPS = 256  # random crops the engine probe times both engines on
+
+
 class Classifier:
     """A card's fold ensemble, loaded once; ``predict`` gives P(atypical) per crop."""
 
@@ -162,7 +165,9 @@ class Classifier:
         known = record.faster_here(machine)
         if known is not None:
             return known
-        crops = torch.randint(0, 256, (self.batch_size, self.card.crop_size,
+        # at most PROBE_CROPS: a --batch-size of 1024 made the probe of an 8-candidate slide
+        # take 75 s and 4 GB, and 16,384 would have needed ~60 GB
+        crops = torch.randint(0, 256, (min(self.batch_size, PROBE_CROPS), self.card.crop_size,
                                        self.card.crop_size, 3), dtype=torch.uint8)
         with torch.inference_mode():
             t_torch = sum(best_time(self._net_on_crops(net), crops) for net in self.nets)

@@ -76,7 +76,9 @@ class BatchSettings:
     batch_size: int | None = None
     tta: bool = False
     compile: bool = False
-    engine: str = "auto"  # torch, onnx, or auto (ONNX Runtime on CPU when faster)
+    # torch, onnx, or auto (ONNX Runtime on CPU when faster); None: WSI_ATM_ENGINE's, which
+    # CPU machines follow and GPUs do not
+    engine: str | None = "auto"
     precision: str = "auto"  # auto, float32 or bf16 (PyTorch's; see engines.precision_on)
     threads: int | None = None  # CPU threads per model (None: all cores)
 

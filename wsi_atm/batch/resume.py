@@ -7,6 +7,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePath
@@ -56,7 +57,8 @@ def engine_key(settings: BatchSettings, distributed: bool) -> dict[str, Any]:
         device = device_type(settings.device, distributed)
         precision = precision_on(device, kind, settings.precision)
     return {"wsi_atm_version": __version__, "code_sha256": code_sha256(), "device": device,
-            "precision": precision, "compile": settings.compile, "engine": settings.engine}
+            "precision": precision, "compile": settings.compile,
+            "engine": settings.engine or os.environ.get("WSI_ATM_ENGINE") or "auto"}
 
 
 @functools.cache

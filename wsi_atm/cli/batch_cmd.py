@@ -11,6 +11,7 @@ import click
 from wsi_atm.cli.options import (
     batch_candidate_options,
     call_options,
+    engine_asked,
     make_call_options,
     make_candidate_options,
     make_output_options,
@@ -82,7 +83,9 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
     from wsi_atm.options import OpenOptions
 
     check_device(device)
-    check_precision(precision, engine)
+    asked = engine_asked(engine)
+    if asked:  # from the environment it may not apply on a GPU: the classifier decides
+        check_precision(precision, asked)
     if scheduler and not SCHEDULER.fullmatch(scheduler):
         raise OptionError(f"--scheduler must be a dask scheduler's address such as "
                           f"tcp://host:8786, not {scheduler!r}")
@@ -93,7 +96,7 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
         opening=OpenOptions(backend=backend),
         calls=make_call_options(threshold, hotspot_area, review_band, review_fold_std),
         outputs=make_output_options(shape, review_class, points_json),
-        device=device, batch_size=batch_size, tta=tta, compile=compile_model, engine=engine,
+        device=device, batch_size=batch_size, tta=tta, compile=compile_model, engine=asked,
         precision=precision, threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)
     outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,

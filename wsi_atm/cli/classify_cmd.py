@@ -10,6 +10,7 @@ import click
 from wsi_atm.cli.options import (
     call_options,
     candidate_options,
+    engine_asked,
     make_call_options,
     make_candidate_options,
     make_output_options,
@@ -58,7 +59,9 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
     check_device(device)
-    check_precision(precision, engine)
+    asked = engine_asked(engine)
+    if asked:  # from the environment it may not apply here (a GPU): the classifier decides
+        check_precision(precision, asked)
     check_out_dir(out_dir)
     for path in (slide, detections, out_dir):
         if not utf8_name(path):  # the outputs (UTF-8 JSON, CSV, GeoJSON) could not name it
@@ -82,7 +85,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
         from wsi_atm.classifiers import load_classifier
 
         return load_classifier(card, device=device, batch_size=batch_size, tta=tta,
-                               compile=compile_model, engine=engine, precision=precision)
+                               compile=compile_model, engine=asked, precision=precision)
 
     result = run_prepared(prep, make_classifier, cand_options, calls, outputs,
                           out_dir=out_dir, quiet=quiet)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from wsi_atm.detections import CandidateOptions
 from wsi_atm.slides import BACKENDS
@@ -104,6 +105,15 @@ def model_options(func: F) -> F:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def engine_asked(engine: str) -> str | None:
+    """``--engine`` when given on the command line, else None: ``WSI_ATM_ENGINE`` is then read
+    by the classifier, which applies it to CPU machines only (a GPU keeps torch), so one
+    environment serves a mixed cluster. Click's envvar had made it an explicit --engine onnx,
+    which a GPU refuses."""
+    source = click.get_current_context().get_parameter_source("engine")
+    return engine if source == ParameterSource.COMMANDLINE else None
 
 
 def call_options(func: F) -> F:
