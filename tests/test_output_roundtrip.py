@@ -117,3 +117,14 @@ def test_the_review_header_says_when_the_hotspot_is_larger_than_the_tissue() -> 
     assert "blue - larger than the tissue" in str(_findings_line(result))
     result.tissue = SimpleNamespace(area_mm2=20.0)  # type: ignore[assignment]
     assert "larger than the tissue" not in str(_findings_line(result))
+
+
+def test_inside_or_outside_is_decided_on_the_coordinate_written(tmp_path: Path) -> None:
+    # Regression: 767.99999 on a 768-px slide was classified, then written as 768.0000 (outside
+    # when read back); -0.00001 was outside but written as -0.0000
+    dets = tmp_path / "d.csv"
+    dets.write_text("x,y\n767.99999,100\n-0.00001,200\n300,767.99996\n300,-0.00004\n")
+    frame = SlideFrame("s.tif", 768, 768, mpp=0.25)
+    cands = read_detections(dets, frame, CandidateOptions(merge_radius_um=0))
+    assert list(cands.status) == ["outside_slide", "ok", "outside_slide", "ok"]
+    assert list(cands.x[:2]) == [768.0, 0.0] and str(cands.x[1]) == "0.0"

@@ -24,6 +24,7 @@ from wsi_atm.detections.records import (
     RawDetections,
     ReadReport,
     SlideFrame,
+    snap,
 )
 from wsi_atm.errors import DetectionsError
 from wsi_atm.faults import inject
@@ -146,7 +147,10 @@ def read_detections(
                 f"{options.merge_radius_um:g} µm of a higher-scored one"
             )
 
-    x, y = x[idx], y[idx]
+    # Snapped here, once (+ 0.0 turns -0.0 into 0.0): the inside test, the crops and every
+    # output then see one coordinate (767.99999 was classified inside a 768-px slide but
+    # written as 768.0000, outside when read back)
+    x, y = snap(x[idx]) + 0.0, snap(y[idx]) + 0.0
     inside = (x >= 0) & (x < frame.width) & (y >= 0) & (y < frame.height)
     report.outside_slide = int(np.count_nonzero(~inside))
     if report.outside_slide:
