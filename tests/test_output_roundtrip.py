@@ -128,3 +128,22 @@ def test_inside_or_outside_is_decided_on_the_coordinate_written(tmp_path: Path) 
     cands = read_detections(dets, frame, CandidateOptions(merge_radius_um=0))
     assert list(cands.status) == ["outside_slide", "ok", "outside_slide", "ok"]
     assert list(cands.x[:2]) == [768.0, 0.0] and str(cands.x[1]) == "0.0"
+
+
+def test_a_name_too_long_for_the_output_files_is_refused_up_front(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: a legal 226-byte slide name failed only while writing (its temp names are
+    # 36 bytes longer), an internal error after the earlier outputs were deleted
+    from wsi_atm.pipeline import name_too_long
+
+    out = tmp_path / "out"
+    assert name_too_long("a" * 150 + ".svs", out) is None
+    long_name = "病理切片" * 18 + "样本.svs"  # 226 bytes
+    assert "too long" in str(name_too_long(long_name, out))
+    repo = Path(__file__).resolve().parents[1] / "sample_slides"
+    slide = tmp_path / long_name
+    slide.symlink_to(repo / "cmu_small_region.svs")
+    code = run_cli(["classify", str(slide), "--detections",
+                    str(repo / "cmu_small_region.candidates.csv"), "--out-dir", str(out)])
+    assert code == 2 and "the name is too long" in capsys.readouterr().err
+    assert not out.exists()

@@ -7,6 +7,7 @@ hotspot, tissue, review flags, review picture → GeoJSON / CSV / summary JSON /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -119,7 +120,8 @@ def classify_candidates(
     t = time.perf_counter()
     # closing(): on any exception (CUDA error, Ctrl-C) the reader threads are joined here,
     # before the caller closes the slide they read from.
-    with closing(batches), closing(prefetch(batches)) as stream:
+    # the bar closed first on an error too: the error's line must not land on the bar's
+    with closing(bar), closing(batches), closing(prefetch(batches)) as stream:
         for batch in stream:
             t_wait += time.perf_counter() - t
             t = time.perf_counter()
@@ -131,7 +133,6 @@ def classify_candidates(
             t_infer += time.perf_counter() - t
             bar.update(len(idx))
             t = time.perf_counter()
-    bar.close()
     timings = {"crop_wait_s": round(t_wait, 3), "inference_s": round(t_infer, 3)}
     return Calls(p, spread, status, at_border, timings)
 
@@ -297,6 +298,29 @@ def overwritten_inputs(slide_name: str, inputs: set[tuple[int, int]],
     return [p for p in output_paths(slide_name, out_dir).values() if file_ids([p]) & inputs]
 
 
+# A staged output's temp name wraps the output's name, and the writer's own temp name wraps
+# that: ".{.{name}.{12 hex}.tmp}.{12 hex}.tmp", 36 bytes more than the name
+TEMP_NAME_EXTRA = 36
+
+
+def name_too_long(slide_name: str, out_dir: Path) -> str | None:
+    """Why the slide's output files cannot be named in ``out_dir`` (its file system's name
+    limit, in bytes), or None. Regression: a 226-byte name (70 CJK characters) failed only
+    when writing, an internal error after the earlier outputs were deleted."""
+    folder = next((p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.exists()),
+                  Path("/"))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(len(p.name.encode("utf-8", "surrogateescape"))
+                  for p in output_paths(slide_name, out_dir).values()) + TEMP_NAME_EXTRA
+    if longest <= limit:
+        return None
+    return (f"{slide_name}: the name is too long for its output files here ({longest} bytes "
+            f"with the temporary names; the file system allows {limit}): rename the slide")
+
+
 def blocked_outputs(slide_name: str, out_dir: Path) -> list[Path]:
     """The slide's output paths taken by something that is not a file (a folder, say): no run
     could write them. Regression: found only when the earlier outputs were already deleted,
@@ -364,7 +388,8 @@ def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) ->
             os.replace(tmp, paths[key])
     except BaseException:
         for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the error that brought us here is the news
+                tmp.unlink(missing_ok=True)
         raise
     sync_dir(out_dir)
     timings = {**result.timings, "write_s": round(time.perf_counter() - t0, 3)}

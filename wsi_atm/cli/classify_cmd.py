@@ -50,6 +50,7 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     from wsi_atm.pipeline import (
         blocked_outputs,
         file_ids,
+        name_too_long,
         output_paths,
         overwritten_inputs,
         prepare_slide,
@@ -70,6 +71,9 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     if clash:  # Regression: the review PNG replaced a slide named *.png, the CSV a *.csv
         raise OptionError(f"--out-dir {out_dir}: {clash[0].name} would overwrite an input "
                           "file; choose another folder")
+    too_long = name_too_long(slide.name, out_dir)
+    if too_long:
+        raise OptionError(too_long)
     blocked = blocked_outputs(slide.name, out_dir)
     if blocked:
         raise OptionError(f"--out-dir {out_dir}: {blocked[0].name} is a folder (or other "
