@@ -147,3 +147,20 @@ def test_a_name_too_long_for_the_output_files_is_refused_up_front(
                     str(repo / "cmu_small_region.candidates.csv"), "--out-dir", str(out)])
     assert code == 2 and "the name is too long" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_summary_names_its_inputs_by_absolute_paths(
+        run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: stored as typed, relative to wherever the command had been run
+    import json
+    import shutil
+
+    shutil.copy(run["slide"], tmp_path / "s.tif")
+    shutil.copy(run["dets"], tmp_path / "d.csv")
+    card = next((run["slide"].parent / "card").glob("*.toml"))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["classify", "s.tif", "--detections", "d.csv", "--out-dir", "out",
+                    "--model", str(card), "--device", "cpu", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "out" / "s.summary.json").read_text())
+    assert summary["slide"]["path"] == str(tmp_path / "s.tif")
+    assert summary["detections"]["path"] == str(tmp_path / "d.csv")

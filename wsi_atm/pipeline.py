@@ -80,7 +80,8 @@ def _rates(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
 
 def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:
     return SlideMeta(
-        path=str(slide.path), name=Path(slide.path).name, backend=slide.backend,
+        # absolute: as typed it meant something only from where the command was run
+        path=str(Path(slide.path).absolute()), name=Path(slide.path).name, backend=slide.backend,
         width=slide.dimensions[0], height=slide.dimensions[1], mpp=slide.mpp,
         mpp_x=slide.mpp_xy.x, mpp_y=slide.mpp_xy.y, mpp_source=slide.mpp_source,
         bounds_offset=slide.bounds_offset,
@@ -196,7 +197,7 @@ def classify_prepared(
     result = SlideResult(
         slide=slide_meta(prep.slide, prep.plan), model=model_meta(classifier, calls.threshold),
         candidates=prep.candidates, p_atypical=out.p, status=out.status,
-        at_border=out.at_border, detections_path=str(prep.detections_path),
+        at_border=out.at_border, detections_path=str(prep.detections_path.absolute()),
         detections_sha256=sha256_file(prep.detections_path),
         candidate_options=asdict(cand_options), timings=timings,
         package_version=__version__, fold_std=out.fold_std,
