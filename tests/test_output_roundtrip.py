@@ -164,3 +164,21 @@ def test_the_summary_names_its_inputs_by_absolute_paths(
     summary = json.loads((tmp_path / "out" / "s.summary.json").read_text())
     assert summary["slide"]["path"] == str(tmp_path / "s.tif")
     assert summary["detections"]["path"] == str(tmp_path / "d.csv")
+
+
+def test_small_tissue_areas_are_not_printed_as_zero() -> None:
+    # Regression: 0.0257 mm² of tissue read "0.00 mm²"; a slide without any, the same
+    from types import SimpleNamespace
+
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.summary import build_summary
+
+    result = make_result()
+    result.hotspot = SimpleNamespace(  # type: ignore[assignment]
+        area_mm2=2.0, mitoses=3, atypical=1, radius_um=800.0, radius_px=(3200.0, 3200.0),
+        center_px=(10.0, 10.0), exact=True, mitoses_bound=3)
+    for area, said in ((0.0257, "(0.0257 mm²)"), (0.0, "of which the thumbnail shows none")):
+        result.tissue = SimpleNamespace(area_mm2=area, fraction=0.1,  # type: ignore[assignment]
+                                        saturation_cut=30, thumbnail_size=(10, 10))
+        warnings = build_summary(result)["warnings"]
+        assert any(said in w for w in warnings), warnings

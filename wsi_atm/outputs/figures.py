@@ -132,7 +132,7 @@ def _findings_line(result: SlideResult) -> str | None:
                      f"{h.atypical} atypical")
     if t is not None and t.area_mm2 > 0:
         n = int(np.count_nonzero(result.classified))
-        parts.append(f"tissue {t.area_mm2:.1f} mm2, {n / t.area_mm2:.2f} mitoses/mm2")
+        parts.append(f"tissue {t.area_mm2:.3g} mm2, {n / t.area_mm2:.3g} mitoses/mm2")
     if result.review_rule is not None:
         parts.append(f"{int(np.count_nonzero(result.review))} calls flagged for review")
     return "; ".join(parts) or None

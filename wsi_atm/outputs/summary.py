@@ -304,9 +304,11 @@ def build_summary(result: SlideResult,
     warnings += list(result.candidates.report.warnings)
     h, t = result.hotspot, result.tissue
     if h is not None and t is not None and h.area_mm2 > t.area_mm2:
+        found = (f"the tissue found ({t.area_mm2:.3g} mm²)" if t.area_mm2 > 0
+                 else "the tissue, of which the thumbnail shows none")
         warnings.append(
-            f"the hotspot field ({h.area_mm2:g} mm²) is larger than the tissue found "
-            f"({t.area_mm2:.2f} mm²): its count is close to the whole slide's, not a hotspot")
+            f"the hotspot field ({h.area_mm2:g} mm²) is larger than {found}: its count is "
+            "close to the whole slide's, not a hotspot")
     summary = {
         "summary_version": SUMMARY_VERSION,
         "package_version": result.package_version or __version__,
