@@ -20,22 +20,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wsi_atm.fraction.estimators import FractionModel, estimate  # noqa: E402
+from wsi_atm.fraction.estimators import estimate  # noqa: E402
 from wsi_atm.models.registry import find_card  # noqa: E402
-from wsi_atm.train.fraction_study import load_prediction_table  # noqa: E402
+from wsi_atm.train.fraction_study import (  # noqa: E402
+    card_fraction_model,
+    load_prediction_table,
+)
 
 SIZES = (10, 30, 100, 300, 1000)
 SHARES = (0.0, 0.2, 0.35, 0.5, 0.6, 0.75, 1.0)
-
-
-def default_model() -> FractionModel:
-    card = find_card(None)
-    f, m = card.fraction, card.metrics
-    return FractionModel(
-        threshold=card.threshold, method=f["method"], platt_a=f["platt_a"],
-        platt_b=f["platt_b"], shift_sd=f["shift_sd"], sensitivity=m["sensitivity"],
-        specificity=m["specificity"], n_atypical=m["cv_n_atypical"], n_normal=m["cv_n_normal"],
-        extra={"prior": f["prior"], "q_atypical": f["q_atypical"], "q_normal": f["q_normal"]})
 
 
 def main() -> None:
@@ -43,7 +36,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
     pred = load_prediction_table(REPO / "docs" / "ablation" / "a4-robust-soft-norm.csv")
-    fm, rng = default_model(), np.random.default_rng(1)
+    fm, rng = card_fraction_model(find_card(None)), np.random.default_rng(1)
     groups = np.unique(pred.group)
     print("| n | " + " | ".join(f"t = {t:g}" for t in SHARES) + " |")
     print("|---" * (len(SHARES) + 1) + "|")

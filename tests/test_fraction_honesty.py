@@ -12,21 +12,14 @@ from scipy.stats import binom
 
 from wsi_atm.fraction.estimators import FractionModel, estimate
 from wsi_atm.models.registry import find_card
-from wsi_atm.train.fraction_study import load_prediction_table
+from wsi_atm.train.fraction_study import card_fraction_model, load_prediction_table
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def default() -> FractionModel:
-    card = find_card(None)
-    f, m = card.fraction, card.metrics
-    return FractionModel(
-        threshold=card.threshold, method=f["method"], platt_a=f["platt_a"],
-        platt_b=f["platt_b"], shift_sd=f["shift_sd"], sensitivity=m["sensitivity"],
-        specificity=m["specificity"], n_atypical=m["cv_n_atypical"],
-        n_normal=m["cv_n_normal"],
-        extra={"prior": f["prior"], "q_atypical": f["q_atypical"], "q_normal": f["q_normal"]})
+    return card_fraction_model(find_card(None))
 
 
 @pytest.fixture(scope="module")

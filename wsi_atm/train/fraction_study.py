@@ -28,6 +28,7 @@ from wsi_atm.fraction.estimators import (
     estimate,
     fit_platt,
 )
+from wsi_atm.models.card import ModelCard
 from wsi_atm.train.metrics import best_threshold, binary_metrics
 from wsi_atm.train.results import FoldResult
 
@@ -217,3 +218,15 @@ def card_fraction(pred: Predictions, method: str) -> dict[str, Any]:
                       "held-out scanner and its 2,000-mitosis pseudo-slides at true shares "
                       "0-0.5 (fitted without it); q_normal / q_atypical = the lowest / highest "
                       "mean calibrated probability of normal / atypical mitoses on any scanner"}
+
+
+def card_fraction_model(card: ModelCard) -> FractionModel:
+    """What a card's calibrated ``[fraction]`` table and cross-validated rates make, at its own
+    threshold: how ``classify`` estimates a slide with that card."""
+    f, m = card.fraction, card.metrics
+    return FractionModel(
+        threshold=card.threshold, method=f["method"], platt_a=f["platt_a"],
+        platt_b=f["platt_b"], shift_sd=f.get("shift_sd", 0.0), sensitivity=m["sensitivity"],
+        specificity=m["specificity"], n_atypical=m.get("cv_n_atypical") or None,
+        n_normal=m.get("cv_n_normal") or None,
+        extra={k: f[k] for k in ("prior", "q_atypical", "q_normal") if k in f})
