@@ -158,3 +158,17 @@ def test_a_manifests_image_column_picks_the_entry_of_a_multi_slide_file(
     assert (row["status"], row["candidates"]) == ("ok", "2")
     summary = json.loads((out / "case0.summary.json").read_text())
     assert summary["detections"]["report"]["image"] == "case0.tiff"
+
+
+def test_one_table_of_several_images_serves_a_batch(tmp_path: Path, card: Path) -> None:
+    # Regression (docs audit): batch refused a QuPath export of a project as "one slide's
+    # detections", though classify picks a slide's rows from it
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    make_cohort(slides, n=2)
+    for i in range(2):
+        (slides / f"case{i}.csv").unlink()
+    table = tmp_path / "export.tsv"
+    table.write_text("Image\tCentroid X px\tCentroid Y px\ncase0.tif\t300\t300\n"
+                     "case1.tif\t200\t200\ncase1.tif\t400\t400\n")
+    assert batch([str(slides), "--detections", str(table), "--out-dir", str(out)], card) == 0
+    assert [r["candidates"] for r in cohort_rows(out)] == ["1", "2"]

@@ -56,3 +56,16 @@ def test_input_size_is_the_run_cards_crop_size_and_calibration_is_not_copied(tmp
     assert trained.mpp == pytest.approx(0.25 * 32 / 48, abs=1e-6)  # the same field of view
     assert "fraction" not in read_card(out / "card.toml")
     assert max_dp(out, data) < 1e-5
+
+
+def test_input_size_is_refused_for_a_card_that_sizes_its_crops(tmp_path, capsys):
+    # Regression: the eval centre crop (96 of a 128-px card) padded 64-px crops with black,
+    # while training's random crops saw no border
+    data = write_synthetic_crops(tmp_path / "data")
+    sized = TINY_CARD.replace("eval = []", 'eval = [{ op = "center_crop", size = 28 }]')
+    card = write_tiny_card(tmp_path / "cards", sized)
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    *ONE_FOLD, "--input-size", "48"]) == 2
+    assert "sizes its crops itself (center_crop" in capsys.readouterr().err
+    assert not out.exists()

@@ -13,7 +13,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from wsi_atm.detections import CandidateOptions, detect_format, list_images
-from wsi_atm.detections.records import MIDOG_JSON, SLIDERUNNER
+from wsi_atm.detections.records import CSV, MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError, OptionError
 from wsi_atm.files import printable, utf8_name
 from wsi_atm.models.card import ModelCard
@@ -170,10 +170,12 @@ def _listed(slide: Path, names: set[str]) -> bool:
 def share_detections(slides: list[Path], det_file: Path) -> list[Job]:
     """One detection file for every slide: a multi-slide file, or a single slide's file."""
     fmt = detect_format(det_file)
-    if fmt not in (MIDOG_JSON, SLIDERUNNER):
+    multi = fmt in (MIDOG_JSON, SLIDERUNNER) or (fmt == CSV and _names_images(det_file))
+    if not multi:
         if len(slides) > 1:
             raise BadInputError(
-                f"{det_file.name} is a {fmt} file with one slide's detections, not those of "
+                f"{det_file.name} is a {fmt} file with one slide's detections (no Image or "
+                f"slide column), not those of "
                 f"{len(slides)} slides: give --detections-dir or a --manifest")
         return [Job(s, det_file) for s in slides]
     names = set()
@@ -183,6 +185,14 @@ def share_detections(slides: list[Path], det_file: Path) -> list[Job]:
     return [Job(s, det_file) if _listed(s, names) else
             Job(s, None, status=SlideStatus.NO_DETECTIONS, note=f"no entry in {det_file.name}")
             for s in slides]
+
+
+def _names_images(path: Path) -> bool:
+    """Whether a table names the images its rows belong to (QuPath's export of a project)."""
+    try:
+        return bool(list_images(path))
+    except DetectionsError:
+        return False
 
 
 def _manifest_rows(path: Path) -> list[dict[str, str]]:

@@ -41,15 +41,20 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def list_images(path: str | os.PathLike[str]) -> list[ImageInfo]:
-    """The images of a multi-slide file (MIDOG JSON, SlideRunner) with counts per label."""
+    """The images of a multi-slide file (MIDOG JSON, SlideRunner, a table with an Image or
+    slide column) with counts per label (a table's: rows)."""
     loaded = sniff.load(path)
     if loaded.fmt == MIDOG_JSON:
         return list(loaded.payload.images)
     if loaded.fmt == SLIDERUNNER:
         return sliderunner.list_slides(loaded.path)
+    images = table.table_images(loaded.payload, loaded.path.name) if loaded.fmt == CSV else []
+    if images:
+        return images
     raise DetectionsError(
         f"{loaded.path.name}: a {loaded.fmt} file holds one slide's detections; "
-        f"only {MIDOG_JSON} and {SLIDERUNNER} files list images"
+        f"only {MIDOG_JSON}, {SLIDERUNNER} files and tables with an Image or slide column "
+        "list images"
     )
 
 

@@ -227,3 +227,16 @@ def read_table(text: str, name: str, slide_name: str = "",
         warnings=warnings,
         row_label=lambda i: f"line {lines[i]}",
     )
+
+
+def table_images(text: str, name: str) -> list[ImageInfo]:
+    """The images a table's rows name (its Image/slide column), with their row counts; empty
+    for a table of one slide's detections."""
+    cols = find_columns(text)
+    if cols is None or cols.image is None:
+        return []
+    counts: dict[str, int] = {}
+    for value in _rows(text, cols, name).images:
+        if value:
+            counts[value] = counts.get(value, 0) + 1
+    return [ImageInfo(id=v, name=v, counts={"rows": n}) for v, n in counts.items()]

@@ -2,9 +2,9 @@
 
 ``point`` is ``[x, y, 0]`` in mm of the slide's level-0 frame (OpenSlide's, no bounds offset),
 converted with the spacing a detector's mm refer to (the slide's declared µm/px, see
-``slide.detections_mpp`` in the summary), with 9 decimals (4 nm): read back by wsi-atm, the
-points land on the same pixels. ``name`` is the call, ``probability`` is p_atypical and ``id``
-the detector's candidate id.
+``slide.detections_mpp`` in the summary), with 12 decimals of a coordinate snapped to 1e-4 px:
+read back by wsi-atm, the points land on the same pixel positions. ``name`` is the call,
+``probability`` is p_atypical and ``id`` the detector's candidate id.
 """
 
 from __future__ import annotations

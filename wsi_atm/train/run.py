@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from wsi_atm.cpus import usable_cpus
-from wsi_atm.errors import OptionError
+from wsi_atm.errors import BadInputError, OptionError
 from wsi_atm.files import atomic_path, atomic_write_text, sha256_file
 from wsi_atm.models.card import ModelCard, read_card
 from wsi_atm.models.schema import dump, leading_comment
@@ -104,6 +104,7 @@ def train_run(
     card: ModelCard, data_dir: Path, out: Path, cfg: TrainConfig, quiet: bool = False
 ) -> RunSummary:
     # Everything that can refuse the request does so before the run folder is written.
+    check_input_size(card, cfg)
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
     plans = plan_folds(data, cfg)
     chosen = chosen_plans(plans, cfg)
@@ -121,6 +122,20 @@ def train_run(
     atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=2))
     write_run_card(card, cfg, out, results, summary)
     return summary
+
+
+def check_input_size(card: ModelCard, cfg: TrainConfig) -> None:
+    """``--input-size`` only for cards whose preprocessing has no sized op: their crops and
+    random crops are sized for the card's crop size, and on other sizes the eval centre crop
+    padded the crops with black (and training cropped what evaluation padded)."""
+    if not cfg.input_size or cfg.input_size == card.crop_size:
+        return
+    pre = card.preprocess_for(cfg.mode)
+    sized = sorted({str(op["op"]) for op in (*pre.train, *pre.eval) if "size" in op})
+    if sized:
+        raise BadInputError(f"--input-size {cfg.input_size}: card {card.name!r} sizes its "
+                            f"crops itself ({', '.join(sized)} for {card.crop_size}-px crops); "
+                            "change those ops in a copy of the card instead")
 
 
 def write_run_card(
