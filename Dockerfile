@@ -23,7 +23,7 @@ RUN python3.12 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.14.1 torchvision==0.29.1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY wsi_atm ./wsi_atm
 # A regular (non-editable) install: the model cards and bundled weights live in site-packages.
 # Check the installed package (not /src: -P keeps the working folder off sys.path).

@@ -11,7 +11,14 @@ stamp=.venv/.wsi-atm-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+  # pip's own status, not grep's: a failed install must not be stamped as done
+  status=0
+  .venv/bin/python -m pip install --quiet -e '.[dev]' > .venv/pip.log 2>&1 || status=$?
+  grep -v "^WARNING: Location" .venv/pip.log >&2 || true
+  if [ "$status" -ne 0 ]; then
+    echo "setup failed: pip install exited $status (see its messages above)" >&2
+    exit 1
+  fi
   .venv/bin/python -c "import wsi_atm, torch, timm, peft, openslide, tiffslide" \
     || { echo "setup failed: see pip's messages above" >&2; exit 1; }
   echo "$want" > "$stamp"

@@ -97,3 +97,42 @@ def test_too_few_crops_for_the_folds_is_bad_input(tmp_path: Path,
     assert run_cli(["train", "--data", str(data), "--model", str(card), "--quiet",
                     "--out", str(tmp_path / "r")]) == 2
     assert "cannot split 4 crops" in capsys.readouterr().err
+
+
+def test_a_missing_weights_package_is_refused_before_the_run_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: the refusal came after config.json, run_key.json and folds.csv were written,
+    # and the retry it suggested (--no-pretrained) was then refused as another configuration
+    from tests.train_helpers import TINY_CARD
+
+    data = write_synthetic_crops(tmp_path / "d")
+    text = TINY_CARD.replace('pretrained = "none"', 'pretrained = "package:no_such_pkg/w.pth"'
+                             '\npretrained_sha256 = "' + "0" * 64 + '"')
+    card = write_tiny_card(tmp_path / "c", text)
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    "--quiet", "--folds", "2", "--epochs", "1", "--max-batches", "1"]) == 2
+    assert "no_such_pkg" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_timm_failing_to_fetch_pretrained_weights_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Regression: offline, an ImageNet card's training ended in an internal error
+    # (LocalEntryNotFoundError from the hub client timm calls)
+    import timm
+
+    from wsi_atm.errors import ModelError
+    from wsi_atm.models.backbone import create_backbone
+    from wsi_atm.models.card import load_card
+
+    def offline(*args: object, **kwargs: object) -> object:
+        if kwargs.get("pretrained"):
+            raise OSError("We have no connection to the Internet\nand no cached file")
+        return None
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    card = load_card(write_tiny_card(tmp_path / "c"))
+    with pytest.raises(ModelError, match="--no-pretrained") as excinfo:
+        create_backbone(card, pretrained=True)
+    assert "\n" not in str(excinfo.value)

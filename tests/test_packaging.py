@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,32 @@ print(len(list_cards()), default.status, len(default.weights), registry_dir())
 """
 
 
+def clean_copy(dest: Path) -> Path:
+    """The package's sources without build leftovers: a build in the repo itself took a stale
+    ``build/lib`` module (a crops.py long since a package) into the wheel."""
+    keep = ("pyproject.toml", "README.md", "LICENSE", "wsi_atm")
+    dest.mkdir(parents=True)
+    for name in keep:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 def test_wheel_install_finds_cards_and_default_weights(tmp_path):
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    source = clean_copy(tmp_path / "src")
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     wheel = next(wheels.glob("wsi_atm-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -33,6 +33,12 @@ def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: obje
                                 **kwargs)
     except RuntimeError as exc:
         raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
+    except Exception as exc:  # timm fetching its own pretrained weights: offline, no network
+        if not pretrained:
+            raise
+        raise ModelError(f"cannot fetch {card.name}'s pretrained weights ({timm_name(card)}): "
+                         f"{' '.join(str(exc).split())[:300]}; train with --no-pretrained, or "
+                         "fill the Hugging Face cache on a connected machine") from None
     if from_package:
         head = net.default_cfg.get("classifier", "classifier")
         load_package_weights(net, card.pretrained, card.pretrained_sha256, head)

@@ -15,10 +15,11 @@ from wsi_atm.cpus import usable_cpus
 from wsi_atm.errors import BadInputError, OptionError
 from wsi_atm.files import atomic_path, atomic_write_text, sha256_file
 from wsi_atm.models.card import ModelCard, read_card
+from wsi_atm.models.package_weights import is_package_source, package_file
 from wsi_atm.models.schema import dump, leading_comment
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset, load_dataset
-from wsi_atm.train.protocol import FoldData, FoldTrainer, plan_folds
+from wsi_atm.train.protocol import FoldData, FoldTrainer, plan_folds, uses_pretrained
 from wsi_atm.train.results import SUMMARY_KEYS, FoldResult, RunSummary, summarise
 
 RUN_KEY = "run_key.json"
@@ -105,6 +106,8 @@ def train_run(
 ) -> RunSummary:
     # Everything that can refuse the request does so before the run folder is written.
     check_input_size(card, cfg)
+    if uses_pretrained(card, cfg) and is_package_source(card.pretrained):
+        package_file(card.pretrained)  # no [train] extra: refused before the run folder
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
     plans = plan_folds(data, cfg)
     chosen = chosen_plans(plans, cfg)
