@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from wsi_atm.detections.records import CandidateStatus
 from wsi_atm.faults import inject
 from wsi_atm.files import sha256_file
 from wsi_atm.findings import add_findings
+from wsi_atm.fraction.estimators import card_rates
 from wsi_atm.models.card import ModelCard
 from wsi_atm.options import CallOptions, OpenOptions, OutputOptions
 from wsi_atm.progress import progress_bar
@@ -48,7 +49,7 @@ def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMet
     used = card.threshold if threshold is None else threshold
     # The card's cross-validated sensitivity/specificity hold only at its own threshold without
     # TTA; at any other operating point the error correction would use the wrong rates.
-    rates = _rates(card.metrics, card.threshold) if not classifier.tta else {}
+    rates = card_rates(card.metrics, card.threshold) if not classifier.tta else {}
     m = card.metrics if used == card.threshold and not classifier.tta else {}
     return ModelMeta(
         name=card.name, card_path=str(card.path), weights_sha256=classifier.weight_sha256,
@@ -63,19 +64,6 @@ def model_meta(classifier: SlideClassifier, threshold: float | None) -> ModelMet
         # the threshold, so it survives --threshold but not --tta.
         fraction={} if classifier.tta else dict(card.fraction), card_rates=rates,
     )
-
-
-def _rates(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """The card's operating point as :class:`~wsi_atm.fraction.estimators.FractionModel`
-    keywords; empty when it has no defined rates."""
-    sens, spec = _defined(metrics.get("sensitivity")), _defined(metrics.get("specificity"))
-    if sens is None or spec is None:
-        return {}
-    return {"threshold": threshold, "sensitivity": sens, "specificity": spec,
-            "n_atypical": metrics.get("cv_n_atypical") or None,
-            "n_normal": metrics.get("cv_n_normal") or None,
-            "sensitivity_sd": _defined(metrics.get("cv_sensitivity_std")) or 0.0,
-            "specificity_sd": _defined(metrics.get("cv_specificity_std")) or 0.0}
 
 
 def slide_meta(slide: Slide, plan: CropPlan) -> SlideMeta:

@@ -13,6 +13,7 @@ from wsi_atm.detections.records import (
     RawDetections,
     SlideFrame,
     as_float,
+    declared_size,
     first_floats,
 )
 from wsi_atm.errors import DetectionsError
@@ -34,12 +35,6 @@ def _key(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
-
-
-def _size(value: Any) -> int:
-    """An image's declared width or height; 0 (unknown) when it is not a usable number."""
-    size = as_float(value)
-    return int(size) if size is not None and math.isfinite(size) and size > 0 else 0
 
 
 def index(doc: dict[str, Any], name: str) -> MidogIndex:
@@ -69,8 +64,8 @@ def index(doc: dict[str, Any], name: str) -> MidogIndex:
             ImageInfo(
                 id=iid,
                 name=str(im.get("file_name", iid)),
-                width=_size(im.get("width")),
-                height=_size(im.get("height")),
+                width=declared_size(im.get("width")),
+                height=declared_size(im.get("height")),
                 counts=dict(counts),
             )
         )

@@ -82,6 +82,13 @@ def as_float(value: object) -> float | None:
         return None
 
 
+def declared_size(value: object) -> int:
+    """An image's declared width or height in a detection file; 0 (unknown) when it is not a
+    usable number (text, infinite, too large for a float)."""
+    size = as_float(value)
+    return int(size) if size is not None and math.isfinite(size) and size > 0 else 0
+
+
 def first_floats(values: object, count: int) -> list[float] | None:
     """The first ``count`` items of a JSON list as floats, or None when the list is shorter
     or one of them is not a number (:func:`as_float`)."""

@@ -13,7 +13,7 @@ from wsi_atm.detections.records import (
     CandidateOptions,
     RawDetections,
     SlideFrame,
-    as_float,
+    declared_size,
     one_line,
 )
 from wsi_atm.errors import DetectionsError
@@ -62,12 +62,6 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
             ) from None
 
 
-def _size(value: object) -> int:
-    """A slide's stored width or height; 0 (unknown) when it is not a usable number."""
-    size = as_float(value)
-    return int(size) if size is not None and math.isfinite(size) and size > 0 else 0
-
-
 def _images(conn: sqlite3.Connection, with_counts: bool) -> list[ImageInfo]:
     counts: dict[str, dict[str, int]] = {}
     if with_counts:
@@ -77,8 +71,8 @@ def _images(conn: sqlite3.Connection, with_counts: bool) -> list[ImageInfo]:
         ImageInfo(
             id=str(uid),
             name=str(filename or uid),
-            width=_size(width),
-            height=_size(height),
+            width=declared_size(width),
+            height=declared_size(height),
             counts=counts.get(str(uid), {}),
         )
         for uid, filename, width, height in conn.execute(

@@ -67,6 +67,40 @@ class Estimate:
         return out
 
 
+def _defined(value: Any) -> float | None:
+    """None for a missing or NaN (undefined: a fold without one class) number."""
+    return None if value is None or value != value else float(value)
+
+
+def card_rates(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """A card's cross-validated operating point (its ``[metrics]`` at its ``threshold``) as
+    :class:`FractionModel` keywords; empty when its rates are undefined. Zero counts mean no
+    count (older ``--cv none`` run cards)."""
+    sens, spec = _defined(metrics.get("sensitivity")), _defined(metrics.get("specificity"))
+    if sens is None or spec is None:
+        return {}
+    return {"threshold": threshold, "sensitivity": sens, "specificity": spec,
+            "n_atypical": metrics.get("cv_n_atypical") or None,
+            "n_normal": metrics.get("cv_n_normal") or None,
+            "sensitivity_sd": _defined(metrics.get("cv_sensitivity_std")) or 0.0,
+            "specificity_sd": _defined(metrics.get("cv_specificity_std")) or 0.0}
+
+
+def calibrated_model(fraction: dict[str, Any], threshold: float,
+                     rates: dict[str, Any]) -> FractionModel:
+    """The :class:`FractionModel` of a card's calibrated ``[fraction]`` table, with the card's
+    own operating point (``rates``, from :func:`card_rates`; the calibrated estimates ignore
+    thresholds, the flag beyond the validated shares uses it) whatever ``threshold`` a run
+    used."""
+    f = fraction
+    return FractionModel(
+        **{"threshold": threshold, **rates}, method=str(f["method"]),
+        platt_a=float(f["platt_a"]), platt_b=float(f["platt_b"]),
+        shift_sd=float(f.get("shift_sd", 0.0)), source=str(f.get("source", "")),
+        extra={"prior": float(f.get("prior", 0.224)),
+               **{k: float(f[k]) for k in ("q_atypical", "q_normal") if k in f}})
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     out: np.ndarray = np.log(p / (1 - p))

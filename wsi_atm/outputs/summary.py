@@ -15,7 +15,7 @@ import numpy as np
 from wsi_atm import __version__
 from wsi_atm.crops import UPSAMPLE_WARN
 from wsi_atm.files import atomic_write_text
-from wsi_atm.fraction.estimators import Estimate, FractionModel, estimate
+from wsi_atm.fraction.estimators import Estimate, FractionModel, calibrated_model, estimate
 from wsi_atm.fraction.stats import wilson_interval
 from wsi_atm.slide_result import ModelMeta, SlideResult
 
@@ -240,15 +240,7 @@ def corrected_estimate(result: SlideResult) -> Estimate | None:
     if f.get("method") == "raw":  # the card says no correction holds: the raw share it is
         return estimate(p, FractionModel(threshold=m.threshold, method="raw"))
     if f.get("method") in CALIBRATED:
-        # the card's own operating point, whatever this run's threshold (the calibrated mean
-        # ignores thresholds): it tells a slide beyond the validated shares (a warning)
-        fm = FractionModel(
-            **{"threshold": m.threshold, **m.card_rates}, method=str(f["method"]),
-            platt_a=float(f["platt_a"]), platt_b=float(f["platt_b"]),
-            shift_sd=float(f.get("shift_sd", 0.0)), source=str(f.get("source", "")),
-            extra={"prior": float(f.get("prior", 0.224)),
-                   **{k: float(f[k]) for k in ("q_atypical", "q_normal") if k in f}},
-        )
+        fm = calibrated_model(f, m.threshold, m.card_rates)
         return estimate(p, fm)
     if m.sensitivity is None or m.specificity is None:
         return None

@@ -25,6 +25,8 @@ from wsi_atm.fraction.estimators import (
     Estimate,
     FractionModel,
     calibrate,
+    calibrated_model,
+    card_rates,
     estimate,
     fit_platt,
 )
@@ -223,10 +225,5 @@ def card_fraction(pred: Predictions, method: str) -> dict[str, Any]:
 def card_fraction_model(card: ModelCard) -> FractionModel:
     """What a card's calibrated ``[fraction]`` table and cross-validated rates make, at its own
     threshold: how ``classify`` estimates a slide with that card."""
-    f, m = card.fraction, card.metrics
-    return FractionModel(
-        threshold=card.threshold, method=f["method"], platt_a=f["platt_a"],
-        platt_b=f["platt_b"], shift_sd=f.get("shift_sd", 0.0), sensitivity=m["sensitivity"],
-        specificity=m["specificity"], n_atypical=m.get("cv_n_atypical") or None,
-        n_normal=m.get("cv_n_normal") or None,
-        extra={k: f[k] for k in ("prior", "q_atypical", "q_normal") if k in f})
+    return calibrated_model(card.fraction, card.threshold,
+                            card_rates(card.metrics, card.threshold))
