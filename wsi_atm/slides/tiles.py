@@ -75,7 +75,7 @@ def decode_buffer(shape: tuple[int, int, int]) -> np.ndarray:
     return raw[start : start + size].reshape(shape)
 
 
-def check_jpeg_end(blob: bytes | memoryview, what: str) -> None:
+def check_jpeg_end(blob: bytes | memoryview, path: Path, level: int, index: int) -> None:
     """A ``SlideError`` unless a JPEG tile's bytes end with the end-of-image marker (trailing
     zero padding allowed). libjpeg-turbo decodes a cut-short tile without a word, the rows it
     lacks flat grey, and imagecodecs passes on no warning: the crops were classified as if
@@ -83,9 +83,10 @@ def check_jpeg_end(blob: bytes | memoryview, what: str) -> None:
     tail = bytes(blob[-64:]).rstrip(b"\0")
     if not tail:  # padding longer than that (to a sector, say): the rare, slower look
         tail = bytes(blob).rstrip(b"\0")
-    if not tail.endswith(b"\xff\xd9"):
-        raise SlideError(f"{what} is cut short (its JPEG data has no end marker): the slide "
-                         "file is damaged or incompletely copied")
+    if not tail.endswith(b"\xff\xd9"):  # the message is made only here: this runs per tile
+        raise SlideError(f"{path.name}: tile {index} of level {level} is cut short (its JPEG "
+                         "data has no end marker): the slide file is damaged or incompletely "
+                         "copied")
 
 
 def pieces(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -209,7 +210,7 @@ class TileReader:
                     yield self._decode(level, index, out, None)
                     continue
                 blob = os.pread(self._fd, lv.counts[index], lv.offsets[index])
-            check_jpeg_end(blob, self._where(level, index))
+            check_jpeg_end(blob, self.path, level, index)
             try:
                 tile = decode(blob, tables=tables,  # type: ignore[arg-type]
                               colorspace=colorspace, outcolorspace=outcolorspace, out=out)
@@ -339,7 +340,7 @@ class TileReader:
         if lv.jpeg is not None:  # libjpeg-turbo reads the memoryview in place
             import imagecodecs
 
-            check_jpeg_end(data, self._where(level, index))
+            check_jpeg_end(data, self.path, level, index)
 
             shape = (lv.tile_h, lv.tile_w, 3)
             if out is None:
