@@ -18,6 +18,10 @@
        on a thread per core (the threads draw 8 tiles at a time from one queue, so a core the
        host interrupts does not hold the run up), into a reused buffer placed where it decodes
        fastest — the physical limit of any reader that must decode those tiles;
+   (c') the same decodes, each followed by writing the tile's share of the crops' bytes
+       (all crops' bytes ÷ tiles) as one contiguous copy into a few reused batch-sized arrays:
+       what any reader pays at least, since it must also hand the crops out (context for (c),
+       not the target);
    (d) the same tiles through OpenSlide ``read_region`` of whole tiles (tile cache off, one
        thread × cores): what the limit looked like when measured through OpenSlide.
    The engine runs twice: ``--backend auto`` (wsi-atm's own tile decoder) and ``openslide``.
@@ -63,6 +67,9 @@ TILE = 256
 REPEATS = 3  # timed runs of each reader; the best counts
 ROUNDS = 21  # rounds of the engine, each between two runs of the decode limit
 LIMIT_CHUNK = 8  # tiles a limit thread takes at a time (the engine's TILES_PER_TASK)
+# (c')'s output ring, all threads together: about the batch arrays a run of the engine keeps
+# in rotation (five of 64 crops)
+WRITE_RING = 5 * 64 * 128 * 128 * 3
 
 
 def cores() -> int:
@@ -115,10 +122,12 @@ def touched_tiles(xs: np.ndarray, ys: np.ndarray, read: int, size: int) -> list[
     return sorted(tiles)
 
 
-def decode_limit(path: Path, tiles: list[int], threads: int,
-                 repeats: int = REPEATS) -> tuple[float, float]:
+def decode_limit(path: Path, tiles: list[int], threads: int, repeats: int = REPEATS,
+                 write: int = 0) -> tuple[float, float]:
     """Seconds to decode ``tiles`` once each with libjpeg-turbo: on one thread, and spread over
-    ``threads`` threads (imagecodecs releases the GIL). Bytes are read before timing."""
+    ``threads`` threads (imagecodecs releases the GIL). Bytes are read before timing. With
+    ``write`` > 0, each decode is followed by copying that many of its bytes, contiguously,
+    into the next place of a per-thread ring of ``WRITE_RING`` bytes (the crops' output)."""
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         tables = page.jpegtables
@@ -133,9 +142,15 @@ def decode_limit(path: Path, tiles: list[int], threads: int,
         # into a buffer placed where libjpeg-turbo writes fastest (see decode_buffer): a
         # fresh array each time lands on the slow side by chance about half the time
         out = decode_buffer((TILE, TILE, 3))
+        if write:
+            flat, ring, at = out.reshape(-1), np.zeros(WRITE_RING // threads, np.uint8), 0
         for lo in chunks:
             for blob in blobs[lo:lo + LIMIT_CHUNK]:
                 imagecodecs.jpeg8_decode(blob, tables=tables, out=out)
+                if write:
+                    at = 0 if at + write > len(ring) else at
+                    ring[at:at + write] = flat[:write]
+                    at += write
 
     def once() -> float:
         start = time.perf_counter()
@@ -265,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             paired_one.append(rate_one * one / len(xs))
             before = after
         limit = len(xs) / all_s
+        per_tile = len(xs) * plan.crop_size ** 2 * 3 // tiles
+        written = len(xs) / decode_limit(path, needed, n_cores, write=per_tile)[1]
         decode = tile_decode_rate(path, args.size, args.decode_tiles, args.seed)
         openslide_limit = decode * n_cores * len(xs) / tiles
         naive = naive_rate(path, xs, ys, plan.read_size, plan.crop_size)
@@ -284,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| (b) naive loop, 1 thread, file order | {naive:.0f} | {engine / naive:.2f} |")
     print(f"| (c) decode limit: each touched tile decoded once by libjpeg-turbo, {n_cores} "
           f"threads | {limit:.0f} | {engine / limit:.2f} |")
+    print(f"| (c') the same, each decode followed by writing its share of the crops' bytes "
+          f"({per_tile:,} B, one contiguous copy) | {written:.0f} | {engine / written:.2f} |")
     print(f"| (d) the same through OpenSlide read_region (1-thread rate × {n_cores}) "
           f"| {openslide_limit:.0f} | {engine / openslide_limit:.2f} |")
     print(f"\nEngine ÷ decode limit in each of the {args.rounds} rounds (limit before and after): "
