@@ -56,7 +56,8 @@ def test_the_limit_decodes_the_engines_tiles(bench_slide: Path) -> None:
     assert sorted(engine.tolist()) == limit
 
 
-def test_the_limit_decodes_each_tile_once_per_run(bench_slide: Path,
+@pytest.mark.parametrize("write", [0, 60_000])  # (c) and (c'): with the crops' bytes written
+def test_the_limit_decodes_each_tile_once_per_run(bench_slide: Path, write: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     tiles = list(range(0, 60, 3))
     decoded: list[bytes] = []
@@ -67,7 +68,7 @@ def test_the_limit_decodes_each_tile_once_per_run(bench_slide: Path,
         return real(data, **kwargs)
 
     monkeypatch.setattr(bench.imagecodecs, "jpeg8_decode", counting)
-    one, spread = bench.decode_limit(bench_slide, tiles, threads=2, repeats=1)
+    one, spread = bench.decode_limit(bench_slide, tiles, threads=2, repeats=1, write=write)
     assert one > 0 and spread > 0
     # a warm-up, then every tile once on one thread and once more spread over two
     assert len(decoded) == 1 + 2 * len(tiles)
@@ -82,7 +83,8 @@ def test_the_crops_benchmark_runs_and_reports_every_ratio(bench_slide: Path) -> 
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
-    assert [r.split(")")[0] + ")" for r in rows] == ["| (a)", "| (a')", "| (b)", "| (c)", "| (d)"]
+    assert [r.split(")")[0] + ")" for r in rows] == ["| (a)", "| (a')", "| (b)", "| (c)",
+                                                          "| (c')", "| (d)"]
     for row in rows:
         rate, ratio = (float(v) for v in row.strip("| ").split("|")[1:3])
         assert rate > 0 and ratio > 0
