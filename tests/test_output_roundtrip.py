@@ -134,7 +134,7 @@ def test_a_name_too_long_for_the_output_files_is_refused_up_front(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Regression: a legal 226-byte slide name failed only while writing (its temp names are
     # 36 bytes longer), an internal error after the earlier outputs were deleted
-    from wsi_atm.pipeline import name_too_long
+    from wsi_atm.outputs.paths import name_too_long
 
     out = tmp_path / "out"
     assert name_too_long("a" * 150 + ".svs", out) is None
@@ -182,3 +182,21 @@ def test_small_tissue_areas_are_not_printed_as_zero() -> None:
                                         saturation_cut=30, thumbnail_size=(10, 10))
         warnings = build_summary(result)["warnings"]
         assert any(said in w for w in warnings), warnings
+
+
+def test_output_problems_name_every_reason_both_commands_refuse(tmp_path: Path) -> None:
+    # classify and batch check their outputs through this one function: each reason once
+    from wsi_atm.outputs.paths import file_ids, output_problems
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert output_problems("s.svs", out, set()) == []
+    (out / "s.png").mkdir()
+    detections = out / "s.csv"
+    detections.write_text("x,y\n")
+    problems = output_problems("s.svs", out, file_ids([detections]))
+    assert len(problems) == 2
+    assert problems[0] == f"{detections} would overwrite an input file: choose another --out-dir"
+    assert problems[1].startswith(f"{out / 's.png'} is a folder")
+    long_name = "病理切片" * 18 + "样本.svs"
+    assert "the name is too long" in output_problems(long_name, tmp_path, set())[0]

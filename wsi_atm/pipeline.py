@@ -7,9 +7,6 @@ hotspot, tissue, review flags, review picture → GeoJSON / CSV / summary JSON /
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -23,12 +20,13 @@ from wsi_atm import __version__
 from wsi_atm.crops import CropPlan, plan_crops, read_crop, stream_crops
 from wsi_atm.detections import CandidateOptions, Candidates, SlideFrame, read_detections
 from wsi_atm.detections.records import CandidateStatus
-from wsi_atm.faults import inject
 from wsi_atm.files import sha256_file
 from wsi_atm.findings import add_findings
 from wsi_atm.fraction.estimators import card_rates
 from wsi_atm.models.card import ModelCard
 from wsi_atm.options import CallOptions, OpenOptions, OutputOptions
+from wsi_atm.outputs.paths import retire_outputs
+from wsi_atm.outputs.write import write_outputs
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
@@ -254,133 +252,3 @@ def run_prepared(
     if out_dir is not None:
         write_outputs(result, out_dir, outputs)
     return result  # elapsed_s as the summary states it (open to classified, before writing)
-
-
-def output_paths(slide_name: str, out_dir: Path) -> dict[str, Path]:
-    """Every file a slide can have; which are written depends on :class:`OutputOptions`."""
-    stem = Path(slide_name).stem
-    return {
-        "geojson": out_dir / f"{stem}.geojson",
-        "csv": out_dir / f"{stem}.csv",
-        "summary": out_dir / f"{stem}.summary.json",
-        "png": out_dir / f"{stem}.png",
-        "points": out_dir / f"{stem}.points.json",
-    }
-
-
-def file_ids(paths: list[Path]) -> set[tuple[int, int]]:
-    """(device, inode) of each existing file: the same file under any name or link."""
-    ids = set()
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        ids.add((st.st_dev, st.st_ino))
-    return ids
-
-
-def overwritten_inputs(slide_name: str, inputs: set[tuple[int, int]],
-                       out_dir: Path) -> list[Path]:
-    """The slide's output paths that are one of ``inputs`` (:func:`file_ids` of its slide and
-    detections files; computed once for a whole batch)."""
-    return [p for p in output_paths(slide_name, out_dir).values() if file_ids([p]) & inputs]
-
-
-# A staged output's temp name wraps the output's name, and the writer's own temp name wraps
-# that: ".{.{name}.{12 hex}.tmp}.{12 hex}.tmp", 36 bytes more than the name
-TEMP_NAME_EXTRA = 36
-
-
-def name_too_long(slide_name: str, out_dir: Path) -> str | None:
-    """Why the slide's output files cannot be named in ``out_dir`` (its file system's name
-    limit, in bytes), or None. Regression: a 226-byte name (70 CJK characters) failed only
-    when writing, an internal error after the earlier outputs were deleted."""
-    folder = next((p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.exists()),
-                  Path("/"))
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    longest = max(len(p.name.encode("utf-8", "surrogateescape"))
-                  for p in output_paths(slide_name, out_dir).values()) + TEMP_NAME_EXTRA
-    if longest <= limit:
-        return None
-    return (f"{slide_name}: the name is too long for its output files here ({longest} bytes "
-            f"with the temporary names; the file system allows {limit}): rename the slide")
-
-
-def blocked_outputs(slide_name: str, out_dir: Path) -> list[Path]:
-    """The slide's output paths taken by something that is not a file (a folder, say): no run
-    could write them. Regression: found only when the earlier outputs were already deleted,
-    as an internal error."""
-    return [p for p in output_paths(slide_name, out_dir).values()
-            if p.exists() and not p.is_file()]
-
-
-def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
-    """The files a run with ``outputs`` writes for a slide (the summary among them)."""
-    paths = output_paths(slide_name, out_dir)
-    if not outputs.figure:
-        paths.pop("png")
-    if not outputs.points_json:
-        paths.pop("points")
-    return paths
-
-
-def retire_outputs(slide_name: str, out_dir: Path) -> None:
-    """Before a slide is classified again: its earlier outputs go, summary first (it vouches
-    for the others), and any temp files a killed run left, so a run that then fails or is
-    stopped leaves nothing that could pass for its own result or mix with it."""
-    from wsi_atm.files import remove_temps
-
-    every = output_paths(slide_name, out_dir)
-    every["summary"].unlink(missing_ok=True)
-    for path in every.values():
-        path.unlink(missing_ok=True)
-        remove_temps(path)
-
-
-def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
-    """Write the slide's outputs from its result alone. Every file is written to a temp name
-    first and all are renamed together once written, the summary last, so its presence means
-    all are complete, and an error or a stop while writing leaves none of them (a stop in the
-    instant of the renames may leave some, never the summary)."""
-    from wsi_atm.files import atomic_write_bytes, sync_dir
-    from wsi_atm.outputs.geojson import write_geojson
-    from wsi_atm.outputs.points import write_points_json
-    from wsi_atm.outputs.summary import write_summary
-    from wsi_atm.outputs.tables import write_candidates_csv
-
-    t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = wanted_outputs(result.slide.name, out_dir, outputs)
-    retire_outputs(result.slide.name, out_dir)
-    if "png" in paths and result.review_png is None:
-        raise ValueError("the review picture was not rendered for this result")
-    writers: dict[str, Callable[[Path], None]] = {
-        "geojson": lambda p: write_geojson(result, p, shape=outputs.shape,
-                                           review_class=outputs.review_class),
-        "csv": lambda p: write_candidates_csv(result, p),
-        "points": lambda p: write_points_json(result, p),
-        "png": lambda p: atomic_write_bytes(p, result.review_png or b""),
-    }
-    token = secrets.token_hex(6)
-    staged: dict[str, Path] = {}
-    try:
-        for key, write in writers.items():
-            if key in paths:
-                staged[key] = out_dir / f".{paths[key].name}.{token}.tmp"
-                write(staged[key])
-                inject("write")
-        for key, tmp in staged.items():
-            os.replace(tmp, paths[key])
-    except BaseException:
-        for tmp in staged.values():
-            with contextlib.suppress(OSError):  # the error that brought us here is the news
-                tmp.unlink(missing_ok=True)
-        raise
-    sync_dir(out_dir)
-    timings = {**result.timings, "write_s": round(time.perf_counter() - t0, 3)}
-    write_summary(result, paths["summary"], timings=timings)
-    return paths

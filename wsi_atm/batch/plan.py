@@ -25,13 +25,7 @@ from wsi_atm.options import (
     check_mpp,
     check_out_dir,
 )
-from wsi_atm.pipeline import (
-    blocked_outputs,
-    file_ids,
-    name_too_long,
-    output_paths,
-    overwritten_inputs,
-)
+from wsi_atm.outputs.paths import file_ids, output_paths, output_problems
 
 SLIDE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn",
                     ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
@@ -276,13 +270,7 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
         if stem in owners:
             clashes[f"{owners[stem]} and {job.slide} both write {stem}.*"] = None
         owners.setdefault(stem, job.slide)
-        clashes |= {f"{p} would overwrite an input file": None
-                    for p in overwritten_inputs(job.slide.name, inputs, out_dir)}
-        clashes |= {f"{p} is not a file, and an output must go there": None
-                    for p in blocked_outputs(job.slide.name, out_dir)}
-        too_long = name_too_long(job.slide.name, out_dir)
-        if too_long:
-            clashes[too_long] = None
+        clashes |= dict.fromkeys(output_problems(job.slide.name, out_dir, inputs))
     if clashes:
         raise BadInputError(f"{len(clashes)} output clash(es), nothing was started:\n  "
                             + "\n  ".join(clashes))

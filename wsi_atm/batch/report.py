@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from wsi_atm.files import atomic_write_text, printable
-from wsi_atm.pipeline import output_paths
+from wsi_atm.outputs.paths import output_paths
 
 if TYPE_CHECKING:
     from wsi_atm.batch.plan import Outcome

@@ -21,7 +21,7 @@ from wsi_atm.files import file_sha256, remove_temps
 from wsi_atm.models.card import ModelCard, verify_weights
 from wsi_atm.models.sources import cached_revision
 from wsi_atm.options import OutputOptions
-from wsi_atm.pipeline import output_paths, wanted_outputs
+from wsi_atm.outputs.paths import output_paths, wanted_outputs
 
 STATE_DIR = ".wsi-atm"
 

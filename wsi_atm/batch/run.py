@@ -42,13 +42,9 @@ from wsi_atm.errors import BadInputError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256, remove_temps
 from wsi_atm.heap import pin_mmap_threshold
 from wsi_atm.options import OpenOptions
-from wsi_atm.pipeline import (
-    PreparedSlide,
-    output_paths,
-    prepare_slide,
-    retire_outputs,
-    write_outputs,
-)
+from wsi_atm.outputs.paths import output_paths, retire_outputs
+from wsi_atm.outputs.write import write_outputs
+from wsi_atm.pipeline import PreparedSlide, prepare_slide
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import SlideResult
 

@@ -47,15 +47,8 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     from wsi_atm.heap import pin_mmap_threshold
     from wsi_atm.models.registry import find_card
     from wsi_atm.options import OpenOptions, check_out_dir
-    from wsi_atm.pipeline import (
-        blocked_outputs,
-        file_ids,
-        name_too_long,
-        output_paths,
-        overwritten_inputs,
-        prepare_slide,
-        run_prepared,
-    )
+    from wsi_atm.outputs.paths import file_ids, output_paths, output_problems
+    from wsi_atm.pipeline import prepare_slide, run_prepared
 
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
@@ -67,17 +60,9 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     for path in (slide, detections, out_dir):
         if not utf8_name(path):  # the outputs (UTF-8 JSON, CSV, GeoJSON) could not name it
             raise OptionError(f"{printable(path)}: the name is not valid UTF-8; rename it")
-    clash = overwritten_inputs(slide.name, file_ids([slide, detections]), out_dir)
-    if clash:  # Regression: the review PNG replaced a slide named *.png, the CSV a *.csv
-        raise OptionError(f"--out-dir {out_dir}: {clash[0].name} would overwrite an input "
-                          "file; choose another folder")
-    too_long = name_too_long(slide.name, out_dir)
-    if too_long:
-        raise OptionError(too_long)
-    blocked = blocked_outputs(slide.name, out_dir)
-    if blocked:
-        raise OptionError(f"--out-dir {out_dir}: {blocked[0].name} is a folder (or other "
-                          "non-file) where an output must go; move it or choose another folder")
+    problems = output_problems(slide.name, out_dir, file_ids([slide, detections]))
+    if problems:
+        raise OptionError(problems[0])
     cand_options = make_candidate_options(**cand)  # type: ignore[arg-type]
     calls = make_call_options(threshold, hotspot_area, review_band, review_fold_std)
     outputs = make_output_options(shape, review_class, points_json)
