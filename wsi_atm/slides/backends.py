@@ -159,6 +159,10 @@ class _TiffSlideBackend:
         facts = self._facts.get(level)
         if facts is not None and facts.min_is_white and arr.dtype == np.uint8:
             arr = 255 - arr  # Regression: white-is-zero grey came out inverted
+        if facts is not None and facts.colormap is not None:
+            # tiffslide hands back a palette image's indices: look them up (16-bit map)
+            arr = (facts.colormap[:, arr.reshape(arr.shape[:2])] >> 8).astype(np.uint8)
+            arr = arr.transpose(1, 2, 0)
         out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = to_rgb(arr)
         if facts is not None and facts.missing:
             _whiten_missing(out, facts, (x0, y0), (cx0, cy0, cx1, cy1))
@@ -251,6 +255,11 @@ class TiffFacts:
     mpp: Mpp | None = None
     truncated: str | None = None
     levels: int = 0  # pyramid levels of the first series (what tiffslide would see)
+    # samples no reader turns into true RGB (float, signed, 1-bit, > 16-bit): refused
+    unsupported: str | None = None
+    # 2 bytes a pixel (16-bit grey, 8-bit grey + alpha): OpenSlide 4.0 garbles partial
+    # (right-edge) tiles of such levels, so auto opens them with tiffslide
+    two_byte_pixels: bool = False
 
 
 def _series_levels(tif: Any) -> int:
@@ -268,9 +277,22 @@ def inspect_tiff(path: Path) -> TiffFacts:
     try:
         with tifffile.TiffFile(path) as tif:
             mpp, truncated = mpp_from_tiff(tif), _truncation(tif, path.stat().st_size)
-            return TiffFacts(mpp, truncated, _series_levels(tif))
+            page = tif.pages.first
+            return TiffFacts(mpp, truncated, _series_levels(tif), _unsupported_samples(page),
+                             int(page.samplesperpixel) * int(page.bitspersample) == 16
+                             and int(page.photometric) in (0, 1))
     except Exception:  # not a TIFF (e.g. MIRAX), or unreadable: the backends decided it opens
         return TiffFacts()
+
+
+def _unsupported_samples(page: Any) -> str | None:
+    """Why level 0's samples cannot become true RGB, or None (8/16-bit unsigned integers)."""
+    bits, fmt = int(page.bitspersample), int(page.sampleformat)
+    if fmt == 1 and bits in (8, 16):
+        return None
+    kind = {1: "unsigned", 2: "signed", 3: "floating-point"}.get(fmt, f"format-{fmt}")
+    return (f"its samples are {bits}-bit {kind}; wsi-atm reads slides of 8- or 16-bit "
+            "unsigned samples (RGB, grey or palette)")
 
 
 def _truncation(tif: Any, file_size: int) -> str | None:

@@ -290,7 +290,17 @@ def open_slide(
     inject("open")
     direct = backend in ("auto", "tiles")
     tiff = inspect_tiff(path)
-    handle = open_auto(path, tiff.levels) if direct else open_backend(path, backend)
+    if tiff.unsupported:  # Regression: float, signed and 1-bit samples came out black
+        raise SlideError(f"{path}: {tiff.unsupported}")
+    if tiff.two_byte_pixels and backend == "openslide":
+        raise SlideError(f"{path}: OpenSlide garbles the partial edge tiles of 16-bit grey and "
+                         "grey + alpha TIFFs; use --backend auto or tiffslide")
+    if not direct:
+        handle = open_backend(path, backend)
+    elif tiff.two_byte_pixels:  # Regression: auto took OpenSlide and its garbled edge tiles
+        handle = open_backend(path, "tiffslide")
+    else:
+        handle = open_auto(path, tiff.levels)
     if tiff.truncated:
         handle.close()
         raise SlideError(f"{path}: {tiff.truncated}")

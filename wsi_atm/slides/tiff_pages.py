@@ -105,6 +105,7 @@ class PageFacts:
     across: int
     missing: frozenset[int]
     min_is_white: bool
+    colormap: Any = None  # a palette level's 3×2**bits uint16 map (tiffslide ignores it)
 
 
 def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, PageFacts]:
@@ -125,8 +126,9 @@ def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict
                 tile_w = int(page.tilewidth) if tiled else w
                 tile_h = int(page.tilelength) if tiled else int(page.rowsperstrip or h)
                 missing = frozenset(i for i, n in enumerate(page.databytecounts) if not n)
+                colormap = page.colormap if int(page.photometric) == 3 else None
                 found[level] = PageFacts(tile_w, tile_h, -(-w // tile_w), missing,
-                                         int(page.photometric) == 0)
+                                         int(page.photometric) == 0, colormap)
     except Exception:  # not a TIFF, or one tifffile cannot read: the library's pixels stand
         return {}
     return found
