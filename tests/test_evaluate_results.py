@@ -136,3 +136,18 @@ def test_timm_failing_to_fetch_pretrained_weights_is_one_line(
     with pytest.raises(ModelError, match="--no-pretrained") as excinfo:
         create_backbone(card, pretrained=True)
     assert "\n" not in str(excinfo.value)
+
+
+def test_results_read_evaluate_json_with_a_group_of_one_class(tmp_path: Path) -> None:
+    # Regression: evaluate --json --group writes null for a one-class group's balanced
+    # accuracy and AUROC (strict JSON); results refused that file as malformed (exit 2)
+    defined = {"balanced_accuracy": 0.8, "auroc": 0.9}
+    one_class = {"balanced_accuracy": None, "auroc": None}
+    report = {"model": "m", "data": "/d/test", "fold_balanced_accuracy": {"mean": 0.8, "std": 0},
+              "fold_auroc": {"mean": 0.9, "std": 0}, "by_group": {"a.tiff": defined,
+                                                                  "b.tiff": one_class}}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(report, allow_nan=False))
+    table = results_table([path])
+    assert "0.8000±0.0000 / 0.9000±0.0000" in table
+    assert "0.8000 / 0.9000" in table and "n/a / n/a" in table

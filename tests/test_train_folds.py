@@ -92,3 +92,42 @@ def test_the_best_threshold_of_one_class_is_the_default():
 @pytest.fixture()
 def synthetic_card(tmp_path: Path) -> Path:
     return write_tiny_card(tmp_path / "cards")
+
+
+def test_a_held_out_group_of_one_class_leaves_the_run_means_defined():
+    # Regression: one leave-group-out fold holding out only normal mitoses (sensitivity,
+    # balanced accuracy and AUROC undefined) made every fold mean NaN ("balanced accuracy
+    # nan ± nan") and summary.json carried bare NaN tokens, which strict JSON readers refuse
+    from wsi_atm.train.results import fold_result, summarise
+
+    both = fold_result(0, "A", 1, 1, 0.5, ["a", "b", "c", "d"], np.array([1, 1, 0, 0]),
+                       np.array([0.9, 0.2, 0.1, 0.3]))
+    normal_only = fold_result(1, "C", 1, 1, 0.5, ["e", "f"], np.array([0, 0]),
+                              np.array([0.1, 0.7]))
+    summary = summarise([both, normal_only], "leave-group-out", "site")
+    assert summary.fold_stats["balanced_accuracy"].mean == pytest.approx(0.75)
+    assert summary.fold_stats["specificity"].mean == pytest.approx(0.75)  # (1.0 + 0.5) / 2
+    assert summary.fold_stats["auroc"].mean == pytest.approx(0.75)  # fold A only
+    text = json.dumps(summary.to_json(), allow_nan=False)
+    assert json.loads(text)["held_out"]["C"]["balanced_accuracy"] is None
+
+
+def test_folds_trained_by_separate_only_folds_runs_are_summarised_together(tmp_path,
+                                                                           synthetic_card):
+    # Regression: each --only-folds process wrote summary.json and card.toml of its own folds
+    # alone: the last one to finish left a run that looked complete (results' "cross-validation"
+    # cell, a card of one fold model) but held half the folds
+    from wsi_atm.train.report import results_table
+
+    data = write_synthetic_crops(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--model", str(synthetic_card), "--out", str(out),
+            "--folds", "2", *QUICK]
+    assert run_cli([*args, "--only-folds", "0"]) == 0
+    assert json.loads((out / "summary.json").read_text())["folds_planned"] == 2
+    assert "(1 of 2 folds)" in results_table([out])
+    assert run_cli([*args, "--only-folds", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["folds"]) == 2 and summary["out_of_fold"]["n"] == 32
+    assert [w.fold for w in load_card(out / "card.toml").weights] == [0, 1]
+    assert "of 2 folds" not in results_table([out])

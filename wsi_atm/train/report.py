@@ -10,8 +10,26 @@ from wsi_atm.errors import BadInputError
 from wsi_atm.models.card import read_card
 
 
+def _num(value: Any) -> str:
+    """A metric to 4 places; "n/a" where it is undefined: null in ``evaluate --json`` and NaN
+    in a run's summary (a group or fold of one class has no balanced accuracy or AUROC)."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{float(value):.4f}"
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    if _num(stats["mean"]) == "n/a":
+        return "n/a"
+    return f"{_num(stats['mean'])}±{_num(stats['std'])}"
+
+
 def _cell(ba: dict[str, Any], auc: dict[str, Any]) -> str:
-    return f"{ba['mean']:.4f}±{ba['std']:.4f} / {auc['mean']:.4f}±{auc['std']:.4f}"
+    return f"{_mean_std(ba)} / {_mean_std(auc)}"
+
+
+def _pair(m: dict[str, Any]) -> str:
+    return f"{_num(m['balanced_accuracy'])} / {_num(m['auroc'])}"
 
 
 def _run_entries(path: Path) -> list[tuple[str, str, str]]:
@@ -21,15 +39,17 @@ def _run_entries(path: Path) -> list[tuple[str, str, str]]:
     s = json.loads(summary_path.read_text())
     name = read_card(config_path).get("name", path.name) if config_path.is_file() else path.name
     cv = s.get("cv", {"kind": "kfold"})
+    planned, done = s.get("folds_planned"), len(s.get("folds", []))
+    part = f" ({done} of {planned} folds)" if planned and done < planned else ""
     if cv["kind"] == "none":  # a refit on all the data: it has no held-out score
         return [(name, "refit, no cross-validation", "–")]
     if cv["kind"] != "leave-group-out":
-        return [(name, "cross-validation", _cell(s["balanced_accuracy"], s["auroc"]))]
+        return [(name, "cross-validation" + part, _cell(s["balanced_accuracy"], s["auroc"]))]
     # Leave-group-out: the mean over held-out groups, then each group the fold never saw.
-    entries = [(name, f"leave-{cv['group']}-out mean", _cell(s["balanced_accuracy"], s["auroc"]))]
+    entries = [(name, f"leave-{cv['group']}-out mean{part}",
+                _cell(s["balanced_accuracy"], s["auroc"]))]
     for group, m in s.get("held_out", {}).items():
-        entries.append((name, f"held-out {group}",
-                        f"{m['balanced_accuracy']:.4f} / {m['auroc']:.4f}"))
+        entries.append((name, f"held-out {group}", _pair(m)))
     return entries
 
 
@@ -52,8 +72,7 @@ def _evaluate_entries(path: Path) -> list[tuple[str, str, str]]:
     data = Path(r["data"]).name
     entries = [(r["model"], data, _cell(r["fold_balanced_accuracy"], r["fold_auroc"]))]
     for group, m in r.get("by_group", {}).items():
-        entries.append((r["model"], f"{data}: {group}",
-                        f"{m['balanced_accuracy']:.4f} / {m['auroc']:.4f}"))
+        entries.append((r["model"], f"{data}: {group}", _pair(m)))
     return entries
 
 

@@ -103,7 +103,8 @@ class RunSummary:
         out |= {k: {"mean": v.mean, "std": v.std} for k, v in self.fold_stats.items()}
         out |= {"threshold": self.threshold, "out_of_fold": self.out_of_fold,
                 "held_out": self.held_out, "cv": {"kind": self.cv_kind, "group": self.cv_group}}
-        return out
+        strict: dict[str, Any] = _strict(out)
+        return strict
 
 
 def metric(m: BinaryMetrics, key: str) -> float:
@@ -111,13 +112,32 @@ def metric(m: BinaryMetrics, key: str) -> float:
     return float(cast(dict[str, float], m)[key])
 
 
+def _defined_mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and std over the folds where the metric is defined: a fold that holds out one
+    class (a slide or site of only normal mitoses) has no balanced accuracy or AUROC, and its
+    NaN made the run's every mean NaN. NaN only when no fold defines it."""
+    defined = [v for v in values if v == v]
+    return mean_std(defined) if defined else (float("nan"), float("nan"))
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NaN as None: summary.json is strict JSON (``evaluate --json`` is too)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
 def summarise(results: list[FoldResult], cv_kind: str = "kfold",
               cv_group: str = "slide") -> RunSummary:
     stats: dict[str, MeanStd] = {}
     for key in SUMMARY_KEYS:
-        stats[key] = MeanStd(*mean_std([metric(r.metrics, key) for r in results]))
-        stats[f"{key}_at_0.5"] = MeanStd(*mean_std([metric(r.metrics_at_half, key)
-                                                    for r in results]))
+        stats[key] = MeanStd(*_defined_mean_std([metric(r.metrics, key) for r in results]))
+        stats[f"{key}_at_0.5"] = MeanStd(*_defined_mean_std([metric(r.metrics_at_half, key)
+                                                             for r in results]))
     labels = np.concatenate([r.predictions.labels for r in results])
     probs = np.concatenate([r.predictions.p_atypical for r in results])
     threshold = float(np.mean([r.threshold for r in results]))

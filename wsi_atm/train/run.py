@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from wsi_atm.train.protocol import FoldData, FoldTrainer, plan_folds, uses_pretr
 from wsi_atm.train.results import SUMMARY_KEYS, FoldResult, RunSummary, summarise
 
 RUN_KEY = "run_key.json"
+log = logging.getLogger(__name__)
 
 
 def run_key(card: ModelCard, data: CropDataset, cfg: TrainConfig) -> dict[str, str]:
@@ -121,10 +123,29 @@ def train_run(
     else:
         results = [FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
                    for p in chosen]
+    results = with_finished_folds(out, plans, results)
     summary = summarise(results, cfg.cv, cfg.group if cfg.cv == "leave-group-out" else "slide")
-    atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=2))
+    if len(results) < len(plans):
+        log.warning("%d of %d folds are finished: summary.json and card.toml cover only "
+                    "those; train the others (or rerun without --only-folds) to complete the "
+                    "run", len(results), len(plans))
+    atomic_write_text(out / "summary.json", json.dumps(
+        summary.to_json() | {"folds_planned": len(plans)}, indent=2, allow_nan=False))
     write_run_card(card, cfg, out, results, summary)
     return summary
+
+
+def with_finished_folds(out: Path, plans: list[FoldData],
+                        results: list[FoldResult]) -> list[FoldResult]:
+    """``results`` and every other planned fold already finished in ``out`` (by an earlier
+    or a parallel ``--only-folds`` process), in fold order: the run's summary and card were
+    those of the last process's folds alone, and looked complete."""
+    done = {r.fold: r for r in results}
+    for p in plans:
+        path = out / f"fold_{p.fold}" / "result.json"
+        if p.fold not in done and path.is_file():
+            done[p.fold] = FoldResult.read(path)
+    return [done[k] for k in sorted(done)]
 
 
 def check_input_size(card: ModelCard, cfg: TrainConfig) -> None:
