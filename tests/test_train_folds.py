@@ -94,7 +94,7 @@ def synthetic_card(tmp_path: Path) -> Path:
     return write_tiny_card(tmp_path / "cards")
 
 
-def test_a_held_out_group_of_one_class_leaves_the_run_means_defined():
+def test_a_held_out_group_of_one_class_leaves_the_run_means_defined() -> None:
     # Regression: one leave-group-out fold holding out only normal mitoses (sensitivity,
     # balanced accuracy and AUROC undefined) made every fold mean NaN ("balanced accuracy
     # nan ± nan") and summary.json carried bare NaN tokens, which strict JSON readers refuse
@@ -112,8 +112,8 @@ def test_a_held_out_group_of_one_class_leaves_the_run_means_defined():
     assert json.loads(text)["held_out"]["C"]["balanced_accuracy"] is None
 
 
-def test_folds_trained_by_separate_only_folds_runs_are_summarised_together(tmp_path,
-                                                                           synthetic_card):
+def test_folds_trained_by_separate_only_folds_runs_are_summarised_together(
+        tmp_path: Path, synthetic_card: Path) -> None:
     # Regression: each --only-folds process wrote summary.json and card.toml of its own folds
     # alone: the last one to finish left a run that looked complete (results' "cross-validation"
     # cell, a card of one fold model) but held half the folds
@@ -131,3 +131,18 @@ def test_folds_trained_by_separate_only_folds_runs_are_summarised_together(tmp_p
     assert len(summary["folds"]) == 2 and summary["out_of_fold"]["n"] == 32
     assert [w.fold for w in load_card(out / "card.toml").weights] == [0, 1]
     assert "of 2 folds" not in results_table([out])
+
+
+def test_a_last_batch_of_one_crop_joins_the_one_before(tmp_path: Path,
+                                                     synthetic_card: Path) -> None:
+    # Regression: 32-px crops reach a 1×1 feature map, where batch norm cannot train on one
+    # crop: a fit set one more than a multiple of the batch size was an internal error
+    from wsi_atm.train.protocol import batch_bounds
+
+    assert batch_bounds(16, 5) == [(0, 5), (5, 10), (10, 16)]
+    assert batch_bounds(15, 5) == [(0, 5), (5, 10), (10, 15)]
+    assert batch_bounds(1, 5) == [(0, 1)]
+    data = write_synthetic_crops(tmp_path / "data")
+    assert run_cli(["train", "--data", str(data), "--model", str(synthetic_card), "--out",
+                    str(tmp_path / "run"), "--folds", "2", "--only-folds", "0", "--epochs", "1",
+                    "--batch-size", "5", "--threads", "1", "--quiet", "--no-pretrained"]) == 0

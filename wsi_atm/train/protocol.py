@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,6 +106,16 @@ class Ema:
                 ema_v.copy_(v)
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of each training batch of ``n`` crops: batches of ``batch_size``, except
+    that a last batch of one crop joins the one before. Regression: batch norm cannot train on
+    one crop where the feature map is 1×1 (crops of 32 px), an internal error."""
+    bounds = [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _sample_epoch(labels: np.ndarray, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     n = len(labels)
     if cfg.sampler == "shuffle":
@@ -172,7 +181,7 @@ class FoldTrainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.full = cfg.mode == "end-to-end"
         self.opt = _optimizer(self.net, cfg)
-        n_batches = math.ceil(len(plan.fit) / cfg.batch_size)
+        n_batches = len(batch_bounds(len(plan.fit), cfg.batch_size))
         self.steps = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
         self.sched = _scheduler(self.opt, cfg, self.steps)
         self.ema = Ema(self.net, cfg.ema) if cfg.ema > 0 else None
@@ -233,8 +242,8 @@ class FoldTrainer:
         total, seen = 0.0, 0
         bar = progress_bar(total=self.steps, desc=f"fold {self.plan.fold} epoch {self.epoch + 1}",
                            quiet=self.quiet)
-        for b in range(self.steps):
-            idx = order[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+        for lo, hi in batch_bounds(len(order), self.cfg.batch_size)[: self.steps]:
+            idx = order[lo:hi]
             x = self.train_tf(self.data.images[torch.as_tensor(idx)])
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
