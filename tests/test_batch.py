@@ -395,3 +395,31 @@ def test_a_local_workers_share_of_the_cpus_bounds_its_crop_threads(card, monkeyp
                              device="cpu", engine="torch", threads=2)
     run.load_classifier(settings)
     assert default_workers() == 2
+
+
+def test_a_full_disk_while_writing_the_cohort_files_reports_the_slides_then_fails(
+        tmp_path: Path, card: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: an internal error (exit 1, a traceback's last line), the slides' outcomes
+    # never printed, and cohort.csv left without its report.html
+    import errno
+
+    from wsi_atm.batch import cohort
+
+    slides = tmp_path / "slides"
+    make_cohort(slides, n=2)
+    out = tmp_path / "out"
+
+    def full_disk(outcomes: object, out_dir: Path) -> None:
+        (out_dir / "cohort.csv").write_text("slide,status\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cohort, "write_cohort", full_disk)
+    assert batch([str(slides), "--out-dir", str(out)], card) == 1
+    captured = capsys.readouterr()
+    assert "2 slides: 2 succeeded" in captured.out
+    assert captured.err.strip().splitlines() == [
+        f"wsi-atm: error: {out}: cannot write the cohort files (No space left on device); "
+        "every slide listed as succeeded has its own outputs complete"]
+    assert not (out / "cohort.csv").exists()
+    assert len(list(out.glob("*.summary.json"))) == 2

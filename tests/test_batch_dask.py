@@ -80,3 +80,36 @@ def test_workers_option_starts_a_local_cluster(tmp_path, monkeypatch):
     assert (out / "case0.geojson").is_file()
     with open(out / "case0.png", "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _die_once(settings: object) -> None:
+    """A model load that kills its worker process the first time (as the OOM killer would)."""
+    import os
+
+    marker = Path(os.environ["WSI_ATM_TEST_DIE_ONCE"])
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
+
+
+def test_a_worker_lost_while_loading_the_model_does_not_hang_the_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the preload task was pinned to its worker (allow_other_workers=False); a
+    # worker killed during the load never came back under that address, so gather waited forever
+    import threading
+
+    from wsi_atm.batch import run
+
+    monkeypatch.setenv("WSI_ATM_TEST_DIE_ONCE", str(tmp_path / "died"))
+    monkeypatch.setattr(run, "_load_resident", _die_once)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (run._preload(client, None), done.set()),
+                                  daemon=True)
+        thread.start()
+        thread.join(90)
+        assert (tmp_path / "died").exists()
+        assert done.is_set(), "the batch hung waiting for a worker that died loading the model"

@@ -390,3 +390,32 @@ def test_the_environments_engine_is_left_to_the_classifier(
                     str(repo / "cmu_small_region.candidates.csv"), "--out-dir",
                     str(tmp_path / "out"), "--quiet", *argv])
     assert code == 130 and asked == [expected]
+
+
+def test_ctrl_c_while_onnxruntime_initialises_is_not_taken_for_a_damaged_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: onnxruntime's module init turned the KeyboardInterrupt raised inside it into
+    # ImportError('initialization failed'); the cached graph was dropped and the run went on
+    import builtins
+    import signal
+
+    from wsi_atm.engines import OnnxNet
+
+    real_import = builtins.__import__
+
+    def ort_like_import(name: str, *args: object, **kwargs: object) -> object:
+        if name == "onnxruntime":  # what its C++ init does with a pending Ctrl-C
+            try:
+                signal.raise_signal(signal.SIGINT)
+                sum(range(1000))
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed") from None
+        return real_import(name, *args, **kwargs)
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(builtins, "__import__", ort_like_import)
+        with pytest.raises(KeyboardInterrupt):
+            OnnxNet(tmp_path / "graph.onnx", 1)
+    finally:
+        signal.signal(signal.SIGINT, saved)

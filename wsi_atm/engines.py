@@ -35,6 +35,7 @@ from wsi_atm import __version__
 from wsi_atm.errors import OptionError
 from wsi_atm.files import atomic_path, file_sha256
 from wsi_atm.models.card import ModelCard
+from wsi_atm.signals import signals_held
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,8 @@ class OnnxNet:
     """A cached ONNX graph run by ONNX Runtime: uint8 crops (N, H, W, 3) → logits (N,)."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
+        with signals_held():  # a Ctrl-C in its init came out as ImportError
+            import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -40,6 +40,15 @@ class OptionError(BadInputError):
     """A command-line option or configuration value is invalid."""
 
 
+class CohortError(WsiAtmError):
+    """A batch's slides are done but its cohort files could not be written (a full disk): exit
+    status 1, after the slides' outcomes, which ``outcomes`` carries, have been reported."""
+
+    def __init__(self, message: str, outcomes: list[object]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, ``docker stop``, ``kill``), raised in the main thread as Ctrl-C is,
     so the same clean-up runs and the process exits with a status instead of dying by signal."""

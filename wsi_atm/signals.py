@@ -7,7 +7,10 @@ import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 from wsi_atm.errors import Terminated
 
@@ -32,3 +35,26 @@ def stopped(exc: BaseException) -> int:
     term = isinstance(exc, Terminated) or isinstance(cause, Terminated)
     print(f"wsi-atm: {'terminated' if term else 'interrupted'}", file=sys.stderr)
     return 143 if term else 130
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM over a C extension's import, delivering them when it ends.
+    Regression: onnxruntime's module init turned a KeyboardInterrupt raised inside it into
+    ``ImportError: initialization failed``, taken for a damaged graph cache: the run went on to
+    the end (exit 0) after the Ctrl-C, and the cached graph was deleted and rebuilt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(sig)):  # Python handlers only: SIG_IGN, SIG_DFL stay
+            saved[sig] = signal.signal(sig, lambda n, f: caught.append(n))
+    try:
+        yield
+    finally:
+        for held, handler in saved.items():
+            signal.signal(held, handler)
+        for num in dict.fromkeys(caught):
+            signal.raise_signal(num)  # now the usual handler raises it

@@ -38,7 +38,7 @@ from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
 from wsi_atm.console import LOCAL_WORKER_ENV, setup_console
 from wsi_atm.cpus import CPUS_ENV, usable_cpus
-from wsi_atm.errors import BadInputError, WsiAtmError
+from wsi_atm.errors import BadInputError, CohortError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256, remove_temps
 from wsi_atm.heap import pin_mmap_threshold
 from wsi_atm.options import OpenOptions
@@ -211,10 +211,12 @@ def _load_resident(settings: BatchSettings) -> None:
 
 def _preload(client: Any, settings: BatchSettings) -> None:
     """Load the model on every connected worker first: a model that cannot load stops the
-    batch before any slide (workers that join later load it with their first slide)."""
+    batch before any slide (workers that join later load it with their first slide).
+    Regression: each load was pinned to its worker, so a worker killed while loading (the OOM
+    killer) left its task waiting for an address that never came back, and the batch hung."""
     workers = list(client.scheduler_info().get("workers", {}))
     client.gather([client.submit(_load_resident, settings, workers=[w], pure=False,
-                                 allow_other_workers=False) for w in workers])
+                                 allow_other_workers=True) for w in workers])
 
 
 def _finish_remote(future: Any, job: Job, settings: BatchSettings, write: Write,
@@ -280,9 +282,7 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
             retire_outputs(job.slide.name, out_dir)
             # Regression: a batch stopped from here on left the last run's cohort files,
             # describing outputs that had changed since, looking current
-            for name in COHORT_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-                remove_temps(out_dir / name)
+            _drop_cohort(out_dir)
 
         def write(result: SlideResult, job: Job) -> None:
             remove_leftovers(out_dir, job)
@@ -300,8 +300,20 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
         for o in ordered:
             if o.status in (SlideStatus.OK, SlideStatus.SKIPPED):
                 o.summary = _read_summary(output_paths(o.job.slide.name, out_dir)["summary"])
-        write_cohort(ordered, out_dir)
+        try:
+            write_cohort(ordered, out_dir)
+        except OSError as exc:  # Regression: a full disk here was an internal error, the
+            _drop_cohort(out_dir)  # slides' outcomes unreported, cohort.csv without its report
+            raise CohortError(f"{out_dir}: cannot write the cohort files "
+                              f"({exc.strerror or exc}); every slide listed as succeeded has "
+                              "its own outputs complete", list(ordered)) from exc
     return ordered
+
+
+def _drop_cohort(out_dir: Path) -> None:
+    for name in COHORT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+        remove_temps(out_dir / name)
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

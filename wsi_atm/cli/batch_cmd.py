@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -19,6 +20,10 @@ from wsi_atm.cli.options import (
     output_options,
     slide_options,
 )
+from wsi_atm.errors import CohortError
+
+if TYPE_CHECKING:
+    from wsi_atm.batch.plan import Outcome
 
 # PROTOCOL://HOST:PORT or HOST:PORT (an IPv6 host in brackets), as dask takes them
 SCHEDULER = re.compile(r"([a-z]+://)?(\[[0-9a-fA-F:.]+(%[\w.-]+)?\]|[^\s:/\[\]]+):[0-9]{1,5}")
@@ -99,15 +104,24 @@ def batch(slide_dir: Path | None, manifest: Path | None, out_dir: Path,
         device=device, batch_size=batch_size, tta=tta, compile=compile_model, engine=asked,
         precision=precision, threads=None if scheduler else local_threads(workers))
     jobs = plan_jobs(slide_dir, manifest, detections, detections_dir, out_dir, patterns, mpp)
-    outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,
-                         quiet=quiet)
+    try:
+        outcomes = run_batch(jobs, settings, out_dir, scheduler=scheduler, workers=workers,
+                             quiet=quiet)
+    except CohortError as exc:  # the slides' outcomes first, then the error line
+        _report(cast("list[Outcome]", exc.outcomes), None)
+        raise
+    if _report(outcomes, out_dir / "cohort.csv"):
+        sys.exit(1)
+
+
+def _report(outcomes: list[Outcome], cohort: Path | None) -> int:
+    """Print each failed slide and the tally; returns how many failed."""
     for o in outcomes:
         if o.status in ("failed", "no_detections"):
             click.echo(f"wsi-atm: {o.status}: {o.job.slide}: {o.error}", err=True)
     n = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed",
                                                           "no_detections")}
     click.echo(f"{len(outcomes)} slides: {n['ok']} succeeded, {n['skipped']} skipped (up to "
-               f"date), {n['failed']} failed, {n['no_detections']} without detections; "
-               f"cohort: {out_dir / 'cohort.csv'}")
-    if n["failed"]:
-        sys.exit(1)
+               f"date), {n['failed']} failed, {n['no_detections']} without detections"
+               + (f"; cohort: {cohort}" if cohort else ""))
+    return n["failed"]
