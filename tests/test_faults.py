@@ -267,6 +267,37 @@ def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeyp
             signal.signal(s, handler)
 
 
+LATE_SIGNAL = """
+import os, signal, sys, time, types
+from wsi_atm import entry
+
+class Late:  # freed in the interpreter's teardown, after the exit handlers have run
+    def __init__(self, sig):
+        self.sig, self.kill, self.pid, self.sleep = sig, os.kill, os.getpid(), time.sleep
+
+    def __del__(self):
+        self.kill(self.pid, self.sig)
+        self.sleep(0.2)
+
+late = Late(getattr(signal, sys.argv[1]))
+sys.modules["wsi_atm.cli"] = types.SimpleNamespace(main=lambda: sys.exit(3))
+entry.run()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_interpreters_teardown_keeps_the_exit_status(
+        sig: str, tmp_path: Path) -> None:
+    # Regression: Python puts its handled signals back to the default before it frees the
+    # modules and libraries; a Ctrl-C or SIGTERM in that last ~0.1 s killed the process
+    script = tmp_path / "late.py"
+    script.write_text(LATE_SIGNAL)
+    proc = subprocess.run([sys.executable, str(script), sig], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert_no_signal_death(proc)
+    assert proc.returncode == 3, proc.stderr
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_local_batch_interrupted_stops_cleanly_and_resumes(stage, tmp_path):
     out = tmp_path / "out"
