@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 from collections import Counter
@@ -597,3 +598,35 @@ def test_review_png_without_candidates_or_gallery(tmp_path: Path) -> None:
 
 def test_pick_gallery_on_empty_result() -> None:
     assert pick_gallery(make_result([])) == ([], [])
+
+
+def _inside(ring: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Even-odd point-in-polygon test of each point (as QuPath places detections in annotations)."""
+    inside = np.zeros(len(pts), dtype=bool)
+    for (x1, y1), (x2, y2) in itertools.pairwise(ring):
+        crosses = (y1 > pts[:, 1]) != (y2 > pts[:, 1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x1 + (pts[:, 1] - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (pts[:, 0] < at)
+    return inside
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hotspot_polygon_holds_every_mitosis_it_counts(seed: int) -> None:
+    """Regression: the 128-gon was inscribed in the field, so the mitoses on its rim (the best
+    field has them there) fell outside the annotation QuPath shows, while in_hotspot and the
+    annotation's own count took them in."""
+    from wsi_atm.findings import add_hotspot
+
+    rng = np.random.default_rng(seed)
+    rows = [(f"c{i}", float(x), float(y), 0.5, "ok", "classified", float(rng.random()), False)
+            for i, (x, y) in enumerate(rng.uniform(100, 4900, (300, 2)))]
+    result = make_result(rows)
+    add_hotspot(result, 0.2)
+    (hot,) = [f for f in feature_collection(result)["features"]
+              if f["properties"]["objectType"] == "annotation"]
+    ring = np.array(hot["geometry"]["coordinates"][0])
+    qupath = np.column_stack([result.candidates.x - OFFSET[0], result.candidates.y - OFFSET[1]])
+    inside = _inside(ring, qupath)
+    assert hot["properties"]["measurements"]["mitoses"] == result.hotspot_mask.sum()
+    assert np.array_equal(inside, result.hotspot_mask)

@@ -4,9 +4,10 @@ What QuPath reads is summarised in docs/qupath-geojson.md. In short: ``objectTyp
 ``properties``, a classification object needs both ``name`` and ``color``, ``id`` must be a UUID,
 and coordinates are in the frame QuPath shows: OpenSlide's level-0 px minus the slide's bounds
 offset. Candidates that were not classified (outside the slide, failed reads) are left out;
-the CSV keeps them. The mitotic hotspot is one ``annotation`` (a 128-gon of the field's area)
-with its counts as measurements; with ``review_class`` flagged calls are classed
-"Mitosis to review" (their call stays in the metadata and in ``p_atypical``).
+the CSV keeps them. The mitotic hotspot is one ``annotation`` (a 256-gon drawn round the field,
+so every mitosis it counts, rim included, lies inside it) with its counts as measurements; with
+``review_class`` flagged calls are classed "Mitosis to review" (their call stays in the
+metadata and in ``p_atypical``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ ATYPICAL_RGB: tuple[int, int, int] = (220, 20, 60)
 NORMAL_RGB: tuple[int, int, int] = (34, 139, 34)
 REVIEW_RGB: tuple[int, int, int] = (255, 140, 0)
 HOTSPOT_RGB: tuple[int, int, int] = (30, 110, 230)
-HOTSPOT_VERTICES = 128
+HOTSPOT_VERTICES = 256
+# The field is a closed disk and its best placement has mitoses on the rim; a polygon inscribed
+# in it cuts those off between vertices (QuPath then shows them outside the hotspot that counts
+# them). Vertices at rim / cos(pi / n), plus a margin for the rounding of coordinates, make the
+# polygon hold the whole disk; it strays at most 0.008 % of the radius beyond it.
+HOTSPOT_MARGIN_PX = 1e-3
 
 CIRCLE_VERTICES = 32
 COORD_DECIMALS = SNAP_DECIMALS  # as the crops are placed by: read back, they crop the same
@@ -87,7 +93,9 @@ def hotspot_feature(result: SlideResult) -> dict[str, Any] | None:
         return None
     dx, dy = result.slide.bounds_offset
     cx, cy = h.center_px[0] - dx, h.center_px[1] - dy
-    ring = ellipse_ring(cx, cy, *h.radius_px, vertices=HOTSPOT_VERTICES)
+    out = 1.0 / math.cos(math.pi / HOTSPOT_VERTICES)
+    rx, ry = ((r * (1 + 1e-6) + HOTSPOT_MARGIN_PX) * out for r in h.radius_px)
+    ring = ellipse_ring(cx, cy, rx, ry, vertices=HOTSPOT_VERTICES)
     measurements: dict[str, float] = {
         "area_mm2": h.area_mm2, "mitoses": float(h.mitoses), "atypical": float(h.atypical),
         "normal": float(h.mitoses - h.atypical)}
