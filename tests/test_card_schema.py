@@ -65,6 +65,17 @@ def test_numbers_outside_their_range_are_refused(tmp_path, old, new, named):
         load_card(_edited(tmp_path, old, new))
 
 
+def test_a_centre_crop_larger_than_its_image_is_refused(tmp_path):
+    # Regression: center_crop 300 on the 128-px crops padded them with black and the default
+    # network called all 60 candidates of the sample slide atypical, without a word
+    with pytest.raises(ModelError, match=r"preprocess\.end-to-end\.eval\[0\]: center_crop size "
+                                         r"300 is larger than the 128-px image"):
+        load_card(_edited(tmp_path, 'eval = [{ op = "center_crop", size = 96 }',
+                          'eval = [{ op = "center_crop", size = 300 }'))
+    load_card(_edited(tmp_path, 'eval = [{ op = "center_crop", size = 96 }',
+                      'eval = [{ op = "resize", size = 320 }, { op = "center_crop", size = 300 }'))
+
+
 def test_an_undefined_fold_spread_is_kept_as_nan(tmp_path):
     # Regression: train wrote cv_sensitivity_std = nan (a fold without atypical mitoses) and
     # the range check made writing the card an internal error at the end of the run
@@ -86,6 +97,32 @@ def test_misspelt_weight_key_is_refused(tmp_path):
     path = _edited(tmp_path, "sha256 =", "sha265 =")
     with pytest.raises(ModelError, match=r"weights\[0\]\.sha265"):
         load_card(path)
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    # Regression: these were internal errors (exit 1) when the card was used, not bad input
+    ('name = "resnet10t"', "name = 5", "architecture.name"),
+    ('file = "wsi-atm-default/model.safetensors"', "file = 3", r"weights\[0\]\.file"),
+    ('file = "wsi-atm-default/model.safetensors"', 'file = ""', r"weights\[0\]\.file"),
+    ("sha256 = ", 'fold = "a"\nsha256 = ', r"weights\[0\]\.fold"),
+])
+def test_wrong_types_in_architecture_and_weights_are_refused(tmp_path, old, new, named):
+    with pytest.raises(ModelError, match=rf"invalid model card \(.*{named} = .* must be"):
+        load_card(_edited(tmp_path, old, new))
+
+
+def test_a_kwarg_the_architecture_lacks_is_bad_input(tmp_path, capsys):
+    # Regression: `kwargs = { nonsense = 1 }` was "internal error (TypeError ...)", exit 1
+    from tests.cli_helpers import run_cli
+    from wsi_atm.models.nets import build_net
+
+    path = _edited(tmp_path, 'pretrained = "none"',
+                   'pretrained = "none"\nkwargs = { nonsense = 1 }')
+    with pytest.raises(ModelError, match="nonsense"):
+        build_net(load_card(path), pretrained=False)
+    card = _edited(tmp_path, 'name = "resnet10t"', "name = 5")
+    assert run_cli(["models", "--check-preprocess", str(card)]) == 2
+    assert "architecture.name = 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted(registry_dir().glob("*.toml")), ids=lambda p: p.stem)

@@ -337,6 +337,24 @@ def test_a_damaged_cached_graph_is_rebuilt(real_crops: np.ndarray, cache: Path) 
     assert isinstance(load_classifier(card, device="cpu", engine="onnx"), OnnxClassifier)
 
 
+@pytest.mark.parametrize("engine", ["onnx", "auto"])
+def test_a_damaged_graph_not_yet_trusted_is_rebuilt(real_crops: np.ndarray, cache: Path,
+                                                    engine: str) -> None:
+    # Regression: a damaged graph without a trusted record (none yet, or checked on fewer
+    # than 32 crops) was loaded as it was on every run: --engine onnx failed with exit 2 and
+    # auto fell back to PyTorch, run after run, until the user found and deleted the file
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    graph.write_bytes(graph.read_bytes()[: 1 << 20])  # cut short
+    record_path(graph).unlink()
+    clf = Classifier(card, device="cpu", engine=engine)
+    assert clf.engine == "onnx" or engine == "auto"
+    assert graph.stat().st_size > 1 << 20  # rebuilt in full
+    torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
+    assert np.abs(Classifier(card, device="cpu", engine="onnx").predict(real_crops[:32])
+                  - torch_p).max() <= MAX_DELTA_P
+
+
 def test_a_well_formed_graph_other_than_the_checked_one_is_not_trusted(
         real_crops: np.ndarray, cache: Path) -> None:
     # Regression: the record held nothing tied to the graph's contents, so a graph with one

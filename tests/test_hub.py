@@ -197,6 +197,22 @@ eval = [{ op = "resize", size = 56, interpolation = "bicubic" }, { op = "center_
     assert "eval ops" in capsys.readouterr().out
 
 
+def test_check_preprocess_without_the_hub_config_says_so(hf_home, tmp_path, capsys):
+    # Regression: with nothing cached the check compared the card with timm's defaults for
+    # the card's timm_equivalent (224 px, mean 0.5 here), reported "differences" the hub
+    # model does not have and exited 1; for the bundled cards it told users to change
+    # correct preprocessing
+    path = tmp_path / "agree.toml"
+    path.write_text(CARD + """
+[preprocess.linear-probe]
+eval = [{ op = "resize", size = 56, interpolation = "bicubic" }, { op = "center_crop", size = 56 }]
+""", encoding="utf-8")
+    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
+        preprocess_differences(load_card(path))
+    assert run_cli(["models", "--check-preprocess", str(path)]) == 2
+    assert "eval ops" not in capsys.readouterr().out
+
+
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     text = str(exc.value)
     assert "\n" not in text
@@ -299,3 +315,23 @@ def test_environment_set_before_import_is_honoured(hf_home):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
     assert load_file(str(weights / "model.safetensors"))  # untouched
+
+
+def test_onnx_graph_key_follows_the_cached_hub_snapshot(hf_home, tmp_path):
+    """Regression: the ONNX graph bakes in the hub backbone, but its cache key did not name
+    the snapshot; after the cache's main moved, the torch-free path kept the old backbone's
+    probabilities (|dp| 0.08 against PyTorch) without a word."""
+    from wsi_atm.engines import network_key
+
+    write_hub_model(hf_home)
+    path = tmp_path / "run-card.toml"
+    path.write_text(CARD + '[preprocess.lora]\neval = [{ op = "resize", size = 56 }]\n',
+                    encoding="utf-8")
+    card = load_card(path)
+    before = network_key(card)
+    repo_dir = hf_home / "hub" / ("models--" + REPO.replace("/", "--"))
+    other = "b" * 40
+    (repo_dir / "snapshots" / other).mkdir()
+    (repo_dir / "snapshots" / other / "config.json").write_text(json.dumps(CONFIG))
+    (repo_dir / "refs" / "main").write_text(other)
+    assert network_key(card) != before

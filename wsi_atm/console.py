@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 # Libraries that log at INFO to their own handlers (a local dask cluster: two dozen lines a
@@ -66,6 +67,12 @@ def setup_console() -> None:
         root.setLevel(logging.WARNING)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if "HF_HUB_VERBOSITY" not in os.environ:
+        # huggingface_hub warns of each retry of an unreachable Hub, twice (its own handler,
+        # then ours): a dozen lines over 23 s before wsi-atm's one-line error. Read at its
+        # import; its logger's level is set too in case it is imported already
+        os.environ["HF_HUB_VERBOSITY"] = "error"
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     worker = logging.getLogger("distributed.worker")
     if not any(isinstance(f, _NotComputeFailed) for f in worker.filters):
         worker.addFilter(_NotComputeFailed())

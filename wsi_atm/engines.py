@@ -302,10 +302,16 @@ def cuda_possible() -> bool:
 def network_key(card: ModelCard) -> str:
     """Everything besides the weight file that shapes a card's exported graph: the whole card
     file (LoRA, embedding, backbone source and pins, transform… — any edit rebuilds, which is
-    cheap next to trusting a stale graph), and the version of the code that builds the graph."""
+    cheap next to trusting a stale graph), the version of the code that builds the graph and,
+    for a hub card, the cached snapshot of its backbone."""
     pre = card.preprocess_for()
     fields = (f"{card.architecture}|{card.trained_mode}|{card.output}|"
               f"{sorted(card.kwargs.items())}|crop {card.crop_size}|eval {list(pre.eval)}|"
               f"mean {list(pre.mean)}|std {list(pre.std)}")
     card_file = file_sha256(card.path) if card.path.is_file() else ""
-    return f"{fields}|card {card_file}|graph v{GRAPH_VERSION}|wsi-atm {__version__}"
+    key = f"{fields}|card {card_file}|graph v{GRAPH_VERSION}|wsi-atm {__version__}"
+    if card.is_hub:  # adapters or a head on the hub backbone: the cached snapshot is baked in
+        from wsi_atm.models.sources import cached_revision
+
+        key += f"|base {cached_revision(card.architecture, card.hub_revision) or card.hub_revision}"
+    return key

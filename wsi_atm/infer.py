@@ -148,11 +148,17 @@ class Classifier:
 
         out = []
         for net, path in zip(self.nets, self._graph_paths(), strict=True):
-            if not path.is_file():
-                log.warning("%s: building its ONNX Runtime graph once (cached in %s)",
-                            self.card.name, path.parent)
-                drop_graph(path)  # a record left by an earlier graph no longer applies
-                export_graph(self.transform, net, self.card.crop_size, path)
+            if path.is_file():
+                try:
+                    out.append(OnnxNet(path, torch.get_num_threads()))
+                    continue
+                except Exception as exc:  # a damaged cache file, whatever its record says
+                    log.warning("%s: cached ONNX graph %s unusable (%s); rebuilding it",
+                                self.card.name, path.name, exc)
+            log.warning("%s: building its ONNX Runtime graph once (cached in %s)",
+                        self.card.name, path.parent)
+            drop_graph(path)  # a record left by an earlier graph no longer applies
+            export_graph(self.transform, net, self.card.crop_size, path)
             out.append(OnnxNet(path, torch.get_num_threads()))
         return out
 

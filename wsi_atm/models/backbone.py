@@ -10,7 +10,7 @@ from torch import nn
 
 from wsi_atm.errors import ModelError
 from wsi_atm.models.card import ModelCard
-from wsi_atm.models.hub import create_hub_backbone, timm_eval_preprocess
+from wsi_atm.models.hub import create_hub_backbone, create_model, timm_eval_preprocess
 from wsi_atm.models.package_weights import is_package_source, load_package_weights
 from wsi_atm.models.sources import split_hub_id, timm_hub_name
 
@@ -26,12 +26,15 @@ def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: obje
     kwargs = {**card.kwargs, **overrides}
     _resolve_layer_names(kwargs)
     if card.is_hub:  # offline cache, gated repos, token and one-line errors: see wsi_atm.models.hub
-        return create_hub_backbone(card, pretrained, **kwargs)
+        try:
+            return create_hub_backbone(card, pretrained, **kwargs)
+        except TypeError as exc:  # a card kwarg the architecture lacks: not a hub error
+            raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
     from_package = pretrained and is_package_source(card.pretrained)
     try:
         net: Any = timm.create_model(timm_name(card), pretrained=pretrained and not from_package,
                                 **kwargs)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:  # TypeError: a kwarg the architecture lacks
         raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
     except Exception as exc:  # timm fetching its own pretrained weights: offline, no network
         if not pretrained:
@@ -62,7 +65,13 @@ def preprocess_differences(card: ModelCard) -> list[str]:
     (random weights: only the hub config is read). Empty when they agree."""
     if not card.is_hub:
         raise ModelError(f"{card.name}: not a hub model; its preprocessing is the card's own")
-    theirs = timm_eval_preprocess(create_backbone(card, pretrained=False))
+    # the hub's own config.json (cached, or fetched): the card's offline description
+    # (timm_equivalent) carries timm's defaults for that architecture, not the model's, and
+    # compared with it the check reported differences that are not there
+    kwargs = dict(card.kwargs)
+    _resolve_layer_names(kwargs)
+    theirs = timm_eval_preprocess(create_model(
+        card.architecture, pretrained=False, revision=card.hub_revision, **kwargs))
     mine = card.preprocess_for("linear-probe")
     out = []
     if tuple(mine.eval) != tuple(theirs.eval):

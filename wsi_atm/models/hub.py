@@ -151,7 +151,7 @@ def build_offline(card: ModelCard, **kwargs: Any) -> nn.Module:
     args = {**card.hub_model_args, **kwargs}
     try:
         return timm.create_model(card.timm_equivalent, pretrained=False, **args)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError) as exc:  # TypeError: a kwarg the architecture lacks
         raise ModelError(f"cannot build {card.name} ({card.timm_equivalent}): "
                          f"{_first_line(exc)}") from None
 

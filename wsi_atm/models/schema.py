@@ -154,6 +154,12 @@ OP_REQUIRED = {"resize": ("size",), "center_crop": ("size",), "rotate": ("degree
 FIELDS: dict[str, Check] = {
     "name": lambda v: None if isinstance(v, str) and v.strip() else "a non-empty string",
     "description": _of_type(str, "a string"),
+    # the network and its source: a number here was an internal error far from the card
+    "architecture.name": lambda v: None if isinstance(v, str) and v.strip()
+    else "a non-empty string",
+    "architecture.revision": _of_type(str, "a string"),
+    "architecture.timm_equivalent": _of_type(str, "a string"),
+    "architecture.pretrained_sha256": _of_type(str, "a string"),
     "batch_size": SIZE, "input.crop_size": SIZE, "input.model_size": SIZE,
     "input.mpp": number(0, above=True),
     "lora.r": SIZE, "lora.alpha": number(0, above=True), "lora.dropout": number(0, 1, below=True),
@@ -189,13 +195,20 @@ def check_op(spec: Any, where: str) -> None:
         raise ValueError(f"{where}: op {op!r} needs {' and '.join(missing)}")
 
 
-def _check_preprocess(mode: str, spec: dict[str, Any]) -> None:
+def _check_preprocess(mode: str, spec: dict[str, Any], crop_size: int) -> None:
     for part in ("train", "eval"):
         ops = spec.get(part, [])
         if not isinstance(ops, list):
             raise ValueError(f"preprocess.{mode}.{part} must be a list of ops")
         for i, op in enumerate(ops):
             check_op(op, f"preprocess.{mode}.{part}[{i}]")
+    size = crop_size  # the side of the square image each eval op is given
+    for i, op in enumerate(spec.get("eval", [])):
+        if op["op"] == "center_crop" and op["size"] > size:  # it pads with black: garbage
+            raise ValueError(f"preprocess.{mode}.eval[{i}]: center_crop size {op['size']} is "
+                             f"larger than the {size}-px image it is given")
+        if "size" in op and op["op"] in ("resize", "center_crop", "random_resized_crop"):
+            size = op["size"]
     checks = {"mean": triple(number()), "std": triple(number(0, above=True))}
     for key, check in checks.items():
         if key in spec and (allowed := check(spec[key])):
@@ -245,6 +258,10 @@ def validate(raw: dict[str, Any]) -> None:
         if not isinstance(w, dict) or "file" not in w:
             raise ValueError(f"weights[{i}] needs a file")
         _keys(w, FIXED["weights"], f"weights[{i}].")
+        if not isinstance(w["file"], str) or not w["file"].strip():
+            raise ValueError(f"weights[{i}].file = {w['file']!r} must be a non-empty string")
+        if "fold" in w and (wanted := number(0, integer=True)(w["fold"])):
+            raise ValueError(f"weights[{i}].fold = {w['fold']!r} must be {wanted}")
         digest = w.get("sha256", "")
         if not (isinstance(digest, str) and (digest == "" or (
                 len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)))):
@@ -273,8 +290,9 @@ def validate(raw: dict[str, Any]) -> None:
         value = _get(raw, dotted)
         if value is not None and (wanted := check(value)):
             raise ValueError(f"{dotted} = {value!r} must be {wanted}")
+    crop_size = _get(raw, "input.crop_size") or 128
     for mode, spec in _table(raw, "preprocess").items():
-        _check_preprocess(mode, spec)
+        _check_preprocess(mode, spec, crop_size)
     targets = _get(raw, "lora.target_modules")
     if targets is not None and (not isinstance(targets, list) or not targets
                                 or not all(isinstance(t, str) and t for t in targets)):
