@@ -437,3 +437,23 @@ def test_ctrl_c_while_onnxruntime_initialises_is_not_taken_for_a_damaged_cache(
             OnnxNet(tmp_path / "graph.onnx", 1)
     finally:
         signal.signal(signal.SIGINT, saved)
+
+
+def test_onnx_runtime_failing_to_import_keeps_the_cached_graph(
+        real_crops: np.ndarray, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression (review): the rebuild of a damaged graph caught ONNX Runtime's own import
+    # failure too, deleted a good graph and re-exported it on every run before falling back
+    from wsi_atm import graph_export, infer
+
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    before = graph.stat().st_ino, graph.stat().st_mtime_ns
+    exported: list[Path] = []
+
+    def broken(path: Path, threads: int) -> None:
+        raise ImportError("libonnxruntime.so: cannot open shared object file")
+
+    monkeypatch.setattr(infer, "OnnxNet", broken)
+    monkeypatch.setattr(graph_export, "export_graph", lambda *a: exported.append(a[-1]))
+    assert Classifier(card, device="cpu", engine="auto").engine == "torch"
+    assert exported == [] and (graph.stat().st_ino, graph.stat().st_mtime_ns) == before

@@ -66,3 +66,20 @@ def test_openslide_is_refused_for_two_byte_pixels(tmp_path: Path) -> None:
     tifffile.imwrite(path, _grey().astype(np.uint16) * 257, tile=(64, 64), **RES)
     with pytest.raises(SlideError, match="garbles"):
         _read(path, "openslide")
+
+
+@pytest.mark.parametrize("backend", ["auto", "tiffslide"])
+@pytest.mark.parametrize("layout", ["white16", "white-alpha"])
+def test_white_is_zero_grey_of_two_bytes_a_pixel_is_the_right_way_up(
+        tmp_path: Path, backend: str, layout: str) -> None:
+    # Regression (review): such slides go to tiffslide, whose adapter inverted 8-bit grey only:
+    # 16-bit white-is-zero came out inverted, and grey + alpha had its alpha inverted (white)
+    grey = _grey()
+    path = tmp_path / f"{layout}.tif"
+    if layout == "white16":
+        data = (255 - grey).astype(np.uint16) * 257
+    else:
+        data = np.stack([255 - grey, np.full_like(grey, 255)], axis=2)
+    extra = {} if layout == "white16" else {"extrasamples": ["unassalpha"]}
+    tifffile.imwrite(path, data, photometric="miniswhite", tile=(64, 64), **extra, **RES)
+    assert np.abs(_read(path, backend).astype(int) - grey[..., None]).max() == 0

@@ -303,7 +303,8 @@ def network_key(card: ModelCard) -> str:
     """Everything besides the weight file that shapes a card's exported graph: the whole card
     file (LoRA, embedding, backbone source and pins, transform… — any edit rebuilds, which is
     cheap next to trusting a stale graph), the version of the code that builds the graph and,
-    for a hub card, the cached snapshot of its backbone."""
+    for a hub card, the cached snapshot of its backbone (so such a graph is used only where
+    that snapshot is cached: elsewhere nothing shows which backbone it holds)."""
     pre = card.preprocess_for()
     fields = (f"{card.architecture}|{card.trained_mode}|{card.output}|"
               f"{sorted(card.kwargs.items())}|crop {card.crop_size}|eval {list(pre.eval)}|"

@@ -11,6 +11,8 @@ import sys
 
 from wsi_atm.signals import exit_now, stopped, terminate
 
+TEARDOWN_WATCHDOG_S = 30
+
 
 def ignore_late_signals() -> None:
     """The interpreter's last exit handler: from here on it tears down, and on the way it
@@ -20,6 +22,9 @@ def ignore_late_signals() -> None:
     killed the process by signal (7 of 30 signals sent in a run's last second)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # with both ignored, a teardown stuck in a native destructor (a slide on a stalled
+    # network mount) could not be stopped but by SIGKILL: a watchdog ends it instead
+    signal.alarm(TEARDOWN_WATCHDOG_S)
 
 
 def run() -> None:
@@ -36,7 +41,8 @@ def run() -> None:
     finally:
         # The outputs are complete or abandoned by now: a late signal must not turn the exit
         # into a death by signal (or a traceback) while the interpreter shuts down, nor be
-        # ignored should the shutdown hang (a reader stuck on a stalled network mount).
+        # ignored should the shutdown hang (a reader stuck on a stalled network mount); after
+        # the last exit handler, see ignore_late_signals.
         signal.signal(signal.SIGINT, exit_now)
         signal.signal(signal.SIGTERM, exit_now)
 

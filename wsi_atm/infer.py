@@ -152,6 +152,8 @@ class Classifier:
                 try:
                     out.append(OnnxNet(path, torch.get_num_threads()))
                     continue
+                except ImportError:  # ONNX Runtime itself, not the file: keep the graph
+                    raise
                 except Exception as exc:  # a damaged cache file, whatever its record says
                     log.warning("%s: cached ONNX graph %s unusable (%s); rebuilding it",
                                 self.card.name, path.name, exc)

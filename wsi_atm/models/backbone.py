@@ -70,8 +70,11 @@ def preprocess_differences(card: ModelCard) -> list[str]:
     # compared with it the check reported differences that are not there
     kwargs = dict(card.kwargs)
     _resolve_layer_names(kwargs)
-    theirs = timm_eval_preprocess(create_model(
-        card.architecture, pretrained=False, revision=card.hub_revision, **kwargs))
+    try:
+        theirs = timm_eval_preprocess(create_model(
+            card.architecture, pretrained=False, revision=card.hub_revision, **kwargs))
+    except TypeError as exc:  # a card kwarg the architecture lacks: the card's fault
+        raise ModelError(f"cannot build {card.name} ({card.architecture}): {exc}") from None
     mine = card.preprocess_for("linear-probe")
     out = []
     if tuple(mine.eval) != tuple(theirs.eval):

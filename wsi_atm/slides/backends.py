@@ -157,8 +157,8 @@ class _TiffSlideBackend:
             arr = np.asarray(handle.read_region(location, level, (cx1 - cx0, cy1 - cy0),
                                                 as_array=True))
         facts = self._facts.get(level)
-        if facts is not None and facts.min_is_white and arr.dtype == np.uint8:
-            arr = 255 - arr  # Regression: white-is-zero grey came out inverted
+        if facts is not None and facts.min_is_white and arr.dtype.kind == "u":
+            arr = _invert_grey(arr)  # Regression: white-is-zero grey came out inverted
         if facts is not None and facts.colormap is not None:
             # tiffslide hands back a palette image's indices: look them up (16-bit map)
             arr = (facts.colormap[:, arr.reshape(arr.shape[:2])] >> 8).astype(np.uint8)
@@ -285,10 +285,20 @@ def inspect_tiff(path: Path) -> TiffFacts:
         return TiffFacts()
 
 
+def _invert_grey(arr: np.ndarray) -> np.ndarray:
+    """White-is-zero grey (8 or 16 bits) the right way up; an alpha channel stays as it is.
+    Regression: 16-bit grey was not inverted, and grey + alpha had its alpha inverted too."""
+    full = np.iinfo(arr.dtype).max
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        return np.stack([full - arr[..., 0], arr[..., 1]], axis=2)
+    return full - arr
+
+
 def _unsupported_samples(page: Any) -> str | None:
-    """Why level 0's samples cannot become true RGB, or None (8/16-bit unsigned integers)."""
+    """Why the first page's (level 0's) samples cannot become true RGB, or None: 8- or 16-bit
+    unsigned integers, or a palette's indices of up to 8 bits."""
     bits, fmt = int(page.bitspersample), int(page.sampleformat)
-    if fmt == 1 and bits in (8, 16):
+    if fmt == 1 and (bits in (8, 16) or (int(page.photometric) == 3 and bits <= 8)):
         return None
     kind = {1: "unsigned", 2: "signed", 3: "floating-point"}.get(fmt, f"format-{fmt}")
     return (f"its samples are {bits}-bit {kind}; wsi-atm reads slides of 8- or 16-bit "
