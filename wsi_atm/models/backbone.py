@@ -20,6 +20,11 @@ def timm_name(card: ModelCard) -> str:
     return timm_hub_name(*split_hub_id(card.architecture)) if card.is_hub else card.architecture
 
 
+def _cannot_build(card: ModelCard, exc: Exception) -> ModelError:
+    """The card's network cannot be built as it says (a kwarg its architecture lacks, …)."""
+    return ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}")
+
+
 # Any, not nn.Module: timm networks carry architecture-specific members (num_features,
 # forward_features, reset_classifier, default_cfg) that nn.Module's __getattr__ types as Tensor.
 def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: object) -> Any:
@@ -29,13 +34,13 @@ def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: obje
         try:
             return create_hub_backbone(card, pretrained, **kwargs)
         except TypeError as exc:  # a card kwarg the architecture lacks: not a hub error
-            raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
+            raise _cannot_build(card, exc) from None
     from_package = pretrained and is_package_source(card.pretrained)
     try:
         net: Any = timm.create_model(timm_name(card), pretrained=pretrained and not from_package,
                                 **kwargs)
     except (RuntimeError, TypeError) as exc:  # TypeError: a kwarg the architecture lacks
-        raise ModelError(f"cannot build {card.name} ({timm_name(card)}): {exc}") from None
+        raise _cannot_build(card, exc) from None
     except Exception as exc:  # timm fetching its own pretrained weights: offline, no network
         if not pretrained:
             raise
@@ -74,7 +79,7 @@ def preprocess_differences(card: ModelCard) -> list[str]:
         theirs = timm_eval_preprocess(create_model(
             card.architecture, pretrained=False, revision=card.hub_revision, **kwargs))
     except TypeError as exc:  # a card kwarg the architecture lacks: the card's fault
-        raise ModelError(f"cannot build {card.name} ({card.architecture}): {exc}") from None
+        raise _cannot_build(card, exc) from None
     mine = card.preprocess_for("linear-probe")
     out = []
     if tuple(mine.eval) != tuple(theirs.eval):

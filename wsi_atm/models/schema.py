@@ -147,16 +147,19 @@ OP_PARAMS: dict[str, dict[str, Check]] = {
     "jpeg": {"quality": pair(number(1, 100, integer=True))},
     "reinhard": {"mean": triple(number()), "std": triple(number(0, above=True))},
 }
+def _non_empty(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "a non-empty string"
+
+
 OP_REQUIRED = {"resize": ("size",), "center_crop": ("size",), "rotate": ("degrees",),
                "random_resized_crop": ("size",), "reinhard": ("mean", "std")}
 # Values whose type or range the code that reads them relies on (a crop size of 32.9, an mpp
 # of 0 or a LoRA rank of -1 were accepted and failed, or misbehaved, far from the card).
 FIELDS: dict[str, Check] = {
-    "name": lambda v: None if isinstance(v, str) and v.strip() else "a non-empty string",
+    "name": _non_empty,
     "description": _of_type(str, "a string"),
     # the network and its source: a number here was an internal error far from the card
-    "architecture.name": lambda v: None if isinstance(v, str) and v.strip()
-    else "a non-empty string",
+    "architecture.name": _non_empty,
     "architecture.revision": _of_type(str, "a string"),
     "architecture.timm_equivalent": _of_type(str, "a string"),
     "architecture.pretrained_sha256": _of_type(str, "a string"),
