@@ -3,8 +3,9 @@
 OpenSlide decodes a tile, copies it into its cache and then into a cairo surface for every
 ``read_region``; for the small crops wsi-atm reads, that overhead costs more than the JPEG
 decode itself. This reader takes each needed tile's compressed bytes from the file once
-(``os.pread``: thread-safe, no shared file position), decodes it with imagecodecs through
-tifffile's own decoder (JPEG tables, colour space, predictors as the file says). Two ways
+(``os.pread``: thread-safe, no shared file position), decodes it (8-bit RGB JPEG strictly
+through :mod:`~wsi_atm.slides.jpeg`; others with imagecodecs through tifffile's own decoder:
+JPEG tables, colour space, predictors as the file says). Two ways
 out: :meth:`TileReader.decode_run` hands a caller that cuts everything it needs from each tile
 at once (the crop engine) runs of tiles, decoded into the caller's own buffer and not kept;
 region reads (:meth:`TileReader.read`) go through a bounded LRU of RGB tiles shared by the
@@ -33,6 +34,7 @@ import numpy as np
 
 from wsi_atm.errors import SlideError
 from wsi_atm.slides.backends import to_rgb
+from wsi_atm.slides.jpeg import DamagedTile, JpegTiles, OtherSizeTile, check_jpeg_end
 from wsi_atm.slides.tiff_pages import Level, find_levels
 
 TILE_CACHE_BYTES = 256 * 1024 * 1024
@@ -73,20 +75,6 @@ def decode_buffer(shape: tuple[int, int, int]) -> np.ndarray:
     raw = np.empty(size + 64, np.uint8)
     start = (BUFFER_OFFSET - raw.ctypes.data) % 64
     return raw[start : start + size].reshape(shape)
-
-
-def check_jpeg_end(blob: bytes | memoryview, path: Path, level: int, index: int) -> None:
-    """A ``SlideError`` unless a JPEG tile's bytes end with the end-of-image marker (trailing
-    zero padding allowed). libjpeg-turbo decodes a cut-short tile without a word, the rows it
-    lacks flat grey, and imagecodecs passes on no warning: the crops were classified as if
-    nothing were wrong, where OpenSlide refuses the tile ("Premature end of JPEG file")."""
-    tail = bytes(blob[-64:]).rstrip(b"\0")
-    if not tail:  # padding longer than that (to a sector, say): the rare, slower look
-        tail = bytes(blob).rstrip(b"\0")
-    if not tail.endswith(b"\xff\xd9"):  # the message is made only here: this runs per tile
-        raise SlideError(f"{path.name}: tile {index} of level {level} is cut short (its JPEG "
-                         "data has no end marker): the slide file is damaged or incompletely "
-                         "copied")
 
 
 def pieces(grid: TileGrid, origins: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -198,10 +186,8 @@ class TileReader:
         """The usual case, 8-bit JPEG tiles of the declared size decoded into ``out``, with
         libjpeg-turbo called straight from the loop: the layers of :meth:`_decode` per tile
         cost the crop engine a few per cent."""
-        import imagecodecs
-
-        decode = imagecodecs.jpeg8_decode
-        tables, (colorspace, outcolorspace) = lv.jpegtables, lv.jpeg  # type: ignore[misc]
+        jpeg = lv.jpeg
+        assert jpeg is not None
         for index in indices:
             self._check_open()
             blob: bytes | memoryview | None = data.get(index)
@@ -210,15 +196,23 @@ class TileReader:
                     yield self._decode(level, index, out, None)
                     continue
                 blob = os.pread(self._fd, lv.counts[index], lv.offsets[index])
-            check_jpeg_end(blob, self.path, level, index)
-            try:
-                tile = decode(blob, tables=tables,  # type: ignore[arg-type]
-                              colorspace=colorspace, outcolorspace=outcolorspace, out=out)
-            except Exception:  # e.g. a tile of another size: the generic path, own array
-                tile = self._decode_pixels(level, index, None, blob)
+            tile = self._jpeg_tile(jpeg, level, index, blob, out)
             with self._count_lock:
                 self.decoded += 1
             yield tile
+
+    def _jpeg_tile(self, jpeg: JpegTiles, level: int, index: int, blob: bytes | memoryview,
+                   out: np.ndarray | None) -> np.ndarray:
+        check_jpeg_end(blob, self.path, level, index)
+        try:
+            return jpeg.decode(blob, out)
+        except DamagedTile as exc:
+            raise SlideError(f"{self.path.name}: tile {index} of level {level} is damaged "
+                             f"(libjpeg: {exc}): the slide file is corrupt") from None
+        except OtherSizeTile as exc:
+            raise SlideError(f"{self.path}: tile {index} of level {level} decodes to "
+                             f"{exc.width}x{exc.height} px, not the {jpeg.shape[1]}x"
+                             f"{jpeg.shape[0]} px the file declares") from None
 
     def _where(self, level: int, index: int) -> str:
         return f"{self.path.name}: tile {index} of level {level}"
@@ -338,27 +332,9 @@ class TileReader:
             raise SlideError(f"{self._where(level, index)} lies past the end of the file: the "
                              "slide file is damaged or incompletely copied")
         if lv.jpeg is not None:  # libjpeg-turbo reads the memoryview in place
-            import imagecodecs
-
-            check_jpeg_end(data, self.path, level, index)
-
-            shape = (lv.tile_h, lv.tile_w, 3)
-            if out is None:
-                out = self._buffer(shape)
-            try:
-                segment = imagecodecs.jpeg8_decode(
-                    data, tables=lv.jpegtables, colorspace=lv.jpeg[0],  # type: ignore[arg-type]
-                    outcolorspace=lv.jpeg[1], out=out)
-            except Exception:
-                if out is None:
-                    raise
-                segment = imagecodecs.jpeg8_decode(  # a tile of another size: its own array
-                    data, tables=lv.jpegtables,  # type: ignore[arg-type]
-                    colorspace=lv.jpeg[0], outcolorspace=lv.jpeg[1])
-            if segment.shape == shape:  # the usual case: RGB already, nothing to convert
-                return segment
-        else:
-            segment, _, _ = lv.page.decode(bytes(data), index, jpegtables=lv.jpegtables)
+            return self._jpeg_tile(lv.jpeg, level, index, data,
+                                   out if out is not None else self._buffer(lv.jpeg.shape))
+        segment, _, _ = lv.page.decode(bytes(data), index, jpegtables=lv.jpegtables)
         tile = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
         if tile.shape[:2] != (lv.tile_h, lv.tile_w):  # larger would cut wrong pixels silently
             raise SlideError(f"{self.path}: tile {index} of level {level} decodes to "

@@ -1,0 +1,104 @@
+"""8-bit RGB JPEG tiles of TIFF-family slides, decoded by libjpeg-turbo as strictly as
+OpenSlide decodes them.
+
+A TIFF's JPEG tiles are usually abbreviated streams: the quantisation and Huffman tables sit
+once in the page's JPEGTables tag, and the colour space is the TIFF's, not the stream's
+(Aperio writes RGB-coded JPEG that libjpeg would otherwise take for YCbCr). :class:`JpegTiles`
+makes each tile a complete stream (start marker, an Adobe marker saying RGB where the file
+codes RGB, the tables, the tile's own bytes) and decodes it with simplejpeg, whose strict mode
+turns libjpeg's "corrupt data" warnings into errors. imagecodecs drops those warnings: a tile
+with damaged entropy-coded data (flipped bits, a zeroed block) decoded without a word, part of
+it grey, where OpenSlide refuses the same tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsi_atm.errors import SlideError
+
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+# APP14 "Adobe", version 100, no flags, transform 0: the three components are R, G and B
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+
+
+class DamagedTile(ValueError):
+    """libjpeg-turbo stopped on, or warned about, the tile's data (the message is libjpeg's)."""
+
+
+class OtherSizeTile(ValueError):
+    """The tile's stream holds an image of another size than the file declares."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__(f"{width}x{height}")
+        self.width, self.height = width, height
+
+
+@dataclass(frozen=True)
+class JpegTiles:
+    """How one level's JPEG tiles become complete streams, and their decode."""
+
+    head: bytes  # put in place of a tile's own start marker; empty: the tile is complete
+    shape: tuple[int, int, int]  # tile_h, tile_w, 3
+
+    @classmethod
+    def for_page(cls, tables: bytes | None, rgb: bool, shape: tuple[int, int, int]) -> JpegTiles:
+        """``tables``: the JPEGTables tag (a stream of tables only); ``rgb``: the file says
+        its JPEG codes R, G and B, not YCbCr."""
+        inner = tables or b""
+        if inner.startswith(SOI):
+            inner = inner[2:]
+        if inner.endswith(EOI):
+            inner = inner[:-2]
+        extra = (ADOBE_RGB if rgb else b"") + inner
+        return cls(SOI + extra if extra else b"", shape)
+
+    def stream(self, blob: bytes | memoryview) -> bytes | memoryview:
+        """The tile as a complete JPEG stream (the tile's bytes unchanged where they are one,
+        or where they do not start as JPEG: libjpeg then says what is wrong)."""
+        if not self.head or bytes(blob[:2]) != SOI:
+            return blob
+        return b"".join((self.head, memoryview(blob)[2:]))
+
+    def decode(self, blob: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
+        """The tile as RGB, into ``out`` (of :attr:`shape`) where given. Raises
+        :class:`DamagedTile` or :class:`OtherSizeTile`."""
+        import simplejpeg
+
+        stream = self.stream(blob)
+        try:
+            tile: np.ndarray = simplejpeg.decode_jpeg(stream, colorspace="RGB", buffer=out,
+                                                      strict=True)
+        except ValueError as exc:
+            if out is None or "too small to decode" not in str(exc):
+                raise DamagedTile(str(exc)) from None
+            tile = self._decode_own(stream)  # larger than declared: only to say how large
+        if tile.shape != self.shape:
+            raise OtherSizeTile(tile.shape[1], tile.shape[0])
+        return tile
+
+    @staticmethod
+    def _decode_own(stream: bytes | memoryview) -> np.ndarray:
+        import simplejpeg
+
+        try:
+            tile: np.ndarray = simplejpeg.decode_jpeg(stream, colorspace="RGB", strict=True)
+            return tile
+        except ValueError as exc:
+            raise DamagedTile(str(exc)) from None
+
+
+def check_jpeg_end(blob: bytes | memoryview, path: Path, level: int, index: int) -> None:
+    """A ``SlideError`` unless a JPEG tile's bytes end with the end-of-image marker (trailing
+    zero padding allowed). Checked before decoding for the plainer message: a copy cut short
+    is the commonest damage, and libjpeg's own words for it ("premature end") name no cause."""
+    tail = bytes(blob[-64:]).rstrip(b"\0")
+    if not tail:  # padding longer than that (to a sector, say): the rare, slower look
+        tail = bytes(blob).rstrip(b"\0")
+    if not tail.endswith(EOI):  # the message is made only here: this runs per tile
+        raise SlideError(f"{path.name}: tile {index} of level {level} is cut short (its JPEG "
+                         "data has no end marker): the slide file is damaged or incompletely "
+                         "copied")
