@@ -56,24 +56,41 @@ def test_the_limit_decodes_the_engines_tiles(bench_slide: Path) -> None:
     assert sorted(engine.tolist()) == limit
 
 
+@pytest.mark.parametrize("decoder", ["imagecodecs", "simplejpeg"])
 @pytest.mark.parametrize("write", [0, 60_000])  # (c) and (c'): with the crops' bytes written
-def test_the_limit_decodes_each_tile_once_per_run(bench_slide: Path, write: int,
+def test_the_limit_decodes_each_tile_once_per_run(bench_slide: Path, write: int, decoder: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     tiles = list(range(0, 60, 3))
     decoded: list[bytes] = []
-    real = bench.imagecodecs.jpeg8_decode
+    module, name = ((bench.imagecodecs, "jpeg8_decode") if decoder == "imagecodecs"
+                    else (bench.simplejpeg, "decode_jpeg"))
+    real = getattr(module, name)
 
-    def counting(data: bytes, **kwargs: object) -> object:
+    def counting(data: bytes, *args: object, **kwargs: object) -> object:
         decoded.append(bytes(data))
-        return real(data, **kwargs)
+        return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(bench.imagecodecs, "jpeg8_decode", counting)
-    one, spread = bench.decode_limit(bench_slide, tiles, threads=2, repeats=1, write=write)
+    monkeypatch.setattr(module, name, counting)
+    one, spread = bench.decode_limit(bench_slide, tiles, threads=2, repeats=1, write=write,
+                                     decoder=decoder)
     assert one > 0 and spread > 0
     # a warm-up, then every tile once on one thread and once more spread over two
     assert len(decoded) == 1 + 2 * len(tiles)
     assert len(set(decoded[1:])) == len(tiles)
     assert sorted(decoded[1 : 1 + len(tiles)]) == sorted(decoded[1 + len(tiles) :])
+
+
+def test_the_limit_is_the_faster_decoder(bench_slide: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    times = {"imagecodecs": (2.0, 1.5), "simplejpeg": (3.0, 1.0)}
+
+    def timed(path: Path, tiles: list[int], threads: int, repeats: int, write: int,
+              decoder: str) -> tuple[float, float]:
+        return times[decoder]
+
+    monkeypatch.setattr(bench, "decode_limit", timed)
+    one, spread, each = bench.fastest_limit(bench_slide, [0], 2, 1, 0)
+    assert (one, spread) == (2.0, 1.0) and each == times
 
 
 def test_the_crops_benchmark_runs_and_reports_every_ratio(bench_slide: Path) -> None:
