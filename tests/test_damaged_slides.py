@@ -138,3 +138,31 @@ def test_the_tile_reader_refuses_what_is_not_jpeg_at_all(svs: Path) -> None:
         fh.seek(offset)
         fh.write(b"\0" * 16)  # the start marker and the first header bytes gone
     _assert_every_path_refuses(svs, rf"tile {TILE} of level 0 is damaged \(libjpeg: ")
+
+
+@pytest.mark.parametrize("tail", [b"\xff\xff", b"\x01\x02 not JPEG"])
+def test_bytes_after_the_end_marker_are_not_read(svs: Path, tail: bytes) -> None:
+    # Regression: the end-marker check looked at the tile's last bytes and refused a tile
+    # with anything but zeros after its end marker as cut short, where libjpeg (and so
+    # OpenSlide) stops reading at the end marker and reads the tile
+    import openslide
+
+    with tifffile.TiffFile(svs) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[TILE], page.databytecounts[TILE]
+    data = svs.read_bytes()
+    with open(svs, "ab") as fh:
+        end = fh.seek(0, 2)
+        fh.write(data[offset:offset + count] + tail)
+    with tifffile.TiffFile(svs, mode="r+b") as tif:
+        offsets, counts = tif.pages[0].tags["TileOffsets"], tif.pages[0].tags["TileByteCounts"]
+        new_offsets, new_counts = list(offsets.value), list(counts.value)
+        new_offsets[TILE], new_counts[TILE] = end, count + len(tail)
+        offsets.overwrite(new_offsets)
+        counts.overwrite(new_counts)
+    with openslide.OpenSlide(svs) as ref:
+        want = np.asarray(ref.read_region((300, 300), 0, (64, 64)))[..., :3]
+    with open_slide(svs, backend="tiles") as slide:
+        got = slide.read_level_region((300, 300), 0, (64, 64))
+        list(stream_crops(slide, [384.0], [384.0], plan=plan_crops(slide), workers=2))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1

@@ -82,7 +82,23 @@ def find_levels(tif: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict
         same = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
         if len(same) == 1 and usable(same[0]):
             found[level] = _level(same[0])
+            if not _strict_decoder_reads(found[level]):  # OpenSlide decodes it, as strictly
+                del found[level]
     return found
+
+
+def _strict_decoder_reads(level: Level) -> bool:
+    """Whether the strict JPEG decoder takes the level's tiles, judged on the first one the
+    file holds (a JPEG layout TurboJPEG refuses, which OpenSlide reads, is left to OpenSlide
+    rather than refused as damage)."""
+    if level.jpeg is None:
+        return True
+    first = next((i for i, n in enumerate(level.counts) if n), None)
+    if first is None:
+        return True
+    fh = level.page.parent.filehandle
+    fh.seek(level.offsets[first])
+    return level.jpeg.turbojpeg_reads(fh.read(min(level.counts[first], 1 << 16)))
 
 
 def _pages(tif: Any) -> list[Any]:

@@ -203,10 +203,12 @@ class TileReader:
 
     def _jpeg_tile(self, jpeg: JpegTiles, level: int, index: int, blob: bytes | memoryview,
                    out: np.ndarray | None) -> np.ndarray:
-        check_jpeg_end(blob, self.path, level, index)
         try:
             return jpeg.decode(blob, out)
         except DamagedTile as exc:
+            # libjpeg reads nothing after the end marker (OpenSlide reads such tiles): looked
+            # for only now, for the plainer message where a tile was cut short
+            check_jpeg_end(blob, self.path, level, index)
             raise SlideError(f"{self.path.name}: tile {index} of level {level} is damaged "
                              f"(libjpeg: {exc}): the slide file is corrupt") from None
         except OtherSizeTile as exc:
