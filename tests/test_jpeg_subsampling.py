@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from wsi_atm.crops import plan_crops, stream_crops
+from wsi_atm.errors import SlideError
 from wsi_atm.slides import open_slide
 
 T = 256
@@ -64,3 +65,5 @@ def test_unusual_chroma_subsampling_reads_as_openslide(tmp_path: Path,
         crops = list(stream_crops(slide, [256.0], [256.0], plan=plan_crops(slide), workers=2))
     assert np.abs(got.astype(int) - want[100:400, 100:400]).max() <= 1
     assert len(crops) == 1
+    with pytest.raises(SlideError, match="JPEG with a chroma subsampling TurboJPEG reads"):
+        open_slide(path, backend="tiles", mpp=0.25)  # insisting on the direct path: said why

@@ -313,7 +313,8 @@ def open_slide(
     if backend == "tiles" and tiles is None:
         handle.close()
         raise SlideError(f"{path}: --backend tiles needs an Aperio SVS or generic TIFF with "
-                         "tiled levels (JPEG, JPEG 2000, LZW, deflate or uncompressed); "
+                         "tiled levels it decodes itself (JPEG with a chroma subsampling "
+                         "TurboJPEG reads, JPEG 2000, LZW, deflate or uncompressed); "
                          f"this is {vendor} without such levels")
     declared = resolve_mpp(handle.properties, tiff.mpp, None)
     found = resolve_mpp(handle.properties, tiff.mpp, mpp)
