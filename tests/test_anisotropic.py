@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.cli_helpers import run_cli
 from wsi_atm.crops import plan_crops, read_crop
+from wsi_atm.crops.plan import UpsamplingWarning
 from wsi_atm.detections import CandidateOptions
 from wsi_atm.models.registry import find_card
 from wsi_atm.options import OpenOptions
@@ -108,9 +109,12 @@ def test_upsampling_of_either_axis_is_reported(tmp_path: Path) -> None:
         compression="zlib", resolution=(10_000 / 0.25, 10_000 / 0.5),
         resolution_unit="centimeter",
     )  # fmt: skip
-    with open_slide(path) as slide:
+    with open_slide(path) as slide, pytest.warns(UpsamplingWarning) as said:
         plan = plan_crops(slide)
     assert plan.scale == pytest.approx(1.0) and plan.largest_scale == pytest.approx(2.0)
+    # each axis said, not the mean (0.375 µm/px, "upsampled 2.00×" read as both axes)
+    assert "0.25 µm/px across and 0.5 down" in str(said[0].message)
+    assert "upsampled 1.00× across and 2.00× down" in str(said[0].message)
     detections = tmp_path / "d.csv"
     detections.write_text("x,y\n400,300\n")
     out = tmp_path / "out"
@@ -119,3 +123,4 @@ def test_upsampling_of_either_axis_is_reported(tmp_path: Path) -> None:
     summary = json.loads((out / "tall.summary.json").read_text())["slide"]
     assert summary["resample_factor"] == pytest.approx(2.0)
     assert summary["upsampled"] and "upsampled 2.00x" in summary["upsample_warning"]
+    assert "0.250 µm/px across, 0.500 down" in summary["upsample_warning"]

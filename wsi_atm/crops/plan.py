@@ -108,10 +108,14 @@ def plan_crops(
     scale_max = size / min(read_w, read_h)
     upsampled = scale_max > 1
     if scale_max > UPSAMPLE_WARN:
+        # non-square pixels: each axis said, not their mean (one may be read at native size)
+        scanned, factor = (f"{mpp0:.3g} µm/px", f"{scale_max:.2f}×") if square else (
+            f"{slide.mpp_xy.x:.3g} µm/px across and {slide.mpp_xy.y:.3g} down",
+            f"{size / read_w:.2f}× across and {size / read_h:.2f}× down")
         warnings.warn(
-            f"{slide.path.name}: scanned at {mpp0:.3g} µm/px, coarser than the {target_mpp:g} "
-            f"µm/px the crops need; crops are upsampled {scale_max:.2f}× from level 0, so their "
-            "fine detail is interpolated, not scanned",
+            f"{slide.path.name}: scanned at {scanned}, coarser than the {target_mpp:g} µm/px "
+            f"the crops need; crops are upsampled {factor} from level 0, so their fine detail "
+            "is interpolated, not scanned",
             UpsamplingWarning,
             stacklevel=2,
         )

@@ -152,8 +152,11 @@ def _slide(result: SlideResult) -> dict[str, Any]:
     s = result.slide
     warning = None
     if s.resample_factor > UPSAMPLE_WARN:
+        x, y = s.mpp_xy
+        scanned = (f"{s.mpp:.3f} µm/px" if abs(x / y - 1) < 1e-3
+                   else f"{x:.3f} µm/px across, {y:.3f} down")  # not their mean
         warning = (
-            f"crops were upsampled {s.resample_factor:.2f}x: the slide ({s.mpp:.3f} µm/px) is "
+            f"crops were upsampled {s.resample_factor:.2f}x: the slide ({scanned}) is "
             "coarser than the model's input; calls on blurred crops are less reliable"
         )
     return {
