@@ -53,6 +53,10 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
     pin_mmap_threshold()  # the tile cache's churn must not grow the heap (see heap.py)
 
     check_device(device)
+    if device.startswith("cuda"):  # a GPU named: whether it is there is said before the slide
+        from wsi_atm.infer import pick_device  # is read (torch is needed for it anyway)
+
+        pick_device(device)
     asked = engine_asked(engine)
     if asked:  # from the environment it may not apply here (a GPU): the classifier decides
         check_precision(precision, asked)
