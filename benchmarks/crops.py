@@ -61,6 +61,7 @@ from PIL import Image  # noqa: E402
 from wsi_atm.cpus import usable_cpus  # noqa: E402
 from wsi_atm.crops import plan_crops, stream_crops  # noqa: E402
 from wsi_atm.slides import open_slide  # noqa: E402
+from wsi_atm.slides.jpeg import JpegTiles  # noqa: E402
 from wsi_atm.slides.tiles import decode_buffer  # noqa: E402
 from wsi_atm.synthetic import tissue_region, write_svs_strips  # noqa: E402
 
@@ -143,8 +144,9 @@ def decode_limit(path: Path, tiles: list[int], threads: int, repeats: int = REPE
                 fh.seek(page.dataoffsets[k])
                 blobs.append(fh.read(page.databytecounts[k]))
     if decoder == "simplejpeg":
-        head = b"\xff\xd8" + tables[2:-2] if tables else b""
-        blobs = [head + blob[2:] if head else blob for blob in blobs]
+        # complete streams as the engine makes them (this slide codes YCbCr)
+        jpeg = JpegTiles.for_page(tables, False, (TILE, TILE, 3))
+        blobs = [bytes(jpeg.stream(blob)) for blob in blobs]
 
         def decode(blob: bytes, out: np.ndarray) -> None:
             simplejpeg.decode_jpeg(blob, colorspace="RGB", buffer=out, strict=True)

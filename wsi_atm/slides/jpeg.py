@@ -109,16 +109,13 @@ class JpegTiles:
     def decode(self, blob: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
         """The tile as RGB, into ``out`` (of :attr:`shape`) where given. Raises
         :class:`DamagedTile` or :class:`OtherSizeTile`."""
-        import simplejpeg
-
         stream = self.stream(blob)
         try:
-            tile: np.ndarray = simplejpeg.decode_jpeg(stream, colorspace="RGB", buffer=out,
-                                                      strict=True)
-        except ValueError as exc:
+            tile = _decode(stream, out)
+        except DamagedTile as exc:
             if out is None or "too small to decode" not in str(exc):
-                raise DamagedTile(str(exc)) from None
-            tile = self._decode_own(stream)  # larger than declared: only to say how large
+                raise
+            tile = _decode(stream, None)  # larger than declared: only to say how large
         if tile.shape != self.shape:
             raise OtherSizeTile(tile.shape[1], tile.shape[0])
         return tile
@@ -136,15 +133,15 @@ class JpegTiles:
             return "subsampling" not in str(exc)
         return True
 
-    @staticmethod
-    def _decode_own(stream: bytes | memoryview) -> np.ndarray:
-        import simplejpeg
+def _decode(stream: bytes | memoryview, out: np.ndarray | None) -> np.ndarray:
+    import simplejpeg
 
-        try:
-            tile: np.ndarray = simplejpeg.decode_jpeg(stream, colorspace="RGB", strict=True)
-            return tile
-        except ValueError as exc:
-            raise DamagedTile(str(exc)) from None
+    try:
+        tile: np.ndarray = simplejpeg.decode_jpeg(stream, colorspace="RGB", buffer=out,
+                                                  strict=True)
+    except ValueError as exc:
+        raise DamagedTile(str(exc)) from None
+    return tile
 
 
 def check_jpeg_end(blob: bytes | memoryview, path: Path, level: int, index: int) -> None:
@@ -152,10 +149,7 @@ def check_jpeg_end(blob: bytes | memoryview, path: Path, level: int, index: int)
     zero padding allowed). Looked at once libjpeg has refused a tile, for the plainer message:
     a copy cut short is the commonest damage, and libjpeg's own words for it ("premature
     end") name no cause."""
-    tail = bytes(blob[-64:]).rstrip(b"\0")
-    if not tail:  # padding longer than that (to a sector, say): the rare, slower look
-        tail = bytes(blob).rstrip(b"\0")
-    if not tail.endswith(EOI):  # the message is made only here: this runs per tile
+    if not bytes(blob).rstrip(b"\0").endswith(EOI):
         raise SlideError(f"{path.name}: tile {index} of level {level} is cut short (its JPEG "
                          "data has no end marker): the slide file is damaged or incompletely "
                          "copied")

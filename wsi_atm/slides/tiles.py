@@ -209,12 +209,15 @@ class TileReader:
             # libjpeg reads nothing after the end marker (OpenSlide reads such tiles): looked
             # for only now, for the plainer message where a tile was cut short
             check_jpeg_end(blob, self.path, level, index)
-            raise SlideError(f"{self.path.name}: tile {index} of level {level} is damaged "
-                             f"(libjpeg: {exc}): the slide file is corrupt") from None
+            raise SlideError(f"{self._where(level, index)} is damaged (libjpeg: {exc}): the "
+                             "slide file is corrupt") from None
         except OtherSizeTile as exc:
-            raise SlideError(f"{self.path}: tile {index} of level {level} decodes to "
-                             f"{exc.width}x{exc.height} px, not the {jpeg.shape[1]}x"
-                             f"{jpeg.shape[0]} px the file declares") from None
+            raise self._other_size(level, index, exc.width, exc.height) from None
+
+    def _other_size(self, level: int, index: int, width: int, height: int) -> SlideError:
+        lv = self._levels[level]
+        return SlideError(f"{self.path}: tile {index} of level {level} decodes to {width}x"
+                          f"{height} px, not the {lv.tile_w}x{lv.tile_h} px the file declares")
 
     def _where(self, level: int, index: int) -> str:
         return f"{self.path.name}: tile {index} of level {level}"
@@ -339,9 +342,7 @@ class TileReader:
         segment, _, _ = lv.page.decode(bytes(data), index, jpegtables=lv.jpegtables)
         tile = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
         if tile.shape[:2] != (lv.tile_h, lv.tile_w):  # larger would cut wrong pixels silently
-            raise SlideError(f"{self.path}: tile {index} of level {level} decodes to "
-                             f"{tile.shape[1]}x{tile.shape[0]} px, not the {lv.tile_w}x"
-                             f"{lv.tile_h} px the file declares")
+            raise self._other_size(level, index, tile.shape[1], tile.shape[0])
         return tile
 
     def close(self) -> None:
