@@ -191,3 +191,78 @@ def test_unknown_json_keys_with_newlines_stay_on_one_line(tmp_path: Path) -> Non
     with pytest.raises(DetectionsError) as excinfo:
         read_detections(path, FRAME)
     assert "unknown detection format" in one_line_error(excinfo)
+
+
+def test_cr_line_endings_are_read_and_csv_errors_are_input_errors(tmp_path: Path) -> None:
+    # Excel for Mac's "CSV (Macintosh)" ends lines with CR alone: csv.Error, exit 1
+    path = write(tmp_path / "mac.csv", "id,x,y\ra,10,20\rb,30,40\r")
+    cands = read_detections(path, FRAME, CandidateOptions(merge_radius_um=0))
+    assert rows(cands) == [
+        {"id": "a", "x": 10.0, "y": 20.0, "score": None, "label": "", "status": "ok"},
+        {"id": "b", "x": 30.0, "y": 40.0, "score": None, "label": "", "status": "ok"},
+    ]
+    bad = write(tmp_path / "mac_bad.csv", "x,y\r1,2\r3,four\r")
+    with pytest.raises(DetectionsError, match="line 3: y value 'four'"):
+        read_detections(bad, FRAME)
+    # a cell over csv's field limit (131,072 characters) was an internal error too
+    huge = write(tmp_path / "huge.csv", "x,y,label\n1,2," + "a" * 200_000 + "\n")
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(huge, FRAME)
+    assert "line 2: unreadable table" in one_line_error(excinfo)
+
+
+def test_rows_longer_than_the_header_are_refused(tmp_path: Path) -> None:
+    # decimal commas in a comma-separated file (Java's String.format in a European locale):
+    # "1234,5,567,8" was read as x=1234, y=5, a wrong coordinate without a word
+    path = write(tmp_path / "comma.csv", "x,y,score\n1234,5,567,8,0,9\n")
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(path, FRAME)
+    message = one_line_error(excinfo)
+    assert "line 2 has 6 cells but the header 3" in message and "decimal commas" in message
+    # R's write.table: row names under no header cell; x was read as the row name
+    r_table = write(tmp_path / "r.tsv", '"x"\t"y"\t"score"\n"1"\t1500.5\t2200.25\t0.9\n')
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(r_table, FRAME)
+    assert "line 2 has 4 cells but the header 3 (row names" in one_line_error(excinfo)
+    # empty trailing cells (a spreadsheet's stray delimiters) are no values: still read
+    trailing = write(tmp_path / "trailing.csv", "x,y\n1234.5,567.8,,\n")
+    assert [(r["x"], r["y"]) for r in rows(read_detections(trailing, FRAME))] == [(1234.5, 567.8)]
+
+
+def test_a_detectors_ascii_centroid_um_columns_are_in_openslides_frame(tmp_path: Path) -> None:
+    # "centroid_x_um" (QuPath writes "Centroid X µm", never "um") was taken for QuPath's
+    # export: on a slide with openslide.bounds-x/y every point moved by the offset
+    frame = SlideFrame("x.mrxs", 100_000, 200_000, 0.25, bounds_offset=(20_000, 40_000))
+    for header in ("centroid_x_um,centroid_y_um", "Centroid_X_um,Centroid_Y_um", "x_um,y_um"):
+        cands = read_detections(write(tmp_path / "d.csv", f"{header}\n25,50\n"), frame)
+        assert (cands.x.tolist(), cands.y.tolist()) == ([100.0], [200.0]), header
+    qupath = write(tmp_path / "q.tsv", "Image\tCentroid X µm\tCentroid Y µm\nx.mrxs\t25\t50\n")
+    cands = read_detections(qupath, frame)
+    assert (cands.x.tolist(), cands.y.tolist()) == ([20_100.0], [40_200.0])
+
+
+def test_qupath_derived_classes_keep_their_label(tmp_path: Path) -> None:
+    # QuPath 0.4+ writes a derived class as {"names": [...], "color": ...}: the label was ""
+    derived = {"names": ["Mitotic figure", "Atypical"], "color": [255, 0, 0]}
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [10, 20]},
+         "properties": {"objectType": "annotation", "classification": derived}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [900, 20]},
+         "properties": {"classification": {"names": ["Imposter"], "color": [0, 0, 255]}}},
+    ]}
+    path = write(tmp_path / "derived.geojson", doc)
+    cands = read_detections(path, FRAME)
+    assert cands.label.tolist() == ["Mitotic figure: Atypical"]
+    assert cands.report.excluded_imposters == 1
+
+
+def test_a_quote_left_open_is_refused_not_swallowing_the_rows_after_it(tmp_path: Path) -> None:
+    # Regression: the rows after an unclosed quote became that cell's text: 1 candidate of 3
+    path = write(tmp_path / "open.csv", 'x,y,label\n1,2,"abc\n3,4,d\n5,6,e\n')
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(path, FRAME)
+    assert "line 2: a quote opened in this row is never closed" in one_line_error(excinfo)
+    # a quoted cell that legitimately runs over two lines is still read, with the rows after it
+    fine = write(tmp_path / "multi.csv", 'x,y,label\n1,2,"two\nlines"\n30,40,d\n')
+    cands = read_detections(fine, FRAME, CandidateOptions(merge_radius_um=0))
+    assert (cands.x.tolist(), cands.y.tolist()) == ([1.0, 30.0], [2.0, 40.0])

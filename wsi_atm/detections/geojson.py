@@ -34,6 +34,11 @@ def features_of(doc: Any, name: str) -> list[Any]:
 def _label(props: dict[str, Any]) -> str:
     cls = props.get("classification")
     if isinstance(cls, dict):
+        # QuPath 0.4+ writes a derived class (Tumor: Positive) as "names": [...], not "name";
+        # its label was lost. Joined as QuPath shows it.
+        names = cls.get("names")
+        if cls.get("name") is None and isinstance(names, list) and names:
+            return ": ".join(map(str, names))
         cls = cls.get("name")
     return "" if cls is None else str(cls)
 

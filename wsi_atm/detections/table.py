@@ -6,11 +6,12 @@ import csv
 import io
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from wsi_atm.detections.images import ImageInfo, names_match, select_image
-from wsi_atm.detections.records import RawDetections, is_imposter_name
+from wsi_atm.detections.records import RawDetections, is_imposter_name, one_line
 from wsi_atm.errors import DetectionsError
 
 DELIMITERS = ("\t", ",", ";", "|")
@@ -21,7 +22,9 @@ XY_ALIASES: dict[str, tuple[str, str | None]] = {
 }
 # QuPath's measurement export ("Centroid X µm") is the one producer of these names; its
 # coordinates are in QuPath's frame, which starts at openslide.bounds-x/y (as its GeoJSON).
-QUPATH_XY = ("centroid_x_um", "centroid_x_µm", "centroid_x_μm")
+# QuPath always writes the µ (GeneralTools.micrometerSymbol): "centroid_x_um" is a detector's
+# own name, in OpenSlide's frame like its x_um (it was shifted by the bounds offset).
+QUPATH_XY = ("centroid_x_µm", "centroid_x_μm")
 # An uncalibrated image's export says "Centroid X px": only that exact spelling is taken for
 # QuPath's, as "centroid_x_px" is a common name for a detector's own columns.
 QUPATH_PX = "Centroid X px"
@@ -102,7 +105,10 @@ def find_columns(text: str) -> Columns | None:
     for delimiter in DELIMITERS:
         if delimiter not in line:
             continue
-        cells = next(csv.reader([line], delimiter=delimiter))
+        try:
+            cells = next(csv.reader([line], delimiter=delimiter))
+        except csv.Error:  # e.g. a cell over csv's field limit: not this delimiter's header
+            continue
         names = [_norm(c) for c in cells]
         for x_name, y_name, units in _pairs(names)[:1]:
             x = names.index(x_name)
@@ -154,17 +160,65 @@ class _Rows:
                      pick(self.labels), pick(self.images), pick(self.lines))
 
 
+def _records(text: str, delimiter: str, name: str) -> Iterator[tuple[int, list[str]]]:
+    """The table's rows with their line numbers. Regression: a file with CR line endings
+    (Excel for Mac's "CSV (Macintosh)") and a cell over csv's field limit were internal
+    errors (csv.Error), exit 1."""
+    # newline="": csv sees the line endings itself, CR alone among them
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
+    start = 1  # the line the row being read starts on
+    open_at_end: bool | None = None  # worked out once a row runs over several lines
+    try:
+        for row in reader:
+            if reader.line_num > start and open_at_end is None:
+                open_at_end = _open_at_end(text, delimiter)
+            if reader.line_num > start and open_at_end:
+                raise DetectionsError(
+                    f"{name}: line {start}: a quote opened in this row is never closed, so "
+                    "the rest of the file would be read as one cell")
+            yield reader.line_num, row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DetectionsError(f"{name}: line {reader.line_num}: unreadable table: "
+                              f"{one_line(exc)}") from None
+
+
+def _open_at_end(text: str, delimiter: str) -> bool:
+    """Whether the table ends inside a quoted cell. Regression: the rows after a quote left
+    open were read as that cell's text, and so silently dropped."""
+    strict = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter,
+                        strict=True)
+    try:
+        for _ in strict:
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _check_width(row: list[str], width: int, delimiter: str, where: str, name: str) -> None:
+    """Refuse a row with filled cells beyond the header's. Regression: "1234,5,567,8" under
+    "x,y" (decimal commas in a comma-separated file) was read as x=1234, y=5, and R's
+    write.table (row names, no header cell for them) as x = the row name, silently."""
+    if any(cell.strip() for cell in row[width:]):
+        commas = "decimal commas in a comma-separated file, or " if delimiter == "," else ""
+        raise DetectionsError(
+            f"{name}: {where} has {len(row)} cells but the header {width} ({commas}row names "
+            "without a header cell?): its values would land in the wrong columns"
+        )
+
+
 def _rows(text: str, cols: Columns, name: str) -> _Rows:
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")), delimiter=cols.delimiter)
     rows = _Rows([], [], [], [], [], [], [])
-    seen_header = False
-    for row in reader:
+    width = 0  # the header's cells; 0 until it is seen
+    for line, row in _records(text, cols.delimiter, name):
         if not any(cell.strip() for cell in row):
             continue
-        if not seen_header:
-            seen_header = True
+        if not width:
+            width = len(row)
             continue
-        where = f"line {reader.line_num}"
+        where = f"line {line}"
+        _check_width(row, width, cols.delimiter, where, name)
         rows.xs.append(_number(row, cols.x, "x", where, name))
         rows.ys.append(_number(row, cols.y, "y", where, name))
         score = math.nan
@@ -174,10 +228,10 @@ def _rows(text: str, cols: Columns, name: str) -> _Rows:
         rows.labels.append(_cell(row, cols.label))
         # without an id column, the row's index; a blank cell in one, an id no number
         # in that column can equal
-        fallback = str(len(rows.ids)) if cols.id is None else f"line {reader.line_num}"
+        fallback = str(len(rows.ids)) if cols.id is None else f"line {line}"
         rows.ids.append(_cell(row, cols.id) or fallback)
         rows.images.append(_cell(row, cols.image))
-        rows.lines.append(reader.line_num)
+        rows.lines.append(line)
     return rows
 
 
