@@ -152,3 +152,21 @@ def test_cv_none_trains_one_model_on_every_crop_to_the_last_epoch(tmp_path):
     assert result["held_out"] == "all data" and result["best_epoch"] == 2
     assert result["predictions"]["names"] == []
     assert load_card(out / "card.toml").weights[0].file == "fold_0/best.safetensors"
+
+
+def test_a_groups_table_that_cannot_be_read_is_bad_input(tmp_path):
+    # Regression: not UTF-8, or a cell over csv's field limit, was an internal error (exit 1);
+    # a row with a missing cell gave its slide the group None, silently
+    data = load_dataset(write_synthetic_crops(tmp_path / "data", slides=4), size=32)
+    table = tmp_path / "groups.csv"
+    table.write_bytes(b"slide,lab\ns0.tiff,Caf\xe9\n")
+    with pytest.raises(BadInputError, match="is not UTF-8 text"):
+        crop_groups(data, "lab", table)
+    table.write_text("slide,lab\ns0.tiff,A\ns1.tiff," + "A" * 200_000 + "\n")
+    with pytest.raises(BadInputError, match="line 3: unreadable table"):
+        crop_groups(data, "lab", table)
+    table.write_text("slide,lab\ns0.tiff,A\n\ns1.tiff\ns2.tiff,B\ns3.tiff,C\n")
+    with pytest.raises(BadInputError, match="line 4 has fewer cells than the header"):
+        crop_groups(data, "lab", table)
+    table.write_text("\ufeffslide,lab\ns0.tiff,A\ns1.tiff,A\ns2.tiff,B\ns3.tiff,C\n")
+    assert set(crop_groups(data, "lab", table).tolist()) == {"A", "B", "C"}
