@@ -223,7 +223,13 @@ def test_rows_longer_than_the_header_are_refused(tmp_path: Path) -> None:
     r_table = write(tmp_path / "r.tsv", '"x"\t"y"\t"score"\n"1"\t1500.5\t2200.25\t0.9\n')
     with pytest.raises(DetectionsError) as excinfo:
         read_detections(r_table, FRAME)
-    assert "line 2 has 4 cells but the header 3 (row names" in one_line_error(excinfo)
+    message = one_line_error(excinfo)
+    assert "line 2 has 4 cells but the header 3 (an unquoted tab" in message
+    assert "row names without a header cell" in message and "decimal commas" not in message
+    # a label with an unquoted comma shifted nothing the reader uses, but dropped part of it
+    label = write(tmp_path / "label.csv", "x,y,label\n10,20,mitotic figure, atypical\n")
+    with pytest.raises(DetectionsError, match="an unquoted comma inside a value"):
+        read_detections(label, FRAME)
     # empty trailing cells (a spreadsheet's stray delimiters) are no values: still read
     trailing = write(tmp_path / "trailing.csv", "x,y\n1234.5,567.8,,\n")
     assert [(r["x"], r["y"]) for r in rows(read_detections(trailing, FRAME))] == [(1234.5, 567.8)]

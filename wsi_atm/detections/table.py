@@ -201,10 +201,12 @@ def _check_width(row: list[str], width: int, delimiter: str, where: str, name: s
     "x,y" (decimal commas in a comma-separated file) was read as x=1234, y=5, and R's
     write.table (row names, no header cell for them) as x = the row name, silently."""
     if any(cell.strip() for cell in row[width:]):
-        commas = "decimal commas in a comma-separated file, or " if delimiter == "," else ""
+        shown = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "bar"}[delimiter]
+        commas = "decimal commas in a comma-separated file, " if delimiter == "," else ""
         raise DetectionsError(
-            f"{name}: {where} has {len(row)} cells but the header {width} ({commas}row names "
-            "without a header cell?): its values would land in the wrong columns"
+            f"{name}: {where} has {len(row)} cells but the header {width} (an unquoted "
+            f"{shown} inside a value, {commas}or row names without a header cell?): its "
+            "values would land in the wrong columns"
         )
 
 
