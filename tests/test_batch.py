@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -298,6 +299,19 @@ def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, mo
         assert at[("prepare", f"s{i}.tif")] < at[("classified", f"s{i - 1}.tif")]
     assert sum(kind == "close" for kind, _, _ in events) == 3
     assert sum(kind == "turn" for kind, _, _ in events) == 3  # each slide's clock restarted
+
+
+def test_an_out_dir_that_cannot_be_locked_is_written_with_a_warning(tmp_path, monkeypatch):
+    # Regression: on a file system without locks (Lustre without -o flock: ENOSYS) every
+    # batch was refused as "another wsi-atm batch is writing"
+    def no_locks(fd: object, op: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(resume.fcntl, "flock", no_locks)
+    warned = pytest.warns(UserWarning, match="cannot be locked .Function not implemented.: "
+                                             "make sure no other wsi-atm batch writes to it")
+    with warned, resume.exclusive(tmp_path / "out"):
+        pass
 
 
 def test_one_batch_per_out_dir_and_leftovers_are_cleared(tmp_path):

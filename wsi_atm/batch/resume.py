@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path, PurePath
@@ -174,7 +176,15 @@ def exclusive(out_dir: Path) -> Iterator[None]:
     with open(out_dir / STATE_DIR / "lock", "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise BadInputError(f"another wsi-atm batch is writing to {out_dir}") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # Regression: a file system without locks (Lustre mounted without -o flock,
+                # some NFS setups: ENOSYS, ENOLCK, EOPNOTSUPP) was said to be another batch,
+                # so no batch could ever write there
+                warnings.warn(f"{out_dir} cannot be locked ({exc.strerror or exc}): make sure "
+                              "no other wsi-atm batch writes to it at the same time",
+                              stacklevel=3)
+            else:
+                raise BadInputError(f"another wsi-atm batch is writing to {out_dir}") from None
         yield
 
