@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from wsi_atm.errors import BadInputError
 from wsi_atm.infer import Classifier
 from wsi_atm.models.card import ModelCard
 from wsi_atm.progress import progress_bar
-from wsi_atm.train.data import load_dataset
+from wsi_atm.train.data import load_dataset, require_both_classes
 from wsi_atm.train.domains import crop_groups
 from wsi_atm.train.metrics import binary_metrics, mean_std
 from wsi_atm.train.results import SUMMARY_KEYS, metric
@@ -30,10 +29,7 @@ def evaluate(
     # The data and groups before the model (torch, weights, an ONNX build): bad input fails
     # at once, not 20 s later
     data = load_dataset(data_dir, size=card.crop_size)
-    if len(set(data.labels.tolist())) < 2:
-        only = "atypical" if data.labels[0] else "normal"
-        raise BadInputError(f"{data_dir}: every crop is {only}: balanced accuracy, AUROC and "
-                            "the rates need both classes")
+    require_both_classes(data, "balanced accuracy, AUROC and the rates need both classes")
     group_of = crop_groups(data, group, groups_table) if group else None
     classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta)
     images = data.images.permute(0, 2, 3, 1).numpy()

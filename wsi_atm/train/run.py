@@ -19,7 +19,13 @@ from wsi_atm.models.card import ModelCard, read_card
 from wsi_atm.models.package_weights import is_package_source, package_file
 from wsi_atm.models.schema import dump, leading_comment
 from wsi_atm.train.config import TrainConfig
-from wsi_atm.train.data import CropDataset, load_dataset
+from wsi_atm.train.data import (
+    AMIBR_CSV,
+    EXPERT_VOTES,
+    CropDataset,
+    load_dataset,
+    require_both_classes,
+)
 from wsi_atm.train.protocol import FoldData, FoldTrainer, plan_folds, uses_pretrained
 from wsi_atm.train.results import SUMMARY_KEYS, FoldResult, RunSummary, summarise
 
@@ -111,6 +117,14 @@ def train_run(
     if uses_pretrained(card, cfg) and is_package_source(card.pretrained):
         package_file(card.pretrained)  # no [train] extra: refused before the run folder
     data = load_dataset(data_dir, size=cfg.input_size or card.crop_size)
+    # Regression: a run on one class wrote a complete-looking run and a card of NaN metrics
+    require_both_classes(data, "a classifier needs atypical and normal crops to train on")
+    if cfg.soft_labels and data.soft is None:  # Regression: trained on the majority labels
+        where = f"{data_dir / AMIBR_CSV}"
+        raise OptionError(f"--soft-labels needs the experts' votes: {where}: "
+                          f"{data.votes_problem}" if data.votes_problem else
+                          f"--soft-labels needs the experts' votes: columns "
+                          f"{', '.join(EXPERT_VOTES)} in {where}")
     plans = plan_folds(data, cfg)
     chosen = chosen_plans(plans, cfg)
     cfg = prepare_run_dir(out, cfg, run_key(card, data, cfg))
