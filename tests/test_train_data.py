@@ -123,6 +123,26 @@ def test_16_bit_grey_crops_are_scaled_and_wider_samples_refused(tmp_path: Path) 
     crops = load_dataset(data)
     for saved, grey in greys.items():
         assert np.array_equal(crops.images[crops.names.index(f"Normal/{saved}")][0].numpy(), grey)
+    # a Pillow that opens 16-bit grey as 32-bit "I" (PNG, or a TIFF saying 16 bits)
+    real_open = Image.open
+
+    def open_as_i(path: Path) -> Image.Image:
+        im = real_open(path)
+        if not im.mode.startswith("I;16"):
+            return im
+        wide = im.convert("I")
+        wide.format = im.format
+        wide.tag_v2 = getattr(im, "tag_v2", None)  # type: ignore[attr-defined]
+        return wide
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(Image, "open", open_as_i)
+        crops = load_dataset(data)
+    for saved, grey in greys.items():
+        assert np.array_equal(crops.images[crops.names.index(f"Normal/{saved}")][0].numpy(), grey)
+    Image.fromarray(greys["N1.tif"].astype(np.int32)).save(data / "Normal" / "N1.tif")
+    with pytest.raises(BadInputError, match=r"N1\.tif: 32-bit integer samples"):
+        load_dataset(data)
     Image.fromarray(greys["N1.tif"].astype(np.float32)).save(data / "Normal" / "N1.tif")
     with pytest.raises(BadInputError, match=r"N1\.tif: floating-point samples"):
         load_dataset(data)

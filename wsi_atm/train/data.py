@@ -229,7 +229,7 @@ def _as_rgb(im: Image.Image, path: Path) -> Image.Image:
     """The crop as 8-bit RGB. Regression: Pillow converts 16-bit grey by clipping at 255, so
     such crops were read as white (and the model learnt it); 32-bit integer and float samples
     have no known range to scale from."""
-    if im.mode.startswith("I;16"):
+    if im.mode.startswith("I;16") or (im.mode == "I" and _sixteen_bit(im)):
         grey = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if im.mode in ("I", "F"):
@@ -237,3 +237,13 @@ def _as_rgb(im: Image.Image, path: Path) -> Image.Image:
         raise BadInputError(f"{path}: {kind} samples have no known range; save the crop as "
                             "8-bit RGB")
     return im.convert("RGB")
+
+
+def _sixteen_bit(im: Image.Image) -> bool:
+    """Whether a 32-bit integer ("I") image holds 16-bit samples: some Pillow versions open
+    16-bit grey PNGs so (PNG has no wider samples), and a TIFF says so in BitsPerSample."""
+    if im.format == "PNG":
+        return True
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    return bits in (16, (16,))
