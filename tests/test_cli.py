@@ -178,6 +178,25 @@ def test_an_out_dir_that_is_a_file_is_bad_input(command, tmp_path, capsys):
     assert in_the_way.read_text() == "not a folder\n"
 
 
+@pytest.mark.parametrize("command", ["classify", "batch"])
+def test_an_out_dir_that_is_a_link_to_nothing_is_bad_input(command, tmp_path, capsys):
+    # Regression: a link to a folder not yet made passed the check; mkdir then failed on it
+    # (FileExistsError), an internal error, for classify once the slide had been classified;
+    # a link to itself was an internal error (RuntimeError: symlink loop)
+    link, loop = tmp_path / "results", tmp_path / "loop"
+    link.symlink_to(tmp_path / "scratch" / "results")
+    loop.symlink_to("loop")
+    detections = REPO / "sample_slides" / "cmu_small_region.candidates.csv"
+    args = ([str(SVS), "--detections", str(detections)] if command == "classify"
+            else [str(SVS.parent), "--detections", str(detections)])
+    for bad, out in ((link, link), (link, link / "deeper"), (loop, loop)):
+        assert run_cli([command, *args, "--out-dir", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"wsi-atm: error: --out-dir {out}: {bad} "
+                                                   "is a link to"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "results"]
+
+
 @pytest.mark.parametrize(("slide_name", "det_name"), [("s.png", "d.csv"),
                                                       ("slide.svs", "slide.csv")])
 def test_classify_never_writes_over_its_inputs(slide_name, det_name, tmp_path, capsys):
@@ -226,6 +245,27 @@ def test_an_out_dir_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"wsi-atm: error: --out-dir {out}: {tmp_path} cannot be written to"]
     assert not out.exists()
+
+
+def test_another_users_outputs_in_a_sticky_folder_are_bad_input(tmp_path, monkeypatch, capsys):
+    # Regression: in a shared folder with the sticky bit (/tmp, a results folder with +t) a
+    # colleague's outputs of the same slide cannot be removed by anyone else: an internal
+    # error (PermissionError, exit 1) once the model had loaded. This process is made to look
+    # like another user (root may remove them, so the refusal is simulated)
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(0o1777)
+    (out / "cmu_small_region.summary.json").write_text("{}")
+    someone_else = out.stat().st_uid + 1
+    monkeypatch.setattr(os, "geteuid", lambda: someone_else)
+    assert run_cli(["classify", str(SVS), "--detections",
+                    str(REPO / "sample_slides" / "cmu_small_region.candidates.csv"),
+                    "--out-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wsi-atm: error: {out / 'cmu_small_region.summary.json'} belongs to another "
+                   "user and this folder lets only its owner replace it (sticky bit): choose "
+                   "another --out-dir"]
+    assert (out / "cmu_small_region.summary.json").read_text() == "{}"
 
 
 def test_a_name_that_is_not_utf8_is_bad_input_for_classify_and_one_slide_in_batch(

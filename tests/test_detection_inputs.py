@@ -272,3 +272,25 @@ def test_a_quote_left_open_is_refused_not_swallowing_the_rows_after_it(tmp_path:
     fine = write(tmp_path / "multi.csv", 'x,y,label\n1,2,"two\nlines"\n30,40,d\n')
     cands = read_detections(fine, FRAME, CandidateOptions(merge_radius_um=0))
     assert (cands.x.tolist(), cands.y.tolist()) == ([1.0, 30.0], [2.0, 40.0])
+
+
+def test_an_image_name_matches_in_either_unicode_normal_form(tmp_path: Path) -> None:
+    # Regression: a slide copied from a Mac (its name stored decomposed, NFD: "a" + U+0308)
+    # found no entry among images named as typed (NFC "ä"): "no entry for slide
+    # 'Präparat.svs' among its 2 images (Präparat.svs, other.svs)"
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "Präparat.svs")
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    frame = SlideFrame(nfd, width=10_000, height=8_000, mpp=0.25)
+    table = write(tmp_path / "export.tsv", QUPATH_EXPORT.replace("slide.svs", nfc))
+    assert [r["x"] for r in rows(read_detections(table, frame))] == [100.0]
+    midog = write(tmp_path / "midog.json", midog_doc([{"bbox": [300, 400, 350, 450]}],
+                                                     file_name=nfc.replace(".svs", ".tiff")))
+    assert [r["x"] for r in rows(read_detections(midog, frame))] == [325.0]
+    asked = read_detections(table, FRAME, CandidateOptions(image=nfd))  # --image typed NFD
+    assert [r["x"] for r in rows(asked)] == [100.0]
+    from wsi_atm.batch.plan import share_detections  # a batch finds the slide's entry too
+
+    assert [job.detections for job in share_detections([tmp_path / nfd], table)] == [table]

@@ -43,6 +43,12 @@ def check_out_dir(out_dir: Path, flag: str = "--out-dir") -> Path:
     """An output folder: one that exists or can be made, and written to (a file in the way or
     a read-only folder is bad input, found before any work instead of when the outputs are
     written)."""
+    # Regression: a link to a folder not yet made (results -> /scratch/results) passed, then
+    # mkdir failed on it once the slide was classified: an internal error (FileExistsError)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.is_symlink() and not folder.exists():
+            raise OptionError(f"{flag} {out_dir}: {folder} is a link to {os.readlink(folder)}, "
+                              "which does not exist: make that folder or choose another")
     # resolved first: "missing/../ro" named a folder that does not exist, so the check went
     # on to ro's parent and passed a read-only ro
     resolved = out_dir.resolve()

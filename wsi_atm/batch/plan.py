@@ -13,6 +13,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from wsi_atm.detections import CandidateOptions, detect_format, list_images
+from wsi_atm.detections.images import name_keys
 from wsi_atm.detections.records import CSV, MIDOG_JSON, SLIDERUNNER
 from wsi_atm.errors import BadInputError, DetectionsError, OptionError
 from wsi_atm.files import printable, utf8_name
@@ -158,7 +159,7 @@ def pair_detections(slide: Path, candidates: list[Path]) -> Job:
 
 def _listed(slide: Path, names: set[str]) -> bool:
     """Whether a multi-slide file names ``slide`` (by file name, else stem; any case)."""
-    return slide.name.lower() in names or PurePath(slide.name).stem.lower() in names
+    return bool(name_keys(slide.name) & names)
 
 
 def share_detections(slides: list[Path], det_file: Path) -> list[Job]:
@@ -174,8 +175,7 @@ def share_detections(slides: list[Path], det_file: Path) -> list[Job]:
         return [Job(s, det_file) for s in slides]
     names = set()
     for im in list_images(det_file):
-        path = PurePath(im.name.replace("\\", "/"))
-        names |= {path.name.lower(), path.stem.lower()}
+        names |= name_keys(im.name)
     return [Job(s, det_file) if _listed(s, names) else
             Job(s, None, status=SlideStatus.NO_DETECTIONS, note=f"no entry in {det_file.name}")
             for s in slides]

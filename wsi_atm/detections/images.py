@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -22,17 +23,30 @@ class ImageInfo:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def _path(name: str) -> PurePath:
+    # NFC: a name typed, or written by one tool, as "ä" is the same name as "a" + U+0308, as
+    # macOS stores it (regression: no entry for slide 'Präparat.svs' among its images
+    # (Präparat.svs, ...) for a slide copied from a Mac)
+    return PurePath(unicodedata.normalize("NFC", name).replace("\\", "/"))
+
+
 def _stem(name: str) -> str:
-    return PurePath(name.replace("\\", "/")).stem.lower()
+    return _path(name).stem.lower()
 
 
 def _base(name: str) -> str:
-    return PurePath(name.replace("\\", "/")).name.lower()
+    return _path(name).name.lower()
 
 
 def names_match(a: str, b: str) -> bool:
-    """Whether two image names are the same file name or stem, ignoring case and folders."""
+    """Whether two image names are the same file name or stem, ignoring case, folders and
+    Unicode normalisation (NFC against NFD)."""
     return _base(a) == _base(b) or _stem(a) == _stem(b)
+
+
+def name_keys(name: str) -> set[str]:
+    """The file name and stem an image name matches by (see :func:`names_match`)."""
+    return {_base(name), _stem(name)}
 
 
 def select_image(

@@ -5,6 +5,7 @@ its place, a name the file system cannot hold), and clearing a slide's earlier o
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from wsi_atm.files import remove_temps
@@ -73,6 +74,29 @@ def blocked_outputs(slide_name: str, out_dir: Path) -> list[Path]:
             if p.exists() and not p.is_file()]
 
 
+def foreign_outputs(slide_name: str, out_dir: Path) -> list[Path]:
+    """The slide's earlier outputs this user may not remove or replace: another user's files in
+    a folder with the sticky bit (/tmp, a shared results folder with +t), which only their
+    owner, the folder's or root may remove. Regression: a colleague's outputs of the same slide
+    there gave an internal error (PermissionError) once the model had loaded."""
+    try:
+        folder = out_dir.stat()
+    except OSError:
+        return []
+    me = os.geteuid()
+    if not folder.st_mode & stat.S_ISVTX or me in (0, folder.st_uid):
+        return []
+    found = []
+    for path in output_paths(slide_name, out_dir).values():
+        try:
+            owner = path.lstat().st_uid
+        except OSError:
+            continue
+        if owner != me:
+            found.append(path)
+    return found
+
+
 def wanted_outputs(slide_name: str, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     """The files a run with ``outputs`` writes for a slide (the summary among them)."""
     paths = output_paths(slide_name, out_dir)
@@ -102,5 +126,8 @@ def output_problems(slide_name: str, out_dir: Path, inputs: set[tuple[int, int]]
                 for p in overwritten_inputs(slide_name, inputs, out_dir)]
     problems += [f"{p} is a folder (or other non-file) where an output must go: move it or "
                  "choose another --out-dir" for p in blocked_outputs(slide_name, out_dir)]
+    problems += [f"{p} belongs to another user and this folder lets only its owner replace it "
+                 "(sticky bit): choose another --out-dir"
+                 for p in foreign_outputs(slide_name, out_dir)]
     too_long = name_too_long(slide_name, out_dir)
     return [*problems, too_long] if too_long else problems
