@@ -314,6 +314,23 @@ def test_an_out_dir_that_cannot_be_locked_is_written_with_a_warning(tmp_path, mo
         pass
 
 
+def test_slides_whose_names_differ_only_in_case_clash(tmp_path):
+    # Regression: Case.svs and case.svs (or "ä" composed and decomposed) were planned as two
+    # slides with their own outputs; on a file system that ignores case (macOS, Windows and
+    # SMB/exFAT shares) one's outputs replaced the other's
+    d = tmp_path / "slides"
+    (d / "x").mkdir(parents=True)
+    for name in ("Case.tif", "x/case.tif"):
+        (d / name).write_bytes(b"II*\x00")
+        write_candidates(d / name.replace(".tif", ".csv"), 2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,detections\nslides/Case.tif,slides/Case.csv\n"
+                        "slides/x/case.tif,slides/x/case.csv\n")
+    with pytest.raises(BadInputError, match="1 output clash") as err:
+        plan_jobs(None, manifest, None, None, out_dir=tmp_path / "out")
+    assert "both write case.* on a file system that ignores case" in str(err.value)
+
+
 def test_one_batch_per_out_dir_and_leftovers_are_cleared(tmp_path):
     out = tmp_path / "out"
     job = Job(tmp_path / "s.svs", tmp_path / "s.csv")

@@ -7,6 +7,7 @@ every problem; problems of one slide (ambiguous or missing detections) become it
 from __future__ import annotations
 
 import csv
+import unicodedata
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path, PurePath
@@ -267,9 +268,16 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
         if taken:
             clashes[f"{job.slide} writes {stem}.*, which the batch's own {', '.join(taken)} "
                     "would overwrite: rename the slide"] = None
-        if stem in owners:
-            clashes[f"{owners[stem]} and {job.slide} both write {stem}.*"] = None
-        owners.setdefault(stem, job.slide)
+        # ignoring case and Unicode form: on macOS, Windows and SMB/exFAT shares Case.svs and
+        # case.svs write the same files (regression: one slide's outputs replaced the other's)
+        key = unicodedata.normalize("NFC", stem).casefold()
+        if key in owners:
+            first = owners[key]
+            same = PurePath(first.name).stem == stem
+            clashes[f"{first} and {job.slide} both write {stem}.*" + (
+                "" if same else " on a file system that ignores case (macOS, Windows shares): "
+                                "rename one")] = None
+        owners.setdefault(key, job.slide)
         clashes |= dict.fromkeys(output_problems(job.slide.name, out_dir, inputs))
     if clashes:
         raise BadInputError(f"{len(clashes)} output clash(es), nothing was started:\n  "
