@@ -127,3 +127,23 @@ def test_a_misspelt_weight_source_or_an_empty_name_is_refused(tmp_path, old, new
     path = tmp_path / "card.toml"
     path.write_text(text, encoding="utf-8")
     _refused(path, named)
+
+
+@pytest.mark.parametrize("hub_id", [
+    "hf-hub:../../x", "hf-hub:org/na me", "hf-hub:org/name/../../x", "hf_hub:org/..",
+    "hf-hub:org--x/name", "hf-hub:/name",
+])
+def test_a_hub_id_that_names_no_hub_repository_is_refused(tmp_path, hub_id):
+    # Regression: accepted, then an internal error (HFValidationError) when the model was built
+    path = _card(tmp_path, TINY_CARD, 'name = "resnet10t"', f'name = "{hub_id}"')
+    _refused(path, f"architecture.name = {hub_id!r} is not a hub id")
+
+
+@pytest.mark.parametrize("hub_id", [
+    "hf-hub:MahmoodLab/UNI2-h", "hf_hub:prov-gigapath/prov-gigapath",
+    "hf-hub:bioptimus/H-optimus-0@" + "f" * 40, "hf-hub:paige-ai/Virchow2@",
+    "hf-hub:timm/vit_small_patch16_224.augreg_in21k",
+])
+def test_hub_ids_of_hub_repositories_are_accepted(tmp_path, hub_id):
+    path = _card(tmp_path, TINY_CARD, 'name = "resnet10t"', f'name = "{hub_id}"')
+    assert load_card(path).architecture == hub_id

@@ -4,6 +4,7 @@ wsi-atm's nets with ``weights_only`` loading only, and the label convention."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import timm
@@ -154,6 +155,29 @@ def test_upstream_linear_probe_head(tmp_path):
     assert torch.equal(net.head.weight, w) and torch.equal(net.head.bias, b)
 
 
+class _Runs:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (print, ("unpickled",))
+
+
+def test_a_pickled_object_is_refused_without_advice_to_unpickle_it(tmp_path, capsys):
+    # Regression: the refusal quoted torch's "Re-running torch.load with weights_only set to
+    # False will likely succeed", and torch's pickle-protocol warning was printed too
+    import pickle
+
+    net = build_net(find_card("virchow2"), "lora", False, **VIRCHOW2)
+    path = tmp_path / "other.pth"
+    path.write_bytes(pickle.dumps({"w": _Runs()}))
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(ModelError) as refused:
+        warnings.simplefilter("always")
+        load_checkpoint(net, path)
+    message = str(refused.value)
+    assert "refused to load" in message and "objects other than tensors" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert seen == []
+    assert "unpickled" not in capsys.readouterr().out
+
+
 def test_tensors_that_do_not_fit_are_refused(tmp_path):
     card = find_card("virchow2")
     net = build_net(card, "lora", False, **VIRCHOW2)
@@ -165,6 +189,27 @@ def test_tensors_that_do_not_fit_are_refused(tmp_path):
     torch.save({"base_model.model.head.weight": torch.zeros(1, 96)}, path)
     with pytest.raises(ModelError, match="mode 'lora'"):
         load_checkpoint(probe, path)
+
+
+@pytest.mark.parametrize(("weight", "named"), [
+    (torch.full((1, 192), float("nan")), "head.weight holds NaN or infinite values"),
+    (torch.full((1, 192), float("-inf")), "head.weight holds NaN or infinite values"),
+    (torch.ones(1, 192, dtype=torch.int8), "head.weight holds int8 values, not floats"),
+    (torch.ones(1, 192, dtype=torch.bool), "head.weight holds bool values, not floats"),
+])
+def test_weights_of_nan_or_non_float_values_are_refused(tmp_path, weight, named):
+    # Regression: NaN weights loaded, and classify or evaluate then ended in an internal
+    # error (NaN probabilities); integer or boolean weights were cast to floats without a word
+    from safetensors.torch import save_file
+
+    path = tmp_path / "virchow2_linear_probe_fold_1_best.safetensors"
+    save_file({"classifier.weight": weight, "classifier.bias": torch.zeros(1)}, str(path))
+    with pytest.raises(ModelError, match=named):
+        load_upstream(find_card("virchow2"), path, mode="linear-probe", pretrained=False,
+                      **VIRCHOW2)
+    save_file({"classifier.weight": torch.ones(1, 192, dtype=torch.float16),
+               "classifier.bias": torch.zeros(1)}, str(path))  # half precision still loads
+    load_upstream(find_card("virchow2"), path, mode="linear-probe", pretrained=False, **VIRCHOW2)
 
 
 def test_pickled_objects_are_refused_not_executed(tmp_path):

@@ -394,6 +394,31 @@ def test_a_dataset_shipped_as_a_zip_inside_the_archive(small, inner_folder, tmp_
     assert (dest / "atnorm-md" / "AtNorM-MD_expert_votes.csv").is_file()
 
 
+@pytest.mark.parametrize("member", [f"{TOP}/AtNorM-Br/Atypical/1.png",
+                                    f"{TOP}/AtNorM-MD/AtNorM-MD_expert_votes.csv"])
+def test_a_zip_bomb_member_is_refused_before_it_is_unpacked(small, member, tmp_path, capsys,
+                                                            monkeypatch):
+    # Regression: every member was inflated whole into memory, so a 9 MB zip declaring a 2 GB
+    # crop took 4 GB of memory (a larger one: a MemoryError, an internal error, or the OOM killer)
+    members = upstream()
+    members[member] = bytes(65 << 20)  # zeros: deflates to ~65 kB
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    inflated: list[str] = []
+    read = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, pwd=None: inflated.append(name) or read(self, name, pwd))
+    dest = tmp_path / "data"
+    name = "atnorm-br" if "AtNorM-Br" in member else "atnorm-md"
+    assert download(dest, str(archive), name) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{member}: {65 << 20:,} bytes, more than" in err[0], err
+    assert member not in inflated
+    assert not dest.exists()
+
+
 def test_a_missing_votes_file_is_a_warning(small, tmp_path, capsys):
     members = upstream()
     del members[f"{TOP}/AtNorM-MD/AtNorM-MD_expert_votes.csv"]

@@ -88,3 +88,43 @@ def test_resuming_on_other_data_or_another_card_is_refused(tmp_path, capsys):
     assert json.loads((out / "run_key.json").read_text()) == key
     # the same data and card resume (here: the finished fold is kept)
     assert run_cli(["train", "--data", str(data), "--model", str(card), *args]) == 0
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (print, ("unpickled",))
+
+
+def test_a_damaged_or_foreign_resume_file_is_refused_in_one_line(tmp_path, capsys):
+    # Regression: internal errors (exit 1), for state.pt several lines that advised
+    # `weights_only=False`, i.e. unpickling the file
+    import pickle
+    import shutil
+
+    import torch
+
+    data, card = write_synthetic_crops(tmp_path / "data"), write_tiny_card(tmp_path / "cards")
+    done = tmp_path / "done"
+    args = ["train", "--data", str(data), "--model", str(card), "--folds", "2", *QUICK]
+    assert run_cli([*args, "--out", str(done), "--only-folds", "0"]) == 0
+
+    def garbage(path):
+        path.write_text("not json")
+
+    damages = [
+        ("run_key.json", garbage, "unreadable"),
+        ("run_key.json", lambda p: p.write_text("[1]"), "not a run key"),
+        ("fold_0/state.pt", garbage, "not a plain tensor checkpoint"),
+        ("fold_0/state.pt", lambda p: p.write_bytes(pickle.dumps(_Evil())),
+         "not a plain tensor checkpoint"),
+        ("fold_0/state.pt", lambda p: torch.save({"net": {}}, p), "cannot resume"),
+        ("fold_0/result.json", garbage, "not a fold result"),
+    ]
+    for i, (name, damage, words) in enumerate(damages):
+        out = tmp_path / f"run{i}"
+        shutil.copytree(done, out)
+        damage(out / name)
+        capsys.readouterr()
+        only = "1" if name.endswith("result.json") else "0"  # fold 0 then read as finished
+        assert run_cli([*args, "--out", str(out), "--only-folds", only]) == 2, name
+        _one_error(capsys, str(out / name), words)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm.fraction.estimators import METHODS as FRACTION_METHODS
-from wsi_atm.models.sources import is_hub_id
+from wsi_atm.models.sources import is_hub_id, is_valid_hub_id
 
 MODES = ("end-to-end", "linear-probe", "lora")
 EMBEDDING_METHODS = ("cls", "cls+mean")
@@ -237,6 +237,15 @@ def _check_fraction(raw: dict[str, Any]) -> None:
                          f"fraction.q_atypical = {f['q_atypical']!r}")
 
 
+def _check_hub_id(value: Any) -> None:
+    """A hub architecture must name a Hub repository: ``..``, spaces or a third part were
+    internal errors of the Hub's client when the model was built, far from the card."""
+    if isinstance(value, str) and is_hub_id(value) and not is_valid_hub_id(value):
+        raise ValueError(f"architecture.name = {value!r} is not a hub id "
+                         "hf-hub:ORG/NAME[@REVISION] (ORG and NAME of letters, digits, '_', '-' "
+                         "and '.')")
+
+
 def _check_source(value: Any) -> None:
     """Where pretrained weights come from; anything else was silently read as ImageNet."""
     if value is None or value in ("none", "imagenet") or (isinstance(value, str) and (
@@ -277,6 +286,7 @@ def validate(raw: dict[str, Any]) -> None:
         if value is not None and value not in allowed:
             raise ValueError(f"{dotted} = {value!r} is not one of {', '.join(allowed)}")
     _check_source(_get(raw, "architecture.pretrained"))
+    _check_hub_id(_get(raw, "architecture.name"))
     for dotted in (*UNIT_INTERVAL, *NON_NEGATIVE):
         value = _get(raw, dotted)
         if value is None:

@@ -8,6 +8,7 @@ resume key asks).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
@@ -15,6 +16,18 @@ HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 def is_hub_id(name: str) -> bool:
     return name.startswith(HUB_PREFIXES)
+
+
+# ORG and NAME as the Hub allows them (huggingface_hub's validate_repo_id): letters, digits,
+# '_', '-' and '.', neither '-' nor '.' first or last, no '--' or '..', at most 96 characters
+_HUB_NAME = re.compile(r"\w(?:[\w.-]{0,94}\w)?", re.ASCII)
+
+
+def is_valid_hub_id(name: str) -> bool:
+    """``hf-hub:[ORG/]NAME[@REVISION]`` with an ORG/NAME the Hub accepts (no path in it)."""
+    parts = split_hub_id(name)[0].split("/")
+    return is_hub_id(name) and len(parts) <= 2 and all(
+        _HUB_NAME.fullmatch(p) and "--" not in p and ".." not in p for p in parts)
 
 
 def split_hub_id(name: str) -> tuple[str, str]:

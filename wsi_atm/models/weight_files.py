@@ -5,6 +5,8 @@ Nothing here ever unpickles arbitrary objects: a checkpoint that needs it is ref
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,9 +53,15 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol note: refused below anyway
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError):
+            # Regression: torch's own words advised loading it with weights_only=False, i.e.
+            # running whatever the file holds
+            first = "it holds objects other than tensors"
         raise ModelError(
             f"{path}: refused to load (only plain tensor checkpoints are accepted, "
             f"never arbitrary pickled objects): {first}"
@@ -66,9 +74,28 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _unfit_values(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """Why a tensor cannot stand for the net's floating-point one (a damaged or foreign file),
+    or None: integers, booleans or complex numbers, or NaN/infinite values where the net has
+    none (a mask buffer may hold -inf)."""
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is None or not mine.is_floating_point():
+            continue
+        if not value.is_floating_point():
+            return f"{key} holds {str(value.dtype).removeprefix('torch.')} values, not floats"
+        finite = torch.isfinite(value.to(mine.dtype)).all()  # float8 has no isfinite
+        if not bool(finite) and bool(torch.isfinite(mine).all()):
+            return f"{key} holds NaN or infinite values"
+    return None
+
+
 def load_into(net: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
     """Load a state dict, cast to the net's dtypes, with a one-line error on mismatch."""
     own = net.state_dict()
+    unfit = _unfit_values(state, own)
+    if unfit:
+        raise ModelError(f"weights do not fit the model: {unfit}")
     cast = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
     try:
         net.load_state_dict(cast, strict=strict)

@@ -15,7 +15,13 @@ from wsi_atm.models.preprocess import BatchTransform
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
-from wsi_atm.train.protocol import FoldData, FoldTrainer, uses_pretrained
+from wsi_atm.train.protocol import (
+    FoldData,
+    FoldTrainer,
+    load_resume_file,
+    unusable_resume_file,
+    uses_pretrained,
+)
 from wsi_atm.train.results import FoldResult
 
 
@@ -50,6 +56,14 @@ def compute_features(
     return torch.cat(out)
 
 
+def _cached_features(cache: Path, n: int) -> torch.Tensor:
+    """The features an earlier run of this folder cached: a (crops, dim) tensor, else refused."""
+    features = load_resume_file(cache)
+    if not isinstance(features, torch.Tensor) or features.ndim != 2 or len(features) != n:
+        raise unusable_resume_file(cache, f"not the features of {n} crops")
+    return features
+
+
 def train_probe_folds(
     card: ModelCard, data: CropDataset, plans: list[FoldData], cfg: TrainConfig, out: Path,
     quiet: bool,
@@ -63,7 +77,7 @@ def train_probe_folds(
     probe = build_net(card, "linear-probe", pretrained=pretrained)
     assert isinstance(probe, LinearProbe)  # build_net's linear-probe mode
     if cache.is_file():
-        features = torch.load(cache, map_location="cpu", weights_only=True)
+        features = _cached_features(cache, len(data))
     else:
         pre = card.preprocess_for("linear-probe")
         features = compute_features(probe, data, BatchTransform(pre, False), quiet=quiet)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,26 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> Any:
     return None
 
 
+def unusable_resume_file(path: Path, exc: BaseException | str) -> OptionError:
+    """A damaged or foreign resume file of a run folder: one line, never torch's advice to
+    unpickle it (``weights_only=False``)."""
+    first = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if isinstance(exc, pickle.UnpicklingError):
+        first = "not a plain tensor checkpoint; other pickled objects are never loaded"
+    return OptionError(f"{path}: cannot resume from it (damaged, or not written by "
+                       f"`wsi-atm train`: {first}); remove it to compute it again")
+
+
+def load_resume_file(path: Path) -> Any:
+    """A run folder's ``torch.save`` file (tensors only), or a one-line OptionError."""
+    try:
+        with warnings.catch_warnings():  # e.g. a foreign pickle protocol: refused below anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError (refused objects), RuntimeError, EOFError...
+        raise unusable_resume_file(path, exc) from None
+
+
 class FoldTrainer:
     """Trains one fold, epoch by epoch, checkpointing after each so a killed run resumes."""
 
@@ -211,15 +233,18 @@ class FoldTrainer:
         path = self.dir / "state.pt"
         if not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        if self.sched:
-            self.sched.load_state_dict(state["sched"])
-        if self.ema:
-            self.ema.net.load_state_dict(state["ema"])
-        self.epoch, self.best = int(state["epoch"]), float(state["best"])
-        self.best_epoch, self.bad = int(state["best_epoch"]), int(state["bad"])
+        state = load_resume_file(path)
+        try:
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+            if self.sched:
+                self.sched.load_state_dict(state["sched"])
+            if self.ema:
+                self.ema.net.load_state_dict(state["ema"])
+            self.epoch, self.best = int(state["epoch"]), float(state["best"])
+            self.best_epoch, self.bad = int(state["best_epoch"]), int(state["bad"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise unusable_resume_file(path, exc) from None
         return True
 
     # --- training ----------------------------------------------------------------------------

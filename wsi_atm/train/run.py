@@ -65,7 +65,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, key: dict[str, str]) -> TrainCo
             raise OptionError(
                 f"{out} holds a run with a different configuration; resume it with the same "
                 "options or choose another --out")
-        old = json.loads(saved_key.read_text()) if saved_key.is_file() else None
+        old = _saved_key(saved_key) if saved_key.is_file() else None
         if old is not None and old != key:  # no key: a run begun before keys were kept
             changed = " and ".join(k for k in ("data", "card", "groups")
                                    if old.get(k) != key.get(k))
@@ -77,6 +77,17 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, key: dict[str, str]) -> TrainCo
     atomic_write_text(saved_key, json.dumps(key, indent=1))
     atomic_write_text(saved, cfg.to_json())
     return cfg
+
+
+def _saved_key(path: Path) -> dict[str, Any]:
+    """The run key a resumed run folder holds; a damaged one is refused, not an internal error."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"{path}: unreadable ({exc}); choose another --out") from None
+    if not isinstance(old, dict):
+        raise OptionError(f"{path}: not a run key (a JSON object); choose another --out")
+    return old
 
 
 def chosen_plans(plans: list[FoldData], cfg: TrainConfig) -> list[FoldData]:
@@ -158,7 +169,12 @@ def with_finished_folds(out: Path, plans: list[FoldData],
     for p in plans:
         path = out / f"fold_{p.fold}" / "result.json"
         if p.fold not in done and path.is_file():
-            done[p.fold] = FoldResult.read(path)
+            try:
+                done[p.fold] = FoldResult.read(path)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise OptionError(f"{path} is unreadable or not a fold result "
+                                  f"({type(exc).__name__}: {exc}); remove {path.parent} to "
+                                  "train that fold again") from None
     return [done[k] for k in sorted(done)]
 
 

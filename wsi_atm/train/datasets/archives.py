@@ -23,6 +23,8 @@ class Archive(Protocol):
 
     def read(self, name: str) -> bytes: ...
 
+    def size(self, name: str) -> int: ...  # bytes once read (a zip's declared size bounds it)
+
     def close(self) -> None: ...
 
 
@@ -37,6 +39,9 @@ class ZipArchive:
     def read(self, name: str) -> bytes:
         return self._zip.read(name)
 
+    def size(self, name: str) -> int:
+        return self._zip.getinfo(name).file_size
+
     def close(self) -> None:
         self._zip.close()
 
@@ -50,6 +55,9 @@ class TarArchive:
     def read(self, name: str) -> bytes:
         fh = self._tar.extractfile(self._members[name])
         return fh.read() if fh is not None else b""
+
+    def size(self, name: str) -> int:
+        return self._members[name].size
 
     def close(self) -> None:
         self._tar.close()
@@ -66,6 +74,9 @@ class DirArchive:
     def read(self, name: str) -> bytes:
         return (self._root / name).read_bytes()
 
+    def size(self, name: str) -> int:
+        return (self._root / name).stat().st_size
+
     def close(self) -> None:
         pass
 
@@ -78,7 +89,7 @@ class NestedArchive:
         self._inner: dict[str, tuple[zipfile.ZipFile, str]] = {}
         for member in nested:
             try:
-                z = zipfile.ZipFile(io.BytesIO(read_member(outer, member)))
+                z = zipfile.ZipFile(io.BytesIO(read_member(outer, member, MAX_ZIP_BYTES)))
             except (zipfile.BadZipFile, OSError):
                 raise BadInputError(f"archive member {member}: not a readable zip") from None
             base = str(PurePosixPath(member).with_suffix(""))
@@ -92,6 +103,12 @@ class NestedArchive:
             z, inner = self._inner[name]
             return z.read(inner)
         return self._outer.read(name)
+
+    def size(self, name: str) -> int:
+        if name in self._inner:
+            z, inner = self._inner[name]
+            return z.getinfo(inner).file_size
+        return self._outer.size(name)
 
     def close(self) -> None:
         self._outer.close()
@@ -118,8 +135,19 @@ def open_archive(path: Path, source: str = "") -> Archive:
         raise BadInputError(f"{source or path}: not a readable zip or tar archive") from None
 
 
-def read_member(archive: Archive, name: str) -> bytes:
+# Members are read whole into memory: a zip bomb (a few MB declaring many GB) is refused before
+# it is unpacked. Crops are 128-px PNGs and CSV files of a few thousand rows (kB each); only a
+# dataset's own zip inside the archive is large (hundreds of MB).
+MAX_FILE_BYTES = 64 << 20
+MAX_ZIP_BYTES = 4 << 30
+
+
+def read_member(archive: Archive, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
     try:
+        size = archive.size(name)
+        if size > limit:
+            raise BadInputError(f"archive member {name}: {size:,} bytes, more than such a file "
+                                f"can hold ({limit:,}): a damaged or malicious archive")
         return archive.read(name)
     except _READ_ERRORS as exc:
         raise BadInputError(f"archive member {name}: cannot be read ({exc})") from None
