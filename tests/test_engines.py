@@ -240,6 +240,23 @@ def test_only_a_trustworthy_record_skips_pytorch(real_crops: np.ndarray, cache: 
         record_path(graph).write_text(junk)
         assert onnx_only(card, **args) is None, junk
     write_record(graph, good)
+    assert onnx_only(card, **args) is not None
+    # Regression: a graph and record another user could have written (a shared cache) were
+    # trusted without torch; now such a graph is checked against PyTorch again
+    for path in (graph, record_path(graph)):
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o002)
+        assert onnx_only(card, **args) is None, path
+        path.chmod(mode)
+    if os.geteuid() == 0:  # root's files are trusted by all: give the graph another owner
+        os.chown(graph, 12345, -1)
+        assert onnx_only(card, **args) is None
+        os.chown(graph, 0, -1)
+    else:  # or be someone else
+        with monkeypatch.context() as other_user:
+            other_user.setattr("os.geteuid", lambda: os.getuid() + 1)
+            assert onnx_only(card, **args) is None
+    assert onnx_only(card, **args) is not None
     # --device auto is the CPU only where no NVIDIA driver can be present
     monkeypatch.setattr("wsi_atm.classifiers.cuda_possible", lambda: True)
     assert onnx_only(card, **{**args, "device": "auto"}) is None

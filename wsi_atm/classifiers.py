@@ -27,6 +27,8 @@ from wsi_atm.engines import (
     network_key,
     onnx_folds,
     read_record,
+    record_path,
+    written_by_this_user,
 )
 from wsi_atm.errors import OptionError
 from wsi_atm.faults import inject
@@ -109,6 +111,9 @@ def onnx_only(card: ModelCard, device: str, batch_size: int | None, tta: bool, c
     graphs = [graph_path(w.sha256, key) for w in weights]
     records = [read_record(g) if g.is_file() else None for g in graphs]
     if not all(r is not None and r.trusted(tta) for r in records):
+        return None
+    # Regression: a graph and record another user wrote (a shared cache folder) were trusted
+    if not all(written_by_this_user(p) for g in graphs for p in (g, record_path(g))):
         return None
     for graph, record in zip(graphs, records, strict=True):
         if record is not None and file_sha256(graph) != record.graph_sha256:

@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -173,6 +174,22 @@ def read_record(graph: Path) -> GraphRecord | None:
         return record if probes_ok and isinstance(record.onnxruntime, str) else None
     except (OSError, ValueError, TypeError):
         return None
+
+
+def written_by_this_user(path: Path) -> bool:
+    """Whether only this user (or root) can have written ``path``: owned by them and not
+    writable by all. A graph trusted without torch decides every call, so one planted in a
+    cache others can write to (``$WSI_ATM_CACHE`` on a shared folder) is checked against
+    PyTorch again instead. Group-writable files pass: most systems give each user a group of
+    their own."""
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:  # not POSIX: no owners to compare
+        return True
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return info.st_uid in (geteuid(), 0) and not info.st_mode & stat.S_IWOTH
 
 
 def write_record(graph: Path, record: GraphRecord) -> bool:
