@@ -294,3 +294,29 @@ def test_an_image_name_matches_in_either_unicode_normal_form(tmp_path: Path) -> 
     from wsi_atm.batch.plan import share_detections  # a batch finds the slide's entry too
 
     assert [job.detections for job in share_detections([tmp_path / nfd], table)] == [table]
+
+
+def test_a_region_polygon_in_a_qupath_export_is_not_a_candidate(tmp_path: Path) -> None:
+    # Regression: QuPath's export of all annotations holds the tissue outline beside the
+    # mitoses; its centroid became a candidate (classified, counted, in the fraction)
+    def polygon(x0: float, y0: float, side: float) -> dict[str, object]:
+        ring = [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
+        return {"type": "Polygon", "coordinates": [ring]}
+
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": polygon(0, 0, 9_000),  # the tissue outline
+         "properties": {"objectType": "annotation", "classification": {"name": "Tissue"}}},
+        {"type": "Feature", "geometry": {"type": "MultiPoint",
+                                         "coordinates": [[100, 200], [300, 400]]},
+         "properties": {"objectType": "annotation"}},
+        {"type": "Feature", "geometry": polygon(1_000, 1_000, 60),  # a segmented nucleus
+         "properties": {"objectType": "detection"}},
+        {"type": "Feature", "geometry": polygon(5_000, 5_000, 999),  # still under the cut
+         "properties": {"objectType": "detection"}},
+    ]}
+    cands = read_detections(write(tmp_path / "all.geojson", doc), FRAME,
+                            CandidateOptions(merge_radius_um=0))
+    assert (cands.x.tolist(), cands.y.tolist()) == ([100.0, 300.0, 1_030.0, 5_499.5],
+                                                     [200.0, 400.0, 1_030.0, 5_499.5])
+    assert any("skipped 1 polygon(s) of more than 1,000,000 px²" in w
+               for w in cands.report.warnings)

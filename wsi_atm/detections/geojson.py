@@ -15,6 +15,11 @@ from wsi_atm.errors import DetectionsError
 HOTSPOT_CLASS = "Mitotic hotspot"
 SCORE_KEYS = ("score", "probability", "detector_score", "confidence", "prob")
 _AREAS = ("Polygon", "MultiPolygon")
+# A polygon larger than this (px²) is a region, not a mitosis: 100 × 100 µm even at 0.1 µm/px,
+# where a mitotic figure spans ~10–30 µm. QuPath's export of all annotations holds the tissue
+# outline beside the mitoses (regression: its centroid became a candidate).
+REGION_AREA_PX = 1_000_000
+REGION = "region polygon"  # how such a polygon is counted among the skipped features
 
 
 def features_of(doc: Any, name: str) -> list[Any]:
@@ -72,7 +77,10 @@ def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, fl
         if kind == "MultiPoint":
             return [(float(c[0]), float(c[1])) for c in coords]
         if kind in _AREAS:
-            centroid = shape(geom).centroid
+            area = shape(geom)
+            if area.area > REGION_AREA_PX:
+                return []
+            centroid = area.centroid
             # to a millionth of a pixel: GEOS's centroid of a circle centred on a half pixel
             # (wsi-atm's own --shape circle output) comes back a hair below it, and the crop
             # would move by a whole pixel when rounded
@@ -98,7 +106,8 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
             continue
         points = _points(geom, where, name) if isinstance(geom, dict) else None
         if not points:
-            kind = str(geom.get("type")) if isinstance(geom, dict) else "no geometry"
+            kind = (REGION if points == [] else str(geom.get("type")) if isinstance(geom, dict)
+                    else "no geometry")
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
         meta = props.get("metadata")
@@ -115,6 +124,10 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
             labels.append(_label(props))
             where_of.append(where if fid is None else f"{where} (id {fid})")
     warnings = []
+    regions = skipped.pop(REGION, 0)
+    if regions:
+        warnings.append(f"skipped {regions} polygon(s) of more than {REGION_AREA_PX:,} px² "
+                        "(regions such as a tissue outline, larger than any mitosis)")
     if skipped:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
         warnings.append(f"skipped features without a point or polygon geometry: {kinds}")
@@ -126,7 +139,7 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
         labels,
         [is_imposter_name(label) for label in labels],
         qupath_frame=True,
-        skipped=sum(skipped.values()),
+        skipped=sum(skipped.values()) + regions,
         warnings=warnings,
         row_label=lambda i: where_of[i],
     )
