@@ -320,3 +320,13 @@ def test_a_region_polygon_in_a_qupath_export_is_not_a_candidate(tmp_path: Path) 
                                                      [200.0, 400.0, 1_030.0, 5_499.5])
     assert any("skipped 1 polygon(s) of more than 1,000,000 px²" in w
                for w in cands.report.warnings)
+
+
+def test_excels_sep_line_is_read_as_the_delimiter_hint(tmp_path: Path) -> None:
+    # Regression: "sep=;" (Excel's delimiter hint) as the first line: refused, no x/y header
+    path = write(tmp_path / "excel.csv", "sep=;\r\nx;y;score\r\n10;20;0.5\r\n30;40;0.7\r\n")
+    cands = read_detections(path, FRAME, CandidateOptions(merge_radius_um=0))
+    assert (cands.x.tolist(), cands.y.tolist()) == ([10.0, 30.0], [20.0, 40.0])
+    bad = write(tmp_path / "bad.csv", "sep=;\nx;y\n10;twenty\n")
+    with pytest.raises(DetectionsError, match="line 3: y value 'twenty'"):  # the file's lines
+        read_detections(bad, FRAME)

@@ -65,8 +65,17 @@ def _first(names: list[str], aliases: tuple[str, ...]) -> int | None:
     return None
 
 
+_SEP_LINE = re.compile(r"\A\ufeff?sep=[\t,;|]\r?(?=\n|\r|\Z)")
+
+
+def _without_sep_line(text: str) -> str:
+    """The table without Excel's ``sep=;`` first line (its delimiter hint), blanked so line
+    numbers stay the file's. Regression: such files were refused as having no x/y header."""
+    return _SEP_LINE.sub("", text, count=1)
+
+
 def _header(text: str) -> str | None:
-    for line in text.splitlines():
+    for line in _without_sep_line(text).splitlines():
         if line.strip():
             return line
     return None
@@ -165,6 +174,7 @@ def _records(text: str, delimiter: str, name: str) -> Iterator[tuple[int, list[s
     (Excel for Mac's "CSV (Macintosh)") and a cell over csv's field limit were internal
     errors (csv.Error), exit 1."""
     # newline="": csv sees the line endings itself, CR alone among them
+    text = _without_sep_line(text)
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
     start = 1  # the line the row being read starts on
     open_at_end: bool | None = None  # worked out once a row runs over several lines
