@@ -23,7 +23,7 @@ from tests.batch_helpers import (
     write_candidates,
 )
 from tests.cli_helpers import run_cli
-from wsi_atm.batch import Job, plan_jobs, resume, run
+from wsi_atm.batch import Job, plan, plan_jobs, resume, run
 from wsi_atm.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ def test_an_out_dir_that_cannot_be_locked_is_written_with_a_warning(tmp_path, mo
         pass
 
 
-def test_slides_whose_names_differ_only_in_case_clash(tmp_path):
+def test_slides_whose_names_differ_only_in_case_clash(tmp_path, monkeypatch):
     # Regression: Case.svs and case.svs (or "ä" composed and decomposed) were planned as two
     # slides with their own outputs; on a file system that ignores case (macOS, Windows and
     # SMB/exFAT shares) one's outputs replaced the other's
@@ -326,9 +326,34 @@ def test_slides_whose_names_differ_only_in_case_clash(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide,detections\nslides/Case.tif,slides/Case.csv\n"
                         "slides/x/case.tif,slides/x/case.csv\n")
+    monkeypatch.setattr("wsi_atm.batch.plan.names_fold", lambda out_dir: True)
     with pytest.raises(BadInputError, match="1 output clash") as err:
         plan_jobs(None, manifest, None, None, out_dir=tmp_path / "out")
     assert "both write case.* on a file system that ignores case" in str(err.value)
+
+
+def test_slides_differing_in_case_are_planned_where_the_out_dir_tells_them_apart(tmp_path):
+    # Regression: Case.tif and case.tif were refused as an output clash on every file system,
+    # although on Linux's (ext4, XFS, Lustre) each writes its own files; the same name twice
+    # still clashes there
+    d = tmp_path / "slides"
+    (d / "x").mkdir(parents=True)
+    (d / "y").mkdir()
+    for name in ("Case.tif", "x/case.tif", "y/case.tif"):
+        (d / name).write_bytes(b"II*\x00")
+        write_candidates(d / name.replace(".tif", ".csv"), 2)
+    out = tmp_path / "out"
+    if plan.names_fold(out):
+        pytest.skip("this file system ignores case")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,detections\nslides/Case.tif,slides/Case.csv\n"
+                        "slides/x/case.tif,slides/x/case.csv\n")
+    assert len(plan_jobs(None, manifest, None, None, out_dir=out)) == 2
+    manifest.write_text(manifest.read_text() + "slides/y/case.tif,slides/y/case.csv\n")
+    with pytest.raises(BadInputError, match="1 output clash") as err:
+        plan_jobs(None, manifest, None, None, out_dir=out)
+    assert "x/case.tif and " in str(err.value) and "ignores case" not in str(err.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".wsi-atm-case")]
 
 
 def test_one_batch_per_out_dir_and_leftovers_are_cleared(tmp_path):

@@ -274,6 +274,25 @@ def test_a_quote_left_open_is_refused_not_swallowing_the_rows_after_it(tmp_path:
     assert (cands.x.tolist(), cands.y.tolist()) == ([1.0, 30.0], [2.0, 40.0])
 
 
+def test_the_open_quote_is_found_in_the_row_that_swallowed_the_rest(tmp_path: Path) -> None:
+    # Regression: once any row ran over several lines, the first such row was blamed: a
+    # legitimate two-line cell was named as the open quote, and a quote left open on the last
+    # line (which swallows nothing) refused the whole file
+    multi = 'x,y,label\n1,2,"two\nlines"\n'
+    swallowing = write(tmp_path / "late.csv", multi + '3,4,"abc\n5,6,d\n7,8,e\n')
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(swallowing, FRAME)
+    assert "line 4: a quote opened in this row is never closed" in one_line_error(excinfo)
+    # a closing quote followed by a space earlier (an error only for a strict reader) hid it
+    spaced = write(tmp_path / "spaced.csv", 'x,y,label\n1,2,"a" \n3,4,"abc\n5,6,d\n')
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(spaced, FRAME)
+    assert "line 3: a quote opened in this row is never closed" in one_line_error(excinfo)
+    harmless = write(tmp_path / "last.csv", multi + '3,4,"abc\n')
+    cands = read_detections(harmless, FRAME, CandidateOptions(merge_radius_um=0))
+    assert cands.x.tolist() == [1.0, 3.0]
+
+
 def test_an_image_name_matches_in_either_unicode_normal_form(tmp_path: Path) -> None:
     # Regression: a slide copied from a Mac (its name stored decomposed, NFD: "a" + U+0308)
     # found no entry among images named as typed (NFC "ä"): "no entry for slide
@@ -320,6 +339,21 @@ def test_a_region_polygon_in_a_qupath_export_is_not_a_candidate(tmp_path: Path) 
                                                      [200.0, 400.0, 1_030.0, 5_499.5])
     assert any("skipped 1 polygon(s) of more than 1,000,000 px²" in w
                for w in cands.report.warnings)
+
+
+def test_an_empty_multipoint_is_not_reported_as_a_region_polygon(tmp_path: Path) -> None:
+    # Regression: a points annotation with no points left ("MultiPoint", coordinates []) was
+    # counted as a polygon of more than 1,000,000 px², a tissue outline
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [100, 200]},
+         "properties": {"objectType": "annotation"}},
+        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": []},
+         "properties": {"objectType": "annotation"}},
+    ]}
+    cands = read_detections(write(tmp_path / "empty.geojson", doc), FRAME)
+    assert cands.x.tolist() == [100.0]
+    assert not any("px²" in w for w in cands.report.warnings), cands.report.warnings
+    assert any("1 MultiPoint" in w for w in cands.report.warnings), cands.report.warnings
 
 
 def test_excels_sep_line_is_read_as_the_delimiter_hint(tmp_path: Path) -> None:

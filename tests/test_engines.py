@@ -202,6 +202,25 @@ def test_a_checked_graph_runs_without_torch(real_crops: np.ndarray, cache: Path)
         <= MAX_DELTA_P
 
 
+def test_a_cache_written_under_umask_000_is_still_trusted(real_crops: np.ndarray,
+                                                         cache: Path) -> None:
+    # Regression: under a umask of 000 the graph and record were written writable by all, so
+    # the torch-free path never trusted wsi-atm's own cache again (every run imported torch)
+    card = find_card("wsi-atm-default")
+    old = os.umask(0)
+    try:
+        graph = _checked(card, real_crops)
+        record = read_record(graph)
+        assert record is not None
+        write_record(graph, record)
+    finally:
+        os.umask(old)
+    for path in (graph, record_path(graph)):
+        assert not path.stat().st_mode & 0o002, path
+    assert onnx_only(card, device="cpu", batch_size=None, tta=False, compile=False,
+                     engine="onnx", threads=2) is not None
+
+
 def test_auto_takes_the_graph_only_where_it_was_the_faster(real_crops: np.ndarray,
                                                            cache: Path) -> None:
     card = find_card("wsi-atm-default")

@@ -192,12 +192,22 @@ def written_by_this_user(path: Path) -> bool:
     return info.st_uid in (geteuid(), 0) and not info.st_mode & stat.S_IWOTH
 
 
+def not_writable_by_all(path: Path) -> None:
+    """Drop the write permission for all from a cache file this process wrote. Regression:
+    under a umask of 000 the graphs and records were written writable by all, so
+    :func:`written_by_this_user` never trusted them again and every run imported torch."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & stat.S_IWOTH:
+        path.chmod(mode & ~stat.S_IWOTH)
+
+
 def write_record(graph: Path, record: GraphRecord) -> bool:
     """Best effort: a cache that cannot be written (read-only, full) only means the check and
     the probe are repeated next run, never a failed run."""
     try:
         with atomic_path(record_path(graph)) as tmp:
             tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True))
+            not_writable_by_all(tmp)
     except OSError as exc:
         log.warning("cannot write %s (%s): the engine check is repeated next run",
                     record_path(graph), exc)

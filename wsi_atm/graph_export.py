@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wsi_atm.engines import OPSET
+from wsi_atm.engines import OPSET, not_writable_by_all
 from wsi_atm.errors import ModelError
 from wsi_atm.files import atomic_path
 from wsi_atm.models.preprocess import BatchTransform
@@ -57,3 +57,4 @@ def export_graph(transform: BatchTransform, net: nn.Module, crop_size: int, path
         if program is None:
             raise ModelError("torch.onnx.export returned no program")
         program.save(str(tmp), external_data=False)
+        not_writable_by_all(tmp)  # else never trusted without torch (written_by_this_user)

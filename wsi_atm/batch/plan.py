@@ -6,7 +6,10 @@ every problem; problems of one slide (ambiguous or missing detections) become it
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -255,10 +258,34 @@ def read_manifest(path: Path) -> list[Job]:
     return jobs
 
 
+def names_fold(out_dir: Path) -> bool:
+    """Whether the file system ``out_dir`` lies on (or will, the nearest existing folder above
+    it) takes names differing only in case or Unicode form for one (macOS, Windows and
+    SMB/exFAT shares), found by a probe file; True when it cannot be told."""
+    folder = next((p for p in (out_dir, *out_dir.absolute().parents) if p.is_dir()), None)
+    if folder is None:
+        return True
+    try:
+        fd, name = tempfile.mkstemp(prefix=".wsi-atm-case-\u00c9", dir=folder)
+    except OSError:
+        return True
+    os.close(fd)
+    probe = Path(name)
+    try:
+        twins = (probe.name.replace("\u00c9", "\u00e9"),  # lower case
+                 unicodedata.normalize("NFD", probe.name))  # decomposed
+        return any((folder / twin).exists() for twin in twins)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def check_outputs(jobs: list[Job], out_dir: Path) -> None:
     """Refuse plans where two slides write the same outputs or an output overwrites an input."""
     inputs = file_ids([p for j in jobs for p in (j.slide, j.detections) if p is not None])
-    owners: dict[str, Path] = {}
+    folds: bool | None = None  # probed once two stems differ only in case or Unicode form
+    owners: dict[str, Path] = {}  # by stem
+    folded: dict[str, Path] = {}  # by stem ignoring case and Unicode form
     clashes: dict[str, None] = {}  # ordered, without repeats
     for job in jobs:
         stem = PurePath(job.slide.name).stem
@@ -270,14 +297,19 @@ def check_outputs(jobs: list[Job], out_dir: Path) -> None:
                     "would overwrite: rename the slide"] = None
         # ignoring case and Unicode form: on macOS, Windows and SMB/exFAT shares Case.svs and
         # case.svs write the same files (regression: one slide's outputs replaced the other's)
+        # Only there: on a file system that tells them apart (ext4, XFS, Lustre...) each
+        # writes its own files (regression: such a batch was refused on Linux too)
         key = unicodedata.normalize("NFC", stem).casefold()
-        if key in owners:
-            first = owners[key]
-            same = PurePath(first.name).stem == stem
-            clashes[f"{first} and {job.slide} both write {stem}.*" + (
-                "" if same else " on a file system that ignores case (macOS, Windows shares): "
-                                "rename one")] = None
-        owners.setdefault(key, job.slide)
+        if stem in owners:
+            clashes[f"{owners[stem]} and {job.slide} both write {stem}.*"] = None
+        elif key in folded:
+            if folds is None:
+                folds = names_fold(out_dir)
+            if folds:
+                clashes[f"{folded[key]} and {job.slide} both write {stem}.* on a file system "
+                        "that ignores case (macOS, Windows shares): rename one"] = None
+        owners.setdefault(stem, job.slide)
+        folded.setdefault(key, job.slide)
         clashes |= dict.fromkeys(output_problems(job.slide.name, out_dir, inputs))
     if clashes:
         raise BadInputError(f"{len(clashes)} output clash(es), nothing was started:\n  "

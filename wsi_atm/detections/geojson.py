@@ -106,8 +106,11 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
             continue
         points = _points(geom, where, name) if isinstance(geom, dict) else None
         if not points:
-            kind = (REGION if points == [] else str(geom.get("type")) if isinstance(geom, dict)
-                    else "no geometry")
+            # [] from a polygon: a region; from a MultiPoint, no points (regression: an
+            # empty MultiPoint was reported as a polygon of more than 1,000,000 px²)
+            kind = ("no geometry" if not isinstance(geom, dict) else
+                    REGION if points == [] and geom.get("type") in _AREAS else
+                    str(geom.get("type")))
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
         meta = props.get("metadata")

@@ -174,30 +174,38 @@ def _records(text: str, delimiter: str, name: str) -> Iterator[tuple[int, list[s
     (Excel for Mac's "CSV (Macintosh)") and a cell over csv's field limit were internal
     errors (csv.Error), exit 1."""
     # newline="": csv sees the line endings itself, CR alone among them
-    text = _without_sep_line(text)
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
+    text = _without_sep_line(text).lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     start = 1  # the line the row being read starts on
-    open_at_end: bool | None = None  # worked out once a row runs over several lines
+    # The row read last, yielded once another follows: a quote left open swallows the rest of
+    # the file, so only the last row can have swallowed rows (regression: a legitimate
+    # multi-line cell earlier was blamed, and a harmless open quote on the last line refused)
+    held: tuple[int, int, list[str]] | None = None
     try:
         for row in reader:
-            if reader.line_num > start and open_at_end is None:
-                open_at_end = _open_at_end(text, delimiter)
-            if reader.line_num > start and open_at_end:
-                raise DetectionsError(
-                    f"{name}: line {start}: a quote opened in this row is never closed, so "
-                    "the rest of the file would be read as one cell")
-            yield reader.line_num, row
+            if held is not None:
+                yield held[1], held[2]
+            held = (start, reader.line_num, row)
             start = reader.line_num + 1
     except csv.Error as exc:
         raise DetectionsError(f"{name}: line {reader.line_num}: unreadable table: "
                               f"{one_line(exc)}") from None
+    if held is None:
+        return
+    first, last, row = held
+    if last > first and _open_at_end(text, delimiter, first):
+        raise DetectionsError(
+            f"{name}: line {first}: a quote opened in this row is never closed, so "
+            "the rest of the file would be read as one cell")
+    yield last, row
 
 
-def _open_at_end(text: str, delimiter: str) -> bool:
-    """Whether the table ends inside a quoted cell. Regression: the rows after a quote left
-    open were read as that cell's text, and so silently dropped."""
-    strict = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter,
-                        strict=True)
+def _open_at_end(text: str, delimiter: str, first: int) -> bool:
+    """Whether the table, read from line ``first`` on, ends inside a quoted cell. Regression:
+    the rows after a quote left open were read as that cell's text, and so silently
+    dropped."""
+    lines = io.StringIO(text, newline="").readlines()[first - 1:]
+    strict = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         for _ in strict:
             pass
