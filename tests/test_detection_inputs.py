@@ -255,11 +255,13 @@ def test_qupath_derived_classes_keep_their_label(tmp_path: Path) -> None:
          "properties": {"objectType": "annotation", "classification": derived}},
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [900, 20]},
          "properties": {"classification": {"names": ["Imposter"], "color": [0, 0, 255]}}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1900, 20]},
+         "properties": {"classification": {"names": ["Hard negative", "Positive"]}}},
     ]}
     path = write(tmp_path / "derived.geojson", doc)
     cands = read_detections(path, FRAME)
     assert cands.label.tolist() == ["Mitotic figure: Atypical"]
-    assert cands.report.excluded_imposters == 1
+    assert cands.report.excluded_imposters == 2  # a derived class of an imposter is one too
 
 
 def test_a_quote_left_open_is_refused_not_swallowing_the_rows_after_it(tmp_path: Path) -> None:

@@ -115,8 +115,11 @@ IMPOSTER_NAMES = frozenset({
 
 
 def is_imposter_name(label: str) -> bool:
-    words = label.strip().lower().replace("_", " ").replace("-", " ").split()
-    return " ".join(words) in IMPOSTER_NAMES
+    """Whether a label names an imposter; a QuPath derived class ("Imposter: Positive", as
+    wsi-atm joins its names) is one when any of its parts is (regression: such a label was
+    kept as a mitosis)."""
+    return any(" ".join(part.strip().lower().replace("_", " ").replace("-", " ").split())
+               in IMPOSTER_NAMES for part in label.split(": "))
 
 
 @dataclass(frozen=True)
