@@ -151,3 +151,14 @@ def test_results_read_evaluate_json_with_a_group_of_one_class(tmp_path: Path) ->
     table = results_table([path])
     assert "0.8000±0.0000 / 0.9000±0.0000" in table
     assert "0.8000 / 0.9000" in table and "n/a / n/a" in table
+
+
+def test_results_keep_runs_in_folders_of_one_name(tmp_path: Path) -> None:
+    # Regression: exp1/run and exp2/run of one card were both labelled "[run]" and the last
+    # silently replaced the other in the table
+    text = write_tiny_card(tmp_path / "c").read_text()
+    a = _run(tmp_path / "exp1" / "run", text, "kfold", 0.61)
+    b = _run(tmp_path / "exp2" / "run", text, "kfold", 0.72)
+    table = results_table([a, b])
+    assert "0.6100" in table and "0.7200" in table
+    assert f"[{a}]" in table and f"[{b}]" in table

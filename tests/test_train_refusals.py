@@ -128,3 +128,55 @@ def test_a_damaged_or_foreign_resume_file_is_refused_in_one_line(tmp_path, capsy
         only = "1" if name.endswith("result.json") else "0"  # fold 0 then read as finished
         assert run_cli([*args, "--out", str(out), "--only-folds", only]) == 2, name
         _one_error(capsys, str(out / name), words)
+
+
+@pytest.mark.parametrize("mode", ["lora", "linear-probe"])
+def test_a_mode_the_card_has_no_preprocessing_for_is_refused_before_writing(tmp_path, capsys,
+                                                                            mode):
+    # Regression: refused by the first fold after config.json was written, and the folder
+    # then refused the corrected command as a run with a different configuration
+    data, card = write_synthetic_crops(tmp_path / "data"), write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    "--mode", mode, *QUICK]) == 2
+    _one_error(capsys, f"no preprocessing for mode '{mode}'")
+    assert not out.exists()
+
+
+def test_more_threads_than_usable_cpus_are_cut_to_them(monkeypatch, caplog):
+    # Regression: --threads 100000 was accepted; OpenMP then killed the run ("libgomp: Out of
+    # memory", exit 1) after the run folder was written
+    import logging
+
+    import wsi_atm.train.run as run
+    from wsi_atm.train.config import TrainConfig
+
+    monkeypatch.setattr(run, "usable_cpus", lambda: 2)
+    with caplog.at_level(logging.WARNING):
+        assert run.fit_threads(TrainConfig(threads=100_000)).threads == 2
+    assert "--threads 100000: this process may use 2 CPUs; using 2" in caplog.text
+    for asked in (0, 1, 2):  # 0 = all of them
+        assert run.fit_threads(TrainConfig(threads=asked)).threads == asked
+
+
+def test_the_largest_seed_plans_inner_splits(tmp_path):
+    # Regression: --seed 4294967295 (the top of its range) with --selection inner was refused
+    # as "cannot split 26 crops, 6 slides into 5 folds: Seed must be between 0 and 2**32 - 1"
+    from wsi_atm.train.data import load_dataset
+    from wsi_atm.train.protocol import plan_folds
+
+    data = load_dataset(write_synthetic_crops(tmp_path / "data"), size=32)
+    plans = plan_folds(data, TrainConfig(seed=2**32 - 1, selection="inner"))
+    assert len(plans) == 5 and all(len(p.fit) and len(p.select) for p in plans)
+
+
+def test_a_batch_of_one_crop_that_batch_norm_cannot_train_is_refused_before_writing(
+        tmp_path, capsys):
+    # Regression: --batch-size 1 on 32-px crops (a 1×1 feature map) was an internal error
+    # (batch norm: "Expected more than 1 value per channel") after the run folder was written
+    data, card = write_synthetic_crops(tmp_path / "data"), write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    *QUICK, "--batch-size", "1"]) == 2
+    _one_error(capsys, "--batch-size 1", "--batch-size 2 or more")
+    assert not out.exists()

@@ -83,7 +83,10 @@ def plan_folds(data: CropDataset, cfg: TrainConfig) -> list[FoldData]:
             plans.append(FoldData(k, train, np.zeros(0, dtype=np.int64), val, name))
         elif cfg.selection == "inner":
             groups = None if data.groups is None else data.groups[train]
-            fit, sel = inner_split(data.labels[train], groups, cfg.inner_splits, cfg.seed + 1 + k)
+            # within numpy's seeds (0 to 2**32 - 1): --seed 4294967295 was refused as data
+            # that "cannot split"
+            inner_seed = (cfg.seed + 1 + k) % 2**32
+            fit, sel = inner_split(data.labels[train], groups, cfg.inner_splits, inner_seed)
             plans.append(FoldData(k, train[fit], train[sel], val, name))
         else:
             plans.append(FoldData(k, train, val, val, name))

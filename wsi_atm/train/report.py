@@ -85,7 +85,11 @@ def results_table(paths: list[Path]) -> str:
     # Regression: two runs of one card (its name) on one dataset shared a cell and the last
     # one silently replaced the other; such runs are told apart by their folder's name
     clash = {p for ps in sources.values() if len(ps) > 1 for p in ps}
-    entries = [(f"{m} [{p.name}]" if p in clash else m, d, c)
+    # ... by the path as given where clashing folders share a name (exp1/run, exp2/run: one
+    # label, and again the last silently replaced the other)
+    names = [p.name for p in clash]
+    label = {p: p.name if names.count(p.name) == 1 else str(p) for p in clash}
+    entries = [(f"{m} [{label[p]}]" if p in clash else m, d, c)
                for p, found in loaded for m, d, c in found]
     models = list(dict.fromkeys(m for m, _, _ in entries))
     datasets = list(dict.fromkeys(d for _, d, _ in entries))

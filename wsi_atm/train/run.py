@@ -124,6 +124,10 @@ def train_run(
     card: ModelCard, data_dir: Path, out: Path, cfg: TrainConfig, quiet: bool = False
 ) -> RunSummary:
     # Everything that can refuse the request does so before the run folder is written.
+    card.preprocess_for(cfg.mode)  # Regression: a mode the card has no preprocessing for
+    # was refused only by the first fold, after the run folder (which then refused the
+    # corrected command as "a different configuration") was written
+    cfg = fit_threads(cfg)
     check_input_size(card, cfg)
     if uses_pretrained(card, cfg) and is_package_source(card.pretrained):
         package_file(card.pretrained)  # no [train] extra: refused before the run folder
@@ -136,6 +140,7 @@ def train_run(
                           f"{data.votes_problem}" if data.votes_problem else
                           f"--soft-labels needs the experts' votes: columns "
                           f"{', '.join(EXPERT_VOTES)} in {where}")
+    check_batch_size(card, data, cfg)
     plans = plan_folds(data, cfg)
     chosen = chosen_plans(plans, cfg)
     cfg = prepare_run_dir(out, cfg, run_key(card, data, cfg))
@@ -176,6 +181,37 @@ def with_finished_folds(out: Path, plans: list[FoldData],
                                   f"({type(exc).__name__}: {exc}); remove {path.parent} to "
                                   "train that fold again") from None
     return [done[k] for k in sorted(done)]
+
+
+def fit_threads(cfg: TrainConfig) -> TrainConfig:
+    """``--threads`` cut to the CPUs this process may use, with a warning: more only
+    oversubscribe them, and --threads 100000 killed the run in OpenMP (exit 1, no message of
+    ours) after the run folder was written."""
+    cpus = usable_cpus()
+    if cfg.threads <= cpus:
+        return cfg
+    log.warning("--threads %d: this process may use %d CPUs; using %d", cfg.threads, cpus, cpus)
+    return replace(cfg, threads=cpus)
+
+
+def check_batch_size(card: ModelCard, data: CropDataset, cfg: TrainConfig) -> None:
+    """``--batch-size 1`` end to end: batch norm cannot train on one crop where the network's
+    feature map is 1×1 (crops of 32 px); that was an internal error in the first epoch, after
+    the run folder was written. One crop through the untrained network tells."""
+    if cfg.batch_size != 1 or cfg.mode != "end-to-end":
+        return
+    from wsi_atm.models.nets import build_net
+    from wsi_atm.models.preprocess import BatchTransform
+
+    net = build_net(card, cfg.mode, pretrained=False).train()
+    x = BatchTransform(card.preprocess_for(cfg.mode), False)(data.images[:1])
+    try:
+        with torch.no_grad():
+            net(x)
+    except ValueError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise OptionError(f"--batch-size 1: {card.name!r} cannot train on one crop at a time "
+                          f"at this crop size ({first}); use --batch-size 2 or more") from None
 
 
 def check_input_size(card: ModelCard, cfg: TrainConfig) -> None:
