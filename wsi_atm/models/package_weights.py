@@ -18,6 +18,7 @@ from torch import nn
 
 from wsi_atm.errors import ModelError
 from wsi_atm.files import sha256_file
+from wsi_atm.models.weight_files import load_tensors_only
 
 PREFIX = "package:"
 # Classifier tensors are replaced by the task's one-logit head; BN counters carry no weights.
@@ -81,7 +82,7 @@ def load_package_weights(net: nn.Module, source: str, sha256: str, head: str) ->
     if not sha256 or digest != sha256:
         raise ModelError(f"{path}: sha256 {digest} does not match the card's {sha256 or '(none)'}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors_only(path)
     except Exception as exc:  # weights_only refuses pickled objects: one line, no traceback
         raise ModelError(f"{path}: not a plain tensor state dict ({exc})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

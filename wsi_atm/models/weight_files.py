@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -51,11 +52,19 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return _load_pth(path)
 
 
+def load_tensors_only(path: Path) -> Any:
+    """``torch.load`` of a file of tensors (and plain containers of them) only: never any other
+    pickled object. torch's own warnings (a foreign pickle protocol) are silenced; its errors
+    propagate, for the caller to word without torch's advice to load with
+    ``weights_only=False``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with warnings.catch_warnings():  # torch's pickle-protocol note: refused below anyway
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors_only(path)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, pickle.UnpicklingError):

@@ -18,7 +18,6 @@ import json
 import logging
 import pickle
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,12 @@ from wsi_atm.models.adapters import save_lora
 from wsi_atm.models.card import ModelCard
 from wsi_atm.models.nets import build_net
 from wsi_atm.models.preprocess import BatchTransform
-from wsi_atm.models.weight_files import load_weights, save_safetensors, trainable_state
+from wsi_atm.models.weight_files import (
+    load_tensors_only,
+    load_weights,
+    save_safetensors,
+    trainable_state,
+)
 from wsi_atm.progress import progress_bar
 from wsi_atm.train.config import TrainConfig
 from wsi_atm.train.data import CropDataset
@@ -174,9 +178,7 @@ def unusable_resume_file(path: Path, exc: BaseException | str) -> OptionError:
 def load_resume_file(path: Path) -> Any:
     """A run folder's ``torch.save`` file (tensors only), or a one-line OptionError."""
     try:
-        with warnings.catch_warnings():  # e.g. a foreign pickle protocol: refused below anyway
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors_only(path)
     except Exception as exc:  # UnpicklingError (refused objects), RuntimeError, EOFError...
         raise unusable_resume_file(path, exc) from None
 
