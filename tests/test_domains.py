@@ -170,3 +170,10 @@ def test_a_groups_table_that_cannot_be_read_is_bad_input(tmp_path):
         crop_groups(data, "lab", table)
     table.write_text("\ufeffslide,lab\ns0.tiff,A\ns1.tiff,A\ns2.tiff,B\ns3.tiff,C\n")
     assert set(crop_groups(data, "lab", table).tolist()) == {"A", "B", "C"}
+    # the split CSV's reader: a filled cell past the header (a decimal comma, an unquoted
+    # comma in a name) shifted nothing silently but is refused, as in the split CSV
+    table.write_text("slide,lab\ns0.tiff,A\ns1.tiff,A,x\ns2.tiff,B\ns3.tiff,C\n")
+    with pytest.raises(BadInputError, match="line 3 has more cells than the header"):
+        crop_groups(data, "lab", table)
+    table.write_text("slide\tlab\ns0.tiff\tA\ns1.tiff\tA\ns2.tiff\tB\ns3.tiff\tC\n")
+    assert set(crop_groups(data, "lab", table).tolist()) == {"A", "B", "C"}

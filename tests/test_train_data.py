@@ -35,10 +35,10 @@ def test_a_split_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("damage", "words"), [
     (lambda t: t.replace("N0.png", "N\xe90.png").encode("latin-1"), "is not UTF-8 text"),
-    (lambda t: (t + "s0.tiff,Normal\n").encode(), "line 8 does not have"),
+    (lambda t: (t + "s0.tiff,Normal\n").encode(), "line 8 has fewer cells"),
     (lambda t: (t + '"s0.tiff,Normal,N0.png\ns1.tiff,Normal,N1.png\n').encode(),
-     "line 9 does not have"),
-    (lambda t: (t + "s0.tiff,Normal,N0.png,extra\n").encode(), "line 8 does not have"),
+     "line 9 has fewer cells"),
+    (lambda t: (t + "s0.tiff,Normal,N0.png,extra\n").encode(), "line 8 has more cells"),
     (lambda t: (t + f's0.tiff,Normal,"{"x" * 200_000}"\n').encode(), "unreadable table"),
 ], ids=["latin-1", "short-row", "open-quote", "extra-cell", "over-long-cell"])
 def test_a_damaged_split_csv_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],

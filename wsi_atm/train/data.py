@@ -155,7 +155,7 @@ def _csv_rows(root: Path) -> list[dict[str, str]] | None:
     path = root / AMIBR_CSV
     if not path.is_file():
         return None
-    rows = _read_rows(path)
+    rows = read_rows(path)
     missing = {"slide", "final_label", "dataset_uid"} - set(rows[0] if rows else {})
     if missing:
         raise BadInputError(f"{path}: missing columns {', '.join(sorted(missing))}")
@@ -186,27 +186,36 @@ def _check_rows(path: Path, rows: list[dict[str, str]]) -> None:
         seen.add((label, name))
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    """The split CSV's rows, each with exactly the header's cells. Regression: a BOM hid the
-    first column; text not in UTF-8, a row with a missing cell (or a quote left open) and a
-    cell over csv's field limit were internal errors (exit 1)."""
+def read_rows(path: Path, what: str = "", delimiter: str | None = ",") -> list[dict[str, str]]:
+    """A CSV's rows, each with exactly the header's cells; ``what`` names the table in
+    messages, ``delimiter`` None takes a tab if the header line has one, else a comma.
+    Regression: a BOM hid the first column; text not in UTF-8, a row with a missing or an
+    extra cell (or a quote left open) and a cell over csv's field limit were internal errors
+    (exit 1) or misread."""
+    name = f"{what} {path}" if what else str(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise BadInputError(f"cannot read {path}: {exc.strerror}") from None
+        raise BadInputError(f"cannot read {name}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise BadInputError(f"{path} is not UTF-8 text ({exc.reason} at byte "
+        raise BadInputError(f"{name} is not UTF-8 text ({exc.reason} at byte "
                             f"{exc.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if delimiter is None:
+        delimiter = "\t" if "\t" in text.partition("\n")[0] else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = []
     try:
         for row in reader:
             extra = row.pop(None, None)  # cells past the header
-            if None in row.values() or any(cell.strip() for cell in extra or ()):
-                raise BadInputError(f"{path}: line {reader.line_num} does not have the "
-                                    "header's number of cells")
+            if None in row.values():
+                raise BadInputError(f"{path}: line {reader.line_num} has fewer cells than "
+                                    "the header")
+            if any(cell.strip() for cell in extra or ()):
+                raise BadInputError(f"{path}: line {reader.line_num} has more cells than "
+                                    "the header")
             rows.append(row)
     except csv.Error as exc:
+        # the DictReader's own line_num is only updated after a row is read
         raise BadInputError(f"{path}: line {reader.reader.line_num}: unreadable table: "
                             f"{exc}") from None
     return rows

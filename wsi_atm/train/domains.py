@@ -8,15 +8,13 @@ the bundled ``amibr_domains.csv`` (derived from MIDOG++'s CC0 metadata by
 
 from __future__ import annotations
 
-import csv
-import io
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from wsi_atm.errors import BadInputError, OptionError
-from wsi_atm.train.data import CropDataset
+from wsi_atm.train.data import CropDataset, read_rows
 
 BUNDLED_TABLE = "amibr_domains.csv"
 
@@ -27,26 +25,7 @@ def bundled_table() -> Path:
 
 def read_group_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     """Columns and rows (keyed by ``slide``) of a CSV/TSV slide → group table."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInputError(f"cannot read groups table {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:  # Regression: was an internal error, exit 1
-        raise BadInputError(f"groups table {path} is not UTF-8 text ({exc.reason} at byte "
-                            f"{exc.start})") from None
-    delimiter = "\t" if "\t" in text.partition("\n")[0] else ","
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows = []
-    try:
-        for row in reader:
-            if None in row.values():  # Regression: a missing cell became the group None
-                raise BadInputError(f"{path}: line {reader.line_num} has fewer cells than "
-                                    "the header")
-            rows.append(row)
-    except csv.Error as exc:  # Regression: a cell over csv's field limit, exit 1
-        # the DictReader's own line_num is only updated after a row is read
-        raise BadInputError(f"{path}: line {reader.reader.line_num}: unreadable table: "
-                            f"{exc}") from None
+    rows = read_rows(path, "groups table", delimiter=None)
     columns = list(rows[0]) if rows else []
     if "slide" not in columns:
         raise BadInputError(f"{path}: a groups table needs a 'slide' column")
