@@ -195,6 +195,10 @@ eval = [{ op = "resize", size = 56, interpolation = "bicubic" }, { op = "center_
     assert len(diffs) == 1 and "bilinear" in diffs[0] and "bicubic" in diffs[0]
     assert run_cli(["models", "--check-preprocess", str(path)]) == 1
     assert "eval ops" in capsys.readouterr().out
+    # Regression: with --json the comparison was printed as text
+    assert run_cli(["models", "--json", "--check-preprocess", str(path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["matches"] is False and report["differences"] == diffs
 
 
 def test_check_preprocess_without_the_hub_config_says_so(hf_home, tmp_path, capsys):

@@ -54,11 +54,16 @@ def models(as_json: bool, check: str | None) -> None:
 
         card = find_card(check)
         diffs = preprocess_differences(card)
-        for line in diffs:
-            click.echo(f"{card.name}: {line}")
+        if as_json:  # Regression: --json printed the text lines
+            click.echo(json.dumps({"card": card.name, "matches": not diffs,
+                                   "differences": diffs}, indent=2))
+        else:
+            for line in diffs:
+                click.echo(f"{card.name}: {line}")
+            if not diffs:
+                click.echo(f"{card.name}: eval preprocessing matches the model's pretrained_cfg")
         if diffs:
             raise SystemExit(1)
-        click.echo(f"{card.name}: eval preprocessing matches the model's pretrained_cfg")
         return
 
     rows = describe_cards()
