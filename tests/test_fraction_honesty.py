@@ -112,3 +112,23 @@ def test_the_high_share_flag_holds_at_another_threshold() -> None:
     result.model = replace(result.model, card_rates={})
     est = corrected_estimate(result)
     assert est is not None and not est.warning  # what --threshold runs got before
+
+
+@pytest.mark.parametrize(("sens", "spec"), [(0.5, 0.5), (0.45, 0.4)])
+def test_a_card_no_better_than_chance_says_why_there_is_no_estimate(sens: float,
+                                                                   spec: float) -> None:
+    # Regression: the corrected estimate was null with no word; the summary's note blamed a
+    # changed threshold or TTA, neither of which the run used
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.summary import build_summary
+
+    rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.9 if i < 30 else 0.1, False)
+            for i in range(100)]
+    summary = build_summary(make_result(rows, sensitivity=sens, specificity=spec))
+    assert summary["atypical_fraction_corrected"] is None
+    assert any("no better than chance" in w for w in summary["warnings"])
+    useful = build_summary(make_result(rows, sensitivity=0.75, specificity=0.74))
+    assert useful["atypical_fraction_corrected"] is not None
+    assert not any("chance" in w for w in useful["warnings"])
+    empty = build_summary(make_result([], sensitivity=sens, specificity=spec))
+    assert not any("chance" in w for w in empty["warnings"])  # no calls: nothing to correct

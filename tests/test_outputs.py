@@ -596,6 +596,43 @@ def test_review_png_without_candidates_or_gallery(tmp_path: Path) -> None:
         assert im.width > 400 and im.height > 300
 
 
+def test_review_png_numbers_agree_with_the_calls_at_an_unround_threshold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: at the default card's threshold 0.332895 the picture said "threshold 0.33"
+    and "Atypical mitosis (p >= 0.33)" beside crops framed normal captioned p = 0.331 and
+    p = 0.333."""
+    from dataclasses import replace
+
+    from PIL import ImageDraw
+
+    threshold = 0.332895
+    ps = [0.331, 0.3327, 0.3328949, 0.332895, 0.33289511, 0.5, 0.1]
+    rows = [(f"c{i}", 100.0 + 50 * i, 200.0, 0.5, "ok", "classified", p, False)
+            for i, p in enumerate(ps)]
+    result = make_result(rows)
+    result.model = replace(result.model, threshold=threshold)
+    drawn: list[str] = []
+    real_text = ImageDraw.ImageDraw.text
+
+    def record(self: ImageDraw.ImageDraw, xy: object, text: str, *args: object,
+               **kwargs: object) -> None:
+        drawn.append(text)
+        real_text(self, xy, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    crop = np.zeros((128, 128, 3), dtype=np.uint8)
+    review_png(np.full((50, 50, 3), 230, dtype=np.uint8), 0.01, result,
+               [(crop, p, f"c{i}") for i, p in enumerate(ps)])
+    assert any("threshold 0.332895" in t for t in drawn)
+    assert "Atypical mitosis (p >= 0.332895): 3" in drawn
+    assert "Normal mitosis (p < 0.332895): 4" in drawn
+    captions = [float(t.removeprefix("p = ")) for t in drawn if t.startswith("p = ")]
+    assert len(captions) == len(ps)
+    for p, shown in zip(ps, captions, strict=True):  # each caption on its frame's side
+        assert (shown >= threshold) == (p >= threshold), (p, shown)
+        assert abs(shown - p) < 5e-4
+
+
 def test_pick_gallery_on_empty_result() -> None:
     assert pick_gallery(make_result([])) == ([], [])
 

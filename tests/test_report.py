@@ -156,3 +156,58 @@ def test_report_renders_in_headless_chromium(cohort: dict, tmp_path: Path) -> No
                                                      "broken.tif"]
     loaded = dom.count('data-loaded="1"')
     assert loaded == 4 and 'data-loaded="0"' not in dom  # three review pictures + histogram
+
+
+def test_a_flagged_estimate_is_flagged_in_the_report(tmp_path: Path) -> None:
+    """Regression: the console, the review picture and cohort.csv flag an estimated true share
+    the data contradict; the report showed it, 0.0% [0.0%, 8.5%], as if certain."""
+    from tests.test_outputs import make_result
+    from wsi_atm.batch.plan import Job, Outcome
+    from wsi_atm.batch.report import COLUMNS, render_report
+    from wsi_atm.outputs.summary import build_summary
+
+    def outcome(name: str, k: int) -> Outcome:
+        rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.9 if i < k else 0.1,
+                 False) for i in range(100)]
+        summary = build_summary(make_result(rows, sensitivity=0.75, specificity=0.74,
+                                            resample_factor=2.0 if k < 10 else 1.0))
+        return Outcome(job=Job(slide=tmp_path / name, detections=None), status="ok",
+                       summary=summary)
+
+    contradicted, plain = outcome("low.tif", 3), outcome("fine.tif", 40)
+    warning = contradicted.summary["atypical_fraction_corrected"]["warning"]
+    assert warning and "outside" in warning
+    assert "warning" not in plain.summary["atypical_fraction_corrected"]
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.texts: list[str] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "tr" and "slide" in (dict(attrs).get("class") or "").split():
+                self.rows.append([])
+            elif tag == "td" and self.rows:
+                self.cell = []
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "td" and self.cell is not None:
+                self.rows[-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            self.texts.append(data)
+            if self.cell is not None:
+                self.cell.append(data)
+
+    page = Cells()
+    page.feed(render_report([contradicted, plain], tmp_path))
+    column = [c.key for c in COLUMNS]
+    estimate = [row[column.index("estimate")] for row in page.rows]
+    assert estimate[0].startswith("0.0% [0.0%, 8.5%]") and "flagged" in estimate[0]
+    assert estimate[1] and "flagged" not in estimate[1]
+    assert any(warning in t for t in page.texts)  # the reason, in the slide's detail row
+    upsampled = contradicted.summary["warnings"][0]
+    assert "upsampled" in upsampled and any(upsampled in t for t in page.texts)

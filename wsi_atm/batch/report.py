@@ -53,7 +53,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.slide{cursor:pointer}tr.slide:hover{background:#f0f6ff}
 tr.failed td{color:#a00}tr.detail td{background:#fafafa}
 tr.detail img{max-width:100%;border:1px solid #ccc}
-.muted{color:#777}
+.muted{color:#777}.flag{color:#a00;white-space:normal}
 """
 
 # Sorting, row toggling and the #sort= hash; marks each picture once loaded (data-loaded).
@@ -101,6 +101,16 @@ def _with_ci(block: dict[str, Any] | None) -> tuple[str, Any]:
     return text, block["value"]
 
 
+FLAG = " (flagged: may not hold; click the row)"
+
+
+def _flagged(cell: tuple[str, Any], warning: Any) -> tuple[str, Any]:
+    """An estimate's cell marked when its summary flags it: the data contradict the card, or
+    the slide lies beyond what the estimate was validated at (the console, the review picture
+    and cohort.csv say so; the report showed it as certain)."""
+    return (cell[0] + FLAG, cell[1]) if warning and cell[0] else cell
+
+
 def row_values(o: Outcome) -> dict[str, tuple[str, Any]]:
     """Per column: the text shown and the value sorted on."""
     s = o.summary
@@ -117,7 +127,8 @@ def row_values(o: Outcome) -> dict[str, tuple[str, Any]]:
         "candidates": num(counts.get("candidates")), "classified": num(counts.get("classified")),
         "atypical": num(counts.get("atypical")), "normal": num(counts.get("normal")),
         "fraction": _with_ci(s.get("atypical_fraction")),
-        "estimate": _with_ci(s.get("atypical_fraction_corrected")),
+        "estimate": _flagged(_with_ci(s.get("atypical_fraction_corrected")),
+                             (s.get("atypical_fraction_corrected") or {}).get("warning")),
         "hotspot_mitoses": num(hot.get("mitoses")), "hotspot_atypical": num(hot.get("atypical")),
         "per_mm2": ((f"{density:.2f}" if isinstance(density, float) else ""), density),
         "review": num(counts.get("review")), "error": (o.error, o.error),
@@ -146,7 +157,13 @@ def _row(o: Outcome, out_dir: Path) -> str:
         picture = '<p class="muted">no review picture from this run</p>'
     files = " · ".join(f'<a href="{_attr(quote(name))}">{html.escape(name)}</a>'
                        for _, name in links)
-    detail = (f'<tr class="detail" hidden><td colspan="{len(COLUMNS)}">{picture}'
+    # The summary's flags, which the table's numbers do not show (upsampled crops, a hotspot
+    # larger than the tissue, an estimate that may not hold).
+    warning = (o.summary.get("atypical_fraction_corrected") or {}).get("warning")
+    flags = [f"Estimated true share flagged: {warning}"] if warning else []
+    flags += [str(w) for w in o.summary.get("warnings") or []]
+    flag = "".join(f'<p class="flag">{html.escape(w)}</p>' for w in flags)
+    detail = (f'<tr class="detail" hidden><td colspan="{len(COLUMNS)}">{flag}{picture}'
               f'<p>{files}</p></td></tr>')
     klass = "slide failed" if o.status == "failed" else "slide"
     return f'<tr class="{klass}" {data}>{cells}</tr>{detail}'

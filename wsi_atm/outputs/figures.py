@@ -34,6 +34,25 @@ GALLERY_COLUMNS = 4
 MARKER_RADIUS = {"atypical": 7, "normal": 4}
 
 
+def threshold_text(t: float) -> str:
+    """The threshold as the picture shows it: exactly, in at most 6 significant digits where
+    they suffice (the default card's 0.332895, shown as 0.33, made a crop of p = 0.331 framed
+    normal read as above it)."""
+    text = f"{t:.6g}"
+    return text if float(text) == t else repr(float(t))
+
+
+def p_text(p: float, threshold: float) -> str:
+    """``p`` to 3 decimals, or as many more as it takes for the text to fall on the side of
+    the threshold that ``p`` itself does (p = 0.3327 is not shown as 0.333 beside a
+    threshold of 0.332895)."""
+    for decimals in range(3, 10):
+        text = f"{p:.{decimals}f}"
+        if (float(text) >= threshold) == (p >= threshold):
+            return text
+    return repr(p)
+
+
 def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
@@ -106,7 +125,8 @@ def _header_lines(result: SlideResult) -> tuple[str, list[str]]:
     share += f"    Atypical : normal = {atypical}:{normal} = {ratio}"
     model = result.model
     info = (
-        f"Model {model.name}, threshold {model.threshold:.2f}{', TTA' if model.tta else ''}; "
+        f"Model {model.name}, threshold {threshold_text(model.threshold)}"
+        f"{', TTA' if model.tta else ''}; "
         f"slide {result.slide.mpp:.3f} um/px ({result.slide.mpp_source})"
     )
     if result.slide.upsampled:
@@ -183,12 +203,12 @@ def _legend(width: int, result: SlideResult) -> Image.Image:
     image = Image.new("RGB", (width, 30), BACKGROUND)
     draw = ImageDraw.Draw(image)
     x = 0
-    t = result.model.threshold
+    t = threshold_text(result.model.threshold)
     n_atypical = int(np.count_nonzero(result.atypical))
     n_normal = int(np.count_nonzero(result.normal))
     for rgb, text in (
-        (ATYPICAL_RGB, f"Atypical mitosis (p >= {t:.2f}): {n_atypical}"),
-        (NORMAL_RGB, f"Normal mitosis (p < {t:.2f}): {n_normal}"),
+        (ATYPICAL_RGB, f"Atypical mitosis (p >= {t}): {n_atypical}"),
+        (NORMAL_RGB, f"Normal mitosis (p < {t}): {n_normal}"),
     ):
         draw.ellipse((x, 9, x + 12, 21), fill=rgb, outline=INK)
         draw.text((x + 18, 15), text, fill=INK, font=font, anchor="lm")
@@ -222,7 +242,8 @@ def _tile(crop: np.ndarray, p: float, caption: str, threshold: float) -> Image.I
         (TILE - 1 - tick, mid - 1, TILE - 1, mid + 1),
     ):
         draw.rectangle(box, fill=rgb)
-    draw.text((TILE // 2, TILE + 9), f"p = {p:.3f}", fill=INK, font=_font(14), anchor="mm")
+    draw.text((TILE // 2, TILE + 9), f"p = {p_text(p, threshold)}", fill=INK, font=_font(14),
+              anchor="mm")
     draw.text(
         (TILE // 2, TILE + 26),
         _fit(draw, caption, font, TILE - 4),

@@ -289,6 +289,18 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
     return out
 
 
+def _no_better_than_chance(m: ModelMeta) -> str | None:
+    """Why a Rogan-Gladen card gives no corrected estimate, where its own rates are the reason
+    (the summary's note blames a changed operating point, which this is not)."""
+    if m.fraction.get("method") or m.sensitivity is None or m.specificity is None:
+        return None
+    if m.sensitivity + m.specificity > 1:
+        return None
+    return (f"the card's sensitivity {m.sensitivity:.3f} and specificity {m.specificity:.3f} "
+            "sum to 1 or less: its calls are no better than chance at this threshold, so no "
+            "corrected estimate exists, and the raw share says nothing of the true one")
+
+
 def build_summary(result: SlideResult,
                   timings: dict[str, float] | None = None) -> dict[str, Any]:
     """The summary of one slide as plain JSON types (safe for ``allow_nan=False``)."""
@@ -304,6 +316,9 @@ def build_summary(result: SlideResult,
         warnings.append(
             f"the hotspot field ({h.area_mm2:g} mm²) is larger than {found}: its count is "
             "close to the whole slide's, not a hotspot")
+    chance = _no_better_than_chance(result.model)
+    if chance and counts["classified"]:
+        warnings.append(chance)
     summary = {
         "summary_version": SUMMARY_VERSION,
         "package_version": result.package_version or __version__,
