@@ -184,6 +184,46 @@ def test_ome_tiff_physical_size(tmp_path: Path, image: np.ndarray) -> None:
         assert slide.mpp_source == "ome.PhysicalSizeX"
 
 
+def test_mpp_comes_from_the_page_that_is_level_0(tmp_path: Path) -> None:
+    """A pyramid written smallest first: each page's resolution tags are its own, and OpenSlide
+    sorts the largest page to level 0. Regression: the first (smallest) page's 1.0 µm/px was
+    taken for level 0, whose tags say 0.25, so crops were read 4x too small and upsampled."""
+    import tifffile
+
+    image = tissue_image(1024, 768, 3)
+    path = tmp_path / "smallest_first.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for k, factor in enumerate((4, 2, 1)):
+            tif.write(image[::factor, ::factor], tile=(256, 256), photometric="rgb",
+                      compression="zlib", metadata=None, subfiletype=1 if k else 0,
+                      resolution=(40_000 / factor, 40_000 / factor), resolutionunit="CENTIMETER")
+    for backend in ("auto", "openslide"):
+        with open_slide(path, backend) as slide:
+            assert slide.dimensions == (1024, 768)
+            assert slide.mpp_xy.x == pytest.approx(0.25) and slide.mpp_xy.y == pytest.approx(0.25)
+            assert slide.mpp_source == "tiff.XResolution (centimeter)"
+    with open_slide(path, "tiffslide") as slide:  # tiffslide's level 0 is the first page
+        assert slide.dimensions == (256, 192)
+        assert slide.mpp == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("size", "unit"), [(250_000, "pm"), (2_500, "\u00c5"),
+                                           (0.25, "\u03bcm"), (0.00025, "mm")])
+def test_ome_physical_size_in_other_units(tmp_path: Path, size: float, unit: str) -> None:
+    # Regression: picometres, ångströms and µm spelt with a Greek mu were refused as "no
+    # usable µm/px" though the OME-XML declares one
+    import tifffile
+
+    path = tmp_path / "units.ome.tif"
+    meta = {"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeXUnit": unit,
+            "PhysicalSizeY": size, "PhysicalSizeYUnit": unit}
+    tifffile.imwrite(path, tissue_image(256, 256, 2), ome=True, metadata=meta, tile=(256, 256),
+                     photometric="rgb", compression="zlib")
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.mpp_source == "ome.PhysicalSizeX"
+
+
 def test_override_beats_declared_mpp(slides: dict[str, Path]) -> None:
     with open_slide(slides["svs"], mpp=0.3) as slide:
         assert (slide.mpp, slide.mpp_source) == (0.3, "--mpp override")

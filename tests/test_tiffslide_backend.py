@@ -59,3 +59,38 @@ def test_grey_reads_the_same_whatever_its_photometric(tmp_path: Path, photometri
     with open_slide(path, backend="tiffslide", mpp=0.25) as slide:
         region = slide.read_level_region((0, 0), 0, (300, 260))
     np.testing.assert_array_equal(region[..., 0], grey)
+
+
+def _ycbcr_jp2k_svs(path: Path, image: np.ndarray) -> Path:
+    """An SVS laid out as Aperio's JPEG 2000 ones: compression 33003, each tile a codestream
+    of Y, Cb and Cr (JFIF full range) with no colour transform of its own."""
+    from wsi_atm.synthetic import aperio_description
+
+    rgb = image.astype(np.float64)
+    matrix = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                       [0.5, -0.418688, -0.081312]])
+    ycc = np.clip(np.round(rgb @ matrix.T + [0, 128, 128]), 0, 255).astype(np.uint8)
+    h, w = image.shape[:2]
+    tifffile.imwrite(path, ycc, tile=(256, 256), photometric="rgb", compression=33003,
+                     compressionargs={"mct": False, "level": 100}, metadata=None,
+                     description=aperio_description(w, h, 0.25, 256))
+    return path
+
+
+def test_aperio_ycbcr_jpeg2000_is_refused_by_tiffslide_and_read_right_by_auto(
+        tmp_path: Path) -> None:
+    # Regression: --backend tiffslide handed Y, Cb, Cr back as R, G, B (off by up to 133)
+    from wsi_atm.errors import SlideError
+
+    image = tissue_image(600, 400, seed=4)
+    path = _ycbcr_jp2k_svs(tmp_path / "jp2k.svs", image)
+    with pytest.raises(SlideError) as excinfo:
+        open_slide(path, "tiffslide")
+    message = str(excinfo.value)
+    assert excinfo.value.exit_code == 2 and "\n" not in message
+    assert "33003" in message and "--backend auto or openslide" in message
+    for backend in ("auto", "openslide"):
+        with open_slide(path, backend) as slide:
+            assert slide.backend == "openslide"
+            pixels = slide.read_region((0, 0), 0, (600, 400)).astype(int)
+        assert np.abs(pixels - image).max() <= 6

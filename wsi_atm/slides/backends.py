@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wsi_atm.errors import SlideError
-from wsi_atm.slides.mpp import Mpp, mpp_from_tiff
+from wsi_atm.slides.mpp import Mpp, level0_mpp, mpp_from_tiff, page_mpps
 from wsi_atm.slides.tiff_pages import PageFacts, page_facts
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,11 @@ class _TiffSlideBackend:
         }
         self.associated_images = tuple(first.associated_images.keys())
         self._facts = page_facts(path, self.level_dimensions)
+        if any(facts.ycbcr_jp2k for facts in self._facts.values()):
+            # Regression: its Y, Cb and Cr came back as R, G and B (colours off by up to 133)
+            first.close()
+            raise SlideError("Aperio YCbCr JPEG 2000 tiles (compression 33003), whose colours "
+                             "tiffslide leaves unconverted; use --backend auto or openslide")
 
     def _open(self) -> Any:
         import tiffslide
@@ -260,6 +265,14 @@ class TiffFacts:
     # 2 bytes a pixel (16-bit grey, 8-bit grey + alpha): OpenSlide 4.0 garbles partial
     # (right-edge) tiles of such levels, so auto opens them with tiffslide
     two_byte_pixels: bool = False
+    # each main-chain page's size and the µm/px of its own resolution tags (() with OME-XML)
+    page_mpp: tuple[tuple[tuple[int, int], Mpp | None], ...] = ()
+
+    def level0_mpp(self, size: tuple[int, int]) -> Mpp | None:
+        """µm/px of the page that is the opened slide's level 0 (``size``), not simply the
+        first page's. Regression: a pyramid written smallest first took its smallest level's
+        resolution for level 0 (4x the µm/px)."""
+        return level0_mpp(self.mpp, self.page_mpp, size)
 
 
 def _series_levels(tif: Any) -> int:
@@ -280,7 +293,7 @@ def inspect_tiff(path: Path) -> TiffFacts:
             page = tif.pages.first
             return TiffFacts(mpp, truncated, _series_levels(tif), _unsupported_samples(page),
                              int(page.samplesperpixel) * int(page.bitspersample) == 16
-                             and int(page.photometric) in (0, 1))
+                             and int(page.photometric) in (0, 1), page_mpps(tif))
     except Exception:  # not a TIFF (e.g. MIRAX), or unreadable: the backends decided it opens
         return TiffFacts()
 

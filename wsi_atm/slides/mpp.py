@@ -25,7 +25,9 @@ from typing import Any
 
 from wsi_atm.options import MPP_RANGE
 
-_OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# OME UnitsLength symbols (µm is the micro sign; the Greek mu is a common spelling of it)
+_OME_UNITS_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
+                 "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,29 @@ def _rational(value: Any) -> float | None:
 
 
 def mpp_from_tiff(tif: Any) -> Mpp | None:
-    """From an open ``tifffile.TiffFile``: OME-XML PhysicalSize, else level-0 resolution."""
+    """From an open ``tifffile.TiffFile``: OME-XML PhysicalSize, else the first page's
+    resolution (see :func:`page_mpps` for a level 0 that is not the first page)."""
     mpp = mpp_from_ome(tif.ome_metadata) if tif.is_ome else None
     return mpp or mpp_from_resolution(tif.pages.first.tags)
+
+
+def page_mpps(tif: Any) -> tuple[tuple[tuple[int, int], Mpp | None], ...]:
+    """Each main-chain page's (width, height) and the µm/px its own resolution tags give; ()
+    where OME-XML PhysicalSize speaks for the image."""
+    if tif.is_ome and mpp_from_ome(tif.ome_metadata) is not None:
+        return ()
+    return tuple(((int(page.imagewidth), int(page.imagelength)), mpp_from_resolution(page.tags))
+                 for page in tif.pages)
+
+
+def level0_mpp(first: Mpp | None, pages: tuple[tuple[tuple[int, int], Mpp | None], ...],
+               size: tuple[int, int]) -> Mpp | None:
+    """µm/px from the TIFF tags of the page that is the slide's level 0 (``size``): a pyramid
+    written smallest first has a reduced level as its first page, whose resolution is its own
+    (OpenSlide still sorts the largest to level 0). ``first``: where no one page has that
+    size, or OME-XML speaks."""
+    same = [mpp for page_size, mpp in pages if page_size == size]
+    return same[0] if len(same) == 1 else first
 
 
 def resolve_mpp(props: Mapping[str, str], from_tiff: Mpp | None, override: float | None

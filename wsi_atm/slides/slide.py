@@ -316,8 +316,9 @@ def open_slide(
                          "tiled levels it decodes itself (JPEG with a chroma subsampling "
                          "TurboJPEG reads, JPEG 2000, LZW, deflate or uncompressed); "
                          f"this is {vendor} without such levels")
-    declared = resolve_mpp(handle.properties, tiff.mpp, None)
-    found = resolve_mpp(handle.properties, tiff.mpp, mpp)
+    from_tiff = tiff.level0_mpp(handle.level_dimensions[0])
+    declared = resolve_mpp(handle.properties, from_tiff, None)
+    found = resolve_mpp(handle.properties, from_tiff, mpp)
     if found is None and require_mpp:
         handle.close()
         if tiles is not None:

@@ -127,6 +127,8 @@ class PageFacts:
     missing: frozenset[int]
     min_is_white: bool
     colormap: Any = None  # a palette level's 3×2**bits uint16 map (tiffslide ignores it)
+    # Aperio YCbCr JPEG 2000 (33003): tiffslide hands back its Y, Cb and Cr as R, G and B
+    ycbcr_jp2k: bool = False
 
 
 def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, PageFacts]:
@@ -149,7 +151,8 @@ def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict
                 missing = frozenset(i for i, n in enumerate(page.databytecounts) if not n)
                 colormap = page.colormap if int(page.photometric) == 3 else None
                 found[level] = PageFacts(tile_w, tile_h, -(-w // tile_w), missing,
-                                         int(page.photometric) == 0, colormap)
+                                         int(page.photometric) == 0, colormap,
+                                         int(page.compression) == 33003)
     except Exception:  # not a TIFF, or one tifffile cannot read: the library's pixels stand
         return {}
     return found
