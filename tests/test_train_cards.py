@@ -69,3 +69,53 @@ def test_input_size_is_refused_for_a_card_that_sizes_its_crops(tmp_path, capsys)
                     *ONE_FOLD, "--input-size", "48"]) == 2
     assert "sizes its crops itself (center_crop" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_cards_recipe_sets_its_modes_defaults_under_the_config_and_command_line(tmp_path):
+    # Regression: Prov-GigaPath's linear probe, which the benchmark trained with Adam lr 1e-3
+    # and weight decay 1e-4, was trained with the shared 5e-5 / 1e-5
+    from wsi_atm.models.registry import find_card
+    from wsi_atm.train.config import card_recipe
+
+    gigapath = find_card("prov-gigapath").path
+    assert card_recipe(gigapath, "linear-probe") == {"lr": 1e-3, "weight_decay": 1e-4}
+    assert card_recipe(gigapath, "lora") == {}
+    assert card_recipe(find_card("uni").path, "linear-probe") == {}
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards", TINY_CARD + "\n[recipe.end-to-end]\n"
+                           "lr = 0.002\nweight_decay = 0.0001\n")
+    runs = {"recipe": [], "command line": ["--lr", "0.0003"]}
+    for name, extra in runs.items():
+        assert run_cli(["train", "--data", str(data), "--model", str(card), "--out",
+                        str(tmp_path / name), *ONE_FOLD, *extra]) == 0
+    recipe = json.loads((tmp_path / "recipe" / "config.json").read_text())
+    assert (recipe["lr"], recipe["weight_decay"]) == (0.002, 0.0001)
+    assert read_card(tmp_path / "recipe" / "card.toml")["training"]["lr"] == 0.002
+    told = json.loads((tmp_path / "command line" / "config.json").read_text())
+    assert (told["lr"], told["weight_decay"]) == (0.0003, 0.0001)
+
+
+def test_a_recipe_of_the_wrong_type_is_refused(tmp_path, capsys):
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards", TINY_CARD + '\n[recipe.end-to-end]\nlr = "fast"\n')
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out",
+                    str(tmp_path / "run"), *ONE_FOLD]) == 2
+    assert "[recipe.end-to-end]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_closing_line_counts_only_the_folds_its_means_are_over(tmp_path, capsys):
+    # Regression: "balanced accuracy ... over 6 folds" where 2 left-out slides held only
+    # normal mitoses and the means were those of the other 4
+    data = write_synthetic_crops(tmp_path / "data", n_atypical=4, n_normal=12, slides=6)
+    card = write_tiny_card(tmp_path / "cards")
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out",
+                    str(tmp_path / "run"), "--cv", "leave-group-out", "--group", "slide",
+                    *ONE_FOLD[2:-2]]) == 0
+    line = capsys.readouterr().out
+    assert "over the 4 of 6 folds that hold out both classes;" in line
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    defined = [f["balanced_accuracy"] for f in summary["folds"] if f["balanced_accuracy"]
+               is not None]
+    assert len(defined) == 4
+    assert f"balanced accuracy {np.mean(defined):.4f} ± {np.std(defined):.4f}," in line

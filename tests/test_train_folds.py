@@ -146,3 +146,31 @@ def test_a_last_batch_of_one_crop_joins_the_one_before(tmp_path: Path,
     assert run_cli(["train", "--data", str(data), "--model", str(synthetic_card), "--out",
                     str(tmp_path / "run"), "--folds", "2", "--only-folds", "0", "--epochs", "1",
                     "--batch-size", "5", "--threads", "1", "--quiet", "--no-pretrained"]) == 0
+
+
+def test_folds_of_crops_without_slides_are_not_recorded_as_grouped_by_slide(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: class folders without the split CSV were split crop by crop (crops of one
+    # slide in training and validation) without a word, and the run's summary and card said
+    # its folds were grouped by slide, as the paper's
+    card = write_tiny_card(tmp_path / "cards")
+    runs = {}
+    for layout in ("amibr", "folders"):
+        data = write_synthetic_crops(tmp_path / layout)
+        if layout == "folders":
+            (data / "amibr_train_split.csv").unlink()
+        runs[layout] = tmp_path / f"run-{layout}"
+        caplog.clear()
+        assert run_cli(["train", "--data", str(data), "--model", str(card), "--out",
+                        str(runs[layout]), "--folds", "2", *QUICK]) == 0
+        warned = "folds split crops, not slides" in caplog.text
+        assert warned == (layout == "folders")
+    for layout, group in (("amibr", "slide"), ("folders", "crop")):
+        assert json.loads((runs[layout] / "summary.json").read_text())["cv"]["group"] == group
+        assert load_card(runs[layout] / "card.toml").metrics["cv_group"] == group
+    capsys.readouterr()
+    assert run_cli(["results", str(runs["amibr"]), str(runs["folders"])]) == 0
+    table = capsys.readouterr().out
+    assert "cross-validation by crop, not slide" in table
+    assert "| cross-validation (BA / AUROC) |" in table

@@ -11,7 +11,7 @@ import click
 
 from wsi_atm.models.registry import find_card
 from wsi_atm.options import check_out_dir
-from wsi_atm.train.config import CHOICES, TrainConfig, load_config_file
+from wsi_atm.train.config import CHOICES, TrainConfig, card_recipe, load_config_file
 
 _HELP = {
     "folds": "number of cross-validation folds (grouped by slide)",
@@ -71,13 +71,21 @@ def train(data_dir: Path, model: str, mode: str | None, out: Path | None,
     values: dict[str, Any] = load_config_file(config_file) if config_file is not None else {}
     # Regression: the config file's mode overrode an explicit --mode
     values.update({k: v for k, v in {"mode": mode, **overrides}.items() if v is not None})
+    # The card's own recipe for the mode comes under the config file and the command line.
+    # Regression: Prov-GigaPath's linear probe, which the benchmark trained with lr 1e-3 and
+    # weight decay 1e-4, was trained with the shared 5e-5 / 1e-5
+    values = card_recipe(card.path, values.get("mode", TrainConfig.mode)) | values
     cfg = TrainConfig.from_mapping(values)
     mode = cfg.mode
     out = check_out_dir(out or Path("runs") / f"{card.name}-{mode}", "--out")
     summary = train_run(card, data_dir, out, cfg, quiet=quiet)
     ba, auc = summary.fold_stats["balanced_accuracy"], summary.fold_stats["auroc"]
+    # Regression: "over 6 folds" where 2 held out one class and the means are of the other 4
+    defined = sum(f["balanced_accuracy"] == f["balanced_accuracy"] for f in summary.folds)
+    over = f"{len(summary.folds)} folds" if defined == len(summary.folds) else (
+        f"the {defined} of {len(summary.folds)} folds that hold out both classes")
     click.echo(
         f"{card.name} {mode}: balanced accuracy {ba.mean:.4f} ± {ba.std:.4f}, "
-        f"AUROC {auc.mean:.4f} ± {auc.std:.4f} over {len(summary.folds)} folds; "
+        f"AUROC {auc.mean:.4f} ± {auc.std:.4f} over {over}; "
         f"card: {out / 'card.toml'}"
     )

@@ -38,7 +38,7 @@ FIXED: dict[str, dict[str, Any]] = {
     "": {"name": 1, "description": 1, "kind": 1, "batch_size": 1, "status": 1,
          "trained_mode": 1, "architecture": 1, "input": 1, "labels": 1, "preprocess": 1,
          "decision": 1, "metrics": 1, "training": None, "weights": 1, "lora": 1,
-         "embedding": 1, "fraction": 1},
+         "embedding": 1, "fraction": 1, "recipe": None},
     "architecture": {"name": 1, "pretrained": 1, "pretrained_sha256": 1, "revision": 1,
                      "timm_equivalent": 1, "kwargs": None, "hub_model_args": None},
     "input": {"crop_size": 1, "model_size": 1, "mpp": 1},
@@ -63,7 +63,7 @@ METRICS = {"source", "cv", "cv_group", "sensitivity", "specificity", "cv_n_atypi
            *(f"cv_{m}_{s}" for m in METRIC_STATS for s in ("mean", "std"))}
 METRIC_TABLES = ("held_out", "in_domain", "out_of_domain")
 SECTION_ORDER = ("architecture", "input", "labels", "preprocess", "lora", "embedding",
-                 "decision", "metrics", "fraction", "training", "weights")
+                 "recipe", "decision", "metrics", "fraction", "training", "weights")
 
 # A check returns None when a value is fine, else the values it allows (for the error).
 Check = Callable[[Any], str | None]
@@ -266,6 +266,13 @@ def validate(raw: dict[str, Any]) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown key preprocess.{mode} (modes: {', '.join(MODES)})")
         _keys(_table({mode: spec}, mode), FIXED["preprocess.*"], f"preprocess.{mode}.")
+    # [recipe.MODE]: training options the benchmark used for this card in that mode where they
+    # differ from the shared defaults (checked, field by field, by `train`'s own config)
+    for mode, spec in _table(raw, "recipe").items():
+        if mode not in MODES:
+            raise ValueError(f"unknown key recipe.{mode} (modes: {', '.join(MODES)})")
+        if not isinstance(spec, dict):
+            raise ValueError(f"recipe.{mode} must be a table")
     for i, w in enumerate(raw.get("weights", [])):
         if not isinstance(w, dict) or "file" not in w:
             raise ValueError(f"weights[{i}] needs a file")

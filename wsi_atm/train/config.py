@@ -156,3 +156,19 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise OptionError(f"training config {path} must be a table of option = value, "
                           f"not a {type(values).__name__}")
     return values
+
+
+def card_recipe(card_path: Path, mode: Any) -> dict[str, Any]:
+    """The training options a card's ``[recipe.MODE]`` sets for ``mode`` (the benchmark's
+    exceptions to its shared recipe), checked like a config file's."""
+    from wsi_atm.models.card import read_card
+
+    recipe = read_card(card_path).get("recipe", {}).get(mode, {}) if isinstance(mode, str) else {}
+    if "mode" in recipe:
+        raise OptionError(f"{card_path}: [recipe.{mode}] cannot set the mode")
+    if recipe:
+        try:
+            TrainConfig.from_mapping(recipe)
+        except OptionError as exc:
+            raise OptionError(f"{card_path}: [recipe.{mode}]: {exc}") from None
+    return dict(recipe)

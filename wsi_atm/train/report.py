@@ -44,7 +44,10 @@ def _run_entries(path: Path) -> list[tuple[str, str, str]]:
     if cv["kind"] == "none":  # a refit on all the data: it has no held-out score
         return [(name, "refit, no cross-validation", "–")]
     if cv["kind"] != "leave-group-out":
-        return [(name, "cross-validation" + part, _cell(s["balanced_accuracy"], s["auroc"]))]
+        # folds of crops, not slides (no slide per crop): not the paper's grouped figure
+        ungrouped = " by crop, not slide" if cv.get("group") == "crop" else ""
+        return [(name, "cross-validation" + ungrouped + part,
+                 _cell(s["balanced_accuracy"], s["auroc"]))]
     # Leave-group-out: the mean over held-out groups, then each group the fold never saw.
     entries = [(name, f"leave-{cv['group']}-out mean{part}",
                 _cell(s["balanced_accuracy"], s["auroc"]))]

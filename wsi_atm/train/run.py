@@ -141,6 +141,11 @@ def train_run(
                           f"--soft-labels needs the experts' votes: columns "
                           f"{', '.join(EXPERT_VOTES)} in {where}")
     check_batch_size(card, data, cfg)
+    if cfg.cv == "kfold" and data.groups is None:  # Regression: said nothing, and the run's
+        # card and summary recorded folds grouped by slide
+        log.warning("%s: no slide per crop (no %s): the folds split crops, not slides, so "
+                    "crops of one slide can be trained on and validated on, and the "
+                    "cross-validation scores are optimistic", data_dir, AMIBR_CSV)
     plans = plan_folds(data, cfg)
     chosen = chosen_plans(plans, cfg)
     cfg = prepare_run_dir(out, cfg, run_key(card, data, cfg))
@@ -154,7 +159,9 @@ def train_run(
         results = [FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
                    for p in chosen]
     results = with_finished_folds(out, plans, results)
-    summary = summarise(results, cfg.cv, cfg.group if cfg.cv == "leave-group-out" else "slide")
+    cv_group = cfg.group if cfg.cv == "leave-group-out" else (
+        "slide" if data.groups is not None else "crop")
+    summary = summarise(results, cfg.cv, cv_group)
     if len(results) < len(plans):
         log.warning("%d of %d folds are finished: summary.json and card.toml cover only "
                     "those; train the others (or rerun without --only-folds) to complete the "
@@ -270,6 +277,9 @@ def run_metrics(summary: RunSummary) -> dict[str, Any]:
     source = ("leave-one-group-out: each fold model on the group it never saw"
               if summary.cv_kind == "leave-group-out"
               else "cross-validation (each fold model on its validation fold)")
+    if summary.cv_group == "crop":
+        source = ("cross-validation by crop, not slide (no slide per crop: crops of one slide can "
+                  "be in training and validation; optimistic)")
     metrics: dict[str, Any] = {"source": source, "cv": summary.cv_kind,
                                "cv_group": summary.cv_group}
     for key in SUMMARY_KEYS:
