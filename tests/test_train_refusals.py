@@ -180,3 +180,30 @@ def test_a_batch_of_one_crop_that_batch_norm_cannot_train_is_refused_before_writ
                     *QUICK, "--batch-size", "1"]) == 2
     _one_error(capsys, "--batch-size 1", "--batch-size 2 or more")
     assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_refused_before_writing(tmp_path, capsys):
+    # `train` had no --device: a foundation model's LoRA run could only ever train on the CPU
+    data, card = write_synthetic_crops(tmp_path / "data"), write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    "--device", "cuda", *QUICK]) == 2
+    _one_error(capsys, "--device cuda", "no CUDA device")
+    assert not out.exists()
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    "--device", "gpu", *QUICK]) == 2
+    _one_error(capsys, "--device must be auto, cpu, cuda or cuda:N", "'gpu'")
+    assert not out.exists()
+
+
+def test_a_run_resumes_on_another_device(tmp_path):
+    # where a run trains is not part of what it is (like --threads): a run begun on the CPU
+    # resumes under --device auto, and its config.json keeps the protocol unchanged
+    data, card = write_synthetic_crops(tmp_path / "data"), write_tiny_card(tmp_path / "cards")
+    out = tmp_path / "run"
+    base = ["train", "--data", str(data), "--model", str(card), "--out", str(out), *QUICK]
+    assert run_cli([*base, "--device", "cpu", "--only-folds", "0"]) == 0
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+    assert run_cli([*base, "--device", "auto"]) == 0
+    assert len(list(out.glob("fold_*/result.json"))) == TrainConfig().folds

@@ -27,6 +27,8 @@ _HELP = {
                 "paper's 15, or 10 for LoRA)",
     "input_size": "resize crops to this many px when loading (default: the card's crop size)",
     "threads": "torch CPU threads (default: every CPU this process may use)",
+    "device": "where the network trains: auto (a CUDA GPU when torch sees one, else the "
+              "CPU), cpu, cuda or cuda:N",
     "max_batches": "cap the batches of an epoch, for smoke tests (default: no cap)",
 }
 

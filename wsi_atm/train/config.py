@@ -43,6 +43,9 @@ class TrainConfig:
     pretrained: bool = True  # load the card's pretrained weights (hub/ImageNet) when it has them
     input_size: int = 0  # crops are resized to this when loading; 0 = card's crop size
     threads: int = 0  # torch CPU threads; 0 = all cores
+    # where the network trains: auto (a CUDA GPU where torch sees one, else the CPU), cpu,
+    # cuda or cuda:N; like threads, not part of what a resumed run must match
+    device: str = "auto"
     channels_last: bool = False  # NHWC memory layout (≈1.7× faster for CNNs on CPU)
     half_weights: bool = False  # store fold checkpoints as fp16
     max_batches: int = 0  # cap batches per epoch (smoke tests); 0 = no cap
@@ -56,6 +59,9 @@ class TrainConfig:
             raise OptionError("--threshold inner needs --selection inner")
         if self.folds < 2:
             raise OptionError("--folds must be at least 2")
+        from wsi_atm.engines import check_device
+
+        check_device(self.device)
         self._check_numbers()
 
     def _check_numbers(self) -> None:

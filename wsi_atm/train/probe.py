@@ -42,14 +42,15 @@ def compute_features(
     net: LinearProbe, data: CropDataset, transform: BatchTransform, batch_size: int = 64,
     quiet: bool = False,
 ) -> torch.Tensor:
-    """Embeddings of every crop (eval preprocessing; bf16 autocast on CUDA)."""
+    """Embeddings of every crop (eval preprocessing; on CUDA in fp16 autocast, as the
+    benchmark computed them)."""
     device = next(net.parameters()).device
     net.eval()
     out = []
     bar = progress_bar(len(data), "features", quiet=quiet, unit="crop")
     for i in range(0, len(data), batch_size):
         x = transform(data.images[i : i + batch_size].to(device))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
             out.append(net.embed(x).float().cpu())
         bar.update(len(x))
     bar.close()
@@ -66,9 +67,10 @@ def _cached_features(cache: Path, n: int) -> torch.Tensor:
 
 def train_probe_folds(
     card: ModelCard, data: CropDataset, plans: list[FoldData], cfg: TrainConfig, out: Path,
-    quiet: bool,
+    quiet: bool, device: torch.device | None = None,
 ) -> list[FoldResult]:
-    """A head per planned fold in ``plans`` (the folds this process trains)."""
+    """A head per planned fold in ``plans`` (the folds this process trains), backbone and
+    heads on ``device`` (default the CPU)."""
     cache = out / "features.pt"
     pretrained = uses_pretrained(card, cfg)
     # Seeded: a resumed run rebuilds the backbone its cached features came from (it matters
@@ -80,11 +82,12 @@ def train_probe_folds(
         features = _cached_features(cache, len(data))
     else:
         pre = card.preprocess_for("linear-probe")
-        features = compute_features(probe, data, BatchTransform(pre, False), quiet=quiet)
+        features = compute_features(probe.to(device or "cpu"), data,
+                                    BatchTransform(pre, False), quiet=quiet)
         with atomic_path(cache) as tmp:
             torch.save(features, tmp)
     # The card could not rebuild a random backbone: each fold's checkpoint then holds it.
-    frozen = {} if pretrained else {k: v for k, v in probe.state_dict().items()
+    frozen = {} if pretrained else {k: v.cpu() for k, v in probe.state_dict().items()
                                     if not k.startswith("head.")}
     feat_data = CropDataset(images=features, labels=data.labels, groups=data.groups,
                             names=data.names, root=data.root, soft=data.soft)
@@ -93,6 +96,7 @@ def train_probe_folds(
         torch.manual_seed(cfg.seed + plan.fold)
         head = ProbeHead(nn.Linear(features.shape[1], 1))
         trainer = FoldTrainer(card, feat_data, plan, cfg, out / f"fold_{plan.fold}", quiet,
-                              net=head, transform=lambda x: x.float(), frozen=frozen)
+                              net=head, transform=lambda x: x.float(), frozen=frozen,
+                              device=device)
         results.append(trainer.run())
     return results

@@ -139,10 +139,12 @@ def predict(
     net: nn.Module, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 128,
 ) -> np.ndarray:
-    """Sigmoid of the net's logit for uint8 NCHW images (in the net's own convention)."""
+    """Sigmoid of the net's logit for uint8 NCHW images (in the net's own convention), on the
+    net's device (the eval ops are deterministic and run there, on the whole batch)."""
     net.eval()
+    device = next(net.parameters()).device
     out = [
-        torch.sigmoid(net(transform(images[i : i + batch_size]))).float()
+        torch.sigmoid(net(transform(images[i : i + batch_size].to(device)))).float().cpu()
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -190,11 +192,13 @@ class FoldTrainer:
         self, card: ModelCard, data: CropDataset, plan: FoldData, cfg: TrainConfig,
         fold_dir: Path, quiet: bool = False, net: nn.Module | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        frozen: dict[str, torch.Tensor] | None = None,
+        frozen: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
     ) -> None:
         """``net``/``transform`` replace the card's network and preprocessing (linear probes
         train a head on precomputed features); ``frozen`` is written into each checkpoint
-        besides the trained weights (the probe's backbone when it is not the pretrained one)."""
+        besides the trained weights (the probe's backbone when it is not the pretrained one).
+        The network trains on ``device`` (default the CPU); the training augmentations run on
+        the CPU, crop by crop, as a data loader's would."""
         self.card, self.data, self.plan, self.cfg = card, data, plan, cfg
         self.dir, self.quiet, self.frozen = fold_dir, quiet, frozen or {}
         pre = card.preprocess_for(cfg.mode)
@@ -204,6 +208,8 @@ class FoldTrainer:
         self.pretrained = uses_pretrained(card, cfg)
         self.net = net if net is not None else build_net(card, cfg.mode,
                                                          pretrained=self.pretrained)
+        self.device = device or torch.device("cpu")
+        self.net = self.net.to(self.device)
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.full = cfg.mode == "end-to-end"
@@ -274,10 +280,10 @@ class FoldTrainer:
                            quiet=self.quiet)
         for lo, hi in batch_bounds(len(order), self.cfg.batch_size)[: self.steps]:
             idx = order[lo:hi]
-            x = self.train_tf(self.data.images[torch.as_tensor(idx)])
+            x = self.train_tf(self.data.images[torch.as_tensor(idx)]).to(self.device)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss = self.loss(self.net(x), self.target(idx))
+            loss = self.loss(self.net(x), self.target(idx).to(self.device))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -15,6 +15,7 @@ import torch
 from wsi_atm.cpus import usable_cpus
 from wsi_atm.errors import BadInputError, OptionError
 from wsi_atm.files import atomic_path, atomic_write_text, sha256_file
+from wsi_atm.infer import pick_device
 from wsi_atm.models.card import ModelCard, read_card
 from wsi_atm.models.package_weights import is_package_source, package_file
 from wsi_atm.models.schema import dump, leading_comment
@@ -60,8 +61,9 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, key: dict[str, str]) -> TrainCo
         except (OptionError, ValueError) as exc:
             raise OptionError(f"{out} holds an unreadable config.json ({exc}); "
                               "choose another --out") from None
-        # Which folds this process trains and its thread count may differ between resumes.
-        if replace(previous, only_folds="", threads=0) != replace(cfg, only_folds="", threads=0):
+        # Which folds this process trains, its thread count and its device may differ
+        # between resumes.
+        if _protocol(previous) != _protocol(cfg):
             raise OptionError(
                 f"{out} holds a run with a different configuration; resume it with the same "
                 "options or choose another --out")
@@ -72,11 +74,17 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, key: dict[str, str]) -> TrainCo
             raise OptionError(f"{out} holds a run on other {changed}; resume it with the same "
                               "--data and --model or choose another --out")
         atomic_write_text(saved_key, json.dumps(key, indent=1))
-        return replace(previous, only_folds=cfg.only_folds, threads=cfg.threads)
+        return replace(previous, only_folds=cfg.only_folds, threads=cfg.threads,
+                       device=cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved_key, json.dumps(key, indent=1))
     atomic_write_text(saved, cfg.to_json())
     return cfg
+
+
+def _protocol(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` without what only says how this process runs it."""
+    return replace(cfg, only_folds="", threads=0, device="auto")
 
 
 def _saved_key(path: Path) -> dict[str, Any]:
@@ -148,15 +156,18 @@ def train_run(
                     "cross-validation scores are optimistic", data_dir, AMIBR_CSV)
     plans = plan_folds(data, cfg)
     chosen = chosen_plans(plans, cfg)
+    device = pick_device(cfg.device)  # a GPU asked for and missing: before the run folder
     cfg = prepare_run_dir(out, cfg, run_key(card, data, cfg))
     torch.set_num_threads(cfg.threads or usable_cpus())
+    log.info("training on %s", device)
     write_folds(out, data, plans)
     if cfg.mode == "linear-probe":
         from wsi_atm.train.probe import train_probe_folds
 
-        results = train_probe_folds(card, data, chosen, cfg, out, quiet)
+        results = train_probe_folds(card, data, chosen, cfg, out, quiet, device)
     else:
-        results = [FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet).run()
+        results = [FoldTrainer(card, data, p, cfg, out / f"fold_{p.fold}", quiet,
+                               device=device).run()
                    for p in chosen]
     results = with_finished_folds(out, plans, results)
     cv_group = cfg.group if cfg.cv == "leave-group-out" else (
