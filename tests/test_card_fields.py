@@ -147,3 +147,42 @@ def test_a_hub_id_that_names_no_hub_repository_is_refused(tmp_path, hub_id):
 def test_hub_ids_of_hub_repositories_are_accepted(tmp_path, hub_id):
     path = _card(tmp_path, TINY_CARD, 'name = "resnet10t"', f'name = "{hub_id}"')
     assert load_card(path).architecture == hub_id
+
+
+@pytest.mark.parametrize(("eval_ops", "named"), [
+    # Regression: accepted, and applied at inference with one random draw per batch (the same
+    # crops got other probabilities from run to run); jpeg was an internal error (exit 1)
+    ('[{ op = "hflip" }]', "eval[0]: op 'hflip' is not for eval"),
+    ('[{ op = "rot90" }]', "eval[0]: op 'rot90' is not for eval"),
+    ('[{ op = "jpeg", quality = [60, 60] }]', "eval[0]: op 'jpeg' is not for eval"),
+    ('[{ op = "resize", size = 32 }, { op = "sharpness", factor = 2.0 }]',
+     "eval[1]: op 'sharpness' is not for eval"),
+    ('[{ op = "center_crop", size = 32, p = 0.5 }]', "eval[0]: p is not for eval"),
+    # Regression: a network fed another size than the card's model_size ran silently (a
+    # CNN) or failed on its first batch with an internal error (a ViT's fixed input size)
+    ('[{ op = "resize", size = 48 }]', "eval gives 48-px images, not the input.model_size"),
+    ('[{ op = "center_crop", size = 24 }]', "eval gives 24-px images, not the input.model_size"),
+])
+def test_eval_ops_are_deterministic_and_give_the_model_size(tmp_path, eval_ops, named):
+    _refused(_card(tmp_path, TINY_CARD, "eval = []", f"eval = {eval_ops}"), named)
+
+
+def test_eval_ops_that_end_at_the_model_size_are_accepted(tmp_path):
+    ops = ('[{ op = "resize", size = 48 }, { op = "center_crop", size = 32 }, '
+           '{ op = "reinhard", mean = [0, 0, 0], std = [1, 1, 1] }]')
+    card = load_card(_card(tmp_path, TINY_CARD, "eval = []", f"eval = {ops}"))
+    assert [op["op"] for op in card.preprocess_for().eval] == ["resize", "center_crop", "reinhard"]
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    # Regression: "(KeyError: 'name')", "(KeyError: 'architecture')" and "(TypeError: 'int'
+    # object is not iterable)", which named neither the field nor what it must be
+    ('name = "resnet10t"\n', "", "architecture.name is missing"),
+    ('[architecture]\nname = "resnet10t"\npretrained = "none"\n', "", "architecture.name is miss"),
+    ('pretrained = "none"', 'pretrained = "none"\nkwargs = 5', "architecture.kwargs must be a"),
+    ('pretrained = "none"', 'pretrained = "none"\nkwargs = 0', "architecture.kwargs must be a"),
+    ('pretrained = "none"', 'pretrained = "none"\nhub_model_args = [1]',
+     "architecture.hub_model_args must be a table"),
+])
+def test_a_missing_architecture_or_a_kwargs_that_is_no_table_is_named(tmp_path, old, new, named):
+    _refused(_card(tmp_path, TINY_CARD, old, new), named)

@@ -72,8 +72,10 @@ def test_a_centre_crop_larger_than_its_image_is_refused(tmp_path):
                                          r"300 is larger than the 128-px image"):
         load_card(_edited(tmp_path, 'eval = [{ op = "center_crop", size = 96 }',
                           'eval = [{ op = "center_crop", size = 300 }'))
-    load_card(_edited(tmp_path, 'eval = [{ op = "center_crop", size = 96 }',
-                      'eval = [{ op = "resize", size = 320 }, { op = "center_crop", size = 300 }'))
+    path = _edited(tmp_path, 'eval = [{ op = "center_crop", size = 96 }',
+                   'eval = [{ op = "resize", size = 320 }, { op = "center_crop", size = 300 }')
+    path.write_text(path.read_text().replace("model_size = 96", "model_size = 300"))
+    load_card(path)
 
 
 def test_an_undefined_fold_spread_is_kept_as_nan(tmp_path):

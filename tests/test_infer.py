@@ -20,9 +20,9 @@ from wsi_atm.prefetch import prefetch
 
 
 def make_trained_card(folder: Path, folds: int = 2, output: str = "p_atypical",
-                      sha: bool = True) -> Path:
+                      sha: bool = True, base: str = TINY_CARD) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    text = TINY_CARD.replace('status = "untrained"', 'status = "trained"')
+    text = base.replace('status = "untrained"', 'status = "trained"')
     text = text.replace('output = "p_atypical"', f'output = "{output}"')
     card_path = folder / "tiny-test.toml"
     card_path.write_text(text)
@@ -100,6 +100,39 @@ def test_wrong_weight_file_is_a_model_error(tmp_path):
     (tmp_path / "fold_0.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelError):
         Classifier(load_card(path), device="cpu")
+
+
+TINY_VIT = TINY_CARD.replace('name = "resnet10t"', """name = "vit_tiny_patch16_224"
+kwargs = { img_size = 32, patch_size = 8, embed_dim = 32, depth = 1, num_heads = 2 }""")
+
+
+@pytest.mark.parametrize(("base", "old", "new", "why"), [
+    # Regression: internal errors (exit 1) on the first batch, or pages of torch.export output
+    # under --engine onnx / auto: a ViT built for 32 px fed the 48-px crops the card cuts ...
+    (TINY_VIT, "size = 32\nmodel_size = 32", "size = 48\nmodel_size = 48",
+     r"48-px crops .*AssertionError: Input height \(48\) doesn't match model \(32\)"),
+    # ... and timm kwargs of the wrong type or range, which only the forward pass checks
+    (TINY_CARD, 'pretrained = "none"', 'pretrained = "none"\nkwargs = { drop_rate = -1.0 }',
+     "ValueError: dropout probability"),
+    (TINY_CARD, 'pretrained = "none"', 'pretrained = "none"\nkwargs = { drop_rate = "x" }',
+     "ValueError: could not convert string to float"),
+])
+def test_a_network_that_cannot_take_the_cards_input_is_bad_input(tmp_path, base, old, new, why):
+    path = make_trained_card(tmp_path, folds=1, base=base)
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(ModelError, match=why) as caught:
+        Classifier(load_card(path), device="cpu", engine="onnx")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_timm_kwarg_of_the_wrong_type_is_bad_input(tmp_path):
+    # Regression: `kwargs = { global_pool = 5 }` was an internal error (AttributeError)
+    path = tmp_path / "c.toml"
+    path.write_text(TINY_CARD.replace('pretrained = "none"',
+                                      'pretrained = "none"\nkwargs = { global_pool = 5 }'))
+    with pytest.raises(ModelError, match=r"cannot build tiny-test \(resnet10t\)"):
+        build_net(load_card(path), pretrained=False)
 
 
 def test_cuda_request_without_gpu_is_an_option_error(tmp_path):

@@ -62,7 +62,8 @@ def test_input_size_is_refused_for_a_card_that_sizes_its_crops(tmp_path, capsys)
     # Regression: the eval centre crop (96 of a 128-px card) padded 64-px crops with black,
     # while training's random crops saw no border
     data = write_synthetic_crops(tmp_path / "data")
-    sized = TINY_CARD.replace("eval = []", 'eval = [{ op = "center_crop", size = 28 }]')
+    sized = TINY_CARD.replace("eval = []", 'eval = [{ op = "center_crop", size = 28 }]') \
+        .replace("model_size = 32", "model_size = 28")
     card = write_tiny_card(tmp_path / "cards", sized)
     out = tmp_path / "run"
     assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),

@@ -100,8 +100,10 @@ class Classifier:
             raise OptionError("--batch-size must be at least 1")
         self.tta = tta
         self.weights = verify_weights(card)
-        self.nets = [self._load(w.path, compile) for w in self.weights]
         self.transform = BatchTransform(card.preprocess_for(), train=False)
+        # the fold models share the card's architecture: one of them shows whether it runs
+        self.nets = [self._load(w.path, compile, check=k == 0)
+                     for k, w in enumerate(self.weights)]
         self.graph_runners: list[OnnxNet] = []  # set when the engine is ONNX Runtime
         if engine is None:  # the environment's choice is for CPU nodes; GPUs keep torch
             engine = os.environ.get("WSI_ATM_ENGINE") or "auto"
@@ -234,16 +236,35 @@ class Classifier:
         for path in self._graph_paths():
             self._record_check(path, delta, len(crops))
 
-    def _load(self, path: str, compile: bool) -> nn.Module:
+    def _load(self, path: str, compile: bool, check: bool = True) -> nn.Module:
         # Converts upstream key layouts, checks every key, builds on the hub backbone only when
         # the file holds just adapters/heads, and merges LoRA adapters for inference.
         net = build_from_checkpoint(self.card, path)
         # channels-last suits convolutions on CPU (measured 1.7× for resnet10t) and on GPUs.
         net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+        if check:
+            self._check_runs(net)
         if compile:
             compiled: nn.Module = torch.compile(net)  # type: ignore[assignment]  # a Module wrapper
             return compiled
         return net
+
+    @torch.inference_mode()
+    def _check_runs(self, net: nn.Module) -> None:
+        """One blank crop through the card's eval transform and ``net``. Regression: a network
+        that cannot take the card's input (a ViT built for another size, a kwarg of the wrong
+        type) was an internal error on the first batch, or a page of torch.export output."""
+        size = self.card.crop_size
+        blank = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+        try:
+            net(self._torch_input(blank))
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip()
+            why = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+            raise ModelError(f"{self.card.name}: its network cannot run on the card's "
+                             f"{size}-px crops after its eval preprocessing ({why})") from None
 
     @property
     def weight_sha256(self) -> tuple[str, ...]:

@@ -42,8 +42,8 @@ def create_backbone(card: ModelCard, pretrained: bool = False, **overrides: obje
     except (RuntimeError, TypeError) as exc:  # TypeError: a kwarg the architecture lacks
         raise _cannot_build(card, exc) from None
     except Exception as exc:  # timm fetching its own pretrained weights: offline, no network
-        if not pretrained:
-            raise
+        if not pretrained:  # the card's kwargs (global_pool = 5 was an internal error)
+            raise _cannot_build(card, exc) from None
         raise ModelError(f"cannot fetch {card.name}'s pretrained weights ({timm_name(card)}): "
                          f"{' '.join(str(exc).split())[:300]}; train with --no-pretrained, or "
                          "fill the Hugging Face cache on a connected machine") from None

@@ -128,6 +128,8 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not a valid TOML model card ({exc})") from None
     try:
         validate(raw)
+        if "name" not in raw.get("architecture", {}):  # Regression: "(KeyError: 'name')"
+            raise ValueError("architecture.name is missing (a timm name or hf-hub:ORG/NAME)")
     except ValueError as exc:
         raise ModelError(f"{path}: invalid model card ({exc})") from None
     return raw

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from wsi_atm.fraction.estimators import METHODS as FRACTION_METHODS
+from wsi_atm.models.checks import Check, either, number, of_type, one_of, pair, triple
 from wsi_atm.models.sources import is_hub_id, is_valid_hub_id
 
 MODES = ("end-to-end", "linear-probe", "lora")
@@ -65,65 +65,6 @@ METRIC_TABLES = ("held_out", "in_domain", "out_of_domain")
 SECTION_ORDER = ("architecture", "input", "labels", "preprocess", "lora", "embedding",
                  "recipe", "decision", "metrics", "fraction", "training", "weights")
 
-# A check returns None when a value is fine, else the values it allows (for the error).
-Check = Callable[[Any], str | None]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def number(low: float = -math.inf, high: float = math.inf, *, integer: bool = False,
-           above: bool = False, below: bool = False) -> Check:
-    """A finite number (whole with ``integer``) from ``low`` to ``high`` (``above``/``below``:
-    excluding that end)."""
-    parts = [f"above {low:g}" if above else f"at least {low:g}"] if low > -math.inf else []
-    if high < math.inf:
-        parts.append(f"below {high:g}" if below else f"at most {high:g}")
-    allowed = ("a whole number" if integer else "a finite number") + (
-        ", " + " and ".join(parts) if parts else "")
-
-    def check(value: Any) -> str | None:
-        if not _is_number(value) or (integer and not isinstance(value, int)) \
-                or not math.isfinite(value):
-            return allowed
-        inside = (low < value if above else low <= value) and (
-            value < high if below else value <= high)
-        return None if inside else allowed
-    return check
-
-
-def pair(item: Check) -> Check:
-    """Two values, each passing ``item``, the first not above the second."""
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list) or len(value) != 2 or any(item(v) for v in value) \
-                or value[0] > value[1]:
-            return f"a pair [low, high], each {item(None)}, low <= high"
-        return None
-    return check
-
-
-def triple(item: Check) -> Check:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list) or len(value) != 3 or any(item(v) for v in value):
-            return f"three values, each {item(None)}"
-        return None
-    return check
-
-
-def one_of(options: tuple[str, ...]) -> Check:
-    return lambda value: None if value in options else f"one of {', '.join(options)}"
-
-
-def either(first: Check, second: Check) -> Check:
-    return lambda value: None if first(value) is None or second(value) is None \
-        else f"{first(value)}, or {second(value)}"
-
-
-def _of_type(kind: type, allowed: str) -> Check:
-    return lambda value: None if isinstance(value, kind) else allowed
-
-
 SIZE = number(1, integer=True)
 SHARE = number(0, 1)
 NON_NEG = number(0)
@@ -147,6 +88,9 @@ OP_PARAMS: dict[str, dict[str, Check]] = {
     "jpeg": {"quality": pair(number(1, 100, integer=True))},
     "reinhard": {"mean": triple(number()), "std": triple(number(0, above=True))},
 }
+EVAL_OPS = ("resize", "center_crop", "reinhard")  # deterministic, batched, exportable
+
+
 def _non_empty(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
@@ -157,16 +101,16 @@ OP_REQUIRED = {"resize": ("size",), "center_crop": ("size",), "rotate": ("degree
 # of 0 or a LoRA rank of -1 were accepted and failed, or misbehaved, far from the card).
 FIELDS: dict[str, Check] = {
     "name": _non_empty,
-    "description": _of_type(str, "a string"),
+    "description": of_type(str, "a string"),
     # the network and its source: a number here was an internal error far from the card
     "architecture.name": _non_empty,
-    "architecture.revision": _of_type(str, "a string"),
-    "architecture.timm_equivalent": _of_type(str, "a string"),
-    "architecture.pretrained_sha256": _of_type(str, "a string"),
+    "architecture.revision": of_type(str, "a string"),
+    "architecture.timm_equivalent": of_type(str, "a string"),
+    "architecture.pretrained_sha256": of_type(str, "a string"),
     "batch_size": SIZE, "input.crop_size": SIZE, "input.model_size": SIZE,
     "input.mpp": number(0, above=True),
     "lora.r": SIZE, "lora.alpha": number(0, above=True), "lora.dropout": number(0, 1, below=True),
-    "lora.adapt_patch_embed": _of_type(bool, "true or false"),
+    "lora.adapt_patch_embed": of_type(bool, "true or false"),
     "embedding.patch_start": number(0, integer=True), "embedding.dim": number(0, integer=True),
     "fraction.platt_a": number(), "fraction.platt_b": number(),
     "fraction.prior": number(0, 1, above=True, below=True),  # the EM divides by it and 1 - it
@@ -198,7 +142,8 @@ def check_op(spec: Any, where: str) -> None:
         raise ValueError(f"{where}: op {op!r} needs {' and '.join(missing)}")
 
 
-def _check_preprocess(mode: str, spec: dict[str, Any], crop_size: int) -> None:
+def _check_preprocess(mode: str, spec: dict[str, Any], crop_size: int,
+                      model_size: int | None) -> None:
     for part in ("train", "eval"):
         ops = spec.get(part, [])
         if not isinstance(ops, list):
@@ -207,11 +152,21 @@ def _check_preprocess(mode: str, spec: dict[str, Any], crop_size: int) -> None:
             check_op(op, f"preprocess.{mode}.{part}[{i}]")
     size = crop_size  # the side of the square image each eval op is given
     for i, op in enumerate(spec.get("eval", [])):
+        # Regression: augmentations (or p) were applied at inference, one draw per batch (a
+        # slide's calls changed from run to run); jpeg was an internal error
+        if op["op"] not in EVAL_OPS or "p" in op:
+            what = f"op {op['op']!r}" if op["op"] not in EVAL_OPS else "p"
+            raise ValueError(f"preprocess.{mode}.eval[{i}]: {what} is not for eval (it takes "
+                             f"{', '.join(EVAL_OPS)}, without p: the same for every crop)")
         if op["op"] == "center_crop" and op["size"] > size:  # it pads with black: garbage
             raise ValueError(f"preprocess.{mode}.eval[{i}]: center_crop size {op['size']} is "
                              f"larger than the {size}-px image it is given")
-        if "size" in op and op["op"] in ("resize", "center_crop", "random_resized_crop"):
+        if "size" in op:
             size = op["size"]
+    # Regression: fed another size, a CNN ran silently and a ViT was an internal error
+    if model_size is not None and size != model_size:
+        raise ValueError(f"preprocess.{mode}.eval gives {size}-px images, not the "
+                         f"input.model_size of {model_size} px")
     checks = {"mean": triple(number()), "std": triple(number(0, above=True))}
     for key, check in checks.items():
         if key in spec and (allowed := check(spec[key])):
@@ -262,6 +217,9 @@ def validate(raw: dict[str, Any]) -> None:
                   "fraction"):
         if table in raw:
             _keys(_table(raw, table), FIXED[table], table + ".")
+    for sub in ("kwargs", "hub_model_args"):  # Regression: "(TypeError: 'int' object is ...)"
+        if not isinstance(_get(raw, f"architecture.{sub}"), dict | None):
+            raise ValueError(f"architecture.{sub} must be a table")
     for mode, spec in _table(raw, "preprocess").items():
         if mode not in MODES:
             raise ValueError(f"unknown key preprocess.{mode} (modes: {', '.join(MODES)})")
@@ -312,7 +270,7 @@ def validate(raw: dict[str, Any]) -> None:
             raise ValueError(f"{dotted} = {value!r} must be {wanted}")
     crop_size = _get(raw, "input.crop_size") or 128
     for mode, spec in _table(raw, "preprocess").items():
-        _check_preprocess(mode, spec, crop_size)
+        _check_preprocess(mode, spec, crop_size, _get(raw, "input.model_size"))
     targets = _get(raw, "lora.target_modules")
     if targets is not None and (not isinstance(targets, list) or not targets
                                 or not all(isinstance(t, str) and t for t in targets)):
