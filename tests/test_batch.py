@@ -242,6 +242,28 @@ def test_other_version_or_device_reruns_and_says_why(tmp_path, card, capsys, mon
     assert "re-running case1.tif: output missing: case1.csv" in capsys.readouterr().err
 
 
+def test_a_rerun_with_local_workers_or_without_reuses_the_finished_slides(tmp_path, card,
+                                                                          capsys):
+    # Regression: local dask workers recorded device "auto", one process the device it
+    # resolved ("cpu"), so switching between them re-ran every slide on the same machine
+    slides = tmp_path / "slides"
+    make_cohort(slides, n=2)
+    out = tmp_path / "out"
+    args = ["batch", str(slides), "--out-dir", str(out), "--model", str(card), "--quiet"]
+    assert run_cli(args) == 0
+    capsys.readouterr()
+    assert run_cli([*args, "--workers", "2"]) == 0
+    assert statuses(out) == ["skipped", "skipped"]
+    assert "re-running" not in capsys.readouterr().err
+    (out / ".wsi-atm" / "case1.done.json").unlink()  # one slide left for the workers
+    pytest.importorskip("dask.distributed")
+    assert run_cli([*args, "--workers", "1"]) == 0
+    assert statuses(out) == ["skipped", "ok"]
+    assert run_cli(args) == 0
+    assert statuses(out) == ["skipped", "skipped"]
+    assert "re-running" not in capsys.readouterr().err
+
+
 def test_bad_slide_is_isolated_and_exit_is_1(tmp_path, card, capsys):
     slides = tmp_path / "slides"
     make_cohort(slides, n=1)

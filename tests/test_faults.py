@@ -248,7 +248,7 @@ def test_the_entry_point_ends_with_a_status_when_stopped_during_start_up(monkeyp
     from wsi_atm.errors import Terminated
     from wsi_atm.signals import exit_now
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         for raised, code, word in ((KeyboardInterrupt(), 130, "interrupted"),
                                    (Terminated(), 143, "terminated")):
@@ -285,7 +285,7 @@ entry.run()
 """
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_during_the_interpreters_teardown_keeps_the_exit_status(
         sig: str, tmp_path: Path) -> None:
     # Regression: Python puts its handled signals back to the default before it frees the
@@ -367,3 +367,83 @@ def test_dask_batch_interrupted_in_the_client_stops_cleanly_and_resumes(tmp_path
     again = wsi_atm(args, "")
     assert again.returncode == 0, again.stderr
     assert set(_cohort_status(out).values()) <= {"ok", "skipped"}  # the failed one redone
+
+
+def _run_with_stderr(args: list[str], stderr: str, fault: str = "") -> subprocess.CompletedProcess:
+    """The CLI with its stderr on ``/dev/full`` (every write fails: a log on a full disk) or
+    closed (``2>&-``)."""
+    code = "import sys; from wsi_atm.cli import main; main(sys.argv[1:])"
+    cmd = [sys.executable, "-c", code, *args]
+    env = {**os.environ, "WSI_ATM_FAULT": fault}
+    if stderr == "closed":
+        return subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *cmd], capture_output=True,
+                              text=True, timeout=240, cwd=REPO, env=env)
+    with open("/dev/full", "w") as full:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=full, text=True, timeout=240,
+                              cwd=REPO, env=env)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("stderr", ["full", "closed"])
+def test_a_stderr_that_cannot_be_written_never_fails_the_work(stderr, tmp_path):
+    # Regression: a warning that could not be printed (stderr on a full device, or a pipe whose
+    # reader was gone) failed the slide, every slide of a batch; with stderr closed the
+    # progress bar's set-up was an internal error; and bad input ended with status 1, not 2
+    upsampled = ["--mpp", "0.5"]  # a warning: the crops are upsampled
+    out = tmp_path / "out"
+    proc = _run_with_stderr(["classify", str(TIF), "--detections", str(TIF_CANDIDATES),
+                             "--out-dir", str(out), *upsampled], stderr)
+    assert proc.returncode == 0, proc.stdout
+    assert (out / "synthetic_025mpp.summary.json").is_file()
+    assert "warning" not in proc.stdout  # never moved to stdout
+    (tmp_path / "cohort").mkdir()
+    for name in ("a", "b"):
+        shutil.copyfile(TIF, tmp_path / "cohort" / f"{name}.tif")
+        shutil.copyfile(TIF_CANDIDATES, tmp_path / "cohort" / f"{name}.csv")
+    proc = _run_with_stderr(["batch", str(tmp_path / "cohort"), "--out-dir",
+                             str(tmp_path / "batch"), *upsampled], stderr)
+    assert proc.returncode == 0, proc.stdout
+    assert set(_cohort_status(tmp_path / "batch").values()) == {"ok"}
+    proc = _run_with_stderr(["classify", str(tmp_path / "missing.tif"), "--detections",
+                             str(TIF_CANDIDATES), "--out-dir", str(tmp_path / "bad")], stderr)
+    assert proc.returncode == 2, proc.stdout
+    # stopped: the status says so (click's line for the stop could not be written either)
+    proc = _run_with_stderr(["classify", str(TIF), "--detections", str(TIF_CANDIDATES),
+                             "--out-dir", str(tmp_path / "stopped"), "--quiet"], stderr,
+                            "inference:terminate")
+    assert proc.returncode == 143, proc.stdout
+
+
+@pytest.mark.parametrize("stage", ["crop", "inference", "write"])
+def test_a_hangup_stops_cleanly_unless_ignored(stage, tmp_path):
+    # Regression: SIGHUP (the terminal closed, an ssh session dropped) killed the process by
+    # signal, mid-slide, as only SIGKILL still did
+    out = tmp_path / "out"
+    proc = classify(TIF, TIF_CANDIDATES, out, f"{stage}:hangup")
+    assert_no_signal_death(proc)
+    assert proc.returncode == 129, proc.stderr
+    assert stderr_lines(proc) == ["wsi-atm: hung up"]
+    assert not out.exists() or looks_complete(out) == []
+    # under nohup (SIGHUP ignored) the run goes on to the end
+    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+            "from wsi_atm.cli import main; main(sys.argv[1:])")
+    args = ["classify", str(TIF), "--detections", str(TIF_CANDIDATES), "--out-dir", str(out),
+            "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=240, cwd=REPO, env={**os.environ,
+                                                      "WSI_ATM_FAULT": f"{stage}:hangup"})
+    assert proc.returncode == 0, proc.stderr
+    assert looks_complete(out) == ["synthetic_025mpp.summary.json"]
+
+
+def test_local_batch_hung_up_stops_cleanly_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    args = ["batch", "--manifest", str(_manifest(tmp_path)), "--out-dir", str(out), "--quiet"]
+    proc = wsi_atm(args, "inference:hangup:2")
+    assert_no_signal_death(proc)
+    assert proc.returncode == 129, proc.stderr
+    assert "wsi-atm: hung up" in stderr_lines(proc)
+    assert list(out.glob(".*.tmp")) == [] and not (out / "cohort.csv").exists()
+    again = wsi_atm(args, "")
+    assert again.returncode == 0, again.stderr
+    assert sorted(_cohort_status(out).values()) == ["ok", "skipped"]

@@ -537,6 +537,41 @@ def test_a_streamed_write_that_fails_midway_leaves_nothing(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_at_the_summary_leaves_no_output_and_names_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the GeoJSON, CSV and points were renamed into place, then the summary could
+    # not be written (ENOSPC): they stayed, from a run that failed, and the error was
+    # "internal error (OSError at pathlib.py:… in write_bytes)"
+    import errno
+
+    from wsi_atm.errors import WsiAtmError
+    from wsi_atm.options import OutputOptions
+    from wsi_atm.outputs import write as write_module
+
+    write_bytes = Path.write_bytes
+
+    def full(self: Path, data: bytes) -> int:  # the disk fills midway through the summary
+        if ".summary.json." not in self.name:
+            return write_bytes(self, data)
+        write_bytes(self, data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = make_result()
+    out = tmp_path / "out"
+    with pytest.raises(Exception) as caught:  # its type is checked below
+        write_module.write_outputs(result, out, OutputOptions(figure=False, points_json=True))
+    assert list(out.iterdir()) == []
+    # a user error the CLI reports in one line (exit status 1), not an internal error
+    assert isinstance(caught.value, WsiAtmError) and caught.value.exit_code == 1
+    assert str(caught.value) == (f"{out}: cannot write the outputs of {result.slide.name} "
+                                 "(No space left on device)")
+    monkeypatch.undo()  # with room again, all are written
+    paths = write_module.write_outputs(result, out, OutputOptions(figure=False))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())
+
+
 # --- review figure ---------------------------------------------------------------------------
 
 THUMB_RGB = (180, 220, 250)  # a colour the synthetic crops never take

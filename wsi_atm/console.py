@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -48,9 +49,21 @@ class _OnceAsWarning(logging.Filter):
         return True
 
 
+def say(text: str) -> None:
+    """One line on stderr, at best: a stderr that cannot take it (closed, on a full device, a
+    pipe whose reader is gone) neither fails the work nor changes the exit status, as with
+    Python's own warning printer. Regression: a warning that could not be printed failed the
+    slide (every slide of a batch), and an error line turned exit status 2 into 1."""
+    stream = sys.stderr
+    if stream is None:  # started with stderr closed: print(file=None) would write to stdout
+        return
+    with contextlib.suppress(OSError, ValueError):  # ValueError: the stream was closed
+        print(text, file=stream, flush=True)
+
+
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
-    print(f"wsi-atm: warning: {message}", file=sys.stderr)
+    say(f"wsi-atm: warning: {message}")
 
 
 def setup_console() -> None:

@@ -9,7 +9,7 @@ import atexit
 import signal
 import sys
 
-from wsi_atm.signals import exit_now, stopped, terminate
+from wsi_atm.signals import exit_now, stopped, take_hangup, terminate
 
 TEARDOWN_WATCHDOG_S = 30
 
@@ -22,16 +22,19 @@ def ignore_late_signals() -> None:
     killed the process by signal (7 of 30 signals sent in a run's last second)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # with both ignored, a teardown stuck in a native destructor (a slide on a stalled
     # network mount) could not be stopped but by SIGKILL: a watchdog ends it instead
     signal.alarm(TEARDOWN_WATCHDOG_S)
 
 
 def run() -> None:
-    """``wsi-atm``: the CLI, with SIGTERM handled like Ctrl-C and a late signal exiting at once."""
+    """``wsi-atm``: the CLI, with SIGTERM and SIGHUP handled like Ctrl-C and a late signal
+    exiting at once."""
     atexit.unregister(ignore_late_signals)
     atexit.register(ignore_late_signals)  # registered first, so it runs last
     signal.signal(signal.SIGTERM, terminate)
+    take_hangup(terminate)
     try:
         from wsi_atm.cli import main
 
@@ -45,4 +48,5 @@ def run() -> None:
         # the last exit handler, see ignore_late_signals.
         signal.signal(signal.SIGINT, exit_now)
         signal.signal(signal.SIGTERM, exit_now)
+        take_hangup(exit_now)
 

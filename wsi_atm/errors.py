@@ -40,6 +40,11 @@ class OptionError(BadInputError):
     """A command-line option or configuration value is invalid."""
 
 
+class OutputError(WsiAtmError):
+    """A slide's outputs could not be written (a full disk, EIO, the folder made read-only or
+    removed mid-run): exit status 1, none of the slide's outputs left."""
+
+
 class CohortError(WsiAtmError):
     """A batch's slides are done but its cohort files could not be written (a full disk): exit
     status 1, after the slides' outcomes, which ``outcomes`` carries, have been reported."""

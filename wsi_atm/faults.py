@@ -5,8 +5,9 @@ that every failure ends cleanly (an exit status, never a signal death; nothing h
 Stages: ``open`` (opening the slide), ``detections`` (reading the detector file), ``crop``
 (a crop read, in a reader thread), ``inference`` (a batch forward pass), ``write`` (after the
 first output file is written). Kinds: ``error`` (RuntimeError), ``interrupt`` (SIGINT to
-this process, as Ctrl-C would) or ``terminate`` (SIGTERM, as ``kill`` or ``docker stop``
-would). Unset, it costs one dictionary lookup per call.
+this process, as Ctrl-C would), ``terminate`` (SIGTERM, as ``kill`` or ``docker stop``
+would) or ``hangup`` (SIGHUP, as a closed terminal would). Unset, it costs one dictionary
+lookup per call.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def inject(stage: str) -> None:
         _calls[stage] = _calls.get(stage, 0) + 1
         if _calls[stage] != int(nth or 1):
             return
-    if kind in ("interrupt", "terminate"):
-        os.kill(os.getpid(), signal.SIGINT if kind == "interrupt" else signal.SIGTERM)
+    sent = {"interrupt": signal.SIGINT, "terminate": signal.SIGTERM, "hangup": signal.SIGHUP}
+    if kind in sent:
+        os.kill(os.getpid(), sent[kind])
         return
     raise InjectedFault(f"injected fault at stage {stage!r}")

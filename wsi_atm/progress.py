@@ -10,5 +10,5 @@ from tqdm import tqdm
 def progress_bar(total: int | None, desc: str, quiet: bool = False, unit: str = "it") -> tqdm:
     return tqdm(
         total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
-        disable=quiet or not sys.stderr.isatty(),
+        disable=quiet or sys.stderr is None or not sys.stderr.isatty(),
     )

@@ -1,5 +1,5 @@
-"""Signal handlers shared by the console entry point and the CLI: SIGTERM raised in the main
-thread as Ctrl-C is, and a late signal after the work ended exiting at once."""
+"""Signal handlers shared by the console entry point and the CLI: SIGTERM and SIGHUP raised in
+the main thread as Ctrl-C is, and a late signal after the work ended exiting at once."""
 
 from __future__ import annotations
 
@@ -12,11 +12,28 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from wsi_atm.console import say
 from wsi_atm.errors import Terminated
 
 
+class HungUp(Terminated):
+    """SIGHUP: the terminal went away (an ssh session dropped). Regression: it killed the
+    process by signal, mid-slide or mid-batch, as nothing else did but SIGKILL."""
+
+
+# Stopped as Ctrl-C is. SIGHUP only where it is not ignored: under nohup it stays ignored
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+    raise HungUp() if signum == signal.SIGHUP else Terminated()
+
+
+def take_hangup(handler: Any) -> Any:
+    """Install ``handler`` for SIGHUP unless it is ignored; returns the one it replaced."""
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGHUP, handler)
 
 
 def exit_now(signum: int, frame: FrameType | None) -> None:
@@ -25,21 +42,24 @@ def exit_now(signum: int, frame: FrameType | None) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(143 if signum == signal.SIGTERM else 130)
+    os._exit(128 + signum)  # 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
 
 
 def stopped(exc: BaseException) -> int:
-    """Say why the run stopped and return its status: 143 for SIGTERM, 130 for Ctrl-C (also
-    when wrapped, as click wraps KeyboardInterrupt in Abort)."""
+    """Say why the run stopped and return its status: 143 for SIGTERM, 129 for SIGHUP, 130 for
+    Ctrl-C (also when wrapped, as click wraps KeyboardInterrupt in Abort)."""
     cause = exc.__cause__ or exc.__context__
-    term = isinstance(exc, Terminated) or isinstance(cause, Terminated)
-    print(f"wsi-atm: {'terminated' if term else 'interrupted'}", file=sys.stderr)
-    return 143 if term else 130
+    for kind, word, status in ((HungUp, "hung up", 129), (Terminated, "terminated", 143)):
+        if isinstance(exc, kind) or isinstance(cause, kind):
+            say(f"wsi-atm: {word}")
+            return status
+    say("wsi-atm: interrupted")
+    return 130
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM over a C extension's import, delivering them when it ends.
+    """Hold Ctrl-C, SIGTERM and SIGHUP over a C extension's import, delivering them when it ends.
     Regression: onnxruntime's module init turned a KeyboardInterrupt raised inside it into
     ``ImportError: initialization failed``, taken for a damaged graph cache: the run went on to
     the end (exit 0) after the Ctrl-C, and the cached graph was deleted and rebuilt."""
@@ -48,7 +68,7 @@ def signals_held() -> Iterator[None]:
         return
     caught: list[int] = []
     saved: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         if callable(signal.getsignal(sig)):  # Python handlers only: SIG_IGN, SIG_DFL stay
             saved[sig] = signal.signal(sig, lambda n, f: caught.append(n))
     try:

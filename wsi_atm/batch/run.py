@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from wsi_atm.batch.resume import (
 )
 from wsi_atm.classifiers import SlideClassifier
 from wsi_atm.classifiers import load_classifier as _load
-from wsi_atm.console import LOCAL_WORKER_ENV, setup_console
+from wsi_atm.console import LOCAL_WORKER_ENV, say, setup_console
 from wsi_atm.cpus import CPUS_ENV, usable_cpus
 from wsi_atm.errors import BadInputError, CohortError, WsiAtmError
 from wsi_atm.files import atomic_write_text, file_sha256, remove_temps
@@ -257,7 +256,7 @@ def _triage(jobs: list[Job], settings: BatchSettings, out_dir: Path, model: dict
             outcomes[job.slide] = Outcome(job, SlideStatus.SKIPPED)
             continue
         if reason:  # --quiet is for the progress bar; why a slide runs again is always said
-            print(f"wsi-atm: re-running {job.slide.name}: {reason}", file=sys.stderr)
+            say(f"wsi-atm: re-running {job.slide.name}: {reason}")
         pending.append(job)
     return outcomes, pending, keys
 
@@ -268,8 +267,11 @@ def run_batch(jobs: list[Job], settings: BatchSettings, out_dir: Path, scheduler
     from wsi_atm.batch.cohort import write_cohort
 
     distributed = bool(scheduler or workers)
-    engine = engine_key(settings, distributed)
-    if not distributed and settings.device == "auto":  # run on the device the records name
+    # --workers start processes on this machine: "auto" is resolved here, as for one process.
+    # Regression: a rerun with --workers (or without, after one) re-ran every finished slide,
+    # "changed since its last run: device" (auto against cpu), on the same machine
+    engine = engine_key(settings, bool(scheduler))
+    if not scheduler and settings.device == "auto":  # run on the device the records name
         settings = replace(settings, device=engine["device"])
     model = {**model_fingerprint(settings.model), **engine}
     with exclusive(out_dir):

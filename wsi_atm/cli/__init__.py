@@ -6,6 +6,7 @@ gets exit status 1 and a line saying where it happened (``WSI_ATM_DEBUG=1`` show
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,10 +16,10 @@ import traceback
 import click
 
 from wsi_atm import __version__
-from wsi_atm.console import setup_console
+from wsi_atm.console import say, setup_console
 from wsi_atm.cpus import env_limit
 from wsi_atm.errors import WsiAtmError
-from wsi_atm.signals import stopped, terminate
+from wsi_atm.signals import stopped, take_hangup, terminate
 
 
 class _NeverRaised(click.ClickException):
@@ -59,14 +60,15 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     setup_console()
-    on_term = None
+    on_term = on_hup = None
     if threading.current_thread() is threading.main_thread():
         on_term = signal.signal(signal.SIGTERM, terminate)
+        on_hup = take_hangup(terminate)
     try:
         env_limit()  # a bad $WSI_ATM_CPUS is reported before any work, not mid-batch
         cli.main(args=argv, prog_name="wsi-atm", standalone_mode=False)
     except WsiAtmError as exc:
-        click.echo(f"wsi-atm: error: {exc}", err=True)
+        say(f"wsi-atm: error: {exc}")
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # Abort: click's Ctrl-C
         sys.exit(stopped(exc))
@@ -74,17 +76,22 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(exc.format_message())
         sys.exit(0)
     except click.ClickException as exc:
-        click.echo(f"wsi-atm: error: {exc.format_message()}", err=True)
+        say(f"wsi-atm: error: {exc.format_message()}")
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # internal error: say where, exit 1
-        if os.environ.get("WSI_ATM_DEBUG"):
-            traceback.print_exc()
+        if isinstance(exc.__context__, KeyboardInterrupt):  # raised while stopping: click's
+            sys.exit(stopped(exc.__context__))  # line for Ctrl-C met a stderr it cannot write
+        if os.environ.get("WSI_ATM_DEBUG") and sys.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):
+                traceback.print_exc()
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}"
-        click.echo(f"wsi-atm: internal error ({type(exc).__name__} at {where}): {exc}", err=True)
+        say(f"wsi-atm: internal error ({type(exc).__name__} at {where}): {exc}")
         sys.exit(1)
     finally:
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
+        if on_hup is not None:
+            signal.signal(signal.SIGHUP, on_hup)

@@ -20,6 +20,7 @@ from wsi_atm.cli.options import (
     output_options,
     slide_options,
 )
+from wsi_atm.console import say
 from wsi_atm.errors import CohortError
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def _report(outcomes: list[Outcome], cohort: Path | None) -> int:
     """Print each failed slide and the tally; returns how many failed."""
     for o in outcomes:
         if o.status in ("failed", "no_detections"):
-            click.echo(f"wsi-atm: {o.status}: {o.job.slide}: {o.error}", err=True)
+            say(f"wsi-atm: {o.status}: {o.job.slide}: {o.error}")
     n = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed",
                                                           "no_detections")}
     click.echo(f"{len(outcomes)} slides: {n['ok']} succeeded, {n['skipped']} skipped (up to "

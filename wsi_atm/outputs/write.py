@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from wsi_atm.errors import OutputError
 from wsi_atm.faults import inject
 from wsi_atm.files import atomic_write_bytes, sync_dir
 from wsi_atm.options import OutputOptions
@@ -23,8 +24,17 @@ from wsi_atm.slide_result import SlideResult
 def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     """Write the slide's outputs from its result alone. Every file is written to a temp name
     first and all are renamed together once written, the summary last, so its presence means
-    all are complete, and an error or a stop while writing leaves none of them (a stop in the
-    instant of the renames may leave some, never the summary)."""
+    all are complete, and an error or a stop while writing leaves none of them. A file system
+    error (a full disk, EIO, the folder made read-only or removed) is an :class:`OutputError`
+    naming the folder. Regression: it was an internal error naming a line of pathlib."""
+    try:
+        return _write_outputs(result, out_dir, outputs)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write the outputs of {result.slide.name} "
+                          f"({exc.strerror or exc})") from exc
+
+
+def _write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) -> dict[str, Path]:
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = wanted_outputs(result.slide.name, out_dir, outputs)
@@ -40,6 +50,7 @@ def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) ->
     }
     token = secrets.token_hex(6)
     staged: dict[str, Path] = {}
+    placed: list[Path] = []
     try:
         for key, write in writers.items():
             if key in paths:
@@ -48,12 +59,16 @@ def write_outputs(result: SlideResult, out_dir: Path, outputs: OutputOptions) ->
                 inject("write")
         for key, tmp in staged.items():
             os.replace(tmp, paths[key])
+            placed.append(paths[key])
+        sync_dir(out_dir)
+        timings = {**result.timings, "write_s": round(time.perf_counter() - t0, 3)}
+        write_summary(result, paths["summary"], timings=timings)
     except BaseException:
-        for tmp in staged.values():
-            with contextlib.suppress(OSError):  # the error that brought us here is the news
-                tmp.unlink(missing_ok=True)
+        # Regression: a summary that could not be written (a full disk) left the new GeoJSON,
+        # CSV and picture of a run that failed. Once the summary is in place all are complete
+        if not paths["summary"].is_file():
+            for path in [*staged.values(), *placed]:
+                with contextlib.suppress(OSError):  # the error that brought us here is the news
+                    path.unlink(missing_ok=True)
         raise
-    sync_dir(out_dir)
-    timings = {**result.timings, "write_s": round(time.perf_counter() - t0, 3)}
-    write_summary(result, paths["summary"], timings=timings)
     return paths
