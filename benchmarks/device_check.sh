@@ -12,7 +12,8 @@
 # whether the crop path keeps the GPU busy (crop_wait_s against inference_s).
 set -uo pipefail
 
-WHEELS=(openslide-python openslide-bin imagecodecs shapely)
+# what the image lacks of the core dependencies these steps import (KINDS.md lists the image)
+WHEELS=(openslide-python openslide-bin imagecodecs shapely simplejpeg)
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
     mkdir -p .whl
