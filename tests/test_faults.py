@@ -32,9 +32,11 @@ STAGES = ("open", "detections", "crop", "inference", "write")
 def wsi_atm(args: list[str], fault: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "WSI_ATM_FAULT": fault}
     env.pop("WSI_ATM_DEBUG", None)
-    # SIGINT handled as in a terminal even when this test run was started in the background
-    # (a shell starts background jobs with SIGINT ignored, and Python keeps it ignored)
+    # SIGINT and SIGHUP handled as in a terminal even when this test run was started in the
+    # background or under nohup (a shell starts background jobs with SIGINT ignored, nohup
+    # ignores SIGHUP, and Python keeps what it inherits ignored)
     code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
             "from wsi_atm.cli import main; main(sys.argv[1:])")
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
@@ -447,3 +449,32 @@ def test_local_batch_hung_up_stops_cleanly_and_resumes(tmp_path):
     again = wsi_atm(args, "")
     assert again.returncode == 0, again.stderr
     assert sorted(_cohort_status(out).values()) == ["ok", "skipped"]
+
+
+def test_dask_batch_hung_up_by_its_terminal_stops_cleanly(tmp_path):
+    # A closing terminal sends SIGHUP to its whole process group. Regression: the local dask
+    # workers and multiprocessing's resource tracker died of it; the tracker, relaunched,
+    # printed "Some resources might leak" and a KeyError traceback per semaphore
+    pytest.importorskip("dask.distributed")
+    import time
+
+    out, n = tmp_path / "out", 8
+    args = ["batch", "--manifest", str(_manifest(tmp_path, n)), "--out-dir", str(out),
+            "--workers", "1", "--quiet"]
+    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+            "from wsi_atm.cli import main; main(sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items() if k not in ("WSI_ATM_FAULT", "WSI_ATM_DEBUG")}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own group, as under a terminal
+    done = out / ".wsi-atm"
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(done.glob("*.done.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert len(list(done.glob("*.done.json"))) < n, "the batch ended before the hang-up"
+    assert proc.returncode == 129, err
+    assert "wsi-atm: hung up" in err
+    assert "Traceback" not in err and "resource_tracker" not in err, err
+    assert list(out.glob(".*.tmp")) == [] and not (out / "cohort.csv").exists()

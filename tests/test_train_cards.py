@@ -58,6 +58,24 @@ def test_input_size_is_the_run_cards_crop_size_and_calibration_is_not_copied(tmp
     assert max_dp(out, data) < 1e-5
 
 
+def test_input_size_with_another_mode_that_sizes_its_crops_gives_a_card(tmp_path, capsys):
+    # Regression: the run card kept the linear probe's centre crop to 32 px beside a model
+    # size of 48, which the card schema refuses: the finished run ended in an internal error
+    # (exit 1) and wrote no card
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards", TINY_CARD + """
+[preprocess.linear-probe]
+eval = [{ op = "center_crop", size = 32 }]
+""")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out", str(out),
+                    *ONE_FOLD, "--input-size", "48"]) == 0, capsys.readouterr().err
+    trained = load_card(out / "card.toml")
+    assert (trained.crop_size, trained.input_size) == (48, 48)
+    assert set(trained.preprocess) == {"end-to-end"}
+    assert max_dp(out, data) < 1e-5
+
+
 def test_input_size_is_refused_for_a_card_that_sizes_its_crops(tmp_path, capsys):
     # Regression: the eval centre crop (96 of a 128-px card) padded 64-px crops with black,
     # while training's random crops saw no border

@@ -78,3 +78,21 @@ def signals_held() -> Iterator[None]:
             signal.signal(held, handler)
         for num in dict.fromkeys(caught):
             signal.raise_signal(num)  # now the usual handler raises it
+
+
+@contextlib.contextmanager
+def hangup_spared() -> Iterator[None]:
+    """Start child processes (local dask workers, multiprocessing's resource tracker) with
+    SIGHUP blocked, as they inherit this thread's signal mask: a closing terminal sends it to
+    every process of its group, and this process alone stops the work and closes the workers.
+    Here it is delivered when the block ends. Regression: a hang-up killed the workers and the
+    resource tracker by signal; the tracker, relaunched, printed "Some resources might leak"
+    and a KeyError traceback for each semaphore its predecessor had registered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

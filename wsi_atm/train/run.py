@@ -260,6 +260,10 @@ def write_run_card(
     raw |= {"status": "trained", "trained_mode": cfg.mode}
     if cfg.input_size and cfg.input_size != card.crop_size:
         raw["input"] = resized_input(raw.get("input", {}), card, cfg.input_size)
+        # the other modes' eval ops are sized for the source card's crops. Regression: one
+        # ending at its crop size no longer gave the model size, and the finished run ended
+        # in an internal error instead of its card
+        raw["preprocess"] = {cfg.mode: raw["preprocess"][cfg.mode]}
     raw["decision"] = {"threshold": round(summary.threshold, 6)}
     raw["metrics"] = run_metrics(summary)
     raw["training"] = json.loads(cfg.to_json())
