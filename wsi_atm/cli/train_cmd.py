@@ -30,6 +30,10 @@ _HELP = {
     "device": "where the network trains: auto (a CUDA GPU when torch sees one, else the "
               "CPU), cpu, cuda or cuda:N",
     "max_batches": "cap the batches of an epoch, for smoke tests (default: no cap)",
+    "lr": "learning rate (default 5e-05, or the card's [recipe.MODE] value: Prov-GigaPath's "
+          "linear probe 1e-3)",
+    "weight_decay": "weight decay (default 1e-05, or the card's [recipe.MODE] value: "
+                    "Prov-GigaPath's linear probe 1e-4)",
 }
 
 
