@@ -451,10 +451,13 @@ def test_local_batch_hung_up_stops_cleanly_and_resumes(tmp_path):
     assert sorted(_cohort_status(out).values()) == ["ok", "skipped"]
 
 
-def test_dask_batch_hung_up_by_its_terminal_stops_cleanly(tmp_path):
-    # A closing terminal sends SIGHUP to its whole process group. Regression: the local dask
-    # workers and multiprocessing's resource tracker died of it; the tracker, relaunched,
-    # printed "Some resources might leak" and a KeyError traceback per semaphore
+@pytest.mark.parametrize(("sig", "status", "word"), [("SIGHUP", 129, "hung up"),
+                                                  ("SIGINT", 130, "interrupted")])
+def test_dask_batch_stopped_by_its_terminal_stops_cleanly(tmp_path, sig, status, word):
+    # A closing terminal sends SIGHUP, and Ctrl-C in it SIGINT, to its whole process group.
+    # Regression: the local dask workers and multiprocessing's resource tracker died of SIGHUP;
+    # the tracker, relaunched, printed "Some resources might leak" and a KeyError traceback per
+    # semaphore. Each worker took SIGINT and printed a KeyboardInterrupt traceback
     pytest.importorskip("dask.distributed")
     import time
 
@@ -462,6 +465,7 @@ def test_dask_batch_hung_up_by_its_terminal_stops_cleanly(tmp_path):
     args = ["batch", "--manifest", str(_manifest(tmp_path, n)), "--out-dir", str(out),
             "--workers", "1", "--quiet"]
     code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); "
             "from wsi_atm.cli import main; main(sys.argv[1:])")
     env = {k: v for k, v in os.environ.items() if k not in ("WSI_ATM_FAULT", "WSI_ATM_DEBUG")}
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
@@ -471,10 +475,11 @@ def test_dask_batch_hung_up_by_its_terminal_stops_cleanly(tmp_path):
     deadline = time.time() + 180
     while time.time() < deadline and not list(done.glob("*.done.json")):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGHUP)
+    os.killpg(proc.pid, getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
-    assert len(list(done.glob("*.done.json"))) < n, "the batch ended before the hang-up"
-    assert proc.returncode == 129, err
-    assert "wsi-atm: hung up" in err
+    assert len(list(done.glob("*.done.json"))) < n, "the batch ended before the signal"
+    assert proc.returncode == status, err
+    assert f"wsi-atm: {word}" in err
     assert "Traceback" not in err and "resource_tracker" not in err, err
+    assert "CancelledError" not in err, err
     assert list(out.glob(".*.tmp")) == [] and not (out / "cohort.csv").exists()

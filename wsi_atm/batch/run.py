@@ -177,7 +177,8 @@ def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
         with hangup_spared():  # also its event loop's thread, which (re)starts the workers
             cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1,
                                    processes=True, host="127.0.0.1", dashboard_address=None,
-                                   silence_logs=logging.WARNING)
+                                   silence_logs=logging.WARNING,
+                                   preload=["wsi_atm.batch.worker_setup"])
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="30s"), None
