@@ -96,10 +96,10 @@ def test_a_cards_recipe_sets_its_modes_defaults_under_the_config_and_command_lin
     from wsi_atm.models.registry import find_card
     from wsi_atm.train.config import card_recipe
 
-    gigapath = find_card("prov-gigapath").path
+    gigapath = find_card("prov-gigapath")
     assert card_recipe(gigapath, "linear-probe") == {"lr": 1e-3, "weight_decay": 1e-4}
     assert card_recipe(gigapath, "lora") == {}
-    assert card_recipe(find_card("uni").path, "linear-probe") == {}
+    assert card_recipe(find_card("uni"), "linear-probe") == {}
     data = write_synthetic_crops(tmp_path / "data")
     card = write_tiny_card(tmp_path / "cards", TINY_CARD + "\n[recipe.end-to-end]\n"
                            "lr = 0.002\nweight_decay = 0.0001\n")

@@ -104,6 +104,11 @@ def _with_ci(block: dict[str, Any] | None) -> tuple[str, Any]:
 FLAG = " (flagged: may not hold; click the row)"
 
 
+def _estimate_warning(summary: dict[str, Any]) -> Any:
+    """The flag on a summary's corrected estimate, if any."""
+    return (summary.get("atypical_fraction_corrected") or {}).get("warning")
+
+
 def _flagged(cell: tuple[str, Any], warning: Any) -> tuple[str, Any]:
     """An estimate's cell marked when its summary flags it: the data contradict the card, or
     the slide lies beyond what the estimate was validated at (the console, the review picture
@@ -128,7 +133,7 @@ def row_values(o: Outcome) -> dict[str, tuple[str, Any]]:
         "atypical": num(counts.get("atypical")), "normal": num(counts.get("normal")),
         "fraction": _with_ci(s.get("atypical_fraction")),
         "estimate": _flagged(_with_ci(s.get("atypical_fraction_corrected")),
-                             (s.get("atypical_fraction_corrected") or {}).get("warning")),
+                             _estimate_warning(s)),
         "hotspot_mitoses": num(hot.get("mitoses")), "hotspot_atypical": num(hot.get("atypical")),
         "per_mm2": ((f"{density:.2f}" if isinstance(density, float) else ""), density),
         "review": num(counts.get("review")), "error": (o.error, o.error),
@@ -159,7 +164,7 @@ def _row(o: Outcome, out_dir: Path) -> str:
                        for _, name in links)
     # The summary's flags, which the table's numbers do not show (upsampled crops, a hotspot
     # larger than the tissue, an estimate that may not hold).
-    warning = (o.summary.get("atypical_fraction_corrected") or {}).get("warning")
+    warning = _estimate_warning(o.summary)
     flags = [f"Estimated true share flagged: {warning}"] if warning else []
     flags += [str(w) for w in o.summary.get("warnings") or []]
     flag = "".join(f'<p class="flag">{html.escape(w)}</p>' for w in flags)

@@ -80,7 +80,7 @@ def train(data_dir: Path, model: str, mode: str | None, out: Path | None,
     # The card's own recipe for the mode comes under the config file and the command line.
     # Regression: Prov-GigaPath's linear probe, which the benchmark trained with lr 1e-3 and
     # weight decay 1e-4, was trained with the shared 5e-5 / 1e-5
-    values = card_recipe(card.path, values.get("mode", TrainConfig.mode)) | values
+    values = card_recipe(card, values.get("mode", TrainConfig.mode)) | values
     cfg = TrainConfig.from_mapping(values)
     mode = cfg.mode
     out = check_out_dir(out or Path("runs") / f"{card.name}-{mode}", "--out")

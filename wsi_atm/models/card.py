@@ -89,6 +89,8 @@ class ModelCard:
     pretrained_sha256: str = ""  # of a ``package:`` source's file
     # ``[fraction]``: how classify estimates a slide's atypical share (wsi_atm.fraction.estimators).
     fraction: dict[str, Any] = field(default_factory=dict)
+    # ``[recipe.MODE]``: training options the benchmark used for this card in that mode
+    recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_hub(self) -> bool:
@@ -177,6 +179,7 @@ def _card_from_dict(raw: dict[str, Any], path: Path) -> ModelCard:
         hub_model_args=dict(arch.get("hub_model_args", {})),
         pretrained_sha256=arch.get("pretrained_sha256", ""),
         fraction=dict(raw.get("fraction", {})),
+        recipe={m: dict(v) for m, v in raw.get("recipe", {}).items()},
     )
 
 

@@ -293,7 +293,7 @@ def inspect_tiff(path: Path) -> TiffFacts:
             page = tif.pages.first
             return TiffFacts(mpp, truncated, _series_levels(tif), _unsupported_samples(page),
                              int(page.samplesperpixel) * int(page.bitspersample) == 16
-                             and int(page.photometric) in (0, 1), page_mpps(tif))
+                             and int(page.photometric) in (0, 1), page_mpps(tif, mpp))
     except Exception:  # not a TIFF (e.g. MIRAX), or unreadable: the backends decided it opens
         return TiffFacts()
 

@@ -26,6 +26,7 @@ from typing import Any
 from wsi_atm.options import MPP_RANGE
 
 # OME UnitsLength symbols (µm is the micro sign; the Greek mu is a common spelling of it)
+OME_SOURCE = "ome.PhysicalSizeX"
 _OME_UNITS_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
                  "mm": 1e3, "cm": 1e4, "m": 1e6}
 
@@ -95,7 +96,7 @@ def mpp_from_ome(xml: str | None) -> Mpp | None:
                 size = parse_float(element.get(f"PhysicalSize{axis}"))
                 scale = _OME_UNITS_UM.get(element.get(f"PhysicalSize{axis}Unit", "µm"))
                 values.append(size * scale if size is not None and scale else None)
-            return Mpp.of(values[0], values[1], "ome.PhysicalSizeX")
+            return Mpp.of(values[0], values[1], OME_SOURCE)
     return None
 
 
@@ -124,10 +125,11 @@ def mpp_from_tiff(tif: Any) -> Mpp | None:
     return mpp or mpp_from_resolution(tif.pages.first.tags)
 
 
-def page_mpps(tif: Any) -> tuple[tuple[tuple[int, int], Mpp | None], ...]:
+def page_mpps(tif: Any, first: Mpp | None) -> tuple[tuple[tuple[int, int], Mpp | None], ...]:
     """Each main-chain page's (width, height) and the µm/px its own resolution tags give; ()
-    where OME-XML PhysicalSize speaks for the image."""
-    if tif.is_ome and mpp_from_ome(tif.ome_metadata) is not None:
+    where ``first`` (:func:`mpp_from_tiff`'s) is OME-XML PhysicalSize, which speaks for the
+    image."""
+    if first is not None and first.source == OME_SOURCE:
         return ()
     return tuple(((int(page.imagewidth), int(page.imagelength)), mpp_from_resolution(page.tags))
                  for page in tif.pages)

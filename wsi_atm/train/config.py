@@ -6,9 +6,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_atm.errors import OptionError
+
+if TYPE_CHECKING:
+    from wsi_atm.models.card import ModelCard
 
 
 @dataclass
@@ -164,17 +167,15 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def card_recipe(card_path: Path, mode: Any) -> dict[str, Any]:
+def card_recipe(card: ModelCard, mode: Any) -> dict[str, Any]:
     """The training options a card's ``[recipe.MODE]`` sets for ``mode`` (the benchmark's
     exceptions to its shared recipe), checked like a config file's."""
-    from wsi_atm.models.card import read_card
-
-    recipe = read_card(card_path).get("recipe", {}).get(mode, {}) if isinstance(mode, str) else {}
+    recipe = card.recipe.get(mode, {}) if isinstance(mode, str) else {}
     if "mode" in recipe:
-        raise OptionError(f"{card_path}: [recipe.{mode}] cannot set the mode")
+        raise OptionError(f"{card.path}: [recipe.{mode}] cannot set the mode")
     if recipe:
         try:
             TrainConfig.from_mapping(recipe)
         except OptionError as exc:
-            raise OptionError(f"{card_path}: [recipe.{mode}]: {exc}") from None
+            raise OptionError(f"{card.path}: [recipe.{mode}]: {exc}") from None
     return dict(recipe)

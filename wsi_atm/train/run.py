@@ -74,17 +74,20 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, key: dict[str, str]) -> TrainCo
             raise OptionError(f"{out} holds a run on other {changed}; resume it with the same "
                               "--data and --model or choose another --out")
         atomic_write_text(saved_key, json.dumps(key, indent=1))
-        return replace(previous, only_folds=cfg.only_folds, threads=cfg.threads,
-                       device=cfg.device)
+        return replace(previous, **{name: getattr(cfg, name) for name in RUN_ONLY})
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved_key, json.dumps(key, indent=1))
     atomic_write_text(saved, cfg.to_json())
     return cfg
 
 
+# what only says how this process runs a run: may differ between resumes
+RUN_ONLY = ("only_folds", "threads", "device")
+
+
 def _protocol(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` without what only says how this process runs it."""
-    return replace(cfg, only_folds="", threads=0, device="auto")
+    return replace(cfg, **{name: getattr(TrainConfig, name) for name in RUN_ONLY})
 
 
 def _saved_key(path: Path) -> dict[str, Any]:
