@@ -119,3 +119,30 @@ def test_median_interval_brackets_the_median() -> None:
     assert median == pytest.approx(float(np.median(values)))
     assert lo < median < hi and hi - lo < 0.1
     assert bench.median_interval([0.8] * 5) == (0.8, 0.8, 0.8)
+
+
+def test_the_partial_decode_study_decodes_the_needed_rows_exactly(bench_slide: Path) -> None:
+    partial = _load("partial_decode")
+    xs, ys = bench.candidates(200, SIZE, seed=0)
+    tiles, last = partial.rows_needed(bench_slide, xs, ys)
+    streams = partial.tile_streams(bench_slide, tiles)
+    out = np.empty((bench.TILE, bench.TILE, 3), np.uint8)
+    cut_short = 0
+    for stream, r in zip(streams, last, strict=True):
+        whole = bench.simplejpeg.decode_jpeg(stream, colorspace="RGB", strict=True)
+        assert 0 < r <= bench.TILE
+        assert partial.decode_top(stream, min(bench.TILE, r + 1), out) == ""
+        np.testing.assert_array_equal(out[:r], whole[:r])
+        cut_short += r + 1 < bench.TILE
+    assert cut_short > len(tiles) // 4  # the cut really decoded fewer rows for many tiles
+    counts = partial.damage_counts(streams, [min(bench.TILE, r + 1) for r in last], 30)
+    assert counts["whole refuses"] == sum(v for k, v in counts.items() if k != "whole refuses")
+
+
+def test_the_partial_decode_study_runs(bench_slide: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "partial_decode.py"), "--size", str(SIZE),
+         "--candidates", "100", "--variants", "10", "--keep", str(bench_slide)],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "| tiles whose needed rows differ from the whole decode | 0 |" in proc.stdout
