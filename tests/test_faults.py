@@ -483,3 +483,58 @@ def test_dask_batch_stopped_by_its_terminal_stops_cleanly(tmp_path, sig, status,
     assert "Traceback" not in err and "resource_tracker" not in err, err
     assert "CancelledError" not in err, err
     assert list(out.glob(".*.tmp")) == [] and not (out / "cohort.csv").exists()
+
+
+def _group_members(group: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes in process group ``group``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != group:
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # exited, not yet reaped
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ProcessLookupError):
+            continue
+        found.append((int(entry.name), cmdline))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_ctrl_c_while_the_dask_workers_start_stops_cleanly(tmp_path):
+    # Regression: a Ctrl-C in the first seconds of a --workers batch reached a worker process
+    # that was still starting (before its preload ignores SIGINT), and it printed a
+    # KeyboardInterrupt traceback; the batch's own process took it inside LocalCluster's start
+    pytest.importorskip("dask.distributed")
+    import time
+
+    out = tmp_path / "out"
+    args = ["batch", "--manifest", str(_manifest(tmp_path, 2)), "--out-dir", str(out),
+            "--workers", "2", "--quiet"]
+    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from wsi_atm.cli import main; main(sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items() if k not in ("WSI_ATM_FAULT", "WSI_ATM_DEBUG")}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any("spawn_main" in cmd for _, cmd in _group_members(proc.pid)):
+            time.sleep(0.2)  # a worker process has been started: it is still importing
+            break
+        time.sleep(0.005)
+    else:
+        proc.kill()
+        pytest.fail("no worker process started")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "wsi-atm: interrupted" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not (out / "cohort.csv").exists()
+    time.sleep(1)
+    assert [cmd for _, cmd in _group_members(proc.pid)] == []  # no worker left behind

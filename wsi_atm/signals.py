@@ -81,18 +81,28 @@ def signals_held() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def hangup_spared() -> Iterator[None]:
+def group_signals_spared() -> Iterator[None]:
     """Start child processes (local dask workers, multiprocessing's resource tracker) with
-    SIGHUP blocked, as they inherit this thread's signal mask: a closing terminal sends it to
-    every process of its group, and this process alone stops the work and closes the workers.
-    Here it is delivered when the block ends. Regression: a hang-up killed the workers and the
-    resource tracker by signal; the tracker, relaunched, printed "Some resources might leak"
-    and a KeyError traceback for each semaphore its predecessor had registered."""
-    if threading.current_thread() is not threading.main_thread():
+    SIGHUP and SIGINT blocked, as they inherit this thread's signal mask: a closing terminal,
+    or Ctrl-C in it, sends them to every process of its group, and this process alone stops
+    the work and closes the workers. Here they are delivered when the block ends.
+    Regressions: a hang-up killed the workers and the resource tracker by signal; the tracker,
+    relaunched, printed "Some resources might leak" and a KeyError traceback for each semaphore
+    its predecessor had registered. A Ctrl-C while the workers started reached a worker before
+    its preload ignored SIGINT (a KeyboardInterrupt traceback), and this process inside the
+    cluster's start (a traceback from distributed's exit handler closing a half-made cluster)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "pthread_sigmask")):
         yield
         return
+    from multiprocessing import resource_tracker
+
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
+        # started here, not inside the block below: starting it unblocks SIGINT (and SIGTERM)
+        # in the calling thread, which let Ctrl-C reach the workers started after it
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -45,7 +45,7 @@ from wsi_atm.outputs.paths import output_paths, retire_outputs
 from wsi_atm.outputs.write import write_outputs
 from wsi_atm.pipeline import PreparedSlide, prepare_slide
 from wsi_atm.progress import progress_bar
-from wsi_atm.signals import hangup_spared
+from wsi_atm.signals import group_signals_spared
 from wsi_atm.slide_result import SlideResult
 
 
@@ -174,12 +174,19 @@ def _connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
 
     if scheduler is None:
         os.environ[LOCAL_WORKER_ENV] = "1"  # the workers inherit it (see console.py)
-        with hangup_spared():  # also its event loop's thread, which (re)starts the workers
-            cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1,
-                                   processes=True, host="127.0.0.1", dashboard_address=None,
-                                   silence_logs=logging.WARNING,
-                                   preload=["wsi_atm.batch.worker_setup"])
-        return Client(cluster), cluster
+        cluster = None
+        try:
+            # also its event loop's thread, which (re)starts the workers
+            with group_signals_spared():
+                cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1,
+                                       processes=True, host="127.0.0.1",
+                                       dashboard_address=None, silence_logs=logging.WARNING,
+                                       preload=["wsi_atm.batch.worker_setup"])
+            return Client(cluster), cluster
+        except BaseException:  # a signal held over the start lands here: close what started
+            if cluster is not None:
+                cluster.close()
+            raise
     try:
         return Client(scheduler, timeout="30s"), None
     except (OSError, TimeoutError, ValueError) as exc:  # ValueError: not an address
