@@ -32,6 +32,13 @@ def _load(name: str) -> ModuleType:
 
 bench = _load("crops")
 
+
+def _run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A benchmark script run as a user runs it, at the tests' slide size."""
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--size",
+                           str(SIZE), *args],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+
 SIZE = 3000
 
 
@@ -94,10 +101,8 @@ def test_the_limit_is_the_faster_decoder(bench_slide: Path,
 
 
 def test_the_crops_benchmark_runs_and_reports_every_ratio(bench_slide: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "crops.py"), "--size", str(SIZE),
-         "--candidates", "120", "--rounds", "3", "--keep", str(bench_slide)],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = _run_script("crops", "--candidates", "120", "--rounds", "3", "--keep",
+                       str(bench_slide))
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
     assert [r.split(")")[0] + ")" for r in rows] == ["| (a)", "| (a')", "| (b)", "| (c)",
@@ -140,9 +145,7 @@ def test_the_partial_decode_study_decodes_the_needed_rows_exactly(bench_slide: P
 
 
 def test_the_partial_decode_study_runs(bench_slide: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "partial_decode.py"), "--size", str(SIZE),
-         "--candidates", "100", "--variants", "10", "--keep", str(bench_slide)],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = _run_script("partial_decode", "--candidates", "100", "--variants", "10", "--keep",
+                       str(bench_slide))
     assert proc.returncode == 0, proc.stderr
     assert "| tiles whose needed rows differ from the whole decode | 0 |" in proc.stdout

@@ -451,6 +451,18 @@ def test_local_batch_hung_up_stops_cleanly_and_resumes(tmp_path):
     assert sorted(_cohort_status(out).values()) == ["ok", "skipped"]
 
 
+
+def _in_own_group(args: list[str]) -> subprocess.Popen:
+    """wsi-atm started in its own process group, as under a terminal, with SIGINT and SIGHUP
+    handled as a terminal's shell leaves them."""
+    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from wsi_atm.cli import main; main(sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items() if k not in ("WSI_ATM_FAULT", "WSI_ATM_DEBUG")}
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
 @pytest.mark.parametrize(("sig", "status", "word"), [("SIGHUP", 129, "hung up"),
                                                   ("SIGINT", 130, "interrupted")])
 def test_dask_batch_stopped_by_its_terminal_stops_cleanly(tmp_path, sig, status, word):
@@ -464,13 +476,7 @@ def test_dask_batch_stopped_by_its_terminal_stops_cleanly(tmp_path, sig, status,
     out, n = tmp_path / "out", 8
     args = ["batch", "--manifest", str(_manifest(tmp_path, n)), "--out-dir", str(out),
             "--workers", "1", "--quiet"]
-    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
-            "signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from wsi_atm.cli import main; main(sys.argv[1:])")
-    env = {k: v for k, v in os.environ.items() if k not in ("WSI_ATM_FAULT", "WSI_ATM_DEBUG")}
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own group, as under a terminal
+    proc = _in_own_group(args)
     done = out / ".wsi-atm"
     deadline = time.time() + 180
     while time.time() < deadline and not list(done.glob("*.done.json")):
@@ -514,13 +520,7 @@ def test_ctrl_c_while_the_dask_workers_start_stops_cleanly(tmp_path):
     out = tmp_path / "out"
     args = ["batch", "--manifest", str(_manifest(tmp_path, 2)), "--out-dir", str(out),
             "--workers", "2", "--quiet"]
-    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
-            "signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from wsi_atm.cli import main; main(sys.argv[1:])")
-    env = {k: v for k, v in os.environ.items() if k not in ("WSI_ATM_FAULT", "WSI_ATM_DEBUG")}
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = _in_own_group(args)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if any("spawn_main" in cmd for _, cmd in _group_members(proc.pid)):
