@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import sqlite3
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +367,61 @@ def test_excels_sep_line_is_read_as_the_delimiter_hint(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.csv", "sep=;\nx;y\n10;twenty\n")
     with pytest.raises(DetectionsError, match="line 3: y value 'twenty'"):  # the file's lines
         read_detections(bad, FRAME)
+
+
+def test_a_sliderunner_database_without_the_mitosis_class_is_refused(tmp_path: Path) -> None:
+    # Regression: a database naming its class "Mitosis" made every annotation an imposter:
+    # zero candidates, no warning
+    db = make_sliderunner(tmp_path / "sr.sqlite")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE Classes SET name = 'Mitosis' WHERE uid = 1")
+    conn.close()
+    frame = SlideFrame("a1b2_slide.svs", width=10_000, height=8_000, mpp=0.25)
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(db, frame)
+    message = one_line_error(excinfo)
+    assert "no class named 'Mitotic figure'" in message and "1: Mitosis" in message
+    assert read_detections(db, frame, CandidateOptions(mitosis_class="mitosis")).ids.tolist() \
+        == ["1", "2", "3"]
+
+
+def test_midog_boxes_without_a_category_are_candidates_not_imposters(tmp_path: Path) -> None:
+    # Regression: a detector's boxes (bbox and score, no category_id) were all imposters
+    doc = midog_doc([{"bbox": [100, 100, 150, 150], "score": 0.9},
+                     {"bbox": [500, 500, 550, 550], "score": 0.8}])
+    del doc["categories"]
+    for ann in doc["annotations"]:  # type: ignore[attr-defined]
+        del ann["category_id"]
+    cands = read_detections(write(tmp_path / "det.json", doc), FRAME)
+    assert cands.x.tolist() == [125.0, 525.0] and cands.report.excluded_imposters == 0
+    assert list(cands.label) == ["", ""]
+    labelled = midog_doc([{"bbox": [100, 100, 150, 150]}, {"bbox": [5, 5, 9, 9], "category_id": 2}])
+    cands = read_detections(write(tmp_path / "labelled.json", labelled), FRAME)
+    assert cands.x.tolist() == [125.0] and cands.report.excluded_imposters == 1
+
+
+def test_midog_categories_that_are_not_a_list_are_an_input_error(tmp_path: Path) -> None:
+    doc = midog_doc([{"bbox": [100, 100, 150, 150]}])
+    doc["categories"] = 5  # was an internal error (TypeError), exit 1
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(write(tmp_path / "m.json", doc), FRAME)
+    assert "'categories' must be a list" in one_line_error(excinfo)
+
+
+def test_overflowing_coordinates_give_only_the_one_line_error(tmp_path: Path) -> None:
+    # numpy's "overflow encountered in multiply" was a second stderr line before the error
+    path = write(tmp_path / "gc.json", {"type": "Multiple points",
+                                        "points": [{"point": [1e306, 0.1, 0]}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DetectionsError):
+            read_detections(path, FRAME)
+
+
+@pytest.mark.parametrize("label", ["Mitotic figure lookalike", "Mitotic cell look-alike"])
+def test_published_lookalike_classes_are_imposters(tmp_path: Path, label: str) -> None:
+    # Regression: the hard-negative class of the canine MITOS_WSI (SlideRunner) and
+    # COADEL/ODAEL datasets, in a table or QuPath export, was kept as a mitosis
+    path = write(tmp_path / "d.csv", f"x,y,class\n100,200,Mitotic figure\n300,400,{label}\n")
+    cands = read_detections(path, FRAME)
+    assert cands.x.tolist() == [100.0] and cands.report.excluded_imposters == 1

@@ -37,13 +37,26 @@ def _key(value: Any) -> str:
     return str(value).strip()
 
 
+def _category(ann: dict[str, Any]) -> str | None:
+    """The annotation's category id; ``None`` when it gives none (a detector's boxes)."""
+    value = ann.get("category_id")
+    return None if value is None else _key(value)
+
+
+def _label(categories: dict[str, str], cid: str | None) -> str:
+    return "" if cid is None else categories.get(cid, cid)
+
+
 def index(doc: dict[str, Any], name: str) -> MidogIndex:
     images_raw, annotations = doc.get("images"), doc.get("annotations")
     if not isinstance(images_raw, list) or not isinstance(annotations, list):
         raise DetectionsError(f"{name}: MIDOG JSON needs lists 'images' and 'annotations'")
+    categories_raw = doc.get("categories") or []
+    if not isinstance(categories_raw, list):  # regression: an internal error (TypeError)
+        raise DetectionsError(f"{name}: MIDOG JSON 'categories' must be a list")
     categories = {
         _key(c.get("id")): str(c.get("name", c.get("id")))
-        for c in doc.get("categories") or []
+        for c in categories_raw
         if isinstance(c, dict)
     }
     by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -56,10 +69,7 @@ def index(doc: dict[str, Any], name: str) -> MidogIndex:
         if not isinstance(im, dict) or "id" not in im:
             raise DetectionsError(f"{name}: image #{i} has no 'id'")
         iid = _key(im["id"])
-        counts = Counter(
-            categories.get(_key(a.get("category_id")), _key(a.get("category_id")))
-            for a in by_image.get(iid, [])
-        )
+        counts = Counter(_label(categories, _category(a)) for a in by_image.get(iid, []))
         images.append(
             ImageInfo(
                 id=iid,
@@ -127,12 +137,14 @@ def read_midog(
     for i, ann in enumerate(idx.by_image.get(image.id, [])):
         x, y = _centre(ann, name)
         scores.append(_score(ann, name))
-        cid = _key(ann.get("category_id"))
+        cid = _category(ann)
         ids.append(_key(ann["id"]) if "id" in ann else str(i))
         xs.append(x)
         ys.append(y)
-        labels.append(idx.categories.get(cid, cid))
-        imposters.append(cid not in mitosis)
+        labels.append(_label(idx.categories, cid))
+        # no category is no class, kept as in every other format (regression: a detector's
+        # boxes without category_id were all imposters, zero candidates without a word)
+        imposters.append(cid is not None and cid not in mitosis)
     return RawDetections.build(
         ids,
         xs,

@@ -41,13 +41,16 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
         return []
     mpp = frame.detector_mpp
     scale = px_per_unit(units, mpp)
-    high, low = _reach(x * scale, y * scale, frame)
-    fitting = [
-        alt
-        for alt in ("px", "um", "mm")
-        if alt != units
-        and _fits(x * px_per_unit(alt, mpp), y * px_per_unit(alt, mpp), frame)
-    ]
+    # infinite when converted is fine here (the caller refuses it); numpy's overflow warning
+    # was a second stderr line before that one-line error
+    with np.errstate(over="ignore"):
+        high, low = _reach(x * scale, y * scale, frame)
+        fitting = [
+            alt
+            for alt in ("px", "um", "mm")
+            if alt != units
+            and _fits(x * px_per_unit(alt, mpp), y * px_per_unit(alt, mpp), frame)
+        ]
     if high > FAR_OUTSIDE or low < -FAR_OUTSIDE:
         cause = (
             f"they fit the slide as {' or '.join(fitting)} values: "

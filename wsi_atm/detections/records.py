@@ -111,6 +111,11 @@ IMPOSTER_NAMES = frozenset({
     "non mitotic", "nonmitotic figure", "not mitotic figure", "non mitosis", "no mitosis",
     "not mitosis", "hard negative", "mitotic like figure", "mitosis like figure", "mimic",
     "mitotic mimic",
+    # the hard-negative classes of the canine MITOS_WSI datasets (SlideRunner) and of
+    # COADEL/ODAEL: exported to a table or QuPath they were kept as mitoses
+    "mitotic figure lookalike", "mitotic figure look alike", "mitotic cell lookalike",
+    "mitotic cell look alike", "mitosis lookalike", "mitosis look alike", "lookalike",
+    "look alike",
 })
 
 

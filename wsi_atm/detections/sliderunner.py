@@ -86,12 +86,24 @@ def list_slides(path: Path) -> list[ImageInfo]:
         return _images(conn, with_counts=True)
 
 
+def _check_class(conn: sqlite3.Connection, wanted: str, name: str) -> None:
+    """Refuse a database with no class named ``wanted``, as MIDOG JSON's categories are.
+    Regression: every annotation of a database naming its class "Mitosis" was an imposter,
+    zero candidates without a word."""
+    classes = conn.execute("SELECT uid, name FROM Classes ORDER BY uid").fetchall()
+    if not any(str(cname or "").strip().lower() == wanted.strip().lower()
+               for _, cname in classes):
+        names = one_line(", ".join(f"{uid}: {cname}" for uid, cname in classes)) or "none"
+        raise DetectionsError(f"{name}: no class named {wanted!r} (classes: {names})")
+
+
 def read_sliderunner(path: Path, frame: SlideFrame, options: CandidateOptions) -> RawDetections:
+    wanted = options.mitosis_class.strip().lower()
     with _connect(path) as conn:
         image = select_image(_images(conn, with_counts=False), frame.name, options.image, path.name)
+        _check_class(conn, options.mitosis_class, path.name)
         slide_uid: int | str = int(image.id) if image.id.lstrip("-").isdigit() else image.id
         rows = conn.execute(_ANNOTATIONS, (slide_uid,)).fetchall()
-    wanted = options.mitosis_class.strip().lower()
     ids, xs, ys, labels, imposters = [], [], [], [], []
     empty = 0
     for uid, cname, x, y, n, not_numbers in rows:
