@@ -46,8 +46,9 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def to_rgb(array: np.ndarray) -> np.ndarray:
-    """Any backend array (H×W, H×W×1/3/4, uint8/uint16) → H×W×3 uint8 RGB on white."""
+def to_rgb(array: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """Any backend array (H×W, H×W×1/3/4, uint8/uint16) → H×W×3 uint8 RGB on white;
+    ``premultiplied``: its alpha is associated (the colour already scaled by it)."""
     if array.dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
     elif array.dtype != np.uint8:
@@ -61,16 +62,20 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
         array = np.concatenate([np.repeat(array[..., :1], 3, axis=2), array[..., 1:]], axis=2)
         channels = 4
     if channels >= 4:
-        return _composite_on_white(array[..., :4])
+        return _composite_on_white(array[..., :4], premultiplied)
     return np.ascontiguousarray(array[..., :3])
 
 
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Un-premultiplied RGBA → RGB over white (exact where alpha is 255)."""
+def _composite_on_white(rgba: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """Un-premultiplied (or, ``premultiplied``, associated-alpha) RGBA → RGB over white (exact
+    where alpha is 255)."""
     alpha = rgba[..., 3:4]
     if alpha.min() == 255:
         return np.ascontiguousarray(rgba[..., :3])
     a = alpha.astype(np.uint16)
+    if premultiplied:  # the colour already carries its alpha: add white's share only
+        over: np.ndarray = np.minimum(rgba[..., :3].astype(np.uint16) + (255 - a), 255)
+        return over.astype(np.uint8)
     rgb = rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a)
     return ((rgb + 127) // 255).astype(np.uint8)
 
@@ -168,7 +173,9 @@ class _TiffSlideBackend:
             # tiffslide hands back a palette image's indices: look them up (16-bit map)
             arr = (facts.colormap[:, arr.reshape(arr.shape[:2])] >> 8).astype(np.uint8)
             arr = arr.transpose(1, 2, 0)
-        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = to_rgb(arr)
+        # Regression: associated alpha was composited as unassociated (up to 64 darker at half)
+        premultiplied = facts is not None and facts.premultiplied
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = to_rgb(arr, premultiplied)
         if facts is not None and facts.missing:
             _whiten_missing(out, facts, (x0, y0), (cx0, cy0, cx1, cy1))
         return out

@@ -129,6 +129,8 @@ class PageFacts:
     colormap: Any = None  # a palette level's 3×2**bits uint16 map (tiffslide ignores it)
     # Aperio YCbCr JPEG 2000 (33003): tiffslide hands back its Y, Cb and Cr as R, G and B
     ycbcr_jp2k: bool = False
+    # associated alpha (ExtraSamples 1): the colour is premultiplied, tiffslide hands it back so
+    premultiplied: bool = False
 
 
 def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict[int, PageFacts]:
@@ -150,9 +152,10 @@ def page_facts(path: Any, level_dimensions: tuple[tuple[int, int], ...]) -> dict
                 tile_h = int(page.tilelength) if tiled else int(page.rowsperstrip or h)
                 missing = frozenset(i for i, n in enumerate(page.databytecounts) if not n)
                 colormap = page.colormap if int(page.photometric) == 3 else None
+                extra = tuple(int(v) for v in (page.extrasamples or ()))
                 found[level] = PageFacts(tile_w, tile_h, -(-w // tile_w), missing,
                                          int(page.photometric) == 0, colormap,
-                                         int(page.compression) == 33003)
+                                         int(page.compression) == 33003, extra[:1] == (1,))
     except Exception:  # not a TIFF, or one tifffile cannot read: the library's pixels stand
         return {}
     return found
