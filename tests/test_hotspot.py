@@ -154,3 +154,23 @@ def test_fifty_thousand_evenly_spread_points_stop_quickly_with_a_ceiling() -> No
     assert max(tree_counts) <= hot.mitoses_bound
     assert hot.mitoses >= 0.95 * hot.mitoses_bound and hot.mitoses >= max(tree_counts)
     assert elapsed < 30  # minutes before; the timing itself lives in benchmarks/
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_field_is_centred_among_its_mitoses(seed: int) -> None:
+    """Regression: the best field is rarely unique and the search returned any centre of one,
+    with a mitosis on its rim; a single mitosis at (1000, 1000) px on the 0.499 µm/px sample
+    slide got a 2 mm² field centred at (1112, -461) px, off the slide, 800 µm from it. The
+    counts stay the exact maximum; the centre moves to the middle of the field's mitoses."""
+    one = find_hotspot(np.array([499.0]), np.array([499.0]), np.array([False]), 797.9)
+    assert one is not None and one.center_um == (499.0, 499.0)
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(1000, 60, 12), rng.uniform(0, 5000, 20)])
+    y = np.concatenate([rng.normal(1000, 60, 12), rng.uniform(0, 5000, 20)])
+    aty = rng.random(len(x)) < 0.3
+    hot = find_hotspot(x, y, aty, 250.0)
+    assert hot is not None and (hot.mitoses, hot.atypical) == brute_force(x, y, aty, 250.0)
+    cx, cy = hot.center_um
+    px, py = x[hot.members], y[hot.members]
+    assert px.min() <= cx <= px.max() and py.min() <= cy <= py.max()
+    assert np.array_equal(hot.members, np.hypot(x - cx, y - cy) <= 250.0 * (1 + 1e-9))

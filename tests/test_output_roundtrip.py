@@ -112,7 +112,8 @@ def test_the_review_header_says_when_the_hotspot_is_larger_than_the_tissue() -> 
     from wsi_atm.outputs.figures import _findings_line
 
     result = make_result()
-    result.hotspot = SimpleNamespace(area_mm2=2.0, mitoses=3, atypical=1)  # type: ignore[assignment]
+    result.hotspot = SimpleNamespace(area_mm2=2.0, mitoses=3, atypical=1,  # type: ignore[assignment]
+                                     exact=True, mitoses_bound=3)
     result.tissue = SimpleNamespace(area_mm2=0.45)  # type: ignore[assignment]
     assert "blue - larger than the tissue" in str(_findings_line(result))
     result.tissue = SimpleNamespace(area_mm2=20.0)  # type: ignore[assignment]

@@ -415,6 +415,44 @@ def test_calibrated_mean_is_the_headline_when_the_card_has_a_fraction_table() ->
     assert row["corrected_method"] == corrected["method"] and row["corrected_warning"] == ""
 
 
+def test_cohort_csv_carries_the_summarys_warnings() -> None:
+    """Regression: cohort.csv dropped the summary's warnings (upsampled crops, a hotspot
+    larger than the tissue, every candidate outside the slide), which report.html and the review
+    picture show: the table gave those slides' numbers as if nothing were wrong."""
+    from wsi_atm.batch.cohort import COLUMNS, WARNINGS_SEP
+
+    summary = build_summary(make_result(resample_factor=2.0))
+    assert summary["warnings"]  # the upsampling
+    row = cohort_row(Outcome(job=Job(slide=Path("a.svs"), detections=None), status="ok",
+                             summary=summary))
+    assert "warnings" in COLUMNS and set(row) == set(COLUMNS)
+    assert row["warnings"].split(WARNINGS_SEP) == summary["warnings"]
+    clean = build_summary(make_result([ROWS[0]]))
+    assert clean["warnings"] == []
+    assert cohort_row(Outcome(job=Job(slide=Path("b.svs"), detections=None), status="ok",
+                              summary=clean))["warnings"] == ""
+
+
+def test_a_stopped_hotspot_search_is_flagged_in_the_summary_and_picture() -> None:
+    """Regression: a hotspot whose search stopped (exact false: the best field found, with a
+    ceiling) was told only by the summary's hotspot block and the console; the review
+    picture, report.html and cohort.csv gave its count as the hotspot's."""
+    from wsi_atm.slide_result import HotspotMeta
+
+    result = make_result()
+    result.hotspot = HotspotMeta(area_mm2=2.0, radius_um=797.9, center_px=(2000.0, 2000.0),
+                                 radius_px=(3191.5, 3191.5), mitoses=3, atypical=1,
+                                 mitoses_bound=5, exact=False)
+    summary = build_summary(result)
+    assert any("no field of 2 mm² holds more than 5" in w for w in summary["warnings"])
+    _, lines = _header_lines(result)
+    assert any("3 mitoses (no field more than 5)" in line for line in lines)
+    result.hotspot = HotspotMeta(area_mm2=2.0, radius_um=797.9, center_px=(2000.0, 2000.0),
+                                 radius_px=(3191.5, 3191.5), mitoses=3, atypical=1,
+                                 mitoses_bound=3, exact=True)
+    assert not any("hotspot search" in w for w in build_summary(result)["warnings"])
+
+
 def test_the_card_names_the_headline_estimator() -> None:
     # Regression: a card naming "raw" (or an EM table) got Rogan-Gladen without a word
     raw = build_summary(make_result(sensitivity=0.75, specificity=0.80,
@@ -666,6 +704,34 @@ def test_review_png_numbers_agree_with_the_calls_at_an_unround_threshold(
     for p, shown in zip(ps, captions, strict=True):  # each caption on its frame's side
         assert (shown >= threshold) == (p >= threshold), (p, shown)
         assert abs(shown - p) < 5e-4
+
+
+def test_review_png_header_is_never_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: without a gallery (no atypical and no flagged calls) the picture was as
+    wide as a portrait slide's thumbnail, and the header's findings and flags ("crops
+    UPSAMPLED 2.00x", the hotspot and tissue line) ran off its right edge."""
+    from PIL import ImageDraw
+
+    drawn: list[tuple[float, str, object]] = []
+    real_text = ImageDraw.ImageDraw.text
+
+    def record(self: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, *args: object,
+               **kwargs: object) -> None:
+        if kwargs.get("anchor") is None:  # left-aligned: the header's lines
+            drawn.append((xy[0], text, kwargs.get("font")))
+        real_text(self, xy, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    rows = [("c1", 1000.0, 2000.0, 0.9, "ok", "classified", 0.1, False)]
+    result = make_result(rows, resample_factor=2.0)
+    thumbnail = np.full((1600, 400, 3), 230, dtype=np.uint8)  # a tall, narrow slide
+    data = review_png(thumbnail, 0.08, result)
+    with Image.open(io.BytesIO(data)) as im:
+        width = im.width
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    assert any("UPSAMPLED" in text for _, text, _ in drawn)
+    for x, text, font in drawn:
+        assert x + measure.textlength(text, font=font) <= width, text  # type: ignore[arg-type]
 
 
 def test_pick_gallery_on_empty_result() -> None:

@@ -25,7 +25,11 @@ COLUMNS = ("slide", "detections", "status", "candidates", "classified", "atypica
            "hotspot_area_mm2", "hotspot_mitoses", "hotspot_atypical", "hotspot_atypical_fraction",
            "hotspot_fraction_ci95_low", "hotspot_fraction_ci95_high", "hotspot_center_x",
            "hotspot_center_y", "tissue_mm2", "mitoses_per_mm2",
-           "atypical_per_mm2", "review_flagged", "elapsed_s", "error")
+           "atypical_per_mm2", "review_flagged", "warnings", "elapsed_s", "error")
+# The summary's warnings in one cell: the caveats on this row's numbers (upsampled crops, a
+# hotspot larger than the tissue, every candidate outside the slide ...), which report.html
+# and the review picture show and the table had dropped.
+WARNINGS_SEP = " | "
 
 
 def _fmt(value: Any) -> str:
@@ -65,6 +69,7 @@ def cohort_row(o: Outcome) -> dict[str, str]:
         "tissue_mm2": tissue.get("area_mm2"), "mitoses_per_mm2": tissue.get("mitoses_per_mm2"),
         "atypical_per_mm2": tissue.get("atypical_per_mm2"),
         "review_flagged": counts.get("review"),
+        "warnings": WARNINGS_SEP.join(str(w) for w in s.get("warnings") or []) or None,
         "elapsed_s": round(elapsed, 3) if isinstance(elapsed, float) else elapsed,
         "error": o.error,
     }

@@ -229,8 +229,9 @@ def find_hotspot(
         value, center = _pivot(i, x, y, weight, tree, r)
         if value > best:
             best, best_center = value, center
-    cx, cy = best_center
     # Membership with a relative tolerance: the sweep places rim points exactly on the rim.
+    members = np.hypot(x - best_center[0], y - best_center[1]) <= r * (1 + 1e-9)
+    cx, cy = _centred(x, y, members, best_center, r)
     members = np.hypot(x - cx, y - cy) <= r * (1 + 1e-9)
     mitoses = int(members.sum())
     # exact only if nothing may beat the field found, atypical tie-break included
@@ -239,6 +240,22 @@ def find_hotspot(
     return Hotspot(center_um=(float(cx), float(cy)), radius_um=r, mitoses=mitoses,
                    atypical=int((members & aty).sum()), members=members, mitoses_bound=bound,
                    exact=exact)
+
+
+def _centred(x: np.ndarray, y: np.ndarray, members: np.ndarray, centre: tuple[float, float],
+             r: float) -> tuple[float, float]:
+    """A centre for the field among its mitoses, holding every one of ``members``.
+
+    The best field is rarely unique: the search returns a centre with a mitosis on the rim, or
+    for a few mitoses any centre within ``r`` of them (one mitosis: a centre ``r`` away, off
+    the slide). The members' centroid, else their bounding box's centre, where that disk
+    still holds them all (so it holds at least as many: no fewer counts), else ``centre``."""
+    px, py = x[members], y[members]
+    for c in ((float(px.mean()), float(py.mean())),
+              (float(px.min() + px.max()) / 2, float(py.min() + py.max()) / 2)):
+        if bool(np.all(np.hypot(px - c[0], py - c[1]) <= r * (1 + 1e-9))):
+            return c
+    return centre
 
 
 def _pivot(i: int, x: np.ndarray, y: np.ndarray, weight: np.ndarray, tree: cKDTree,

@@ -10,6 +10,7 @@ in its call's colour and captioned with its probability.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -148,8 +149,10 @@ def _findings_line(result: SlideResult) -> str | None:
     if h is not None:
         # its outline can lie wholly off the picture then: say why there is no blue
         larger = " - larger than the tissue" if t is not None and h.area_mm2 > t.area_mm2 else ""
-        parts.append(f"Hotspot ({h.area_mm2:g} mm2, blue{larger}): {h.mitoses} mitoses, "
-                     f"{h.atypical} atypical")
+        # a stopped search's field is the best found, not proven best: say its ceiling
+        ceiling = "" if h.exact else f" (no field more than {max(h.mitoses, h.mitoses_bound)})"
+        parts.append(f"Hotspot ({h.area_mm2:g} mm2, blue{larger}): {h.mitoses} mitoses"
+                     f"{ceiling}, {h.atypical} atypical")
     if t is not None and t.area_mm2 > 0:
         n = int(np.count_nonzero(result.classified))
         parts.append(f"tissue {t.area_mm2:.3g} mm2, {n / t.area_mm2:.3g} mitoses/mm2")
@@ -290,6 +293,14 @@ def _gallery_panel(
     return panel
 
 
+def _header_width(title: str, lines: Sequence[str]) -> int:
+    """Width in px of the header's widest line, as :func:`render_review` draws it."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [measure.textlength(title, font=_font(24))]
+    widths += [measure.textlength(line, font=_font(16)) for line in lines]
+    return math.ceil(max(widths))
+
+
 def render_review(
     thumbnail: np.ndarray,
     thumb_scale: float,
@@ -308,6 +319,9 @@ def render_review(
     header_h = 40 + 24 * len(lines) + 10
     left_h = thumb.height + 8 + legend.height
     width = MARGIN + thumb.width + MARGIN + (panel.width + MARGIN if panel else 0)
+    # Never narrower than the header: without a gallery a portrait slide's picture cut off
+    # its findings and flags (an upsampled slide's "crops UPSAMPLED", a flagged estimate).
+    width = max(width, MARGIN + _header_width(title, lines) + MARGIN)
     height = header_h + max(left_h, panel.height if panel else 0) + MARGIN
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)

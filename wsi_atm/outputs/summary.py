@@ -316,6 +316,11 @@ def build_summary(result: SlideResult,
         warnings.append(
             f"the hotspot field ({h.area_mm2:g} mm²) is larger than {found}: its count is "
             "close to the whole slide's, not a hotspot")
+    if h is not None and not h.exact:
+        warnings.append(
+            f"the hotspot search stopped early (the mitoses are spread evenly): its field holds "
+            f"{h.mitoses} mitoses, and no field of {h.area_mm2:g} mm² holds more than "
+            f"{max(h.mitoses, h.mitoses_bound)}")
     chance = _no_better_than_chance(result.model)
     if chance and counts["classified"]:
         warnings.append(chance)
