@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import sqlite3
 import warnings
 from pathlib import Path
@@ -333,20 +334,39 @@ def test_a_region_polygon_in_a_qupath_export_is_not_a_candidate(tmp_path: Path) 
          "properties": {"objectType": "annotation"}},
         {"type": "Feature", "geometry": polygon(1_000, 1_000, 60),  # a segmented nucleus
          "properties": {"objectType": "detection"}},
-        {"type": "Feature", "geometry": polygon(5_000, 5_000, 999),  # still under the cut
+        {"type": "Feature", "geometry": polygon(5_000, 5_000, 399),  # 99.75 µm a side: kept
          "properties": {"objectType": "detection"}},
     ]}
     cands = read_detections(write(tmp_path / "all.geojson", doc), FRAME,
                             CandidateOptions(merge_radius_um=0))
-    assert (cands.x.tolist(), cands.y.tolist()) == ([100.0, 300.0, 1_030.0, 5_499.5],
-                                                     [200.0, 400.0, 1_030.0, 5_499.5])
-    assert any("skipped 1 polygon(s) of more than 1,000,000 px²" in w
+    assert (cands.x.tolist(), cands.y.tolist()) == ([100.0, 300.0, 1_030.0, 5_199.5],
+                                                     [200.0, 400.0, 1_030.0, 5_199.5])
+    assert any("skipped 1 polygon(s) of more than 10,000 µm²" in w
                for w in cands.report.warnings)
+
+
+def test_a_marked_field_on_a_20x_slide_is_a_region_not_a_candidate(tmp_path: Path) -> None:
+    # Regression: the region cut was 1,000,000 px² whatever the pixel size, so on a 0.5 µm/px
+    # slide a hand-marked high-power field of 0.2 mm² (800,000 px²) beside the mitoses became
+    # a candidate at the field's centre, classified and counted
+    radius = math.sqrt(0.2e6 / math.pi) / 0.5  # px
+    ring = [[3_000 + radius * math.cos(t), 3_000 + radius * math.sin(t)]
+            for t in (2 * math.pi * k / 64 for k in range(65))]
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+         "properties": {"objectType": "annotation", "classification": {"name": "HPF"}}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [2_900, 3_100]},
+         "properties": {"objectType": "annotation"}},
+    ]}
+    frame = SlideFrame("slide.svs", width=10_000, height=8_000, mpp=0.5)
+    cands = read_detections(write(tmp_path / "hpf.geojson", doc), frame)
+    assert cands.x.tolist() == [2_900.0]
+    assert any("skipped 1 polygon(s)" in w for w in cands.report.warnings)
 
 
 def test_an_empty_multipoint_is_not_reported_as_a_region_polygon(tmp_path: Path) -> None:
     # Regression: a points annotation with no points left ("MultiPoint", coordinates []) was
-    # counted as a polygon of more than 1,000,000 px², a tissue outline
+    # counted as a region polygon, a tissue outline
     doc = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [100, 200]},
          "properties": {"objectType": "annotation"}},
@@ -355,7 +375,7 @@ def test_an_empty_multipoint_is_not_reported_as_a_region_polygon(tmp_path: Path)
     ]}
     cands = read_detections(write(tmp_path / "empty.geojson", doc), FRAME)
     assert cands.x.tolist() == [100.0]
-    assert not any("px²" in w for w in cands.report.warnings), cands.report.warnings
+    assert not any("µm²" in w for w in cands.report.warnings), cands.report.warnings
     assert any("1 MultiPoint" in w for w in cands.report.warnings), cands.report.warnings
 
 

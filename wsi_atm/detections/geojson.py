@@ -15,10 +15,11 @@ from wsi_atm.errors import DetectionsError
 HOTSPOT_CLASS = "Mitotic hotspot"
 SCORE_KEYS = ("score", "probability", "detector_score", "confidence", "prob")
 _AREAS = ("Polygon", "MultiPolygon")
-# A polygon larger than this (px²) is a region, not a mitosis: 100 × 100 µm even at 0.1 µm/px,
-# where a mitotic figure spans ~10–30 µm. QuPath's export of all annotations holds the tissue
-# outline beside the mitoses (regression: its centroid became a candidate).
-REGION_AREA_PX = 1_000_000
+# A polygon larger than this (µm²) is a region, not a mitosis: a mitotic figure spans ~10–30 µm.
+# QuPath's export of all annotations holds the tissue outline, or fields marked by hand, beside
+# the mitoses (regression: the outline's centroid became a candidate; and so did a marked
+# high-power field of 0.2 mm² on a 0.5 µm/px slide while the cut was 1,000,000 px²).
+REGION_AREA_UM2 = 10_000
 REGION = "region polygon"  # how such a polygon is counted among the skipped features
 
 
@@ -67,8 +68,10 @@ def _score(props: dict[str, Any]) -> float:
     return math.nan
 
 
-def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, float]] | None:
-    """The geometry's point(s), its centroid for polygons, ``None`` for unsupported types."""
+def _points(geom: dict[str, Any], where: str, name: str,
+            region_px: float) -> list[tuple[float, float]] | None:
+    """The geometry's point(s), its centroid for polygons, ``None`` for unsupported types, []
+    for a polygon of more than ``region_px`` px²."""
     kind = geom.get("type")
     coords: Any = geom.get("coordinates")
     try:
@@ -78,7 +81,7 @@ def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, fl
             return [(float(c[0]), float(c[1])) for c in coords]
         if kind in _AREAS:
             area = shape(geom)
-            if area.area > REGION_AREA_PX:
+            if area.area > region_px:
                 return []
             centroid = area.centroid
             # to a millionth of a pixel: GEOS's centroid of a circle centred on a half pixel
@@ -91,7 +94,9 @@ def _points(geom: dict[str, Any], where: str, name: str) -> list[tuple[float, fl
     return None
 
 
-def read_geojson(doc: Any, name: str) -> RawDetections:
+def read_geojson(doc: Any, name: str, mpp: float) -> RawDetections:
+    """``mpp``: µm a slide pixel spans (QuPath's coordinates are the slide's level-0 pixels)."""
+    region_px = REGION_AREA_UM2 / (mpp * mpp)
     ids, xs, ys, scores, labels, where_of = [], [], [], [], [], []
     skipped: dict[str, int] = {}
     for i, feature in enumerate(features_of(doc, name)):
@@ -104,10 +109,10 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
             props = {}
         if _label(props) == HOTSPOT_CLASS:
             continue
-        points = _points(geom, where, name) if isinstance(geom, dict) else None
+        points = _points(geom, where, name, region_px) if isinstance(geom, dict) else None
         if not points:
             # [] from a polygon: a region; from a MultiPoint, no points (regression: an
-            # empty MultiPoint was reported as a polygon of more than 1,000,000 px²)
+            # empty MultiPoint was reported as a region polygon)
             kind = ("no geometry" if not isinstance(geom, dict) else
                     REGION if points == [] and geom.get("type") in _AREAS else
                     str(geom.get("type")))
@@ -129,8 +134,9 @@ def read_geojson(doc: Any, name: str) -> RawDetections:
     warnings = []
     regions = skipped.pop(REGION, 0)
     if regions:
-        warnings.append(f"skipped {regions} polygon(s) of more than {REGION_AREA_PX:,} px² "
-                        "(regions such as a tissue outline, larger than any mitosis)")
+        warnings.append(f"skipped {regions} polygon(s) of more than {REGION_AREA_UM2:,} µm² "
+                        "(regions such as a tissue outline or a marked field, larger than any "
+                        "mitosis)")
     if skipped:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
         warnings.append(f"skipped features without a point or polygon geometry: {kinds}")

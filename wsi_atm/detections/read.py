@@ -69,7 +69,7 @@ def _raw(loaded: sniff.Loaded, frame: SlideFrame, options: CandidateOptions) -> 
     if loaded.fmt == CSV:
         return table.read_table(loaded.payload, name, frame.name, options.image)
     if loaded.fmt == QUPATH_GEOJSON:
-        return geojson.read_geojson(loaded.payload, name)
+        return geojson.read_geojson(loaded.payload, name, frame.mpp)
     if loaded.fmt != EMPTY:  # pragma: no cover - sniff only yields known formats
         raise AssertionError(f"no reader for format {loaded.fmt!r}")
     empty = RawDetections.build([], [], [], [], [], [])
