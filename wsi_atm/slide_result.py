@@ -28,7 +28,8 @@ class SlideMeta:
     resample_factor: float  # of the larger axis; >1: upsampled (slide coarser than the model)
     upsampled: bool
     # µm/px used to turn a detector's physical units (µm, mm) into pixels: the spacing the file
-    # declares (what the detector saw), not a --mpp override; None when the slide declares none.
+    # declares (what the detector saw), not a --mpp override; the override where the slide
+    # declares none; None in records built without it.
     detections_mpp: float | None = None
     mpp_x: float | None = None  # None: square pixels of ``mpp`` (records built without them)
     mpp_y: float | None = None

@@ -170,7 +170,9 @@ def _corrected_line(result: SlideResult) -> str | None:
              "calibrated-em": "calibrated EM"}
     name = names.get(str(result.model.fraction.get("method")), "Rogan-Gladen")
     line = f"Estimated true atypical share: {est.value:.1%} (95% CI {lo:.1%} - {hi:.1%}, {name})"
-    return line + ("  [the data contradict the card here: see the summary's warning]"
+    # the flag covers both warnings: the data contradict the card's rates, or the slide lies
+    # beyond the shares the estimate was validated at (not a contradiction)
+    return line + ("  [not to be trusted as it stands: see the summary's warning]"
                    if est.warning else "")
 
 

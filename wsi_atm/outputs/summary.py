@@ -170,7 +170,8 @@ def _slide(result: SlideResult) -> dict[str, Any]:
         "mpp_source": s.mpp_source,
         "detections_mpp": s.detections_mpp,
         "detections_mpp_note": "µm/px used to convert detections given in µm or mm: the "
-                               "slide's declared spacing (the detector's), even under --mpp",
+                               "slide's declared spacing (the detector's), even under --mpp; "
+                               "the --mpp value where the slide declares none",
         "width": s.width,
         "height": s.height,
         "bounds_offset": list(s.bounds_offset),
