@@ -96,6 +96,16 @@ def test_near_target_mpp_is_native(tmp_path: Path) -> None:
     np.testing.assert_array_equal(crop, image[250 - 64 : 250 + 64, 301 - 64 : 301 + 64])
 
 
+@pytest.mark.parametrize("mpp", [0.225, 0.275])
+def test_either_edge_of_the_tolerance_is_native(tmp_path: Path, mpp: float) -> None:
+    # Regression: exactly +10 % (0.275 µm/px for 0.25) was chosen as adequate, then missed the
+    # native check by a rounding error and was resampled 1.10x, while exactly -10 % was native
+    path = write_single_level_tiff(tmp_path / "s.tif", tissue_image(300, 300, seed=2), mpp)
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+    assert plan.native and plan.scale == 1.0 and plan.read_size == 128
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_real_svs_crops_equal_full_read(cmu_svs: Path, backend: str) -> None:
     with open_slide(cmu_svs, backend) as slide:

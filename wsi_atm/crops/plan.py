@@ -99,7 +99,10 @@ def plan_crops(
     ds = slide.level_downsamples[level]
     level_mpp = mpp0 * ds
     square = abs(slide.mpp_xy.x / slide.mpp_xy.y - 1) <= 0.5 / size
-    if square and abs(level_mpp / target_mpp - 1) <= tolerance:
+    # the same bound as the level's choice: exactly +tolerance (0.275 for 0.25) was chosen as
+    # adequate, then missed this check by a rounding error and was resampled 1.10x
+    within = target_mpp * (1 - tolerance) <= level_mpp <= target_mpp * (1 + tolerance)
+    if square and within:
         return CropPlan(level, size, 1.0, True, False, target_mpp, size, level_mpp)
     # Non-square pixels are always resampled, each axis to the target on its own.
     read_w = max(1, round(size * target_mpp / (slide.mpp_xy.x * ds)))
