@@ -96,6 +96,20 @@ def test_near_target_mpp_is_native(tmp_path: Path) -> None:
     np.testing.assert_array_equal(crop, image[250 - 64 : 250 + 64, 301 - 64 : 301 + 64])
 
 
+def test_planted_crops_sit_in_the_engines_window_at_half_pixels(tmp_path: Path) -> None:
+    # Regression: the test helper placed crops with round() (halves to even), a pixel left of
+    # the engine's window at x = 100.5, so tests built on it could not see a half-pixel error
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
+    centers = [(200.5, 150.5), (401.5, 351.5)]
+    canvas = place_crops(tissue_image(640, 560, seed=1), crops, centers)
+    path = write_single_level_tiff(tmp_path / "s.tif", canvas, 0.25)
+    with open_slide(path) as slide:
+        plan = plan_crops(slide)
+        for crop, (x, y) in zip(crops, centers, strict=True):
+            np.testing.assert_array_equal(read_crop(slide, x, y, plan)[0], crop)
+
+
 @pytest.mark.parametrize("mpp", [0.225, 0.275])
 def test_either_edge_of_the_tolerance_is_native(tmp_path: Path, mpp: float) -> None:
     # Regression: exactly +10 % (0.275 µm/px for 0.25) was chosen as adequate, then missed the

@@ -13,6 +13,7 @@ written strip by strip.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,13 +122,17 @@ def place_crops(
 ) -> np.ndarray:
     """A copy of ``canvas`` with each crop pasted centred on its (x, y).
 
-    The crop's top-left lands at ``(round(x) - w // 2, round(y) - h // 2)``, the same window the
-    crop engine reads at native resolution, so a lossless slide gives the crops back exactly.
+    The crop lands where the crop engine's native window for (x, y) lies
+    (:func:`~wsi_atm.crops.plan.window_origins`: even sides centred on the nearest pixel
+    corner, halves up; odd on the pixel the point lies in), so a lossless slide gives the crops
+    back exactly. (It used ``round``, which takes halves to even: a crop planted at x = 100.5
+    sat a pixel left of the engine's window.)
     """
     out = canvas.copy()
     for crop, (x, y) in zip(crops, centers, strict=True):
         h, w = crop.shape[:2]
-        left, top = round(x) - w // 2, round(y) - h // 2
+        left = math.floor(x + (0.5 if w % 2 == 0 else 0.0)) - w // 2
+        top = math.floor(y + (0.5 if h % 2 == 0 else 0.0)) - h // 2
         if left < 0 or top < 0 or left + w > out.shape[1] or top + h > out.shape[0]:
             raise ValueError(f"crop centred at ({x}, {y}) does not fit in the canvas")
         out[top : top + h, left : left + w] = crop[..., :3]
