@@ -445,3 +445,19 @@ def test_published_lookalike_classes_are_imposters(tmp_path: Path, label: str) -
     path = write(tmp_path / "d.csv", f"x,y,class\n100,200,Mitotic figure\n300,400,{label}\n")
     cands = read_detections(path, FRAME)
     assert cands.x.tolist() == [100.0] and cands.report.excluded_imposters == 1
+
+
+def test_midog_json_without_categories_and_no_mitosis_id_is_refused(tmp_path: Path) -> None:
+    # Regression: no 'categories' list and every annotation of category_id 0 (a detector's one
+    # class) made them all imposters: zero candidates without a word
+    doc = midog_doc([{"bbox": [100, 100, 150, 150], "category_id": 0},
+                     {"bbox": [500, 500, 550, 550], "category_id": 0}])
+    del doc["categories"]
+    with pytest.raises(DetectionsError) as excinfo:
+        read_detections(write(tmp_path / "m.json", doc), FRAME)
+    assert "no annotation has category_id 1" in one_line_error(excinfo)
+    doc = midog_doc([{"bbox": [100, 100, 150, 150], "category_id": 2}])  # imposters only:
+    del doc["categories"]  # fine where the file has a mitosis elsewhere, as MIDOG's images
+    doc["annotations"].append({"id": 9, "image_id": 99, "bbox": [1, 1, 5, 5],  # type: ignore
+                               "category_id": 1})
+    assert len(read_detections(write(tmp_path / "n.json", doc), FRAME).x) == 0

@@ -87,6 +87,15 @@ def _mitosis_ids(idx: MidogIndex, wanted: str, name: str) -> set[str]:
     if found:
         return found
     if not idx.categories:
+        given = {c for anns in idx.by_image.values() for a in anns
+                 if (c := _category(a)) is not None}
+        if given and str(MITOSIS_CATEGORY_ID) not in given:
+            # Regression: a file whose one class was category_id 0 gave every annotation as
+            # an imposter, zero candidates without a word
+            raise DetectionsError(
+                f"{name}: no 'categories' list, and no annotation has category_id "
+                f"{MITOSIS_CATEGORY_ID} (MIDOG's mitotic figure; found: "
+                f"{', '.join(sorted(given))}): add the list naming {wanted!r}")
         return {str(MITOSIS_CATEGORY_ID)}
     names = ", ".join(f"{cid}: {cname}" for cid, cname in idx.categories.items())
     raise DetectionsError(f"{name}: no category named {wanted!r} (categories: {names})")
