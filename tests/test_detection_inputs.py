@@ -461,3 +461,14 @@ def test_midog_json_without_categories_and_no_mitosis_id_is_refused(tmp_path: Pa
     doc["annotations"].append({"id": 9, "image_id": 99, "bbox": [1, 1, 5, 5],  # type: ignore
                                "category_id": 1})
     assert len(read_detections(write(tmp_path / "n.json", doc), FRAME).x) == 0
+
+
+@pytest.mark.parametrize("column", ["slide_id", "image_id"])
+def test_a_cohort_tables_slide_id_column_picks_the_slides_rows(tmp_path: Path,
+                                                               column: str) -> None:
+    # Regression: a "slide_id" (or "image_id") column was not taken as the image column, so
+    # each slide of the cohort got every slide's candidates
+    path = write(tmp_path / "cohort.csv", f"{column},x,y\nslide,100,200\nother,300,400\n"
+                                          "slide,500,600\n")
+    cands = read_detections(path, FRAME)
+    assert cands.x.tolist() == [100.0, 500.0]

@@ -32,8 +32,10 @@ SCORE_ALIASES = ("score", "probability", "confidence", "prob", "detector_score")
 LABEL_ALIASES = ("label", "class", "classification", "class_name", "category", "name")
 ID_ALIASES = ("id", "uid", "object_id", "candidate_id")
 # QuPath's measurement export of several images has an "Image" column; detectors' tables
-# covering a cohort name the slide. Not "filename": detectors name each candidate's patch so.
-IMAGE_ALIASES = ("image", "image_name", "slide", "slide_name")
+# covering a cohort name the slide (regression: a cohort table's "slide_id" column was not
+# seen, and every slide's rows landed on each slide). Not "filename" or "file_name": detectors
+# name each candidate's patch so.
+IMAGE_ALIASES = ("image", "image_name", "slide", "slide_name", "slide_id", "image_id")
 
 
 def accepted_xy_text() -> str:
