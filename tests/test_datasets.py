@@ -249,6 +249,23 @@ def test_rerun_is_a_no_op_force_redoes_and_damage_is_repaired(small, tmp_path, c
     assert not hidden(dest)
 
 
+def test_crops_named_in_capitals_are_counted_as_installed(small, tmp_path, capsys):
+    # Regression: a crop named *.PNG was checked and written but never counted on disk, so
+    # the dataset never read as installed: every rerun downloaded it again, `list` said missing
+    members = upstream()
+    crop = f"{TOP}/AtNorM-Br/Normal/2.png"
+    members[crop.replace(".png", ".PNG")] = members.pop(crop)
+    archive = str(write(members, tmp_path / "a.zip"))
+    dest = tmp_path / "data"
+    assert download(dest, archive, "atnorm-br") == 0
+    capsys.readouterr()
+    assert download(dest, archive, "atnorm-br") == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert run_cli(["datasets", "list", "--dest", str(dest)]) == 0
+    assert "[installed]" in next(line for line in capsys.readouterr().out.splitlines()
+                                 if line.startswith("atnorm-br"))
+
+
 # --- failures: exit 2, one line, nothing left behind --------------------------------------------
 
 BR = f"{TOP}/AtNorM-Br/Normal/2.png"
@@ -290,6 +307,16 @@ def broken(case: str) -> tuple[str, dict[str, bytes] | bytes | None, str]:
     if case == "csv_without_slide":
         m[csv_name] = m[csv_name].replace(b"slide", b"slidename", 1)
         return "ami-br", m, "missing columns slide"
+    if case == "csv_not_utf8":  # Regression: these three were an internal error (exit 1), a
+        # final_label of None and missing columns the header has
+        m[csv_name] = m[csv_name].replace(b"MIDOG21", b"MIDOG\xe921", 1)
+        return "ami-br", m, "amibr_train_split.csv is not UTF-8 text"
+    if case == "csv_short_row":
+        m[csv_name] = m[csv_name].replace(b"\n1,", b"\n1,s1.tiff\n7,", 1)
+        return "ami-br", m, "amibr_train_split.csv: line 3 has fewer cells than the header"
+    if case == "csv_header_only":
+        m[csv_name] = m[csv_name].partition(b"\n")[0] + b"\n"
+        return "ami-br", m, "amibr_train_split.csv: no rows below the header"
     if case == "csv_missing":
         del m[csv_name]
         return "ami-br", m, "no amibr_train_split.csv"
@@ -298,7 +325,7 @@ def broken(case: str) -> tuple[str, dict[str, bytes] | bytes | None, str]:
 
 CASES = ["wrong_counts", "not_128", "rgba", "not_an_image", "lfs_pointer", "no_such_folder",
          "corrupt_zip", "missing_source", "csv_lists_a_missing_crop", "csv_extra_row",
-         "csv_without_slide", "csv_missing"]
+         "csv_without_slide", "csv_not_utf8", "csv_short_row", "csv_header_only", "csv_missing"]
 
 
 @pytest.mark.parametrize("case", CASES)

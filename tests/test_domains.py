@@ -177,3 +177,18 @@ def test_a_groups_table_that_cannot_be_read_is_bad_input(tmp_path):
         crop_groups(data, "lab", table)
     table.write_text("slide\tlab\ns0.tiff\tA\ns1.tiff\tA\ns2.tiff\tB\ns3.tiff\tC\n")
     assert set(crop_groups(data, "lab", table).tolist()) == {"A", "B", "C"}
+
+
+def test_a_groups_table_naming_a_slide_twice_or_no_slide_is_refused(tmp_path):
+    # Regression: a slide listed again under another group silently took the last row's group;
+    # a table of a header alone was said to lack its 'slide' column
+    data = load_dataset(write_synthetic_crops(tmp_path / "data", slides=4), size=32)
+    table = tmp_path / "groups.csv"
+    table.write_text("slide,lab\ns0.tiff,A\ns1.tiff,A\ns2.tiff,B\ns3.tiff,C\ns0.tiff,B\n")
+    with pytest.raises(BadInputError, match=r"slide 's0\.tiff' is listed twice with different"):
+        crop_groups(data, "lab", table)
+    table.write_text("slide,lab\ns0.tiff,A\ns1.tiff,A\ns2.tiff,B\ns3.tiff,C\ns0.tiff,A\n")
+    assert set(crop_groups(data, "lab", table).tolist()) == {"A", "B", "C"}
+    table.write_text("slide,lab\n")
+    with pytest.raises(BadInputError, match=r"groups\.csv: no rows below the header"):
+        crop_groups(data, "lab", table)

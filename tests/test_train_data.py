@@ -40,7 +40,8 @@ def test_a_split_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
      "line 9 has fewer cells"),
     (lambda t: (t + "s0.tiff,Normal,N0.png,extra\n").encode(), "line 8 has more cells"),
     (lambda t: (t + f's0.tiff,Normal,"{"x" * 200_000}"\n').encode(), "unreadable table"),
-], ids=["latin-1", "short-row", "open-quote", "extra-cell", "over-long-cell"])
+    (lambda t: t.partition("\n")[0].encode() + b"\n", "no rows below the header"),
+], ids=["latin-1", "short-row", "open-quote", "extra-cell", "over-long-cell", "header-only"])
 def test_a_damaged_split_csv_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           damage: Callable[[str], bytes], words: str) -> None:
     # Regression: each was an internal error (exit 1), or a listed crop silently misread
@@ -109,6 +110,19 @@ def test_a_crop_whose_header_declares_a_huge_image_is_bad_input(
     assert _evaluate(data, tmp_path) == 2
     err = capsys.readouterr().err
     assert "N1.png: cannot read image" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_crop_that_is_not_square_is_refused(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: it was stretched to the card's square crop, distorting the mitosis, silently
+    data = write_synthetic_crops(tmp_path / "d", n_atypical=3, n_normal=3)
+    crop = data / "Normal" / "N1.png"
+    Image.open(crop).crop((0, 0, 32, 20)).save(crop)
+    with pytest.raises(BadInputError, match=r"N1\.png: a crop must be square, found 32×20"):
+        load_dataset(data, size=32)
+    assert _evaluate(data, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "a crop must be square" in err and len(err.strip().splitlines()) == 1
 
 
 def test_16_bit_grey_crops_are_scaled_and_wider_samples_refused(tmp_path: Path) -> None:

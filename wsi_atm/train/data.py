@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 from PIL import Image
 
 from wsi_atm.errors import BadInputError
+from wsi_atm.train.tables import read_rows
 
 log = logging.getLogger("wsi_atm.train")
 CLASSES = ("Atypical", "Normal")
@@ -186,44 +185,12 @@ def _check_rows(path: Path, rows: list[dict[str, str]]) -> None:
         seen.add((label, name))
 
 
-def read_rows(path: Path, what: str = "", delimiter: str | None = ",") -> list[dict[str, str]]:
-    """A CSV's rows, each with exactly the header's cells; ``what`` names the table in
-    messages, ``delimiter`` None takes a tab if the header line has one, else a comma.
-    Regression: a BOM hid the first column; text not in UTF-8, a row with a missing or an
-    extra cell (or a quote left open) and a cell over csv's field limit were internal errors
-    (exit 1) or misread."""
-    name = f"{what} {path}" if what else str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInputError(f"cannot read {name}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise BadInputError(f"{name} is not UTF-8 text ({exc.reason} at byte "
-                            f"{exc.start})") from None
-    if delimiter is None:
-        delimiter = "\t" if "\t" in text.partition("\n")[0] else ","
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows = []
-    try:
-        for row in reader:
-            extra = row.pop(None, None)  # cells past the header
-            if None in row.values():
-                raise BadInputError(f"{path}: line {reader.line_num} has fewer cells than "
-                                    "the header")
-            if any(cell.strip() for cell in extra or ()):
-                raise BadInputError(f"{path}: line {reader.line_num} has more cells than "
-                                    "the header")
-            rows.append(row)
-    except csv.Error as exc:
-        # the DictReader's own line_num is only updated after a row is read
-        raise BadInputError(f"{path}: line {reader.reader.line_num}: unreadable table: "
-                            f"{exc}") from None
-    return rows
-
-
 def _read(path: Path, size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if width != height:  # Regression: stretched square silently, mitosis and all
+                raise BadInputError(f"{path}: a crop must be square, found {width}×{height}")
             im = _as_rgb(opened, path)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)

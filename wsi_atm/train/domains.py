@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from wsi_atm.errors import BadInputError, OptionError
-from wsi_atm.train.data import CropDataset, read_rows
+from wsi_atm.train.data import CropDataset
+from wsi_atm.train.tables import read_rows
 
 BUNDLED_TABLE = "amibr_domains.csv"
 
@@ -29,7 +30,13 @@ def read_group_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     columns = list(rows[0]) if rows else []
     if "slide" not in columns:
         raise BadInputError(f"{path}: a groups table needs a 'slide' column")
-    return columns, {r["slide"]: r for r in rows}
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        # Regression: a slide listed again under another group silently took the last one
+        if table.setdefault(row["slide"], row) != row:
+            raise BadInputError(f"{path}: slide {row['slide']!r} is listed twice with "
+                                "different groups")
+    return columns, table
 
 
 def crop_groups(data: CropDataset, group: str, table: Path | None = None) -> np.ndarray:

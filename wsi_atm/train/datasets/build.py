@@ -3,7 +3,6 @@ temporaries renamed into place only after every check passed."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import http.client
 import io
@@ -38,6 +37,7 @@ from wsi_atm.train.datasets.specs import (
     Crop,
     DatasetSpec,
 )
+from wsi_atm.train.tables import parse_rows
 
 # --- checks --------------------------------------------------------------------------------------
 
@@ -67,9 +67,11 @@ def _check_counts(spec: DatasetSpec, crops: list[Crop]) -> dict[str, int]:
     return counts
 
 
-def split_keys(text: str, spec: DatasetSpec) -> set[tuple[str, str]]:
-    """(final_label, dataset_uid) of every row of the training-split CSV, checked."""
-    rows = list(csv.DictReader(io.StringIO(text)))
+def split_keys(data: bytes, spec: DatasetSpec) -> set[tuple[str, str]]:
+    """(final_label, dataset_uid) of every row of the training-split CSV, checked.
+    Regression: a CSV not in UTF-8 (or unreadable as a table) was an internal error and a row
+    short of cells was reported as a final_label of None."""
+    rows = parse_rows(data, spec.split_csv, spec.split_csv)
     missing = {"slide", "final_label", "dataset_uid"} - set(rows[0] if rows else {})
     if missing:
         raise BadInputError(f"{spec.split_csv}: missing columns {', '.join(sorted(missing))}")
@@ -111,7 +113,7 @@ def build(archive: Archive, spec: DatasetSpec, out: Path, quiet: bool = True) ->
     csv_bytes = b""
     if spec.split_csv:
         csv_bytes = read_member(archive, find_file(archive.names, spec.split_csv, root))
-        train = split_keys(csv_bytes.decode("utf-8-sig"), spec)
+        train = split_keys(csv_bytes, spec)
         _check_split(spec, crops, train)
     bar = progress_bar(len(crops), f"checking {spec.name}", quiet=quiet, unit="crop")
     for crop in crops:
@@ -140,7 +142,11 @@ def build(archive: Archive, spec: DatasetSpec, out: Path, quiet: bool = True) ->
 
 
 def _pngs(folder: Path) -> int:
-    return sum(1 for p in folder.glob("*.png")) if folder.is_dir() else 0
+    # Any case, as find_crops takes them. Regression: a crop named *.PNG was never counted, so
+    # the dataset never read as installed and every run downloaded it again.
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
 
 
 def disk_counts(target: Path, spec: DatasetSpec) -> dict[str, int]:
