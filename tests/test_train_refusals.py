@@ -207,3 +207,20 @@ def test_a_run_resumes_on_another_device(tmp_path):
     assert json.loads((out / "config.json").read_text())["device"] == "cpu"
     assert run_cli([*base, "--device", "auto"]) == 0
     assert len(list(out.glob("fold_*/result.json"))) == TrainConfig().folds
+
+
+def test_a_groups_table_without_its_grouping_is_refused(tmp_path, capsys):
+    # Regression: `evaluate --groups T` without --group, and `train --groups T` under k-fold,
+    # ignored the table without a word
+    data = write_synthetic_crops(tmp_path / "data")
+    card = write_tiny_card(tmp_path / "cards")
+    table = tmp_path / "g.csv"
+    table.write_text("slide,lab\ns0,A\n")
+    assert run_cli(["evaluate", "--data", str(data), "--model", str(card), "--groups",
+                    str(table), "--quiet"]) == 2
+    _one_error(capsys, "--groups", "--group")
+    assert run_cli(["train", "--data", str(data), "--model", str(card), "--out",
+                    str(tmp_path / "run"), "--groups", str(table), "--epochs", "1",
+                    "--quiet"]) == 2
+    _one_error(capsys, "--groups", "leave-group-out")
+    assert not (tmp_path / "run").exists()

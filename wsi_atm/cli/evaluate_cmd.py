@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from wsi_atm.cli.options import MAX_BATCH
+from wsi_atm.errors import OptionError
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -40,6 +41,10 @@ def evaluate(data_dir: Path, model: str | None, device: str, batch_size: int | N
     """Balanced accuracy, AUROC, sensitivity, specificity per fold model and for the ensemble."""
     from wsi_atm.models.registry import find_card
     from wsi_atm.train.evaluate import evaluate as run
+
+    if groups_table is not None and group is None:  # it was ignored without a word
+        raise OptionError("--groups is the table --group reads: give --group too, a column "
+                          "of that table")
 
     report = run(find_card(model), data_dir, device=device, batch_size=batch_size, tta=tta,
                  quiet=quiet or as_json, group=group, groups_table=groups_table)

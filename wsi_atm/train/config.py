@@ -62,6 +62,9 @@ class TrainConfig:
             raise OptionError("--threshold inner needs --selection inner")
         if self.folds < 2:
             raise OptionError("--folds must be at least 2")
+        if self.groups and self.cv != "leave-group-out":  # it was ignored without a word
+            raise OptionError("--groups is the table of --cv leave-group-out; this run's "
+                              f"--cv is {self.cv}")
         from wsi_atm.engines import check_device
 
         check_device(self.device)
