@@ -73,7 +73,27 @@ def test_outputs_rewritten_by_another_run_are_not_taken_for_the_batchs(
     summary = json.loads((out / "case0.summary.json").read_text())
     assert summary["model"]["threshold"] != 0.01
     record = json.loads((out / ".wsi-atm" / "case0.done.json").read_text())
-    assert record[resume.SUMMARY_SHA] == resume.file_sha256(out / "case0.summary.json")
+    assert record[resume.OUTPUTS_SHA]["summary"] == resume.file_sha256(
+        out / "case0.summary.json")
+
+
+@pytest.mark.parametrize("edited", ["case0.geojson", "case0.csv", "case0.png"])
+def test_an_output_edited_by_hand_is_not_taken_for_the_batchs(
+        tmp_path: Path, card: Path, capsys: pytest.CaptureFixture[str], edited: str) -> None:
+    # Regression: only the summary's sha256 was recorded, so a GeoJSON cut down (or a CSV
+    # relabelled) by hand was skipped as up to date and listed as the batch's result
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    make_cohort(slides, n=2)
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    with open(out / edited, "ab") as fh:
+        fh.write(b"\n")
+    capsys.readouterr()
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert [r["status"] for r in cohort_rows(out)] == ["ok", "skipped"]
+    assert "re-running case0.tif: its outputs were rewritten since (by hand or another run " \
+           f"into this folder): {edited}" in capsys.readouterr().err
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert [r["status"] for r in cohort_rows(out)] == ["skipped", "skipped"]
 
 
 def test_a_hub_cards_key_names_its_base_model_snapshot(tmp_path: Path,
@@ -117,7 +137,8 @@ def test_a_hub_base_model_fetched_by_the_run_is_recorded_by_its_snapshot(
     # next batch, finding it cached, ran every slide again
     out, job = tmp_path / "out", Job(tmp_path / "s.tif", tmp_path / "s.csv")
     out.mkdir()
-    (out / "s.summary.json").write_text("{}")
+    for name in ("s.summary.json", "s.geojson", "s.csv", "s.png"):  # as a run wrote them
+        (out / name).write_text("{}")
     monkeypatch.setattr(resume, "cached_revision", lambda model_id, revision="": "abc123")
     key = {"base_model": "hf-hub:org/name", "base_revision": ""}
     assert json.loads(resume.record_text(out, job, key))["base_revision"] == "abc123"

@@ -121,7 +121,7 @@ def record_path(out_dir: Path, job: Job) -> Path:
     return out_dir / STATE_DIR / f"{PurePath(job.slide.name).stem}.done.json"
 
 
-SUMMARY_SHA = "summary_sha256"  # beside the key in a record: the summary the run wrote
+OUTPUTS_SHA = "outputs_sha256"  # beside the key in a record: each file the run wrote
 
 
 def record_text(out_dir: Path, job: Job, key: dict[str, Any]) -> str:
@@ -130,21 +130,21 @@ def record_text(out_dir: Path, job: Job, key: dict[str, Any]) -> str:
     as the next run's key will name it (else every slide ran again once)."""
     if "base_model" in key and not key.get("base_revision"):
         key = {**key, "base_revision": cached_revision(key["base_model"])}
-    summary = output_paths(job.slide.name, out_dir)["summary"]
-    return json.dumps({**key, SUMMARY_SHA: file_sha256(summary)}, indent=1)
+    wanted = wanted_outputs(job.slide.name, out_dir, outputs_of(key))
+    return json.dumps({**key, OUTPUTS_SHA: {kind: file_sha256(p) for kind, p in wanted.items()}},
+                      indent=1)
 
 
 def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
-    """``None`` when the slide's record matches ``key``, all its outputs are there and its
-    summary is the one that run wrote, else why it must run again ("" for a slide never
-    finished here)."""
+    """``None`` when the slide's record matches ``key`` and all its outputs are there as that
+    run wrote them, else why it must run again ("" for a slide never finished here)."""
     try:
         saved = json.loads(record_path(out_dir, job).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
     if not isinstance(saved, dict):
         return "its completion record is unreadable"
-    written = saved.pop(SUMMARY_SHA, None)
+    written = saved.pop(OUTPUTS_SHA, None)
     changed = sorted(k for k in key.keys() | saved.keys() if saved.get(k) != key.get(k))
     if changed:
         return "changed since its last run: " + ", ".join(changed)
@@ -152,12 +152,15 @@ def why_rerun(out_dir: Path, job: Job, key: dict[str, Any]) -> str | None:
     missing = [p.name for p in wanted.values() if not p.is_file()]
     if missing:
         return "output missing: " + ", ".join(missing)
+    if not isinstance(written, dict):
+        return "its completion record is from an older wsi-atm (no output sha256s)"
     # Regression: a classify run into the same folder replaced the outputs and the batch
-    # still took them for its own
-    if written is None:
-        return "its completion record is from an older wsi-atm (no summary sha256)"
-    if written != file_sha256(wanted["summary"]):
-        return "its outputs were rewritten since (another run into this folder)"
+    # still took them for its own; then a GeoJSON or CSV edited by hand (only the summary's
+    # sha256 was recorded) was still reported as the batch's result, "up to date"
+    edited = [p.name for kind, p in wanted.items() if written.get(kind) != file_sha256(p)]
+    if edited:
+        return ("its outputs were rewritten since (by hand or another run into this folder): "
+                + ", ".join(edited))
     return None
 
 

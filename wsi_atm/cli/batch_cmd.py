@@ -41,8 +41,8 @@ Resume: OUT/.wsi-atm/<stem>.done.json is written after a slide's outputs; a reru
 slide only when it matches (slide path, size and mtime; detections sha256; model card and
 weight sha256s, a hub card's base model snapshot; wsi-atm version and source sha256, device,
 precision, engine, compile; threshold, review band, review fold std, hotspot area, candidate
-options, mpp, backend, outputs asked for, tta), its outputs are all there and its summary is
-the one that run wrote.
+options, mpp, backend, outputs asked for, tta) and its outputs are all there, each the file
+that run wrote (sha256).
 
 \b
 Exit status: 0 when no slide failed, 1 when any did, 2 for bad input before any work
