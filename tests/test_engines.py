@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from wsi_atm.engines import (
     record_path,
     write_record,
 )
-from wsi_atm.errors import OptionError
+from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.infer import Classifier
 from wsi_atm.models.registry import find_card
 from wsi_atm.slides import open_slide
@@ -280,6 +281,60 @@ def test_only_a_trustworthy_record_skips_pytorch(real_crops: np.ndarray, cache: 
     monkeypatch.setattr("wsi_atm.classifiers.cuda_possible", lambda: True)
     assert onnx_only(card, **{**args, "device": "auto"}) is None
     assert onnx_only(card, **{**args, "device": "cuda"}) is None
+
+
+
+
+def test_a_record_with_fields_of_the_wrong_type_is_checked_again(real_crops: np.ndarray,
+                                                                 cache: Path) -> None:
+    # Regression: a record that is JSON but holds a field of the wrong type ("checked_crops":
+    # null) was an internal error (TypeError in GraphRecord.trusted) on every run
+    card = find_card("wsi-atm-default")
+    graph = _checked(card, real_crops)
+    data = json.loads(record_path(graph).read_text())
+    for change in ({"checked_crops": None}, {"max_delta_p": "0.0"}, {"max_delta_p_tta": "x"},
+                   {"checked_crops_tta": 40.5}, {"graph_sha256": 5}, {"checked_crops": True}):
+        record_path(graph).write_text(json.dumps({**data, **change}))
+        assert read_record(graph) is None, change
+    record_path(graph).write_text(json.dumps({**data, "checked_crops": None}))
+    assert isinstance(load_classifier(card, device="cpu", engine="auto"), Classifier)
+    clf = load_classifier(card, device="cpu", engine="onnx")
+    assert isinstance(clf, Classifier)  # checked against PyTorch again, not trusted
+    torch_p = Classifier(card, device="cpu", engine="torch").predict(real_crops[:32])
+    assert np.abs(clf.predict(real_crops[:32]) - torch_p).max() <= MAX_DELTA_P
+    assert read_record(graph) is not None  # the check wrote a sound record again
+
+
+@pytest.fixture
+def read_only_cache(cache: Path) -> Iterator[Path]:
+    """The cache with an ``onnx`` folder that cannot be written (read-only mount for root)."""
+    (cache / "onnx").mkdir(parents=True)
+    if os.geteuid() != 0:
+        (cache / "onnx").chmod(0o555)
+        yield cache
+        (cache / "onnx").chmod(0o755)
+        return
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(cache / "onnx")],
+                           capture_output=True, check=False)
+    if mount.returncode:
+        pytest.skip("root cannot mount a read-only folder here")
+    yield cache
+    subprocess.run(["umount", str(cache / "onnx")], check=True)
+
+
+def test_a_read_only_cache_does_not_export_in_vain(read_only_cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: auto on a read-only cache exported the graph (~7 s) on every run, then fell
+    # back to PyTorch when it could not save it; --engine onnx paid the same before its error
+    exports: list[object] = []
+    real_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exports.append(1)
+                        or real_export(*a, **k))
+    card = find_card("wsi-atm-default")
+    assert Classifier(card, device="cpu", engine="auto").engine == "torch"
+    with pytest.raises(ModelError, match="no ONNX Runtime graph"):
+        Classifier(card, device="cpu", engine="onnx")
+    assert exports == [] and not any((read_only_cache / "onnx").iterdir())
 
 
 CHECK_CLASSIFY = """

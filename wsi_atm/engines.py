@@ -167,13 +167,26 @@ def read_record(graph: Path) -> GraphRecord | None:
         if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
             return None
         record = GraphRecord(**data)
-        probes_ok = isinstance(record.probes, dict) and all(
-            isinstance(p, dict) and all(isinstance(p.get(k), float | int)
-                                        for k in ("onnx_s", "torch_s"))
-            for p in record.probes.values())
-        return record if probes_ok and isinstance(record.onnxruntime, str) else None
+        return record if well_typed(record) else None
     except (OSError, ValueError, TypeError):
         return None
+
+
+def well_typed(record: GraphRecord) -> bool:
+    """Whether every field of a record read from JSON has its type. Regression: a record with
+    ``"checked_crops": null`` (or a string for a Δp) was an internal error on every run."""
+    def number(x: object, optional: bool = False) -> bool:
+        return (x is None and optional) or (isinstance(x, float | int)
+                                            and not isinstance(x, bool))
+
+    probes_ok = isinstance(record.probes, dict) and all(
+        isinstance(p, dict) and all(number(p.get(k)) for k in ("onnx_s", "torch_s"))
+        for p in record.probes.values())
+    return (probes_ok and isinstance(record.onnxruntime, str)
+            and isinstance(record.graph_sha256, str)
+            and number(record.max_delta_p, optional=True)
+            and number(record.max_delta_p_tta, optional=True)
+            and all(type(n) is int for n in (record.checked_crops, record.checked_crops_tta)))
 
 
 def written_by_this_user(path: Path) -> bool:

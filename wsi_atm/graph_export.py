@@ -49,6 +49,8 @@ def export_graph(transform: BatchTransform, net: nn.Module, crop_size: int, path
     example = torch.zeros(2, crop_size, crop_size, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Regression: on a read-only cache each run exported for seconds, then failed to save
+        tmp.touch()
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph, (example,),
