@@ -81,6 +81,18 @@ def test_folder_pairing_rules(tmp_path):
                                                              dets / "lonely.json.csv")]
 
 
+@pytest.mark.parametrize("pattern", ["", "/abs/*.svs"])
+def test_a_pattern_pathlib_refuses_is_bad_input(tmp_path, capsys, pattern):
+    # Regression: an empty or absolute --pattern was an internal error (exit 1)
+    d = tmp_path / "slides"
+    d.mkdir()
+    (d / "a.svs").write_bytes(b"II*\x00")
+    code = run_cli(["batch", str(d), "--out-dir", str(tmp_path / "out"), "--pattern", pattern])
+    err = capsys.readouterr().err
+    assert code == 2 and "internal error" not in err
+    assert err.strip().splitlines() == [err.strip()] and "--pattern" in err
+
+
 def test_outputs_may_not_go_where_they_would_clash_with_inputs(tmp_path):
     d = tmp_path / "slides"
     d.mkdir()
@@ -334,6 +346,22 @@ def test_an_out_dir_that_cannot_be_locked_is_written_with_a_warning(tmp_path, mo
                                              "make sure no other wsi-atm batch writes to it")
     with warned, resume.exclusive(tmp_path / "out"):
         pass
+
+
+def test_an_out_dir_whose_lock_cannot_be_made_is_bad_input(tmp_path, capsys):
+    # Regression: a file named .wsi-atm in --out-dir (or a folder the permission check could
+    # not foresee) was an internal error (FileExistsError in mkdir), exit 1
+    d = tmp_path / "slides"
+    d.mkdir()
+    (d / "a.tif").write_bytes(b"II*\x00")
+    write_candidates(d / "a.csv", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / resume.STATE_DIR).write_text("")
+    code = run_cli(["batch", str(d), "--out-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [err]
+    assert "internal error" not in err and ".wsi-atm/lock (File exists)" in err
 
 
 def test_slides_whose_names_differ_only_in_case_clash(tmp_path, monkeypatch):

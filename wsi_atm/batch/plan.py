@@ -111,7 +111,7 @@ def find_slides(folder: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
     bad input)."""
     if not folder.is_dir():
         raise BadInputError(f"slide folder not found: {folder}")
-    found = ({p for pat in patterns for p in folder.glob(pat)} if patterns
+    found = ({p for pat in patterns for p in _glob(folder, pat)} if patterns
              else {p for p in folder.iterdir() if slide_extension(p.name)})
     slides = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
     if not slides:  # a mistyped pattern or folder, not a cohort of none
@@ -119,6 +119,16 @@ def find_slides(folder: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
                   else "files with a WSI extension")
         raise BadInputError(f"no slides in {folder}: looked for {looked}")
     return slides
+
+
+def _glob(folder: Path, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)``; a pattern pathlib refuses is bad input. Regression: an empty
+    or absolute --pattern was an internal error (ValueError, NotImplementedError)."""
+    try:
+        return list(folder.glob(pattern))
+    except (ValueError, NotImplementedError) as exc:
+        raise OptionError(f"--pattern {pattern!r}: {exc}; give a glob relative to the slide "
+                          "folder, such as '*.svs'") from None
 
 
 def _by_prefix(folder: Path) -> dict[str, list[Path]]:

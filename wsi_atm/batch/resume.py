@@ -175,8 +175,14 @@ def remove_leftovers(out_dir: Path, job: Job) -> None:
 @contextlib.contextmanager
 def exclusive(out_dir: Path) -> Iterator[None]:
     """One batch per output folder at a time (the lock dies with the process)."""
-    (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    with open(out_dir / STATE_DIR / "lock", "w") as fh:
+    try:
+        (out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        fh = open(out_dir / STATE_DIR / "lock", "w")  # noqa: SIM115 (the with below closes it)
+    except OSError as exc:  # Regression: an internal error (a file named .wsi-atm in the way,
+        # a folder the permission check could not foresee), before any slide was read
+        raise BadInputError(f"--out-dir {out_dir}: cannot write its {STATE_DIR}/lock "
+                            f"({exc.strerror or exc})") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
