@@ -341,7 +341,9 @@ def test_gc_points_in_pixels_warns_and_units_option_fixes(tmp_path: Path) -> Non
     doc = gc_points([{"point": [x, y, 0], "probability": 0.8} for x, y in px])
     path = write(tmp_path / "px.json", doc)
     wrong = read_detections(path, FRAME)
-    assert any("units='px'" in w for w in wrong.report.warnings)
+    # the command line's words first (it said only "units='px'", a Python keyword)
+    assert any("read them with --units px (units='px' in Python)" in w
+               for w in wrong.report.warnings)
     assert (wrong.status == "outside_slide").all()
     assert wrong.report.outside_slide == 30
 

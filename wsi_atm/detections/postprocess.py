@@ -54,7 +54,7 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
     if high > FAR_OUTSIDE or low < -FAR_OUTSIDE:
         cause = (
             f"they fit the slide as {' or '.join(fitting)} values: "
-            f"read them with units={fitting[0]!r}"
+            f"read them with --units {fitting[0]} (units={fitting[0]!r} in Python)"
             if fitting
             else "wrong slide, or wrong units?"
         )
@@ -66,7 +66,8 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
         if len(x) >= 3 and high < 0.02 and fitting:
             return [
                 f"all coordinates lie within {high:.2%} of the slide's size from its corner: "
-                f"they look like {fitting[-1]} values: read them with units={fitting[-1]!r}"
+                f"they look like {fitting[-1]} values: read them with --units {fitting[-1]} "
+                f"(units={fitting[-1]!r} in Python)"
             ]
         return []
     if high > TOO_LARGE:
