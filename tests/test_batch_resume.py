@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -94,6 +96,51 @@ def test_an_output_edited_by_hand_is_not_taken_for_the_batchs(
            f"into this folder): {edited}" in capsys.readouterr().err
     assert batch([str(slides), "--out-dir", str(out)], card) == 0
     assert [r["status"] for r in cohort_rows(out)] == ["skipped", "skipped"]
+
+
+def test_another_slide_copied_over_one_done_with_its_size_and_time_runs_again(
+        tmp_path: Path, card: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: a slide was known by path, size and time only: another slide of the same
+    # size copied over it with its time kept (cp -p, rsync -t) was skipped as up to date and
+    # the first slide's outputs were reported as this one's
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    first, second = make_cohort(slides, n=2)
+    for slide in (first, second):  # the same size, large enough to be sampled, not read whole
+        with open(slide, "ab") as fh:
+            fh.truncate(4 << 20)
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    before = (out / "case0.csv").read_text()
+    kept = first.stat()
+    shutil.copyfile(second, first)
+    os.utime(first, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert (first.stat().st_size, first.stat().st_mtime_ns) == (kept.st_size, kept.st_mtime_ns)
+    capsys.readouterr()
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    assert [r["status"] for r in cohort_rows(out)] == ["ok", "skipped"]
+    assert "re-running case0.tif: changed since its last run: slide_sample_sha256" \
+        in capsys.readouterr().err
+    assert (out / "case0.csv").read_text() != before  # case0's detections on case1's pixels
+
+
+@pytest.mark.parametrize("size", [0, 10, 3 << 20, (3 << 20) + 1, 1 << 30])
+def test_a_slides_samples_cover_head_and_tail_and_stay_inside_it(size: int) -> None:
+    parts = resume._samples(size)
+    assert parts[0][0] == 0 and sum(parts[-1]) == size
+    assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(parts))
+    assert sum(n for _, n in parts) <= min(size, 3 << 20)
+
+
+def test_a_slide_kept_in_a_folder_beside_its_index_is_known_by_that_folder(
+        tmp_path: Path) -> None:
+    # MRXS: the .mrxs file is small and stays the same; the pixels are the folder's .dat files
+    index, data = tmp_path / "case.mrxs", tmp_path / "case"
+    index.write_text("[GENERAL]\n")
+    data.mkdir()
+    (data / "Data0000.dat").write_bytes(b"x" * 100)
+    before = resume.slide_sample_sha256(index)
+    assert resume.slide_sample_sha256(index) == before
+    (data / "Data0000.dat").write_bytes(b"y" * 101)
+    assert resume.slide_sample_sha256(index) != before
 
 
 def test_a_hub_cards_key_names_its_base_model_snapshot(tmp_path: Path,

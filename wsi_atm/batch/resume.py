@@ -103,13 +103,47 @@ def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> 
     threshold = settings.model.threshold if calls.threshold is None else calls.threshold
     return {
         "slide": str(job.slide.resolve()), "slide_size": st.st_size,
-        "slide_mtime_ns": st.st_mtime_ns, "detections": str(job.detections.resolve()),
+        "slide_mtime_ns": st.st_mtime_ns, "slide_sample_sha256": slide_sample_sha256(job.slide),
+        "detections": str(job.detections.resolve()),
         "detections_sha256": file_sha256(job.detections), **model, "threshold": threshold,
         "review_band": calls.review_band, "review_fold_std": calls.review_fold_std,
         "hotspot_area_mm2": calls.hotspot_area_mm2,
         "candidate_options": asdict(job_options(job, settings)), "mpp": job.mpp,
         "backend": settings.opening.backend, "outputs": asdict(outputs), "tta": settings.tta,
     }
+
+
+EDGE_BYTES = 1 << 20  # the head (TIFF header, often the IFDs) and the tail, read whole
+SAMPLE_BYTES, SAMPLES = 1 << 16, 16  # blocks spread evenly between them
+
+
+def slide_sample_sha256(path: Path) -> str:
+    """A sha256 over samples of the slide's bytes: its first and last MiB and 16 blocks of
+    64 KiB between. Path, size and time alone took a different slide of the same size copied
+    over this one with its time kept (``cp -p``, ``rsync -t``) for the slide already done;
+    hashing whole slides would read gigabytes per slide on every rerun. A slide whose pixels
+    lie in a folder of its name beside it (MRXS) adds each of those files' name, size and
+    time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for offset, length in _samples(os.fstat(fh.fileno()).st_size):
+            fh.seek(offset)
+            digest.update(fh.read(length))
+    data = path.with_suffix("")
+    if data != path and data.is_dir():
+        for part in sorted(p for p in data.iterdir() if p.is_file()):
+            st = part.stat()
+            digest.update(f"{part.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
+def _samples(size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the parts :func:`slide_sample_sha256` reads: all of a small file."""
+    if size <= 2 * EDGE_BYTES + SAMPLES * SAMPLE_BYTES:
+        return [(0, size)]
+    inner = size - 2 * EDGE_BYTES - SAMPLE_BYTES  # the last block ends where the tail starts
+    blocks = [(EDGE_BYTES + inner * k // (SAMPLES - 1), SAMPLE_BYTES) for k in range(SAMPLES)]
+    return [(0, EDGE_BYTES), *blocks, (size - EDGE_BYTES, EDGE_BYTES)]
 
 
 def outputs_of(key: dict[str, Any]) -> OutputOptions:
