@@ -132,3 +132,32 @@ def test_a_card_no_better_than_chance_says_why_there_is_no_estimate(sens: float,
     assert not any("chance" in w for w in useful["warnings"])
     empty = build_summary(make_result([], sensitivity=sens, specificity=spec))
     assert not any("chance" in w for w in empty["warnings"])  # no calls: nothing to correct
+
+
+def test_a_card_naming_rogan_gladen_no_better_than_chance_says_why() -> None:
+    # Regression: a card whose [fraction] table names rogan-gladen got a null estimate with no
+    # warning, the note blaming a changed threshold or TTA that the run did not use
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.summary import build_summary
+
+    rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.9 if i < 30 else 0.1, False)
+            for i in range(100)]
+    summary = build_summary(make_result(rows, sensitivity=0.5, specificity=0.45,
+                                        fraction={"method": "rogan-gladen"}))
+    assert summary["atypical_fraction_corrected"] is None
+    assert any("no better than chance" in w for w in summary["warnings"])
+
+
+def test_the_review_picture_shows_the_summarys_interval() -> None:
+    # Regression: the picture (and the console) used z = 1.96, the summary 1.959964: 0 atypical
+    # of 3 read 95 % CI 0.0 %-56.2 % on the picture, 56.1 % in the summary and the batch report
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.figures import _header_lines
+    from wsi_atm.outputs.summary import build_summary
+
+    for k, n in ((0, 3), (3, 3), (0, 12), (4, 26)):
+        rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.9 if i < k else 0.1,
+                 False) for i in range(n)]
+        result = make_result(rows)
+        lo, hi = build_summary(result)["atypical_fraction"]["ci95"]
+        assert f"(95% CI {lo:.1%} - {hi:.1%}, Wilson)" in _header_lines(result)[1][1]

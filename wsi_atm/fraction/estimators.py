@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from wsi_atm.fraction.stats import rogan_gladen, rogan_gladen_interval, wilson_interval
+from wsi_atm.fraction.stats import Z95, rogan_gladen, rogan_gladen_interval, wilson_interval
 
-Z95 = 1.959964
 METHODS = ("raw", "rogan-gladen", "calibrated-mean", "calibrated-em")
 _EPS = 1e-6
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import math
 
+# Two-sided 95 % normal quantile, the one z of every interval shown: the summary, the review
+# picture and the console rounded 1.96 and 1.959964 to different percentages (0 of 3: 56.2 %
+# against 56.1 %).
+Z95 = 1.959964
+
 
 def _check_count(k: int, n: int) -> None:
     if n < 0 or k < 0 or k > n:
@@ -26,10 +31,10 @@ def _clip01(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
     """Wilson score interval of the proportion ``k / n``; ``None`` when ``n == 0``.
 
-    ``z = 1.96`` gives the 95 % interval. Unlike the Wald interval it stays inside [0, 1] and
+    The default ``z`` gives the 95 % interval. Unlike the Wald interval it stays inside [0, 1] and
     does not collapse to zero width at k = 0 or k = n.
     """
     _check_count(k, n)

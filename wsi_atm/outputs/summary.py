@@ -16,12 +16,10 @@ from wsi_atm import __version__
 from wsi_atm.crops import UPSAMPLE_WARN
 from wsi_atm.files import atomic_write_text
 from wsi_atm.fraction.estimators import Estimate, FractionModel, calibrated_model, estimate
-from wsi_atm.fraction.stats import wilson_interval
+from wsi_atm.fraction.stats import Z95, wilson_interval
 from wsi_atm.slide_result import ModelMeta, SlideResult
 
 SUMMARY_VERSION = 1
-# Upsampling crops by more than this blurs them enough to doubt the classifier's calls.
-Z95 = 1.959964
 
 NOTES = {
     "atypical_fraction": (
@@ -293,7 +291,9 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
 def _no_better_than_chance(m: ModelMeta) -> str | None:
     """Why a Rogan-Gladen card gives no corrected estimate, where its own rates are the reason
     (the summary's note blames a changed operating point, which this is not)."""
-    if m.fraction.get("method") or m.sensitivity is None or m.specificity is None:
+    if m.fraction.get("method", "rogan-gladen") != "rogan-gladen":  # a card naming it too
+        return None
+    if m.sensitivity is None or m.specificity is None:
         return None
     if m.sensitivity + m.specificity > 1:
         return None
