@@ -501,6 +501,25 @@ def test_csv_units_option_and_errors(tmp_path: Path) -> None:
     assert "no x/y columns" in one_line_error(excinfo)
 
 
+def test_units_option_contradicting_the_columns_is_refused(tmp_path: Path) -> None:
+    # Regression: --units px on x_um,y_um columns read microns as pixels, silently
+    microns = write(tmp_path / "um.csv", "x_um,y_um\n500,250\n")
+    qupath = write(tmp_path / "qupath.tsv", "Class\tCentroid X µm\tCentroid Y µm\nM\t500\t250\n")
+    for path in (microns, qupath):
+        with pytest.raises(DetectionsError) as excinfo:
+            read_detections(path, FRAME, CandidateOptions(units="px"))
+        assert "columns are in um, but the units option says px" in one_line_error(excinfo)
+    pixels = write(tmp_path / "px.csv", "x_px,y_px\n500,250\n")
+    with pytest.raises(DetectionsError, match="columns are in px, but the units option says mm"):
+        read_detections(pixels, FRAME, CandidateOptions(units="mm"))
+    # the same units as the columns, or a table that names none, still follow the option
+    same = read_detections(microns, FRAME, CandidateOptions(units="um"))
+    assert (same.x.tolist(), same.y.tolist()) == ([2000], [1000])
+    plain = read_detections(write(tmp_path / "plain.csv", "x,y\n500,250\n"), FRAME,
+                            CandidateOptions(units="um"))
+    assert (plain.x.tolist(), plain.y.tolist()) == ([2000], [1000])
+
+
 # --------------------------------------------------------------------- QuPath GeoJSON
 
 

@@ -88,6 +88,19 @@ def _check_finite(raw: RawDetections, name: str, when: str = "") -> None:
         )
 
 
+def _check_units(raw: RawDetections, asked: str | None, name: str) -> None:
+    """Refuse a units option that contradicts the units the file's columns name.
+
+    Regression: --units px on a table with x_um,y_um columns read microns as pixels without a
+    word, and every crop was cut at half the distance from the slide's corner.
+    """
+    if asked is not None and raw.units_declared and asked != raw.units:
+        raise DetectionsError(
+            f"{name}: its coordinate columns are in {raw.units}, but the units option says "
+            f"{asked}: drop --units (units= in Python) for this file"
+        )
+
+
 def read_detections(
     path: str | os.PathLike[str],
     frame: SlideFrame,
@@ -106,6 +119,7 @@ def read_detections(
     name = loaded.path.name
     raw = _raw(loaded, frame, options)
     _check_finite(raw, name)
+    _check_units(raw, options.units, name)
     units = options.units or raw.units
     report = ReadReport(
         rows_read=len(raw),

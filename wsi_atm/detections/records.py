@@ -234,6 +234,7 @@ class RawDetections:
     label: list[str]
     imposter: np.ndarray
     units: str = "px"
+    units_declared: bool = False  # the file names its units (a table's x_um column), not a default
     qupath_frame: bool = False
     image: str | None = None
     skipped: int = 0
@@ -257,6 +258,7 @@ class RawDetections:
         imposters: list[bool],
         *,
         units: str = "px",
+        units_declared: bool = False,
         qupath_frame: bool = False,
         image: str | None = None,
         skipped: int = 0,
@@ -272,6 +274,7 @@ class RawDetections:
             label=labels,
             imposter=np.asarray(imposters, dtype=bool).reshape(-1),
             units=units,
+            units_declared=units_declared,
             qupath_frame=qupath_frame,
             image=image,
             skipped=skipped,
