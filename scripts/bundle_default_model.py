@@ -66,6 +66,9 @@ def metrics(pred: Predictions, threshold: float, in_domain: Path | None) -> dict
         m = binary_metrics(pred.labels[pred.group == g], pred.p[pred.group == g], threshold)
         groups[g] = rounded({k: m[k] for k in ("balanced_accuracy", "auroc", "sensitivity",
                                                "specificity")} | {"n": int(m["n"])})
+    # the between-scanner spread of the rates: Rogan-Gladen intervals add it (estimators.py)
+    for rate in ("sensitivity", "specificity"):
+        out[f"cv_{rate}_std"] = round(float(np.std([m[rate] for m in groups.values()])), 6)
     bas = [m["balanced_accuracy"] for m in groups.values()]
     aucs = [m["auroc"] for m in groups.values()]
     out["out_of_domain"] = {"balanced_accuracy_mean": round(float(np.mean(bas)), 6),

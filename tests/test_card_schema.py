@@ -84,7 +84,7 @@ def test_an_undefined_fold_spread_is_kept_as_nan(tmp_path):
     from wsi_atm.models.schema import dump, validate
 
     text = DEFAULT.read_text(encoding="utf-8").replace(
-        "cv_n_atypical = 648", "cv_n_atypical = 648\ncv_sensitivity_std = nan")
+        "cv_sensitivity_std = 0.069594", "cv_sensitivity_std = nan")
     path = tmp_path / "card.toml"
     path.write_text(text, encoding="utf-8")
     card = load_card(path)
