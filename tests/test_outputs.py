@@ -768,3 +768,20 @@ def test_hotspot_polygon_holds_every_mitosis_it_counts(seed: int) -> None:
     inside = _inside(ring, qupath)
     assert hot["properties"]["measurements"]["mitoses"] == result.hotspot_mask.sum()
     assert np.array_equal(inside, result.hotspot_mask)
+
+
+def test_a_probability_just_below_the_threshold_is_never_written_on_its_other_side(
+        tmp_path: Path) -> None:
+    # Regression: the CSV wrote p to 6 decimals whatever the call: p = 0.4999996 at threshold
+    # 0.5 read "0.500000" beside "normal" (points.json the same, rounded to 0.5)
+    from wsi_atm.outputs.points import points_document
+
+    rows = [("c1", 1000.0, 2000.0, 0.9, "ok", "classified", 0.4999996, False),
+            ("c2", 1500.0, 2500.0, 0.9, "ok", "classified", 0.5, False)]
+    result = make_result(rows)
+    write_candidates_csv(result, tmp_path / "c.csv")
+    got = list(csv.DictReader(io.StringIO((tmp_path / "c.csv").read_text())))
+    assert [(r["p_atypical"], r["label"]) for r in got] == [
+        ("0.4999996", "normal"), ("0.500000", "atypical")]
+    probs = [p["probability"] for p in points_document(result)["points"]]
+    assert probs[0] < 0.5 <= probs[1]

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from wsi_atm.fraction.stats import wilson_interval
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, HOTSPOT_RGB, NORMAL_RGB
 from wsi_atm.outputs.summary import corrected_estimate
+from wsi_atm.outputs.tables import p_text
 from wsi_atm.slide_result import SlideResult
 
 GalleryItem = tuple[np.ndarray, float, str]
@@ -41,17 +42,6 @@ def threshold_text(t: float) -> str:
     normal read as above it)."""
     text = f"{t:.6g}"
     return text if float(text) == t else repr(float(t))
-
-
-def p_text(p: float, threshold: float) -> str:
-    """``p`` to 3 decimals, or as many more as it takes for the text to fall on the side of
-    the threshold that ``p`` itself does (p = 0.3327 is not shown as 0.333 beside a
-    threshold of 0.332895)."""
-    for decimals in range(3, 10):
-        text = f"{p:.{decimals}f}"
-        if (float(text) >= threshold) == (p >= threshold):
-            return text
-    return repr(p)
 
 
 def _font(size: int) -> Font:

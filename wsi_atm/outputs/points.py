@@ -15,6 +15,7 @@ from typing import Any
 
 from wsi_atm.detections.records import snap
 from wsi_atm.files import atomic_write_text
+from wsi_atm.outputs.tables import p_text
 from wsi_atm.slide_result import SlideResult
 
 MM_DECIMALS = 12  # of a snapped coordinate: read back, it snaps to the same pixel position
@@ -31,7 +32,7 @@ def points_document(result: SlideResult) -> dict[str, Any]:
             "name": "atypical" if atypical[i] else "normal",
             "point": [round(float(snap(cands.x[i])) * mx / 1000, MM_DECIMALS),
                       round(float(snap(cands.y[i])) * my / 1000, MM_DECIMALS), 0],
-            "probability": round(float(result.p_atypical[i]), 6),
+            "probability": float(p_text(float(result.p_atypical[i]), result.model.threshold, 6)),
             "id": str(cands.ids[i]),
         })
     return {"name": f"{s.name}: mitoses classified by wsi-atm ({result.model.name})",

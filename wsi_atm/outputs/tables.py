@@ -44,6 +44,19 @@ def _number(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}" if math.isfinite(value) else ""
 
 
+def p_text(p: float, threshold: float, decimals: int = 3) -> str:
+    """``p`` to ``decimals`` decimals, or as many more as it takes for the text to fall on the
+    side of the threshold that ``p`` itself does (p = 0.3327 is not shown as 0.333 beside a
+    threshold of 0.332895; p = 0.4999996 not as 0.500000 labelled normal at 0.5)."""
+    if not math.isfinite(p):
+        return ""
+    for places in range(decimals, 17):
+        text = f"{p:.{places}f}"
+        if (float(text) >= threshold) == (p >= threshold):
+            return text
+    return repr(p)
+
+
 def candidate_rows(result: SlideResult) -> Iterator[list[str]]:
     """The CSV body as strings, one list per candidate in input order."""
     cands = result.candidates
@@ -59,7 +72,7 @@ def candidate_rows(result: SlideResult) -> Iterator[list[str]]:
             str(cands.ids[i]),
             _number(float(snap(cands.x[i])), SNAP_DECIMALS),
             _number(float(snap(cands.y[i])), SNAP_DECIMALS),
-            _number(float(result.p_atypical[i]), 6) if done else "",
+            p_text(float(result.p_atypical[i]), result.model.threshold, 6) if done else "",
             label,
             _number(float(cands.score[i]), 6),
             _flag(bool(result.at_border[i])) if done else "",
