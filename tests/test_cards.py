@@ -4,14 +4,17 @@ embeddings, upstream label convention)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
+from wsi_atm.errors import ModelError
 from wsi_atm.models.backbone import _resolve_layer_names, create_backbone
-from wsi_atm.models.card import IMAGENET_MEAN, IMAGENET_STD
+from wsi_atm.models.card import IMAGENET_MEAN, IMAGENET_STD, load_card, verify_weights
 from wsi_atm.models.hub import build_offline
 from wsi_atm.models.preprocess import build
-from wsi_atm.models.registry import find_card, list_cards, registry_dir
+from wsi_atm.models.registry import find_card, list_cards, registry_dir, weights_column
 from wsi_atm.models.schema import MODES
 
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
@@ -178,3 +181,34 @@ def test_full_size_baseline_width(name):
     with torch.device("meta"):
         model = create_backbone(find_card(name), pretrained=False, num_classes=0)
     assert model.num_features == BASELINES[name][2]
+
+
+def _copy_of_default(folder, extra: str = ""):
+    default = find_card("wsi-atm-default")
+    (folder / default.path.name).write_text(default.path.read_text(encoding="utf-8") + extra,
+                                            encoding="utf-8")
+    shutil.copytree(default.weight_paths()[0].parent, folder / "wsi-atm-default")
+    return load_card(folder / default.path.name)
+
+
+def test_models_listing_hashes_the_files_it_calls_verified(tmp_path):
+    """Regression: `wsi-atm models` said "verified sha256" for a damaged weights file (it only
+    looked whether the card states a sha256); classify then refused the model."""
+    copy = _copy_of_default(tmp_path)
+    assert "verified sha256" in weights_column(copy)
+    weights = copy.weight_paths()[0]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    column = weights_column(copy)
+    assert "verified" not in column and "sha256 MISMATCH: model.safetensors" in column
+
+
+@pytest.mark.parametrize("file", ["./wsi-atm-default/model.safetensors", "fold_1.safetensors"])
+def test_a_fold_listed_twice_is_refused(tmp_path, file):
+    """Regression: the same weights listed twice (or a copy of them) ran as a two-model
+    ensemble: folds = 2 in the outputs, and a spread between the models of exactly 0."""
+    copy = _copy_of_default(tmp_path, f'\n[[weights]]\nfile = "{file}"\nfold = 1\n')
+    shutil.copy(copy.weight_paths()[0], tmp_path / "fold_1.safetensors")
+    with pytest.raises(ModelError, match=r"holds the same weights as .*model\.safetensors"):
+        verify_weights(copy)

@@ -261,3 +261,18 @@ def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str 
         if key in meta and meta[key] != value:
             raise ModelError(f"{where}LoRA {key} = {meta[key]} in the checkpoint, "
                              f"{value} in card {card.name}")
+    # Regression: another alpha (the adapters' scale) or output (which class the sigmoid
+    # means) loaded silently: shifted logits, or P(normal) reported as P(atypical)
+    if "lora_alpha" in meta and _number(meta["lora_alpha"]) != float(spec.alpha):
+        raise ModelError(f"{where}LoRA lora_alpha = {meta['lora_alpha']} in the checkpoint, "
+                         f"{spec.alpha} in card {card.name}")
+    if meta.get("output") and meta["output"] != card.output:
+        raise ModelError(f"{where}the checkpoint's sigmoid is {meta['output']}, but card "
+                         f"{card.name} says [labels] output = {card.output!r}")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

@@ -200,7 +200,7 @@ def verify_weights(card: ModelCard) -> list[LoadedWeights]:
         raise ModelError(
             f"model {card.name!r} is untrained (no weights): train it with `wsi-atm train` "
             "or choose a trained model (see `wsi-atm models`)")
-    checked = []
+    checked: list[LoadedWeights] = []
     for w in card.weights:
         path = card.resolve(w.file)
         if not path.is_file():
@@ -208,6 +208,12 @@ def verify_weights(card: ModelCard) -> list[LoadedWeights]:
         digest = file_sha256(path)  # once per file and process: the ONNX and torch paths both ask
         if w.sha256 and digest != w.sha256:
             raise ModelError(f"model {card.name!r}: {path.name} does not match the card's sha256")
+        # Regression: a fold listed twice (or a copy of one) ran as two models: the ensemble's
+        # fold count was wrong and the spread between its models, the review rule's, shrank
+        twin = next((c for c in checked if c.sha256 == digest), None)
+        if twin is not None:
+            raise ModelError(f"model {card.name!r}: {path} holds the same weights as {twin.path} "
+                             "(a fold listed twice?)")
         checked.append(LoadedWeights(str(path), digest))
     return checked
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_atm.errors import ModelError
+from wsi_atm.files import file_sha256
 from wsi_atm.models.card import ModelCard, load_card
 
 DEFAULT_MODEL = "wsi-atm-default"
@@ -71,6 +72,12 @@ def weights_column(card: ModelCard) -> str:
         return "none (untrained)" if card.status == "untrained" else "none bundled"
     present = [p for p in card.weight_paths() if p.is_file()]
     verified = "verified sha256" if all(w.sha256 for w in card.weights) else "unverified"
+    # Regression: "verified sha256" only meant the card states one; a damaged or replaced file
+    # was listed so too (only files the card pins are hashed: external folds can be gigabytes)
+    wrong = [p.name for w, p in zip(card.weights, card.weight_paths(), strict=True)
+             if w.sha256 and p.is_file() and file_sha256(p) != w.sha256]
+    if wrong:
+        verified = f"sha256 MISMATCH: {', '.join(wrong)}"
     where = "bundled" if card.status == "trained" else card.pretrained
     return f"{len(present)}/{len(card.weights)} files present ({where}, {verified})"
 
