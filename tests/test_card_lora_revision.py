@@ -4,10 +4,12 @@ the card pins it."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 
 from wsi_atm.errors import ModelError
+from wsi_atm.models import adapters
 from wsi_atm.models.adapters import check_lora_metadata, lora_metadata, pinned_revision
 from wsi_atm.models.registry import find_card
 
@@ -45,3 +47,22 @@ def test_adapters_of_another_alpha_or_output_are_refused(change, message):
     with pytest.raises(ModelError, match=message):
         check_lora_metadata(meta, _with(card, **change), "x.safetensors")
     check_lora_metadata(meta, _with(card, alpha=16.0))  # 16 and 16.0 are the same scale
+
+
+def test_adapters_on_an_unpinned_base_that_moved_since_training_are_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a card pinning no revision ran adapters trained on snapshot a... on whatever
+    # snapshot the cache's main named now, without a word
+    card = dataclasses.replace(find_card("virchow2"), architecture="hf-hub:paige-ai/Virchow2",
+                               hub_revision="")
+    meta = lora_metadata(card) | {"base_revision": "a" * 40}
+    monkeypatch.setattr(adapters, "cached_revision", lambda model_id, revision="": "c" * 40)
+    with pytest.warns(UserWarning, match=f"revision {'a' * 40}, but the cached snapshot is "
+                                         f"{'c' * 40}.*pin revision"):
+        adapters.warn_if_base_moved(meta, card, "fold_0.safetensors")
+    monkeypatch.setattr(adapters, "cached_revision", lambda model_id, revision="": "a" * 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapters.warn_if_base_moved(meta, card, "fold_0.safetensors")
+        pinned = dataclasses.replace(card, hub_revision="b" * 40)  # pinned: refused elsewhere
+        adapters.warn_if_base_moved(meta, pinned, "fold_0.safetensors")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,22 @@ def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str 
     if meta.get("output") and meta["output"] != card.output:
         raise ModelError(f"{where}the checkpoint's sigmoid is {meta['output']}, but card "
                          f"{card.name} says [labels] output = {card.output!r}")
+
+
+def warn_if_base_moved(meta: dict[str, str], card: ModelCard, path: Path | str) -> None:
+    """Adapters trained on one snapshot of a base model the card does not pin, about to run on
+    another: the hub's ``main`` moved since training (often a README edit, sometimes new
+    weights, which would put every probability off). Said, since only the user can tell."""
+    trained_on = meta.get("base_revision", "")
+    if not trained_on or pinned_revision(card) or not is_hub_id(card.architecture):
+        return
+    cached = cached_revision(card.architecture)
+    if cached and cached != trained_on:
+        warnings.warn(
+            f"{Path(path).name}: adapters were trained on {card.architecture} revision "
+            f"{trained_on}, but the cached snapshot is {cached}; if its weights differ, the "
+            f"probabilities are off: pin revision = \"{trained_on}\" in [architecture] of "
+            f"{card.name}'s card", stacklevel=2)
 
 
 def _number(text: str) -> float | None:

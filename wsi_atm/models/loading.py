@@ -39,6 +39,7 @@ from wsi_atm.models.adapters import (
     is_adapter_key,
     merge_for_inference,
     read_lora_metadata,
+    warn_if_base_moved,
 )
 from wsi_atm.models.card import ModelCard, atypical_sign
 from wsi_atm.models.nets import build_net
@@ -181,6 +182,8 @@ def build_from_checkpoint(
     path = Path(path)
     state = _read(path, card)
     pretrained = not holds_backbone(state) and card.pretrained != "none"
+    if pretrained and path.suffix == ".safetensors":  # adapters or a head on the hub's weights
+        warn_if_base_moved(read_lora_metadata(path), card, path)
     net = build_net(card, mode or card.trained_mode, pretrained=pretrained, **overrides)
     _load_state(net, state, path.name)
     del state
