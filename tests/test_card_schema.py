@@ -170,3 +170,20 @@ def test_unknown_bare_name_hints_at_the_local_folder(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match=r"unknown model 'myrun' \(for the local 'myrun', "
                                          r"pass \./myrun\)"):
         find_card("myrun")
+
+
+def test_a_card_pinning_two_revisions_is_refused(tmp_path: Path) -> None:
+    # Regression: hf-hub:org/name@A with revision = "B" was accepted and B won silently
+    text = (DEFAULT.parent / "virchow2.toml").read_text(encoding="utf-8")
+    a, b = "a" * 40, "b" * 40
+    for name, revision, refused in [(f"@{a}", b, True), (f"@{a}", a, False), ("", b, False)]:
+        path = tmp_path / "card.toml"
+        path.write_text(text.replace('name = "hf-hub:paige-ai/Virchow2"',
+                                     f'name = "hf-hub:paige-ai/Virchow2{name}"')
+                        .replace('revision = ""', f'revision = "{revision}"'), encoding="utf-8")
+        if refused:
+            with pytest.raises(ModelError, match=f"pins revision {a} and architecture.revision "
+                                                 f"says {b}: keep one"):
+                load_card(path)
+        else:
+            load_card(path)

@@ -15,7 +15,7 @@ from typing import Any
 from wsi_atm.errors import ModelError
 from wsi_atm.files import file_sha256
 from wsi_atm.models.schema import validate
-from wsi_atm.models.sources import is_hub_id
+from wsi_atm.models.sources import is_hub_id, split_hub_id
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,9 +132,19 @@ def read_card(path: str | Path) -> dict[str, Any]:
         validate(raw)
         if "name" not in raw.get("architecture", {}):  # Regression: "(KeyError: 'name')"
             raise ValueError("architecture.name is missing (a timm name or hf-hub:ORG/NAME)")
+        _one_revision(raw["architecture"])
     except ValueError as exc:
         raise ModelError(f"{path}: invalid model card ({exc})") from None
     return raw
+
+
+def _one_revision(arch: dict[str, Any]) -> None:
+    """Regression: ``hf-hub:org/name@A`` with ``revision = "B"`` was accepted and B won."""
+    name, given = arch["name"], arch.get("revision", "")
+    in_name = split_hub_id(name)[1] if isinstance(name, str) and is_hub_id(name) else ""
+    if in_name and given and in_name != given:
+        raise ValueError(f"architecture.name pins revision {in_name} and architecture.revision "
+                         f"says {given}: keep one")
 
 
 def load_card(path: str | Path) -> ModelCard:
