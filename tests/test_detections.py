@@ -376,6 +376,24 @@ def test_gc_points_with_another_mpp_warns(tmp_path: Path, detector_mpp: float, w
     assert read_detections(correct, FRAME).report.warnings == []
 
 
+@pytest.mark.parametrize(("change", "said"), [
+    (lambda p: p[:, ::-1], "only with x and y exchanged: are the detections' x and y columns "
+                           "swapped?"),
+    (lambda p: p * 2, "were they made on another scan or level of this slide (about 0.13"),
+])
+def test_pixels_swapped_or_of_another_scan_say_so(tmp_path: Path, change, said: str) -> None:
+    # Regression: both only counted the candidates outside the slide; the slide's fraction came
+    # from the few that fell inside by chance
+    px = change(uniform_points(60, FRAME.width, FRAME.height, seed=2))
+    path = write(tmp_path / "d.csv", "x,y\n" + "".join(f"{x},{y}\n" for x, y in px))
+    cands = read_detections(path, FRAME)
+    assert cands.report.outside_slide > 0
+    assert any(said in w for w in cands.report.warnings), cands.report.warnings
+    fine = uniform_points(60, FRAME.width, FRAME.height, seed=2)
+    path = write(tmp_path / "ok.csv", "x,y\n" + "".join(f"{x},{y}\n" for x, y in fine))
+    assert read_detections(path, FRAME).report.warnings == []
+
+
 # --------------------------------------------------------------------- CSV / TSV
 
 

@@ -69,7 +69,7 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
                 f"they look like {fitting[-1]} values: read them with --units {fitting[-1]} "
                 f"(units={fitting[-1]!r} in Python)"
             ]
-        return []
+        return _pixel_cloud_warnings(x, y, high, frame)
     if high > TOO_LARGE:
         return [
             f"points in {units} reach {high:.2f}× the slide's size: the detector probably "
@@ -82,6 +82,25 @@ def extent_warnings(x: np.ndarray, y: np.ndarray, units: str, frame: SlideFrame)
             f"have assumed a finer µm/px (about {mpp * high:.3g}) than the slide's "
             f"declared {mpp:.4g}"
         ]
+    return []
+
+
+def _pixel_cloud_warnings(x: np.ndarray, y: np.ndarray, high: float,
+                          frame: SlideFrame) -> list[str]:
+    """Why pixel coordinates overrun the slide, where the cloud says: x and y exchanged (they fit
+    the other way round), or pixels of another scan or level (the cloud reaches ~2× the slide).
+    Regression: both only counted the candidates outside the slide, and the slide's fraction was
+    computed on the few that fell inside by chance."""
+    if len(x) < MIN_CLOUD or _fits(x, y, frame):
+        return []
+    if _fits(y, x, frame):
+        return [f"the coordinates fit the slide ({frame.width}×{frame.height} px) only with x "
+                "and y exchanged: are the detections' x and y columns swapped?"]
+    if high > TOO_LARGE:
+        return [f"pixel coordinates reach {high:.2f}× the slide's size ({frame.width}×"
+                f"{frame.height} px): were they made on another scan or level of this slide "
+                f"(about {frame.detector_mpp / high:.3g} µm/px or finer, where this slide's "
+                f"level 0 is {frame.detector_mpp:.4g})? Pixels are read as this slide's level 0"]
     return []
 
 
