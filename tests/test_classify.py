@@ -283,3 +283,20 @@ def test_bf16_is_asked_for_run_and_recorded(crop_slide, card_path, tmp_path):
     p_full, p_half = p_by_id(rows_full), p_by_id(rows_half)
     delta = max(abs(p_full[k] - p_half[k]) for k in p_full)
     assert 0 < delta < 0.1, delta
+
+
+@pytest.mark.parametrize(("mpp", "warned"), [("0.25", True), ("0.52", False)])
+def test_an_mpp_override_far_from_the_slides_own_is_said(card_path, tmp_path, caplog, mpp,
+                                                          warned):
+    # Regression: --mpp 0.25 on the sample, which declares 0.499 µm/px, was taken without a
+    # word: every crop held twice the tissue the model expects (27 of 60 atypical became 57)
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n1000,1000\n1500,2000\n")
+    svs = REPO / "sample_slides" / "cmu_small_region.svs"
+    assert classify(svs, det, tmp_path, card_path, "--mpp", mpp) == 0
+    said = ("--mpp 0.25 overrides the 0.499 µm/px the slide declares (0.50×): if the slide's "
+            "value is right, each crop holds 2.00× the width of tissue the model expects")
+    _, _, summary = load_outputs(tmp_path, "cmu_small_region")
+    assert any(said in r.getMessage() for r in caplog.records) is warned  # stderr, via console
+    assert (said in summary["warnings"]) is warned
+    assert (summary["slide"]["mpp_warning"] == said) is warned

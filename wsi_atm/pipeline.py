@@ -7,6 +7,7 @@ hotspot, tissue, review flags, review picture → GeoJSON / CSV / summary JSON /
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -30,6 +31,9 @@ from wsi_atm.outputs.write import write_outputs
 from wsi_atm.progress import progress_bar
 from wsi_atm.slide_result import ModelMeta, SlideMeta, SlideResult
 from wsi_atm.slides import Slide, open_slide
+from wsi_atm.slides.mpp import override_warning
+
+logger = logging.getLogger("wsi_atm.slides")
 
 if TYPE_CHECKING:
     from wsi_atm.classifiers import SlideClassifier
@@ -156,6 +160,9 @@ def prepare_slide(
     slide = open_slide(slide_path, backend=opening.backend, mpp=opening.mpp)
     try:
         timings = {"open_s": round(time.perf_counter() - t0, 3)}
+        overridden = override_warning(slide.declared_mpp, slide.mpp, slide.mpp_source)
+        if overridden:
+            logger.warning("%s: %s", Path(slide.path).name, overridden)
         detector = slide.detections_mpp_xy
         frame = SlideFrame(name=Path(slide.path).name, width=slide.dimensions[0],
                            height=slide.dimensions[1], mpp=slide.mpp,

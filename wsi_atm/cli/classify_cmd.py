@@ -119,4 +119,4 @@ def _hotspot(result: SlideResult) -> str:
     count = str(h.mitoses) if h.exact else (
         f"{h.mitoses} (no field holds more than {h.mitoses_bound}: mitoses spread evenly)")
     return (f"; hotspot ({h.area_mm2:g} mm²) {count} mitoses, {h.atypical} atypical; "
-            f"{flagged} calls flagged for review")
+            f"{flagged} call{'' if flagged == 1 else 's'} flagged for review")

@@ -147,7 +147,8 @@ def _findings_line(result: SlideResult) -> str | None:
         n = int(np.count_nonzero(result.classified))
         parts.append(f"tissue {t.area_mm2:.3g} mm2, {n / t.area_mm2:.3g} mitoses/mm2")
     if result.review_rule is not None:
-        parts.append(f"{int(np.count_nonzero(result.review))} calls flagged for review")
+        flagged = int(np.count_nonzero(result.review))
+        parts.append(f"{flagged} call{'' if flagged == 1 else 's'} flagged for review")
     return "; ".join(parts) or None
 
 

@@ -18,6 +18,7 @@ from wsi_atm.files import atomic_write_text
 from wsi_atm.fraction.estimators import Estimate, FractionModel, calibrated_model, estimate
 from wsi_atm.fraction.stats import Z95, wilson_interval
 from wsi_atm.slide_result import ModelMeta, SlideResult
+from wsi_atm.slides.mpp import override_warning
 
 SUMMARY_VERSION = 1
 
@@ -166,6 +167,7 @@ def _slide(result: SlideResult) -> dict[str, Any]:
         "mpp_x": s.mpp_xy[0],
         "mpp_y": s.mpp_xy[1],
         "mpp_source": s.mpp_source,
+        "mpp_warning": override_warning(s.detections_mpp, s.mpp, s.mpp_source),
         "detections_mpp": s.detections_mpp,
         "detections_mpp_note": "µm/px used to convert detections given in µm or mm: the "
                                "slide's declared spacing (the detector's), even under --mpp; "
@@ -308,7 +310,7 @@ def build_summary(result: SlideResult,
     counts = _counts(result)
     atypical, normal = counts["atypical"], counts["normal"]
     slide = _slide(result)
-    warnings = [slide["upsample_warning"]] if slide["upsample_warning"] else []
+    warnings = [w for w in (slide["upsample_warning"], slide["mpp_warning"]) if w]
     warnings += list(result.candidates.report.warnings)
     h, t = result.hotspot, result.tissue
     if h is not None and t is not None and h.area_mm2 > t.area_mm2:

@@ -145,10 +145,24 @@ def level0_mpp(first: Mpp | None, pages: tuple[tuple[tuple[int, int], Mpp | None
     return same[0] if len(same) == 1 else first
 
 
+OVERRIDE = "--mpp override"
+OVERRIDE_TOLERANCE = 0.1  # scanners' own values of one objective differ by a few per cent
+
+
+def override_warning(declared: float | None, used: float, source: str) -> str | None:
+    """A warning when ``--mpp`` overrides a spacing the slide declares by more than 10 %:
+    one of the two is wrong, and if the slide is right every crop is at the wrong scale."""
+    if source != OVERRIDE or declared is None or abs(used / declared - 1) <= OVERRIDE_TOLERANCE:
+        return None
+    return (f"--mpp {used:g} overrides the {declared:.4g} µm/px the slide declares "
+            f"({used / declared:.2f}×): if the slide's value is right, each crop holds "
+            f"{declared / used:.2f}× the width of tissue the model expects")
+
+
 def resolve_mpp(props: Mapping[str, str], from_tiff: Mpp | None, override: float | None
                 ) -> Mpp | None:
     if override is not None:
-        return Mpp(float(override), float(override), "--mpp override")
+        return Mpp(float(override), float(override), OVERRIDE)
     return mpp_from_properties(props) or from_tiff
 
 
