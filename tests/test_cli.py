@@ -234,10 +234,17 @@ def test_classify_never_writes_over_its_inputs_through_a_link(tmp_path, capsys):
 
 def test_an_out_dir_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch, capsys):
     # Regression: a read-only mount gave an internal error once the slide was classified
-    # (root ignores permission bits, so the read-only answer is simulated)
+    # (root ignores permission bits, so the read-only mount is simulated)
     from wsi_atm import options
 
-    monkeypatch.setattr(options.os, "access", lambda path, mode: Path(path) != tmp_path)
+    real = options.tempfile.mkdtemp
+
+    def read_only(prefix: str, dir: Path) -> str:
+        if Path(dir) == tmp_path:
+            raise OSError(30, "Read-only file system")
+        return real(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(options.tempfile, "mkdtemp", read_only)
     out = tmp_path / "out"
     assert run_cli(["classify", str(SVS), "--detections",
                     str(REPO / "sample_slides" / "cmu_small_region.candidates.csv"),
@@ -245,6 +252,17 @@ def test_an_out_dir_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"wsi-atm: error: --out-dir {out}: {tmp_path} cannot be written to"]
     assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_out_dir_under_proc_is_bad_input_even_for_root(capsys):
+    # Regression: as root, access() says /proc is writable; the run classified the slide and
+    # failed making the folder at its end (exit 1)
+    assert run_cli(["classify", str(SVS), "--detections",
+                    str(REPO / "sample_slides" / "cmu_small_region.candidates.csv"),
+                    "--out-dir", "/proc/wsi-atm-out", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "wsi-atm: error: --out-dir /proc/wsi-atm-out: /proc cannot be written to"]
 
 
 def test_another_users_outputs_in_a_sticky_folder_are_bad_input(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,10 +57,21 @@ def check_out_dir(out_dir: Path, flag: str = "--out-dir") -> Path:
         if folder.exists():
             if not folder.is_dir():
                 raise OptionError(f"{flag} {out_dir}: {folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK):  # read-only mounts too, even for root
+            if not _can_make_in(folder):
                 raise OptionError(f"{flag} {out_dir}: {folder} cannot be written to")
             break
     return out_dir
+
+
+def _can_make_in(folder: Path) -> bool:
+    """Whether a folder can be made in ``folder``, tried (and removed at once). Permission bits
+    do not tell: a read-only mount, or /proc, where root's access() says yes and mkdir fails
+    (that run failed at its end, after classifying, exit 1)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".wsi-atm-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
