@@ -54,6 +54,16 @@ def test_models_lists_every_card(capsys):
     assert virchow2["parameters"] > 600e6 and "unverified" in virchow2["weights"]
 
 
+def test_models_table_keeps_its_columns_in_line(capsys):
+    # Regression: names of 20 characters or more (the default's "(default)" mark) pushed their
+    # row's columns out of line
+    assert run_cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    column = lines[0].index("kind")
+    assert len(lines) > 10
+    assert all(line[column - 1] == " " and line[column] != " " for line in lines), lines
+
+
 def test_python_m_and_version():
     out = subprocess.run([sys.executable, "-m", "wsi_atm", "--version"], capture_output=True,
                          text=True, check=True).stdout

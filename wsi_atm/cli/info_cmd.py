@@ -70,8 +70,10 @@ def models(as_json: bool, check: str | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'name':<20} {'kind':<11} {'params':>8}  {'mode':<12} {'status':<10} weights")
+    wide = max([len("name"), *(len(r["name"]) for r in rows)])  # long names kept in line
+    click.echo(f"{'name':<{wide}} {'kind':<11} {'params':>8}  {'mode':<12} {'status':<10} "
+               "weights")
     for r in rows:
         params = f"{r['parameters'] / 1e6:.1f}M" if r["parameters"] else "?"
-        click.echo(f"{r['name']:<20} {r['kind']:<11} {params:>8}  {r['trained_mode']:<12} "
+        click.echo(f"{r['name']:<{wide}} {r['kind']:<11} {params:>8}  {r['trained_mode']:<12} "
                    f"{r['status']:<10} {r['weights']}")
