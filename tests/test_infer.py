@@ -199,3 +199,13 @@ def test_bf16_is_refused_on_the_float32_engines(tmp_path):
         Classifier(card, device="cpu", engine="onnx", precision="bf16")
     with pytest.raises(OptionError, match="--precision must be one of"):
         Classifier(card, device="cpu", precision="fp16")
+
+
+def test_bf16_against_the_environments_onnx_names_the_environment(tmp_path, monkeypatch):
+    # Regression: WSI_ATM_ENGINE=onnx with --precision bf16 was refused naming --engine, an
+    # option the user never gave
+    card = load_card(make_trained_card(tmp_path))
+    monkeypatch.setenv("WSI_ATM_ENGINE", "onnx")
+    with pytest.raises(OptionError, match=r"^WSI_ATM_ENGINE=onnx runs in float32; drop "
+                                          r"--precision bf16 or unset WSI_ATM_ENGINE$"):
+        Classifier(card, device="cpu", precision="bf16")

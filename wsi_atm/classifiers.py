@@ -17,6 +17,7 @@ import numpy as np
 
 from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
+    ENGINE_ENV,
     OnnxNet,
     check_engine,
     check_precision,
@@ -140,7 +141,7 @@ def load_classifier(card: ModelCard, device: str = "auto", batch_size: int | Non
                     tta: bool = False, compile: bool = False, engine: str | None = None,
                     threads: int | None = None, precision: str = "auto") -> SlideClassifier:
     """The classifier for ``card``: ONNX-only when that is known to be right, else PyTorch's."""
-    chosen = check_engine(engine or os.environ.get("WSI_ATM_ENGINE") or "auto")
+    chosen = check_engine(engine or os.environ.get(ENGINE_ENV) or "auto")
     if engine is not None:  # the environment's onnx does not bind a GPU (see Classifier)
         check_precision(precision, chosen)  # before torch is imported
     n_threads = threads or usable_cpus()

@@ -321,11 +321,18 @@ def precision_on(device_type: str, kind: str, asked: str = "auto") -> str:
     return "bf16-autocast" if asked == "bf16" else "float32"
 
 
-def check_precision(asked: str, engine: str = "auto") -> str:
-    """``asked``, checked as a --precision value and against ``--engine``."""
+ENGINE_ENV = "WSI_ATM_ENGINE"  # the engine for CPU machines, where --engine is not given
+
+
+def check_precision(asked: str, engine: str = "auto", source: str = "--engine") -> str:
+    """``asked``, checked as a --precision value and against the engine, which ``source``
+    chose (``--engine``, or the ``WSI_ATM_ENGINE`` environment variable)."""
     if asked not in PRECISIONS:
         raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, not {asked!r}")
     if asked == "bf16" and engine == "onnx":
+        if source == ENGINE_ENV:
+            raise OptionError(f"{ENGINE_ENV}=onnx runs in float32; drop --precision bf16 or "
+                              f"unset {ENGINE_ENV}")
         raise OptionError("--engine onnx runs in float32; drop --precision bf16")
     return asked
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from wsi_atm.cpus import usable_cpus
 from wsi_atm.engines import (
+    ENGINE_ENV,
     FASTER,
     MAX_DELTA_P,
     GraphRecord,
@@ -105,11 +106,12 @@ class Classifier:
         self.nets = [self._load(w.path, compile, check=k == 0)
                      for k, w in enumerate(self.weights)]
         self.graph_runners: list[OnnxNet] = []  # set when the engine is ONNX Runtime
+        source = "--engine"
         if engine is None:  # the environment's choice is for CPU nodes; GPUs keep torch
-            engine = os.environ.get("WSI_ATM_ENGINE") or "auto"
+            engine, source = os.environ.get(ENGINE_ENV) or "auto", ENGINE_ENV
             if self.device.type != "cpu" and engine == "onnx":
                 engine = "auto"
-        check_precision(precision, engine)
+        check_precision(precision, engine, source)
         self.engine = self._choose_engine(check_engine(engine), compile)
         self._verify = self.engine == "onnx"  # on the first real batch
         self.max_delta_p: float | None = None  # ONNX Runtime vs PyTorch on that batch
