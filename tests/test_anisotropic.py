@@ -124,3 +124,18 @@ def test_upsampling_of_either_axis_is_reported(tmp_path: Path) -> None:
     assert summary["resample_factor"] == pytest.approx(2.0)
     assert summary["upsampled"] and "upsampled 2.00x" in summary["upsample_warning"]
     assert "0.250 µm/px across, 0.500 down" in summary["upsample_warning"]
+
+
+def test_a_level_is_chosen_by_its_coarser_axis(tmp_path: Path) -> None:
+    # Regression: the level was chosen by the mean of x and y: at 0.12 × 0.14 µm/px the
+    # downsample-2 level (0.24 × 0.28, mean 0.26) passed for 0.25, and its y axis was upsampled
+    # 1.12× (interpolated) where level 0 had the detail
+    path = write_pyramid_tiff(
+        tmp_path / "fine.tif", tissue_image(2048, 2048, seed=3), None, levels=(1, 2),
+        compression="zlib", resolution=(10_000 / 0.12, 10_000 / 0.14),
+        resolution_unit="centimeter",
+    )  # fmt: skip
+    with open_slide(path, "openslide") as slide:
+        plan = plan_crops(slide, 128, 0.25)
+    assert plan.level == 0 and not plan.upsampled
+    assert plan.read_shape == (267, 229)

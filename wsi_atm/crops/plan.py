@@ -128,10 +128,12 @@ def plan_crops(
 
 
 def _finest_adequate_level(slide: Slide, target_mpp: float, tolerance: float) -> int:
-    """The coarsest level whose µm/px is at most the target (within tolerance), else 0."""
+    """The coarsest level whose µm/px is at most the target (within tolerance) along both
+    axes, else 0 (the mean of x and y chose a level whose coarser axis was then upsampled)."""
     downsamples = slide.level_downsamples
     limit = target_mpp * (1 + tolerance)
-    adequate = [level for level, ds in enumerate(downsamples) if slide.mpp * ds <= limit]
+    coarser = max(slide.mpp_xy.x, slide.mpp_xy.y)
+    adequate = [level for level, ds in enumerate(downsamples) if coarser * ds <= limit]
     return max(adequate, key=lambda level: downsamples[level]) if adequate else 0
 
 
