@@ -33,6 +33,7 @@ from wsi_atm.engines import (
 )
 from wsi_atm.errors import ModelError, OptionError
 from wsi_atm.infer import Classifier
+from wsi_atm.models.card import load_card
 from wsi_atm.models.registry import find_card
 from wsi_atm.slides import open_slide
 
@@ -548,3 +549,20 @@ def test_onnx_runtime_failing_to_import_keeps_the_cached_graph(
     monkeypatch.setattr(graph_export, "export_graph", lambda *a: exported.append(a[-1]))
     assert Classifier(card, device="cpu", engine="auto").engine == "torch"
     assert exported == [] and (graph.stat().st_ino, graph.stat().st_mtime_ns) == before
+
+
+def test_building_a_cards_graphs_is_said_once(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: a card of two fold models said "building its ONNX Runtime graph once" twice
+    from tests.test_infer import make_trained_card
+
+    card = load_card(make_trained_card(tmp_path / "card", folds=2))
+    with caplog.at_level(logging.WARNING, logger="wsi_atm"):
+        Classifier(card, device="cpu", engine="onnx")
+    said = [r.getMessage() for r in caplog.records if "building its" in r.getMessage()]
+    assert said == [f"tiny-test: building its 2 ONNX Runtime graphs (one per fold model) once "
+                    f"(cached in {tmp_path / 'cache' / 'onnx'})"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wsi_atm"):
+        Classifier(card, device="cpu", engine="onnx")  # cached now: nothing to say
+    assert not [r for r in caplog.records if "building its" in r.getMessage()]

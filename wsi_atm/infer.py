@@ -150,23 +150,32 @@ class Classifier:
         """The ONNX Runtime twin of each network, exporting the graphs not yet cached."""
         from wsi_atm.graph_export import export_graph
 
-        out = []
-        for net, path in zip(self.nets, self._graph_paths(), strict=True):
-            if path.is_file():
-                try:
-                    out.append(OnnxNet(path, torch.get_num_threads()))
-                    continue
-                except ImportError:  # ONNX Runtime itself, not the file: keep the graph
-                    raise
-                except Exception as exc:  # a damaged cache file, whatever its record says
-                    log.warning("%s: cached ONNX graph %s unusable (%s); rebuilding it",
-                                self.card.name, path.name, exc)
-            log.warning("%s: building its ONNX Runtime graph once (cached in %s)",
-                        self.card.name, path.parent)
-            drop_graph(path)  # a record left by an earlier graph no longer applies
-            export_graph(self.transform, net, self.card.crop_size, path)
-            out.append(OnnxNet(path, torch.get_num_threads()))
-        return out
+        paths = self._graph_paths()
+        loaded = [self._cached_graph(path) for path in paths]
+        missing = [k for k, graph in enumerate(loaded) if graph is None]
+        if missing:  # said once for the card (it was said once per fold model)
+            graphs = "ONNX Runtime graph" if len(paths) == 1 else (
+                f"{len(missing)} ONNX Runtime graphs (one per fold model)")
+            log.warning("%s: building its %s once (cached in %s)",
+                        self.card.name, graphs, paths[0].parent)
+        for k in missing:
+            drop_graph(paths[k])  # a record left by an earlier graph no longer applies
+            export_graph(self.transform, self.nets[k], self.card.crop_size, paths[k])
+            loaded[k] = OnnxNet(paths[k], torch.get_num_threads())
+        return [graph for graph in loaded if graph is not None]
+
+    def _cached_graph(self, path: Path) -> OnnxNet | None:
+        """The cached graph at ``path``; None when it is not there or unusable."""
+        if not path.is_file():
+            return None
+        try:
+            return OnnxNet(path, torch.get_num_threads())
+        except ImportError:  # ONNX Runtime itself, not the file: keep the graph
+            raise
+        except Exception as exc:  # a damaged cache file, whatever its record says
+            log.warning("%s: cached ONNX graph %s unusable (%s); rebuilding it",
+                        self.card.name, path.name, exc)
+            return None
 
     def _probe(self, twins: list[OnnxNet]) -> bool:
         """Whether ONNX Runtime is faster here (the whole path, transform included), timed
