@@ -7,13 +7,17 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.cli_helpers import run_cli
 from tests.train_helpers import write_synthetic_crops, write_tiny_card
 from wsi_atm.cli.evaluate_cmd import _nan_to_none
+from wsi_atm.engines import precision_on
 from wsi_atm.errors import OptionError
+from wsi_atm.models.card import load_card
 from wsi_atm.options import check_out_dir
+from wsi_atm.train import evaluate as evaluate_module
 from wsi_atm.train.data import load_dataset
 from wsi_atm.train.report import results_table
 
@@ -162,3 +166,27 @@ def test_results_keep_runs_in_folders_of_one_name(tmp_path: Path) -> None:
     table = results_table([a, b])
     assert "0.6100" in table and "0.7200" in table
     assert f"[{a}]" in table and f"[{b}]" in table
+
+
+def test_evaluate_scores_the_folds_in_float32(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: on a GPU, ViT and foundation cards were evaluated in bf16 autocast (the
+    # classifier's "auto"), not in the float32 their folds were validated and benchmarked in
+    asked: dict[str, object] = {}
+
+    class FakeClassifier:
+        batch_size = 8
+
+        def __init__(self, card: object, **kwargs: object) -> None:
+            asked.update(kwargs)
+            self.precision = precision_on("cuda", "vit", str(kwargs.get("precision", "auto")))
+
+        def predict_folds(self, crops: np.ndarray) -> np.ndarray:
+            return np.full((2, len(crops)), 0.5)
+
+    monkeypatch.setattr(evaluate_module, "Classifier", FakeClassifier)
+    data = write_synthetic_crops(tmp_path / "d", n_atypical=3, n_normal=3)
+    report = evaluate_module.evaluate(load_card(write_tiny_card(tmp_path / "c")), data,
+                                      quiet=True)
+    assert asked["precision"] == "float32"
+    assert report["precision"] == "float32"

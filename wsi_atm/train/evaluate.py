@@ -31,7 +31,11 @@ def evaluate(
     data = load_dataset(data_dir, size=card.crop_size)
     require_both_classes(data, "balanced accuracy, AUROC and the rates need both classes")
     group_of = crop_groups(data, group, groups_table) if group else None
-    classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta)
+    # float32 as training validated the folds and the benchmark scored them: on a GPU the
+    # classifier's "auto" ran ViT and foundation cards in bf16 autocast, which moves
+    # probabilities by hundredths and flips calls near the threshold
+    classifier = Classifier(card, device=device, batch_size=batch_size, tta=tta,
+                            precision="float32")
     images = data.images.permute(0, 2, 3, 1).numpy()
     step = max(classifier.batch_size, 1)
     bar = progress_bar(len(images), "evaluating", quiet=quiet, unit="crop")
@@ -46,7 +50,8 @@ def evaluate(
     report: dict[str, Any] = {
         "model": card.name, "data": str(data_dir), "n": len(data),
         "n_atypical": int(data.labels.sum()), "n_normal": int((1 - data.labels).sum()),
-        "threshold": card.threshold, "tta": tta, "folds": folds, "ensemble": ensemble,
+        "threshold": card.threshold, "tta": tta, "precision": classifier.precision,
+        "folds": folds, "ensemble": ensemble,
     }
     for key in SUMMARY_KEYS:
         mean, std = mean_std([metric(f, key) for f in folds])
