@@ -165,6 +165,18 @@ def test_a_card_naming_rogan_gladen_no_better_than_chance_says_why() -> None:
     assert any("no better than chance" in w for w in summary["warnings"])
 
 
+def test_the_picture_says_why_a_chance_level_card_gives_no_estimate() -> None:
+    # Regression: only summary.json said it; the review picture showed no line at all
+    from tests.test_outputs import make_result
+    from wsi_atm.outputs.figures import _corrected_line
+
+    rows = [(f"c{i}", 100.0 + i, 200.0, 0.9, "ok", "classified", 0.9 if i < 30 else 0.1, False)
+            for i in range(100)]
+    line = _corrected_line(make_result(rows, sensitivity=0.5, specificity=0.45))
+    assert line is not None and "no better than chance" in line
+    assert _corrected_line(make_result([], sensitivity=0.5, specificity=0.45)) is None
+
+
 def test_the_review_picture_shows_the_summarys_interval() -> None:
     # Regression: the picture (and the console) used z = 1.96, the summary 1.959964: 0 atypical
     # of 3 read 95 % CI 0.0 %-56.2 % on the picture, 56.1 % in the summary and the batch report

@@ -290,7 +290,7 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
     return out
 
 
-def _no_better_than_chance(m: ModelMeta) -> str | None:
+def no_better_than_chance(m: ModelMeta) -> str | None:
     """Why a Rogan-Gladen card gives no corrected estimate, where its own rates are the reason
     (the summary's note blames a changed operating point, which this is not)."""
     if m.fraction.get("method", "rogan-gladen") != "rogan-gladen":  # a card naming it too
@@ -324,7 +324,7 @@ def build_summary(result: SlideResult,
             f"the hotspot search stopped early (the mitoses are spread evenly): its field holds "
             f"{h.mitoses} mitoses, and no field of {h.area_mm2:g} mm² holds more than "
             f"{max(h.mitoses, h.mitoses_bound)}")
-    chance = _no_better_than_chance(result.model)
+    chance = no_better_than_chance(result.model)
     if chance and counts["classified"]:
         warnings.append(chance)
     summary = {
