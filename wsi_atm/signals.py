@@ -80,6 +80,28 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(num)  # now the usual handler raises it
 
 
+# The tracker's own warning at its exit when a worker it served was killed (the batch closing
+# busy workers after a stop, the OOM killer): it removes what they left all the same
+TRACKER_QUIET = "ignore:resource_tracker:UserWarning"
+
+
+def _start_tracker(resource_tracker: Any) -> None:
+    """Start multiprocessing's resource tracker with its leak warning silenced. Regression: a
+    batch --workers N stopped mid-slide (``docker stop``, ``kill``) or losing a worker ended
+    its stderr with that raw warning and its source line, "There appear to be 2 leaked
+    semaphore objects"; the warning goes through the tracker's own interpreter, which reads
+    PYTHONWARNINGS only when it starts."""
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (saved, TRACKER_QUIET) if w)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+
+
 @contextlib.contextmanager
 def group_signals_spared() -> Iterator[None]:
     """Start child processes (local dask workers, multiprocessing's resource tracker) with
@@ -101,7 +123,7 @@ def group_signals_spared() -> Iterator[None]:
     try:
         # started here, not inside the block below: starting it unblocks SIGINT (and SIGTERM)
         # in the calling thread, which let Ctrl-C reach the workers started after it
-        resource_tracker.ensure_running()
+        _start_tracker(resource_tracker)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
