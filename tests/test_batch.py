@@ -297,6 +297,20 @@ def test_bad_slide_is_isolated_and_exit_is_1(tmp_path, card, capsys):
     assert "failed: " in captured.err and "broken.svs" in captured.err
 
 
+def test_a_slide_that_no_longer_opens_keeps_no_earlier_result(tmp_path, card):
+    # Regression: locally, a slide damaged since its last run failed to open and kept that
+    # run's summary, outputs and completion record beside its 'failed' row (on dask they went)
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    make_cohort(slides, n=2)
+    assert batch([str(slides), "--out-dir", str(out)], card) == 0
+    with open(slides / "case0.tif", "r+b") as fh:
+        fh.truncate(100)
+    assert batch([str(slides), "--out-dir", str(out)], card) == 1
+    assert statuses(out) == ["failed", "skipped"]
+    assert not list(out.glob("case0.*")) and (out / "case1.summary.json").is_file()
+    assert not (out / ".wsi-atm" / "case0.done.json").exists()
+
+
 def test_next_slide_is_prepared_while_the_current_one_is_classified(tmp_path, monkeypatch):
     events: list[tuple[str, str, float]] = []
 

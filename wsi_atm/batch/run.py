@@ -149,6 +149,13 @@ def _finish_local(future: Future[Prepared], job: Job, classifier: SlideClassifie
         prep = future.result()
     except Exception as exc:  # failure isolation: record and go on
         elapsed = round(time.perf_counter() - t0, 3)
+        # Regression: a slide that failed to open kept its earlier run's summary and
+        # completion record here (on dask they went): a stale result beside a failed row
+        try:
+            begin(job)
+        except Exception as cleanup:
+            return Outcome(job, SlideStatus.FAILED, f"{one_line(exc)}; {one_line(cleanup)}",
+                           elapsed)
         return Outcome(job, SlideStatus.FAILED, one_line(exc), elapsed)
     prep.start_now()
     try:
