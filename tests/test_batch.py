@@ -160,7 +160,17 @@ def test_manifest_paths_are_relative_to_it_and_mpp_is_used(tmp_path, card):
     assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 0
     assert statuses(out) == ["ok", "no_detections"]
     summary = json.loads((out / "case0.summary.json").read_text())
-    assert summary["slide"]["mpp"] == 0.5 and summary["slide"]["mpp_source"]
+    assert summary["slide"]["mpp"] == 0.5
+    # Regression: a manifest's mpp was recorded and warned about as "--mpp", never given
+    assert summary["slide"]["mpp_source"] == "the manifest's mpp override"
+    assert ("the manifest's mpp 0.5 overrides the 0.25 µm/px the slide declares (2.00×): if "
+            "the slide's value is right, each crop holds 0.50× the width of tissue the model "
+            "expects") in summary["warnings"]
+    cli = tmp_path / "cli"
+    assert batch([str(tmp_path / "slides"), "--out-dir", str(cli), "--mpp", "0.5"], card) == 0
+    summary = json.loads((cli / "case0.summary.json").read_text())
+    assert summary["slide"]["mpp_source"] == "--mpp override"
+    assert any(w.startswith("--mpp 0.5 overrides the 0.25 µm/px") for w in summary["warnings"])
 
 
 # -------------------------------------------------------------------------- running slides

@@ -80,6 +80,7 @@ class OpenOptions:
 
     backend: str = "auto"
     mpp: float | None = None
+    mpp_origin: str = "--mpp"  # who gave ``mpp``: said in its source and warnings
 
     def __post_init__(self) -> None:
         check_mpp(self.mpp)

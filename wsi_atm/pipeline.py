@@ -157,7 +157,8 @@ def prepare_slide(
     """Open the slide, read its detections and plan its crops (closing the slide on error)."""
     opening = opening or OpenOptions()
     t0 = time.perf_counter()
-    slide = open_slide(slide_path, backend=opening.backend, mpp=opening.mpp)
+    slide = open_slide(slide_path, backend=opening.backend, mpp=opening.mpp,
+                       mpp_origin=opening.mpp_origin)
     try:
         timings = {"open_s": round(time.perf_counter() - t0, 3)}
         overridden = override_warning(slide.declared_mpp, slide.mpp, slide.mpp_source)

@@ -59,6 +59,7 @@ class Job:
     status: str = ""  # set when planning already decided: FAILED or NO_DETECTIONS
     note: str = ""  # why
     image: str | None = None  # a manifest's image column: the entry of a multi-slide file
+    mpp_origin: str = "the manifest's mpp"  # who gave ``mpp``: a manifest row, or --mpp
 
 
 @dataclass
@@ -366,7 +367,8 @@ def plan_jobs(slide_dir: Path | None, manifest: Path | None, detections: Path | 
     else:
         jobs = pair_folder(find_slides(slide_dir, patterns), detections_dir, out_dir)
     if mpp is not None:
-        jobs = [j if j.mpp is not None else replace(j, mpp=mpp) for j in jobs]
+        jobs = [j if j.mpp is not None else replace(j, mpp=mpp, mpp_origin="--mpp")
+                for j in jobs]
     jobs = [_with_utf8_names(j) for j in jobs]
     check_outputs(jobs, out_dir)
     return jobs

@@ -58,7 +58,8 @@ class Prepared(PreparedSlide):
 
 def prepare(job: Job, settings: BatchSettings) -> Prepared:
     assert job.detections is not None
-    opening = OpenOptions(backend=settings.opening.backend, mpp=job.mpp)
+    opening = OpenOptions(backend=settings.opening.backend, mpp=job.mpp,
+                          mpp_origin=job.mpp_origin)
     prep = prepare_slide(job.slide, job.detections, settings.model, job_options(job, settings),
                          opening)
     return Prepared(**{f.name: getattr(prep, f.name) for f in fields(prep)}, job=job)

@@ -145,24 +145,29 @@ def level0_mpp(first: Mpp | None, pages: tuple[tuple[tuple[int, int], Mpp | None
     return same[0] if len(same) == 1 else first
 
 
-OVERRIDE = "--mpp override"
+OVERRIDE = " override"  # ends the source of a µm/px given by the user: "--mpp override"
 OVERRIDE_TOLERANCE = 0.1  # scanners' own values of one objective differ by a few per cent
 
 
 def override_warning(declared: float | None, used: float, source: str) -> str | None:
-    """A warning when ``--mpp`` overrides a spacing the slide declares by more than 10 %:
-    one of the two is wrong, and if the slide is right every crop is at the wrong scale."""
-    if source != OVERRIDE or declared is None or abs(used / declared - 1) <= OVERRIDE_TOLERANCE:
+    """A warning when a µm/px given by the user (``--mpp``, a manifest's ``mpp``) overrides
+    one the slide declares by more than 10 %: one of the two is wrong, and if the slide is
+    right every crop is at the wrong scale."""
+    if not source.endswith(OVERRIDE) or declared is None:
         return None
-    return (f"--mpp {used:g} overrides the {declared:.4g} µm/px the slide declares "
+    if abs(used / declared - 1) <= OVERRIDE_TOLERANCE:
+        return None
+    given = source[: -len(OVERRIDE)]
+    return (f"{given} {used:g} overrides the {declared:.4g} µm/px the slide declares "
             f"({used / declared:.2f}×): if the slide's value is right, each crop holds "
             f"{declared / used:.2f}× the width of tissue the model expects")
 
 
-def resolve_mpp(props: Mapping[str, str], from_tiff: Mpp | None, override: float | None
-                ) -> Mpp | None:
+def resolve_mpp(props: Mapping[str, str], from_tiff: Mpp | None, override: float | None,
+                origin: str = "--mpp") -> Mpp | None:
+    """The override (``origin`` says who gave it), else vendor properties, else TIFF tags."""
     if override is not None:
-        return Mpp(float(override), float(override), OVERRIDE)
+        return Mpp(float(override), float(override), origin + OVERRIDE)
     return mpp_from_properties(props) or from_tiff
 
 

@@ -270,10 +270,12 @@ def open_slide(
     mpp: float | None = None,
     *,
     require_mpp: bool = True,
+    mpp_origin: str = "--mpp",
 ) -> Slide:
     """Open a whole-slide image with ``backend`` (see :data:`BACKENDS`).
 
-    ``mpp`` (µm/px at level 0, > 0) overrides what the slide declares. Without it, a slide
+    ``mpp`` (µm/px at level 0, > 0) overrides what the slide declares (``mpp_origin`` names
+    who gave it, for its recorded source and warnings). Without it, a slide
     that declares none raises :class:`MppUnknownError`, unless ``require_mpp=False`` (for
     ``slide-info``, which reports it as unknown). Unreadable input raises :class:`SlideError`.
     """
@@ -318,7 +320,7 @@ def open_slide(
                          f"this is {vendor} without such levels")
     from_tiff = tiff.level0_mpp(handle.level_dimensions[0])
     declared = resolve_mpp(handle.properties, from_tiff, None)
-    found = resolve_mpp(handle.properties, from_tiff, mpp)
+    found = resolve_mpp(handle.properties, from_tiff, mpp, mpp_origin)
     if found is None and require_mpp:
         handle.close()
         if tiles is not None:
