@@ -151,16 +151,23 @@ def test_manifest_lists_every_bad_row_and_starts_nothing(tmp_path, card, capsys)
     assert not out.exists()
 
 
-def test_manifest_paths_are_relative_to_it_and_mpp_is_used(tmp_path, card):
+def test_manifest_paths_are_relative_to_it_and_mpp_is_used(tmp_path, card, monkeypatch):
     make_cohort(tmp_path / "slides", n=2)
     manifest = tmp_path / "m.csv"
-    manifest.write_text("slide,detections,mpp\nslides/case0.tif,slides/case0.csv,0.5\n"
-                        "slides/case1.tif,,\n")
+    manifest.write_text("slide,detections,mpp\nslides/case0.tif,slides/../slides/case0.csv,0.5"
+                        "\nslides/case1.tif,,\n")
     out = tmp_path / "out"
-    assert batch(["--manifest", str(manifest), "--out-dir", str(out)], card) == 0
+    monkeypatch.chdir(tmp_path)
+    assert batch(["--manifest", "m.csv", "--out-dir", "out"], card) == 0
     assert statuses(out) == ["ok", "no_detections"]
     summary = json.loads((out / "case0.summary.json").read_text())
     assert summary["slide"]["mpp"] == 0.5
+    # Regression: cohort.csv kept the paths as given (relative to where the batch ran, with
+    # the manifest's folder and any "../" in them): read from elsewhere they named nothing
+    rows = [(r["slide"], r["detections"]) for r in cohort_rows(out)]
+    slides = tmp_path / "slides"
+    assert rows == [(str(slides / "case0.tif"), str(slides / "case0.csv")),
+                    (str(slides / "case1.tif"), "")]
     # Regression: a manifest's mpp was recorded and warned about as "--mpp", never given
     assert summary["slide"]["mpp_source"] == "the manifest's mpp override"
     assert ("the manifest's mpp 0.5 overrides the 0.25 µm/px the slide declares (2.00×): if "

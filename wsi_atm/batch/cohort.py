@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,10 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     # skipped: the time of the run that made the outputs; not run: blank
     elapsed = s.get("elapsed_s") if o.status == SlideStatus.SKIPPED else (o.elapsed_s or None)
     row = {
-        "slide": printable(o.job.slide), "detections": printable(o.job.detections or ""),
+        # absolute and normalised: relative to the batch's working directory (or a
+        # manifest's "../" kept) they named nothing once read from elsewhere
+        "slide": printable(os.path.abspath(o.job.slide)),
+        "detections": printable(os.path.abspath(o.job.detections)) if o.job.detections else "",
         "status": o.status,
         "candidates": counts.get("candidates"), "classified": counts.get("classified"),
         "atypical": counts.get("atypical"), "normal": counts.get("normal"),
