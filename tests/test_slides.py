@@ -469,3 +469,51 @@ def test_slide_is_the_public_type(slides: dict[str, Path]) -> None:
     with open_slide(slides["svs"]) as slide:
         assert isinstance(slide, Slide)
         assert "synthetic.svs" in repr(slide)
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    # an empty first IFD: it was refused as "its samples are 1-bit unsigned" (TIFF defaults)
+    (b"II*\x00\x08\x00\x00\x00\x00\x00", "not a readable slide"),
+    # the first IFD past the end: tifffile's "invalid offset" warning came before the error
+    (b"II*\x00\xff\xff\xff\x7f" + bytes(range(200)), "not a readable slide"),
+])
+def test_a_broken_tiff_header_gives_one_line(tmp_path: Path, content: bytes, said: str) -> None:
+    import subprocess
+    import sys
+
+    slide = tmp_path / "broken.tif"
+    slide.write_bytes(content)
+    det = tmp_path / "d.csv"
+    det.write_text("x,y\n10,10\n")
+    run = subprocess.run([sys.executable, "-m", "wsi_atm", "classify", str(slide), "--detections",
+                          str(det), "--out-dir", str(tmp_path / "out"), "--quiet"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 2
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsi-atm: error:") and said in lines[0], lines
+
+
+def test_tifffile_records_while_opening_are_said_only_when_it_opens() -> None:
+    import logging
+
+    from wsi_atm.slides.held_log import tifffile_records_held
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("tifffile")
+    log.addHandler(handler)
+    try:
+        with pytest.raises(SlideError), tifffile_records_held():
+            log.warning("invalid offset to first page")
+            raise SlideError("not a readable slide")
+        assert seen == []
+        with tifffile_records_held():
+            log.warning("damaged but readable")
+            other = threading.Thread(target=lambda: log.warning("another slide's read"))
+            other.start()
+            other.join()
+            assert seen == ["another slide's read"]  # other threads' records pass at once
+        assert seen == ["another slide's read", "damaged but readable"]
+    finally:
+        log.removeHandler(handler)

@@ -318,6 +318,8 @@ def _unsupported_samples(page: Any) -> str | None:
     """Why the first page's (level 0's) samples cannot become true RGB, or None: 8- or 16-bit
     unsigned integers, or a palette's indices of up to 8 bits."""
     bits, fmt = int(page.bitspersample), int(page.sampleformat)
+    if not page.imagewidth or not page.imagelength:  # no image at all: the readers say so
+        return None
     if fmt == 1 and (bits in (8, 16) or (int(page.photometric) == 3 and bits <= 8)):
         return None
     kind = {1: "unsigned", 2: "signed", 3: "floating-point"}.get(fmt, f"format-{fmt}")

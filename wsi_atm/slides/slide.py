@@ -22,6 +22,7 @@ from wsi_atm.errors import MppUnknownError, OptionError, SlideError
 from wsi_atm.faults import inject
 from wsi_atm.options import check_mpp
 from wsi_atm.slides.backends import Backend, inspect_tiff, open_auto, open_backend, short_error
+from wsi_atm.slides.held_log import tifffile_records_held
 from wsi_atm.slides.mpp import Mpp, parse_float, resolve_mpp, unknown_mpp_message
 from wsi_atm.slides.tiles import TileGrid, TileReader
 
@@ -272,7 +273,20 @@ def open_slide(
     require_mpp: bool = True,
     mpp_origin: str = "--mpp",
 ) -> Slide:
-    """Open a whole-slide image with ``backend`` (see :data:`BACKENDS`).
+    """Open a whole-slide image with ``backend`` (see :data:`BACKENDS`); see :func:`_open`.
+    tifffile's warnings while it opens are said only when it opens."""
+    with tifffile_records_held():
+        return _open(path, backend, mpp, require_mpp, mpp_origin)
+
+
+def _open(
+    path: str | Path,
+    backend: str,
+    mpp: float | None,
+    require_mpp: bool,
+    mpp_origin: str,
+) -> Slide:
+    """Open a whole-slide image with ``backend``.
 
     ``mpp`` (µm/px at level 0, > 0) overrides what the slide declares (``mpp_origin`` names
     who gave it, for its recorded source and warnings). Without it, a slide
