@@ -240,3 +240,16 @@ def test_one_table_of_several_images_serves_a_batch(tmp_path: Path, card: Path) 
                      "case1.tif\t200\t200\ncase1.tif\t400\t400\n")
     assert batch([str(slides), "--detections", str(table), "--out-dir", str(out)], card) == 0
     assert [r["candidates"] for r in cohort_rows(out)] == ["1", "2"]
+
+
+def test_a_folder_named_as_another_slide_beside_it_is_not_part_of_that_slide(
+        tmp_path: Path) -> None:
+    # Regression: any slide's same-named folder was taken for MRXS data: a detector's per-slide
+    # folder beside case.svs changed case.svs's key (it ran again) whenever that folder changed
+    slide, folder = tmp_path / "case.svs", tmp_path / "case"
+    slide.write_bytes(b"II*\x00" + bytes(100))
+    folder.mkdir()
+    (folder / "detections.json").write_text("[]")
+    before = resume.slide_sample_sha256(slide)
+    (folder / "detector.log").write_text("run again\n")
+    assert resume.slide_sample_sha256(slide) == before

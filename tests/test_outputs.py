@@ -785,3 +785,24 @@ def test_a_probability_just_below_the_threshold_is_never_written_on_its_other_si
         ("0.4999996", "normal"), ("0.500000", "atypical")]
     probs = [p["probability"] for p in points_document(result)["points"]]
     assert probs[0] < 0.5 <= probs[1]
+
+
+def test_cohort_paths_through_a_linked_folder_name_the_files_used(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # Regression: cohort.csv normalised "../" lexically: a manifest in a linked folder
+    # (proj -> real/proj) naming ../slides/a.svs was listed as work/slides/a.svs, another file
+    (tmp_path / "real" / "proj").mkdir(parents=True)
+    (tmp_path / "real" / "slides").mkdir()
+    (tmp_path / "work" / "slides").mkdir(parents=True)
+    (tmp_path / "work" / "proj").symlink_to(tmp_path / "real" / "proj")
+    used = tmp_path / "real" / "slides" / "a.svs"
+    used.write_bytes(b"used")
+    (tmp_path / "work" / "slides" / "a.svs").write_bytes(b"another")
+    monkeypatch.chdir(tmp_path / "work")
+    given = Path("proj/../slides/a.svs")
+    row = cohort_row(Outcome(job=Job(slide=given, detections=given), status="ok"))
+    assert Path(row["slide"]).read_bytes() == given.read_bytes() == b"used"
+    assert row["slide"] == row["detections"] == str(used.resolve())
+    plain = cohort_row(Outcome(job=Job(slide=Path("./slides/a.svs"), detections=None),
+                               status="ok"))
+    assert plain["slide"] == str(Path.cwd() / "slides" / "a.svs")  # the names given kept

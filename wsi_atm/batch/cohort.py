@@ -39,6 +39,16 @@ def _fmt(value: Any) -> str:
     return f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
+def absolute(path: Path) -> str:
+    """``path`` absolute and without "..": its folder resolved where it holds one, since
+    "link/../x" is the link target's sibling, not "x" (regression: a manifest in a linked folder
+    naming "../slides/a.svs" was listed as another, or no, file); else only made absolute,
+    keeping the names the user gave."""
+    if ".." not in path.parts:
+        return os.path.abspath(path)
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
 def cohort_row(o: Outcome) -> dict[str, str]:
     s = o.summary
     counts = s.get("counts", {})
@@ -55,8 +65,8 @@ def cohort_row(o: Outcome) -> dict[str, str]:
     row = {
         # absolute and normalised: relative to the batch's working directory (or a
         # manifest's "../" kept) they named nothing once read from elsewhere
-        "slide": printable(os.path.abspath(o.job.slide)),
-        "detections": printable(os.path.abspath(o.job.detections)) if o.job.detections else "",
+        "slide": printable(absolute(o.job.slide)),
+        "detections": printable(absolute(o.job.detections)) if o.job.detections else "",
         "status": o.status,
         "candidates": counts.get("candidates"), "classified": counts.get("classified"),
         "atypical": counts.get("atypical"), "normal": counts.get("normal"),

@@ -130,7 +130,9 @@ def slide_sample_sha256(path: Path) -> str:
             fh.seek(offset)
             digest.update(fh.read(length))
     data = path.with_suffix("")
-    if data != path and data.is_dir():
+    # MRXS only: another slide's folder of its name (a detector's per-slide outputs, a tile
+    # cache) changed its key whenever that folder changed, and was listed file by file
+    if path.suffix.lower() == ".mrxs" and data.is_dir():
         for part in sorted(p for p in data.iterdir() if p.is_file()):
             st = part.stat()
             digest.update(f"{part.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
