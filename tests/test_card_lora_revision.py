@@ -59,10 +59,15 @@ def test_adapters_on_an_unpinned_base_that_moved_since_training_are_named(
     monkeypatch.setattr(adapters, "cached_revision", lambda model_id, revision="": "c" * 40)
     with pytest.warns(UserWarning, match=f"revision {'a' * 40}, but the cached snapshot is "
                                          f"{'c' * 40}.*pin revision"):
-        adapters.warn_if_base_moved(meta, card, "fold_0.safetensors")
+        adapters.warn_if_base_moved(meta, card)
+    with warnings.catch_warnings(record=True) as said:  # five fold files: said once
+        warnings.simplefilter("default")
+        for _ in range(5):
+            adapters.warn_if_base_moved(meta, card)
+    assert len(said) == 1
     monkeypatch.setattr(adapters, "cached_revision", lambda model_id, revision="": "a" * 40)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        adapters.warn_if_base_moved(meta, card, "fold_0.safetensors")
+        adapters.warn_if_base_moved(meta, card)
         pinned = dataclasses.replace(card, hub_revision="b" * 40)  # pinned: refused elsewhere
-        adapters.warn_if_base_moved(meta, pinned, "fold_0.safetensors")
+        adapters.warn_if_base_moved(meta, pinned)

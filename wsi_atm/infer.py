@@ -154,9 +154,10 @@ class Classifier:
         loaded = [self._cached_graph(path) for path in paths]
         missing = [k for k, graph in enumerate(loaded) if graph is None]
         if missing:  # said once for the card (it was said once per fold model)
-            graphs = "ONNX Runtime graph" if len(paths) == 1 else (
-                f"{len(missing)} ONNX Runtime graphs (one per fold model)")
-            log.warning("%s: building its %s once (cached in %s)",
+            graphs = ("its ONNX Runtime graph" if len(paths) == 1 else
+                      f"1 of its {len(paths)} ONNX Runtime graphs" if len(missing) == 1 else
+                      f"its {len(missing)} ONNX Runtime graphs (one per fold model)")
+            log.warning("%s: building %s once (cached in %s)",
                         self.card.name, graphs, paths[0].parent)
         for k in missing:
             drop_graph(paths[k])  # a record left by an earlier graph no longer applies

@@ -272,7 +272,7 @@ def check_lora_metadata(meta: dict[str, str], card: ModelCard, path: Path | str 
                          f"{card.name} says [labels] output = {card.output!r}")
 
 
-def warn_if_base_moved(meta: dict[str, str], card: ModelCard, path: Path | str) -> None:
+def warn_if_base_moved(meta: dict[str, str], card: ModelCard) -> None:
     """Adapters trained on one snapshot of a base model the card does not pin, about to run on
     another: the hub's ``main`` moved since training (often a README edit, sometimes new
     weights, which would put every probability off). Said, since only the user can tell."""
@@ -281,11 +281,12 @@ def warn_if_base_moved(meta: dict[str, str], card: ModelCard, path: Path | str) 
         return
     cached = cached_revision(card.architecture)
     if cached and cached != trained_on:
+        # the same words for every fold file: Python's warning filter says it once a card
         warnings.warn(
-            f"{Path(path).name}: adapters were trained on {card.architecture} revision "
+            f"{card.name}: adapters were trained on {card.architecture} revision "
             f"{trained_on}, but the cached snapshot is {cached}; if its weights differ, the "
             f"probabilities are off: pin revision = \"{trained_on}\" in [architecture] of "
-            f"{card.name}'s card", stacklevel=2)
+            "its card", stacklevel=2)
 
 
 def _number(text: str) -> float | None:

@@ -183,7 +183,7 @@ def build_from_checkpoint(
     state = _read(path, card)
     pretrained = not holds_backbone(state) and card.pretrained != "none"
     if pretrained and path.suffix == ".safetensors":  # adapters or a head on the hub's weights
-        warn_if_base_moved(read_lora_metadata(path), card, path)
+        warn_if_base_moved(read_lora_metadata(path), card)
     net = build_net(card, mode or card.trained_mode, pretrained=pretrained, **overrides)
     _load_state(net, state, path.name)
     del state
