@@ -122,12 +122,15 @@ def test_another_slide_copied_over_one_done_with_its_size_and_time_runs_again(
     assert (out / "case0.csv").read_text() != before  # case0's detections on case1's pixels
 
 
-@pytest.mark.parametrize("size", [0, 10, 3 << 20, (3 << 20) + 1, 1 << 30])
+WHOLE = 2 * resume.EDGE_BYTES + resume.SAMPLES * resume.SAMPLE_BYTES  # read whole up to this
+
+
+@pytest.mark.parametrize("size", [0, 10, WHOLE, WHOLE + 1, 1 << 30])
 def test_a_slides_samples_cover_head_and_tail_and_stay_inside_it(size: int) -> None:
     parts = resume._samples(size)
     assert parts[0][0] == 0 and sum(parts[-1]) == size
     assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(parts))
-    assert sum(n for _, n in parts) <= min(size, 3 << 20)
+    assert sum(n for _, n in parts) <= min(size, WHOLE)
 
 
 def test_a_slide_kept_in_a_folder_beside_its_index_is_known_by_that_folder(

@@ -113,13 +113,15 @@ def completion_key(job: Job, settings: BatchSettings, model: dict[str, Any]) -> 
     }
 
 
-EDGE_BYTES = 1 << 20  # the head (TIFF header, often the IFDs) and the tail, read whole
-SAMPLE_BYTES, SAMPLES = 1 << 16, 16  # blocks spread evenly between them
+# 160 KiB a slide, in 10 reads: another slide's compressed pixels differ in every block, and
+# a rerun of thousands of slides on network storage must not read gigabytes to skip them
+EDGE_BYTES = 1 << 16  # the head (TIFF header, often the IFDs) and the tail, read whole
+SAMPLE_BYTES, SAMPLES = 1 << 12, 8  # blocks spread evenly between them
 
 
 def slide_sample_sha256(path: Path) -> str:
-    """A sha256 over samples of the slide's bytes: its first and last MiB and 16 blocks of
-    64 KiB between. Path, size and time alone took a different slide of the same size copied
+    """A sha256 over samples of the slide's bytes: its first and last 64 KiB and 8 blocks of
+    4 KiB between. Path, size and time alone took a different slide of the same size copied
     over this one with its time kept (``cp -p``, ``rsync -t``) for the slide already done;
     hashing whole slides would read gigabytes per slide on every rerun. A slide whose pixels
     lie in a folder of its name beside it (MRXS) adds each of those files' name, size and
