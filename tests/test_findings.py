@@ -22,6 +22,8 @@ from tests.cli_helpers import run_cli
 from wsi_atm.density import hotspot_radius_um
 from wsi_atm.density.tissue import fill_holes, saturation
 from wsi_atm.detections import SlideFrame, read_detections
+from wsi_atm.errors import OptionError
+from wsi_atm.options import CallOptions
 from wsi_atm.outputs.geojson import HOTSPOT_NAME, HOTSPOT_RGB, REVIEW_NAME
 from wsi_atm.synthetic import place_crops, write_pyramid_tiff
 
@@ -269,3 +271,11 @@ def test_fill_holes_equals_scipys(seed: int) -> None:
     assert np.array_equal(fill_holes(np.zeros((7, 9), bool)), np.zeros((7, 9), bool))
     assert fill_holes(np.ones((7, 9), bool)).all()
     assert fill_holes(np.zeros((0, 4), bool)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("area", [5000.0, 0.0])
+def test_a_bad_hotspot_area_says_the_allowed_range(area: float) -> None:
+    """Regression: 5000 mm² was refused as not 'a positive area', which it is; the message
+    now names the limit."""
+    with pytest.raises(OptionError, match=r"positive area of at most 1000 mm², not"):
+        CallOptions(hotspot_area_mm2=area)

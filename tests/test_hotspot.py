@@ -174,3 +174,18 @@ def test_the_field_is_centred_among_its_mitoses(seed: int) -> None:
     px, py = x[hot.members], y[hot.members]
     assert px.min() <= cx <= px.max() and py.min() <= cy <= py.max()
     assert np.array_equal(hot.members, np.hypot(x - cx, y - cy) <= 250.0 * (1 + 1e-9))
+
+
+def test_a_field_on_the_slide_edge_is_centred_on_the_slide() -> None:
+    """Regression: where neither the members' centroid nor their box's centre held them all,
+    the field kept the search's centre, with a mitosis on its rim: three mitoses on the slide's
+    left edge and one 547 µm in got a field centred at x = -38 µm, off the slide, though a
+    field centred among them (their smallest enclosing circle's centre) holds all four."""
+    x = np.array([0.0, 0.0, 0.0, 547.0])
+    y = np.array([211.0, 839.0, 1510.0, 1063.0])
+    aty = np.zeros(4, dtype=bool)
+    hot = find_hotspot(x, y, aty, 689.0)
+    assert hot is not None and hot.mitoses == 4 and hot.exact
+    cx, cy = hot.center_um
+    assert 0.0 <= cx <= 547.0 and 211.0 <= cy <= 1510.0
+    assert np.all(np.hypot(x - cx, y - cy) <= 689.0 * (1 + 1e-9))

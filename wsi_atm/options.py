@@ -22,6 +22,7 @@ SHAPES: tuple[str, ...] = ("point", "circle")
 REVIEW_BAND = 0.10
 REVIEW_FOLD_STD = 0.15
 HOTSPOT_AREA_MM2 = 2.0
+MAX_HOTSPOT_AREA_MM2 = 1000.0  # a whole large section; beyond it the field is no hotspot
 
 
 # µm/px a slide can have: from ~0.05 (beyond 100× optics) to 20 (a low-power overview). The
@@ -110,8 +111,10 @@ class CallOptions:
             raise OptionError("--review-fold-std must be above 0 and at most 0.5 (the largest "
                               f"spread of probabilities), not {self.review_fold_std}")
         area = self.hotspot_area_mm2
-        if not (math.isfinite(area) and 0 < area <= 1000):
-            raise OptionError(f"--hotspot-area must be a positive area in mm², not {area}")
+        if not (math.isfinite(area) and 0 < area <= MAX_HOTSPOT_AREA_MM2):
+            # the limit said: "must be a positive area" for 5000 read as a contradiction
+            raise OptionError(f"--hotspot-area must be a positive area of at most "
+                              f"{MAX_HOTSPOT_AREA_MM2:g} mm², not {area}")
 
 
 @dataclass(frozen=True)

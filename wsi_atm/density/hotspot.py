@@ -248,14 +248,57 @@ def _centred(x: np.ndarray, y: np.ndarray, members: np.ndarray, centre: tuple[fl
 
     The best field is rarely unique: the search returns a centre with a mitosis on the rim, or
     for a few mitoses any centre within ``r`` of them (one mitosis: a centre ``r`` away, off
-    the slide). The members' centroid, else their bounding box's centre, where that disk
-    still holds them all (so it holds at least as many: no fewer counts), else ``centre``."""
+    the slide). The members' centroid, else their bounding box's centre, else the centre of
+    their smallest enclosing circle (inside their convex hull; its radius is at most ``r``, as
+    they fit in a field), where that disk still holds them all (so it holds at least as many:
+    no fewer counts), else ``centre``."""
     px, py = x[members], y[members]
     for c in ((float(px.mean()), float(py.mean())),
-              (float(px.min() + px.max()) / 2, float(py.min() + py.max()) / 2)):
+              (float(px.min() + px.max()) / 2, float(py.min() + py.max()) / 2),
+              _enclosing_centre(px, py)):
         if bool(np.all(np.hypot(px - c[0], py - c[1]) <= r * (1 + 1e-9))):
             return c
     return centre
+
+
+def _enclosing_centre(px: np.ndarray, py: np.ndarray) -> tuple[float, float]:
+    """Centre of the smallest circle holding every point (Welzl's incremental form, points in
+    a fixed shuffled order: expected linear time, the same answer on every run)."""
+    order = np.random.default_rng(0).permutation(len(px))
+    pts = [(float(px[k]), float(py[k])) for k in order]
+    c, rr = pts[0], 0.0
+    for i, p in enumerate(pts):
+        if _holds(c, rr, p):
+            continue
+        c, rr = p, 0.0
+        for j in range(i):
+            q = pts[j]
+            if _holds(c, rr, q):
+                continue
+            c = ((p[0] + q[0]) / 2, (p[1] + q[1]) / 2)
+            rr = math.dist(c, p)
+            for k in range(j):
+                if not _holds(c, rr, pts[k]):
+                    c = _circumcentre(p, q, pts[k])
+                    rr = max(math.dist(c, v) for v in (p, q, pts[k]))
+    return c
+
+
+def _holds(c: tuple[float, float], rr: float, p: tuple[float, float]) -> bool:
+    return math.dist(c, p) <= rr * (1 + 1e-12) + 1e-9
+
+
+def _circumcentre(a: tuple[float, float], b: tuple[float, float],
+                  c: tuple[float, float]) -> tuple[float, float]:
+    """Centre of the circle through three points; for (nearly) collinear ones, the midpoint of
+    the farthest pair (the smallest circle holding all three)."""
+    bx, by, cx, cy = b[0] - a[0], b[1] - a[1], c[0] - a[0], c[1] - a[1]
+    d = 2.0 * (bx * cy - by * cx)
+    if abs(d) <= 1e-12 * max(bx * bx + by * by, cx * cx + cy * cy):
+        u, v = max(((a, b), (a, c), (b, c)), key=lambda e: math.dist(*e))
+        return (u[0] + v[0]) / 2, (u[1] + v[1]) / 2
+    b2, c2 = bx * bx + by * by, cx * cx + cy * cy
+    return a[0] + (cy * b2 - by * c2) / d, a[1] + (bx * c2 - cx * b2) / d
 
 
 def _pivot(i: int, x: np.ndarray, y: np.ndarray, weight: np.ndarray, tree: cKDTree,
