@@ -104,6 +104,25 @@ def test_a_dark_scan_margin_is_not_tissue() -> None:
                                                              abs=0.01)
 
 
+@pytest.mark.parametrize("colour", [(40, 70, 170), (30, 140, 90), (20, 60, 230)])
+def test_glass_ringed_in_marker_ink_is_not_tissue(colour: tuple[int, int, int]) -> None:
+    # Regression: a blue or green ring drawn round the tissue on the glass was saturated, so it
+    # counted as tissue and the glass it enclosed was filled in as a lumen (fraction 0.45
+    # against 0.13 for the tissue alone)
+    yy, xx = np.mgrid[:400, :400]
+    radius = np.hypot(xx - 200, yy - 200)
+    glass = np.full((400, 400, 3), 240, dtype=np.uint8)
+    tissue = glass.copy()
+    tissue[radius < 80] = tissue_image(400, 400, seed=2)[radius < 80]
+    ringed = tissue.copy()
+    ringed[(radius > 148) & (radius < 153)] = colour
+    ringed[195:205, 160:240] = colour  # a stroke inside the tissue: filled back in, as a hole
+    size = (400 * 0.25, 400 * 0.25)
+    alone = tissue_area(tissue, size).fraction
+    assert 0.05 < alone <= np.pi * 80**2 / 400**2  # the synthetic tissue has pale gaps
+    assert tissue_area(ringed, size).fraction == pytest.approx(alone, rel=0.03)
+
+
 def test_the_review_header_says_when_the_hotspot_is_larger_than_the_tissue() -> None:
     # Regression: the header promised a blue outline that lay wholly off the picture
     from types import SimpleNamespace

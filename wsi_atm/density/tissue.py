@@ -7,8 +7,10 @@ that is nearly all background (or nearly all tissue) does not turn noise into ti
 stroma and small gaps inside tissue fall below the cut pixel by pixel, so the mask is closed
 (two 3×3 dilations then erosions) and its holes filled: lumens and fat enclosed by tissue
 count as tissue, as they do in a pathologist's tissue area. Near-black pixels (a dark scan
-margin) never do. Pen marks, folds and bubbles that are saturated count as tissue: the area
-is an estimate, stated with the thumbnail size and the cut it used.
+margin) never do, nor does marker ink of green to blue hue (90°–240°, where H&E does not go),
+so glass a pathologist ringed in ink is not filled in as a lumen. Red or black ink, folds and
+bubbles that are saturated count as tissue: the area is an estimate, stated with the
+thumbnail size and the cut it used.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ MIN_SATURATION = 20  # of 255: below this a pixel is never tissue
 # means nothing there ((3, 1, 2) is 170), and such pixels had counted as tissue and moved
 # Otsu's cut. Stained tissue, even its darkest nuclei, is far brighter in some channel.
 MIN_VALUE = 30
+
+
+# Hue in degrees of marker ink (green to blue). Of the saturated pixels of 579 real AMi-Br
+# H&E crops from four scanners, 0.03 % lie in it (at most 3.4 % of one crop, scattered); a
+# blue or green ring drawn round a tumour on the glass had its enclosed glass filled as a
+# lumen (+34 % tissue area).
+INK_HUE = (90.0, 240.0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,18 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return sat.astype(np.uint8)
 
 
+def ink(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of marker-ink hue (:data:`INK_HUE`): green- or blue-dominant ones, since H&E's
+    pink and purple are red- or (with red above green) blue-dominant."""
+    data = np.asarray(rgb).astype(np.int16)
+    r, g, b = data[..., 0], data[..., 1], data[..., 2]
+    hi = np.maximum(np.maximum(r, g), b)
+    delta = np.maximum(hi - np.minimum(np.minimum(r, g), b), 1).astype(np.float32)
+    hue = np.where(g == hi, 120.0 + 60.0 * (b - r) / delta, 240.0 + 60.0 * (r - g) / delta)
+    dominant = ((g == hi) & (g > r)) | ((b == hi) & (b > r) & (b > g))
+    return np.asarray(dominant & (hue >= INK_HUE[0]) & (hue < INK_HUE[1]))
+
+
 def otsu_threshold(values: np.ndarray) -> int:
     """The uint8 cut ``t`` maximising between-class variance of ``values <= t`` vs ``> t``."""
     hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(float)
@@ -67,6 +88,7 @@ def otsu_threshold(values: np.ndarray) -> int:
 def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     """Boolean tissue mask of a thumbnail and the saturation cut used."""
     sat = saturation(rgb)
+    sat[ink(rgb)] = 0  # not tissue, and not in Otsu's histogram of it either
     cut = max(otsu_threshold(sat), MIN_SATURATION)
     pad = 2  # edge-padded, so tissue running off the thumbnail is not eroded at the border
     raw = np.pad(sat > cut, pad, mode="edge")
