@@ -211,3 +211,20 @@ def test_a_flagged_estimate_is_flagged_in_the_report(tmp_path: Path) -> None:
     assert any(warning in t for t in page.texts)  # the reason, in the slide's detail row
     upsampled = contradicted.summary["warnings"][0]
     assert "upsampled" in upsampled and any(upsampled in t for t in page.texts)
+
+
+def test_a_stopped_hotspot_search_says_its_ceiling_in_the_report(tmp_path: Path) -> None:
+    # Regression: the summary, cohort.csv and the picture said the search stopped early with
+    # a ceiling; the report's cell showed the count alone, as if exact
+    from wsi_atm.batch.plan import Job, Outcome
+    from wsi_atm.batch.report import row_values
+
+    def cell(hot: dict) -> tuple:
+        o = Outcome(job=Job(slide=tmp_path / "a.tif", detections=None), status="ok",
+                    summary={"hotspot": hot})
+        return row_values(o)["hotspot_mitoses"]
+
+    assert cell({"mitoses": 41, "exact": False, "mitoses_upper_bound": 44}) == (
+        "41 (search stopped: at most 44)", 41)
+    assert cell({"mitoses": 41, "exact": True, "mitoses_upper_bound": 41}) == ("41", 41)
+    assert cell({}) == ("", None)

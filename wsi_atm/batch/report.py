@@ -134,10 +134,21 @@ def row_values(o: Outcome) -> dict[str, tuple[str, Any]]:
         "fraction": _with_ci(s.get("atypical_fraction")),
         "estimate": _flagged(_with_ci(s.get("atypical_fraction_corrected")),
                              _estimate_warning(s)),
-        "hotspot_mitoses": num(hot.get("mitoses")), "hotspot_atypical": num(hot.get("atypical")),
+        "hotspot_mitoses": _hotspot_count(hot), "hotspot_atypical": num(hot.get("atypical")),
         "per_mm2": ((f"{density:.2f}" if isinstance(density, float) else ""), density),
         "review": num(counts.get("review")), "error": (o.error, o.error),
     }
+
+
+def _hotspot_count(hot: dict[str, Any]) -> tuple[str, Any]:
+    """The hotspot's count, with its ceiling where the search stopped early (the summary, the
+    cohort.csv warnings and the picture say it; the report's cell showed the count alone)."""
+    mitoses = hot.get("mitoses")
+    if mitoses is None:
+        return "", None
+    if hot.get("exact") is False:
+        return f"{mitoses} (search stopped: at most {hot.get('mitoses_upper_bound')})", mitoses
+    return str(mitoses), mitoses
 
 
 def _attr(value: Any) -> str:
@@ -150,8 +161,8 @@ def _row(o: Outcome, out_dir: Path) -> str:
                     for c in COLUMNS)
     cells = "".join(f'<td class="{"num" if c.numeric else ""}">'
                     f"{html.escape(values[c.key][0])}</td>" for c in COLUMNS)
-    # Only a finished slide's files are this run's: a failed one's may be an earlier run's
-    # (a slide that failed to open keeps them), so they are not shown beside its failure.
+    # Only a finished slide's files are this run's: a failed slide's are removed, and any
+    # file of its name there now is not its result, so none is shown beside its failure.
     paths = output_paths(o.job.slide.name, out_dir) if o.status in ("ok", "skipped") else {}
     links = [(k, p.name) for k, p in paths.items() if k != "png" and p.is_file()]
     png = paths.get("png")
