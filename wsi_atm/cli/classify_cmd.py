@@ -101,13 +101,12 @@ def classify(slide: Path, detections: Path, out_dir: Path, model: str | None,
 
 def _headline(result: SlideResult) -> str:
     """The estimated true share with its interval, as the console shows it."""
-    from wsi_atm.outputs.summary import corrected_estimate, no_better_than_chance
+    from wsi_atm.outputs.summary import chance_reason, corrected_estimate
 
     est = corrected_estimate(result)
     if est is None or est.value is None or est.ci95 is None:
-        chance = no_better_than_chance(result.model) if result.classified.any() else None
         return ("; no estimated true share: the card's calls are no better than chance (see "
-                "the summary's warnings)") if chance else ""
+                "the summary's warnings)") if chance_reason(result) else ""
     text = f"; estimated true atypical share {est.value:.1%} [{est.ci95[0]:.1%}, {est.ci95[1]:.1%}]"
     return text + (" (flagged: it may not hold on this slide, see the summary's warning)"
                    if est.warning else "")

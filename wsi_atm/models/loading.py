@@ -155,10 +155,14 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], name: str) -> bo
     return not missing
 
 
-def _read(path: Path, card: ModelCard | None) -> dict[str, torch.Tensor]:
+def _read(path: Path, card: ModelCard | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The file's tensors and (a wsi-atm safetensors file read for a card) its checked
+    metadata; ``{}`` otherwise."""
+    meta: dict[str, str] = {}
     if card is not None and path.suffix == ".safetensors":
-        check_lora_metadata(read_lora_metadata(path), card, path)
-    return load_weights(path)
+        meta = read_lora_metadata(path)
+        check_lora_metadata(meta, card, path)
+    return load_weights(path), meta
 
 
 def load_checkpoint(net: nn.Module, path: str | Path, card: ModelCard | None = None) -> bool:
@@ -169,7 +173,7 @@ def load_checkpoint(net: nn.Module, path: str | Path, card: ModelCard | None = N
     tensors do not fit the net, required ones are missing, or the file needs unpickling.
     """
     path = Path(path)
-    return _load_state(net, _read(path, card), path.name)
+    return _load_state(net, _read(path, card)[0], path.name)
 
 
 def build_from_checkpoint(
@@ -180,10 +184,10 @@ def build_from_checkpoint(
     holds the backbone (upstream LoRA / end-to-end), else on the card's pretrained weights;
     keys converted and checked; LoRA adapters merged (``merge``). The file is read once."""
     path = Path(path)
-    state = _read(path, card)
+    state, meta = _read(path, card)
     pretrained = not holds_backbone(state) and card.pretrained != "none"
-    if pretrained and path.suffix == ".safetensors":  # adapters or a head on the hub's weights
-        warn_if_base_moved(read_lora_metadata(path), card)
+    if pretrained:  # adapters or a head on the hub's weights
+        warn_if_base_moved(meta, card)
     net = build_net(card, mode or card.trained_mode, pretrained=pretrained, **overrides)
     _load_state(net, state, path.name)
     del state

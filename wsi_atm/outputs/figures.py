@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsi_atm.fraction.stats import wilson_interval
 from wsi_atm.outputs.geojson import ATYPICAL_RGB, HOTSPOT_RGB, NORMAL_RGB
-from wsi_atm.outputs.summary import corrected_estimate, no_better_than_chance
+from wsi_atm.outputs.summary import chance_reason, corrected_estimate
 from wsi_atm.outputs.tables import p_text
 from wsi_atm.slide_result import SlideResult
 
@@ -156,9 +156,8 @@ def _corrected_line(result: SlideResult) -> str | None:
     est = corrected_estimate(result)
     if est is None or est.value is None or est.ci95 is None:
         # said where the card's own rates are why (it was said only in summary.json)
-        chance = no_better_than_chance(result.model) if result.classified.any() else None
         return ("No estimated true share: the card's calls are no better than chance "
-                "(see the summary's warnings)") if chance else None
+                "(see the summary's warnings)") if chance_reason(result) else None
     lo, hi = est.ci95
     names = {"raw": "raw share", "calibrated-mean": "calibrated mean",
              "calibrated-em": "calibrated EM"}

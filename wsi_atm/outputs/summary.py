@@ -290,6 +290,12 @@ def _corrected(result: SlideResult) -> dict[str, Any] | None:
     return out
 
 
+def chance_reason(result: SlideResult) -> str | None:
+    """:func:`no_better_than_chance` for a slide with calls to correct (none without them):
+    the summary's warning, and the picture's and console's word on the missing estimate."""
+    return no_better_than_chance(result.model) if result.classified.any() else None
+
+
 def no_better_than_chance(m: ModelMeta) -> str | None:
     """Why a Rogan-Gladen card gives no corrected estimate, where its own rates are the reason
     (the summary's note blames a changed operating point, which this is not)."""
@@ -324,8 +330,8 @@ def build_summary(result: SlideResult,
             f"the hotspot search stopped early (the mitoses are spread evenly): its field holds "
             f"{h.mitoses} mitoses, and no field of {h.area_mm2:g} mm² holds more than "
             f"{max(h.mitoses, h.mitoses_bound)}")
-    chance = no_better_than_chance(result.model)
-    if chance and counts["classified"]:
+    chance = chance_reason(result)
+    if chance:
         warnings.append(chance)
     summary = {
         "summary_version": SUMMARY_VERSION,
